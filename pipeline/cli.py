@@ -1,0 +1,115 @@
+"""`lstm-pipeline <stage>`: exit 0 ok, 2 bad config or input (one line on stderr), 1 internal error."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.errors import UserError
+
+log = logging.getLogger("pipeline")
+
+STAGES = ("ingest", "window", "train", "evaluate", "export")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse would exit 2 with usage; keep it one line
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lstm-pipeline", description="Staged LSTM time-series training pipeline.")
+    sub = parser.add_subparsers(dest="command", metavar="{run,ingest,window,train,evaluate,export,predict}")
+    for name in ("run", *STAGES):
+        p = sub.add_parser(name, help="all stages" if name == "run" else f"the {name} stage")
+        p.add_argument("--config", required=True, help="experiment YAML")
+        p.add_argument("--force", action="store_true", help="redo stages even when their inputs are unchanged")
+        p.add_argument("overrides", nargs="*", help="key.sub=value (or --key.sub=value)")
+    p = sub.add_parser("predict", help="forecast the next horizon from a history file")
+    p.add_argument("--model", required=True, help="export directory")
+    p.add_argument("--input", required=True, help="history csv/parquet/json")
+    p.add_argument("--output", required=True, help="forecast csv to write")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Like argparse, but `--train.lr=0.001` (W&B sweep agents) counts as an override too."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command is None:
+        raise UserError("no command given; use one of run, ingest, window, train, evaluate, export, predict")
+    unknown = [a for a in extra if not (a.startswith("--") and "." in a.split("=", 1)[0])]
+    if unknown:
+        raise UserError(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        if args.command == "predict":
+            raise UserError(f"predict takes no config overrides: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    return args
+
+
+def run_command(args: argparse.Namespace) -> None:
+    from pipeline.runtime import configure_process, dist_state, setup_logging
+
+    if args.command == "predict":
+        setup_logging()
+        configure_process()
+        predict(Path(args.model), Path(args.input), Path(args.output))
+        return
+    from pipeline.config import load_config, save_config
+
+    cfg = load_config(args.config, args.overrides)
+    state = dist_state()
+    setup_logging(state.is_main_process)
+    configure_process(cfg.train.num_threads)
+    stages = stage_functions()
+    names = STAGES if args.command == "run" else (args.command,)
+    if state.is_main_process:
+        save_config(cfg, cfg.run_dir / "config.yaml")
+    for name in names:
+        stages[name](cfg, force=args.force)
+    if args.command == "run" and state.is_main_process:
+        log.info("done: %s", cfg.run_dir)
+
+
+def stage_functions() -> dict[str, Callable]:
+    from pipeline import evaluate, export, ingest, train, window
+
+    return {
+        "ingest": ingest.run,
+        "window": window.run,
+        "train": train.run,
+        "evaluate": evaluate.run,
+        "export": export.run,
+    }
+
+
+def predict(model_dir: Path, history_path: Path, output: Path) -> None:
+    from pipeline.artifacts import write_text_atomic
+    from pipeline.forecaster import Forecaster, read_history
+
+    forecaster = Forecaster.load(model_dir)
+    forecast = forecaster.predict(read_history(history_path), source=str(history_path))
+    write_text_atomic(output, forecast.to_csv(index=False))
+    log.info("predict: wrote %d rows to %s", len(forecast), output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        run_command(parse_args(sys.argv[1:] if argv is None else argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

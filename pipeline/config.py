@@ -1,0 +1,425 @@
+"""Typed experiment config: one dataclass per stage section, loaded from YAML plus overrides.
+
+Validation happens here, at load time, so a bad value fails before any work starts and the
+message names the key. Unknown keys are errors (with a suggestion), never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(kw_only=True, slots=True)
+class SyntheticConfig:
+    """Size of the seeded `synthetic` source (used when `data.source: synthetic`)."""
+
+    n_series: int = 20
+    """Number of series to generate."""
+    length: int = 2000
+    """Length of the longest series; lengths vary down to `min_length`."""
+    min_length: int | None = None
+    """Length of the shortest series (default: `length`, all series equally long)."""
+    freq: str = "h"
+    """Pandas frequency alias of the generated timestamps."""
+    seed: int = 0
+    """Seed of the generator (independent of the training seed)."""
+
+    def __post_init__(self) -> None:
+        _positive("data.synthetic.n_series", self.n_series)
+        _positive("data.synthetic.length", self.length)
+        if self.min_length is not None:
+            _positive("data.synthetic.min_length", self.min_length)
+            if self.min_length > self.length:
+                raise ConfigError(
+                    f"data.synthetic.min_length ({self.min_length}) is larger than "
+                    f"data.synthetic.length ({self.length})"
+                )
+
+
+@dataclass(kw_only=True, slots=True)
+class DataConfig:
+    """Where the data comes from and how it is cleaned and split."""
+
+    source: str = "builtin:vic_elec"
+    """Path or glob of csv/parquet/json files, `builtin:<name>`, `synthetic`, or a Hub dataset id."""
+    format: Literal["long", "wide"] = "long"
+    """`long`: one row per (series, time); `wide`: one column per series."""
+    id_column: str | None = None
+    """Long format: column naming the series (absent = a single series)."""
+    time_column: str = "time"
+    """Column holding the timestamps."""
+    target_column: str = "demand"
+    """Long format: column holding the values to forecast."""
+    freq: str | None = None
+    """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent."""
+    missing: Literal["error", "interpolate", "ffill", "drop"] = "error"
+    """Missing timestamps or NaN/inf targets: fail, fill linearly, carry forward, or drop the series."""
+    short_series: Literal["drop", "error"] = "drop"
+    """A series too short for one training window: drop it with a warning, or fail."""
+    val_size: int | float = 0.1
+    """Validation part at the end of each series before the test part: a fraction, or steps."""
+    test_size: int | float = 0.1
+    """Test part at the end of each series: a fraction, or steps."""
+    scaling: Literal["standard", "none"] = "standard"
+    """Per-series scaling, fitted on the train part only."""
+    split: str = "train"
+    """Hub datasets only: which split to load."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Parameters of the `synthetic` source."""
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ConfigError("data.source is empty")
+        for key, value in (("data.val_size", self.val_size), ("data.test_size", self.test_size)):
+            if isinstance(value, float) and not 0.0 < value < 1.0:
+                raise ConfigError(f"{key} must be a fraction in (0, 1) or a whole number of steps, got {value}")
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"{key} must be at least 1 step, got {value}")
+
+
+@dataclass(kw_only=True, slots=True)
+class WindowConfig:
+    """How each series is cut into (input, target) windows."""
+
+    lookback: int = 336
+    """Input length in steps."""
+    horizon: int = 48
+    """Forecast length in steps."""
+    stride: int = 1
+    """Step between consecutive training windows."""
+    val_stride: int | None = None
+    """Step between validation windows (default: `stride`)."""
+    test_stride: int | None = None
+    """Step between test forecast origins (default: `horizon`: non-overlapping forecasts)."""
+
+    def __post_init__(self) -> None:
+        _positive("window.lookback", self.lookback)
+        _positive("window.horizon", self.horizon)
+        _positive("window.stride", self.stride)
+        for key in ("val_stride", "test_stride"):
+            if getattr(self, key) is not None:
+                _positive(f"window.{key}", getattr(self, key))
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    """The recurrent forecaster: an LSTM/GRU whose last hidden state feeds a linear head."""
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    """Recurrent cell type."""
+    hidden_size: int = 64
+    """Hidden units per layer."""
+    num_layers: int = 2
+    """Stacked recurrent layers."""
+    dropout: float = 0.0
+    """Dropout between recurrent layers (ignored with one layer)."""
+
+    def __post_init__(self) -> None:
+        _positive("model.hidden_size", self.hidden_size)
+        _positive("model.num_layers", self.num_layers)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """The Accelerate training loop."""
+
+    batch_size: int = 256
+    """Global batch size per optimizer step, across all processes and accumulation steps."""
+    max_steps: int = 1000
+    """Optimizer steps to run (early stopping may end sooner)."""
+    lr: float = 3e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 50
+    """Linear warmup steps before the cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr`."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm at this value (0 disables)."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision; `fp16` needs a GPU (it uses gradient scaling)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; `batch_size` stays the global effective batch."""
+    eval_every: int = 100
+    """Validate every N steps (and at the end)."""
+    patience: int = 5
+    """Stop after this many validations without improvement (0 disables early stopping)."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint every N steps (0 disables)."""
+    keep_last: int = 2
+    """Checkpoints to keep."""
+    resume: str = "auto"
+    """`auto`: continue from the latest checkpoint if any; `never`: start over; or a checkpoint path."""
+    log_every: int = 10
+    """Write train/metrics.jsonl and tracker scalars every N steps."""
+    num_threads: int = 0
+    """CPU threads per process (0 = the available cores divided by the local processes)."""
+    eval_batch_size: int = 2048
+    """Windows per forward pass in validation."""
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "max_steps", "gradient_accumulation_steps", "eval_every", "keep_last"):
+            _positive(f"train.{key}", getattr(self, key))
+        _positive("train.lr", self.lr)
+        _positive("train.eval_batch_size", self.eval_batch_size)
+        for key in ("warmup_steps", "patience", "checkpoint_every", "num_threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be divisible by "
+                f"train.gradient_accumulation_steps ({self.gradient_accumulation_steps})"
+            )
+        if not self.resume.strip():
+            raise ConfigError("train.resume must be auto, never or a checkpoint path")
+
+
+@dataclass(kw_only=True, slots=True)
+class EvaluateConfig:
+    """Scoring on the test split against naive baselines."""
+
+    season_length: int = 48
+    """Season of the seasonal-naive baseline and of the MASE scale, in steps."""
+    batch_size: int = 4096
+    """Windows per forward pass."""
+    plot_series: int = 4
+    """How many series get a forecast-vs-actual plot."""
+
+    def __post_init__(self) -> None:
+        _positive("evaluate.season_length", self.season_length)
+        _positive("evaluate.batch_size", self.batch_size)
+        if self.plot_series < 0:
+            raise ConfigError(f"evaluate.plot_series must be >= 0, got {self.plot_series}")
+
+
+@dataclass(kw_only=True, slots=True)
+class ExportConfig:
+    """The self-contained export directory."""
+
+    onnx: bool = True
+    """Also write model.onnx and check it against PyTorch with ONNX Runtime."""
+    parity_atol: float = 1e-4
+    """Largest allowed |ONNX - PyTorch| on the test windows (scaled units)."""
+
+    def __post_init__(self) -> None:
+        _positive("export.parity_atol", self.parity_atol)
+
+
+@dataclass(kw_only=True, slots=True)
+class TrackingConfig:
+    """Experiment tracking through Accelerate's trackers."""
+
+    backend: Literal["wandb", "tensorboard", "none"] = "wandb"
+    """Where runs are tracked; `none` keeps only the local files."""
+    project: str = "lstm-pipeline"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user); default: the account's."""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """W&B mode; `online` falls back to `offline` when no W&B credentials are found."""
+    group: str | None = None
+    """W&B group (default: the experiment `name`)."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+
+
+@dataclass(kw_only=True, slots=True)
+class Config:
+    """One experiment: every stage section plus the run identity."""
+
+    name: str = "experiment"
+    """Experiment name; also names the run directory by default."""
+    output_dir: str = "runs/{name}"
+    """Where the stages write; `{name}` is replaced by `name`."""
+    seed: int = 0
+    """Seed of weight initialisation and of the batch order."""
+    data: DataConfig = field(default_factory=DataConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("name is empty")
+        if self.train.batch_size < 1:
+            raise ConfigError("train.batch_size must be positive")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.replace("{name}", self.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections: what a stage's cached output depends on."""
+        payload = {s: _plain(getattr(self, s)) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: YAML syntax error{line}: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    return build(Config, raw, "", where)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.lr=0.001` or `--train.lr=0.001` (the form W&B sweep agents pass) into key and value."""
+    text = item[2:] if item.startswith("--") else item
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, value = parse_override(item)
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build(cls: type, data: Any, prefix: str, where: str) -> Any:
+    """Turn a mapping into dataclass `cls`, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix or 'config'}' must be a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, full, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value if value is not None else {}, key, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[-1]
+    if origin is Literal:
+        if value not in args:
+            choices = "|".join(map(str, args))
+            raise ConfigError(f"{where}: {key} must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {_describe(value)}")
+        return [_coerce(args[0], v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config so a run can be reproduced from its directory alone."""
+    from pipeline.artifacts import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

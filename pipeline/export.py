@@ -1,0 +1,170 @@
+"""Stage 5, export: a self-contained model directory that serves without the training code.
+
+Writes model.safetensors, forecaster.json (network spec, window, frequency, per-series
+scaler), config.yaml, model.onnx (dynamic batch; checked against PyTorch with ONNX Runtime on
+every test window), a model card, and manifest.json with the sha256 of every file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from pipeline import __version__
+from pipeline.artifacts import (
+    META,
+    is_cached,
+    read_meta,
+    require_stage,
+    sha256_file,
+    stage_key,
+    staged_dir,
+    write_json_atomic,
+)
+from pipeline.config import Config
+from pipeline.data import WindowBuffer
+from pipeline.evaluate import forecast_windows, load_trained_model
+from pipeline.forecaster import MANIFEST, SPEC_FILE
+from pipeline.ingest import load_ingest
+from pipeline.runtime import dist_state
+from pipeline.window import load_index
+
+log = logging.getLogger("pipeline")
+
+
+def run(cfg: Config, force: bool = False) -> Path:
+    out = cfg.run_dir / "export"
+    train_meta = require_stage(cfg.run_dir / "train", "train", "export")
+    eval_meta = read_meta(cfg.run_dir / "evaluate") or {}
+    key = stage_key("export", cfg.section_hash("export"), train_meta["fingerprint"], eval_meta.get("key", ""))
+    state = dist_state()
+    if not force and is_cached(out, key):
+        log.info("export: up to date (inputs unchanged), skipped; --force redoes it")
+        return out
+    if state.is_main_process:
+        export(cfg, key, train_meta)
+    state.wait_for_everyone()
+    return out
+
+
+def export(cfg: Config, key: str, train_meta: dict) -> None:
+    ingest_meta, raw = load_ingest(cfg.run_dir, "export")
+    _, index = load_index(cfg.run_dir, "export")
+    model = load_trained_model(cfg.run_dir / "train", train_meta)
+    metrics_path = cfg.run_dir / "evaluate" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
+    spec = forecaster_spec(cfg, train_meta, ingest_meta, metrics)
+
+    with staged_dir(cfg.run_dir / "export") as tmp:
+        shutil.copyfile(cfg.run_dir / "train" / "best" / "model.safetensors", tmp / "model.safetensors")
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        (tmp / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        parity = None
+        if cfg.export.onnx:
+            w = cfg.window
+            buffer = WindowBuffer.from_ingest(raw, ingest_meta["series"], w.lookback, w.horizon)
+            pairs = index["test"] if len(index["test"]) else index["val"]
+            parity = export_onnx(model, buffer, pairs, tmp / "model.onnx", cfg.export.parity_atol)
+        (tmp / "README.md").write_text(model_card(cfg, spec, metrics, parity))
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json_atomic(tmp / MANIFEST, {"files": files})
+        write_json_atomic(tmp / META, {"stage": "export", "key": key, "fingerprint": key, "onnx_parity": parity})
+    log.info("export: wrote %s%s", cfg.run_dir / "export", f" (ONNX max |diff| {parity:.2e})" if parity else "")
+
+
+def forecaster_spec(cfg: Config, train_meta: dict, ingest_meta: dict, metrics: dict | None) -> dict:
+    d = cfg.data
+    synthetic = d.source == "synthetic"
+    return {
+        "format_version": 1,
+        "pipeline_version": __version__,
+        "name": cfg.name,
+        "model": train_meta["model"],
+        "lookback": cfg.window.lookback,
+        "horizon": cfg.window.horizon,
+        "freq": ingest_meta["freq"],
+        "format": "long" if synthetic else d.format,
+        "time_column": "time" if synthetic else d.time_column,
+        "target_column": "value" if synthetic else d.target_column,
+        "id_column": "series" if synthetic else d.id_column,
+        "series": {r["id"]: {"mean": r["mean"], "scale": r["scale"]} for r in ingest_meta["series"]},
+        "data_fingerprint": ingest_meta["fingerprint"],
+        "test_metrics": metrics,
+    }
+
+
+def export_onnx(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.ndarray, path: Path, atol: float) -> float:
+    """Write the ONNX graph and return its largest deviation from PyTorch on `pairs`."""
+    import onnxruntime as ort
+
+    example, _ = buffer.gather(torch.from_numpy(pairs[:2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # the TorchScript exporter takes 0.2 s for an LSTM, the dynamo one about 10 s
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["x"],
+                output_names=["forecast"],
+                dynamic_axes={"x": {0: "batch"}, "forecast": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+        except (TypeError, RuntimeError, NotImplementedError):  # a torch without the legacy exporter
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=["x"],
+                output_names=["forecast"],
+                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
+                dynamo=True,
+            )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    expected = forecast_windows(model, buffer, pairs, 4096)
+    got = np.concatenate(
+        [
+            session.run(None, {"x": buffer.gather(torch.from_numpy(chunk))[0].numpy()})[0]
+            for chunk in np.array_split(pairs, max(1, len(pairs) // 4096 + 1))
+            if len(chunk)
+        ]
+    )
+    diff = float(np.abs(got - expected).max())
+    if not diff <= atol:
+        raise RuntimeError(f"export: ONNX output differs from PyTorch by {diff:.3g} > export.parity_atol={atol}")
+    return diff
+
+
+def model_card(cfg: Config, spec: dict, metrics: dict | None, parity: float | None) -> str:
+    m = spec["model"]
+    lines = [
+        f"# Model card: {cfg.name}",
+        "",
+        f"A {m['num_layers']}-layer {m['cell'].upper()} ({m['hidden_size']} hidden units) forecasting the next "
+        f"{spec['horizon']} steps ({spec['freq']}) from the last {spec['lookback']} values of each series.",
+        "",
+        f"- Data: `{cfg.data.source}`, {len(spec['series'])} series, fingerprint `{spec['data_fingerprint']}`.",
+        "- Inputs are scaled per series with the statistics of its train part (in forecaster.json).",
+        "- Trained by lstm-pipeline; serve with `Forecaster.load(dir).predict(history)` or "
+        "`lstm-pipeline predict --model DIR --input HISTORY.csv --output FORECAST.csv`.",
+    ]
+    if parity is not None:
+        lines.append(
+            f"- model.onnx: input `x` (batch, {spec['lookback']}, 1) scaled, output `forecast` (batch, "
+            f"{spec['horizon']}) scaled; max |ONNX - PyTorch| on the test windows: {parity:.2e}."
+        )
+    if metrics:
+        lines += ["", "## Test metrics (original units)", "", "| method | MAE | RMSE | sMAPE | MASE |"]
+        lines.append("| --- | ---: | ---: | ---: | ---: |")
+        for name, v in [("model", metrics["model"]), *metrics["baselines"].items()]:
+            lines.append(f"| {name} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.4f} |")
+    lines += ["", "Limitations: trained on the series listed in forecaster.json; other series are refused."]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,325 @@
+"""Stage 1, ingest: source -> clean, regular, split, scaled-on-train series in one Arrow buffer.
+
+Output (`<output_dir>/ingest/`): `values.arrow` (one float32 column holding every series
+back to back, in original units) and `meta.json` (fingerprint, frequency, and per series its
+id, first timestamp, length, split boundaries and the scaling statistics of its train part).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.artifacts import META, is_cached, read_meta, stage_key, staged_dir, write_json_atomic
+from pipeline.config import Config, DataConfig
+from pipeline.errors import DataError
+from pipeline.sources import load_table, source_fingerprint
+
+log = logging.getLogger("pipeline")
+
+VALUES_FILE = "values.arrow"
+
+
+@dataclass
+class SeriesSet:
+    """Regular series back to back: series i is values[offsets[i] : offsets[i] + lengths[i]]."""
+
+    ids: list[str]
+    starts: list[pd.Timestamp]
+    lengths: np.ndarray
+    values: np.ndarray
+    freq: str
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+
+
+def run(cfg: Config, force: bool = False) -> Path:
+    out = cfg.run_dir / "ingest"
+    key = stage_key("ingest", cfg.section_hash("data"), source_fingerprint(cfg.data))
+    if not force and is_cached(out, key):
+        log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
+        return out
+    table = load_table(cfg.data)
+    series = prepare_series(table, cfg.data)
+    meta = split_and_scale(series, cfg.data)
+    meta.update(key=key, stage="ingest", source=cfg.data.source)
+    with staged_dir(out) as tmp:
+        write_values(tmp / VALUES_FILE, series.values)
+        write_json_atomic(tmp / META, meta)
+    log.info(
+        "ingest: %d series, %d points, freq %s, fingerprint %s",
+        len(series.ids),
+        len(series.values),
+        series.freq,
+        meta["fingerprint"],
+    )
+    return out
+
+
+# ---------------------------------------------------------------- reading and cleaning
+
+
+def _columns(table: pd.DataFrame, cfg: DataConfig) -> tuple[str | None, str, list[str]]:
+    """(id column, time column, target columns) checked against what the table has."""
+    found = ", ".join(map(str, table.columns))
+    if cfg.source == "synthetic":
+        return "series", "time", ["value"]
+    if cfg.time_column not in table.columns:
+        raise DataError(f"{cfg.source}: time column '{cfg.time_column}' (data.time_column) not found; columns: {found}")
+    if cfg.format == "wide":
+        targets = [c for c in table.columns if c != cfg.time_column]
+        if not targets:
+            raise DataError(f"{cfg.source}: wide format needs at least one series column besides '{cfg.time_column}'")
+        return None, cfg.time_column, targets
+    if cfg.target_column not in table.columns:
+        raise DataError(
+            f"{cfg.source}: target column '{cfg.target_column}' (data.target_column) not found; columns: {found}"
+        )
+    if cfg.id_column is not None and cfg.id_column not in table.columns:
+        raise DataError(f"{cfg.source}: id column '{cfg.id_column}' (data.id_column) not found; columns: {found}")
+    return cfg.id_column, cfg.time_column, [cfg.target_column]
+
+
+def to_long(table: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    """Canonical long frame: series (str), time (datetime64), target (float64), row (1-based)."""
+    id_col, time_col, targets = _columns(table, cfg)
+    times = _parse_times(table[time_col], cfg.source)
+    rows = np.arange(1, len(table) + 1)
+    if cfg.format == "wide" and cfg.source != "synthetic":
+        parts = []
+        for col in targets:
+            parts.append(
+                pd.DataFrame({"series": str(col), "time": times, "target": _numeric(table[col], col, cfg), "row": rows})
+            )
+        return pd.concat(parts, ignore_index=True)
+    ids = table[id_col].astype(str) if id_col is not None else pd.Series("series", index=table.index)
+    return pd.DataFrame(
+        {"series": ids.values, "time": times, "target": _numeric(table[targets[0]], targets[0], cfg), "row": rows}
+    )
+
+
+def _parse_times(col: pd.Series, source: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return col
+    try:
+        parsed = pd.to_datetime(col, errors="coerce", format="mixed")
+    except (ValueError, TypeError) as exc:
+        if "zone" in str(exc).lower() or "offset" in str(exc).lower():
+            raise DataError(
+                f"{source}: mixed time zones in the time column; write all timestamps in one zone"
+            ) from None
+        raise DataError(f"{source}: cannot parse the time column: {exc}") from None
+    if parsed.dtype == object:  # pandas keeps mixed offsets as objects
+        raise DataError(f"{source}: mixed time zones in the time column; write all timestamps in one zone")
+    bad = parsed.isna() & col.notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{source}: row {i + 1}: cannot parse timestamp {col.iloc[i]!r}")
+    if col.isna().any():
+        i = int(np.flatnonzero(col.isna().to_numpy())[0])
+        raise DataError(f"{source}: row {i + 1}: missing timestamp")
+    return parsed
+
+
+def _numeric(col: pd.Series, name: str, cfg: DataConfig) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(col):
+        return col.astype(np.float64).to_numpy()
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna()
+    if bad.any():
+        text = col[bad].astype(str).str.strip().str.lower()
+        real_bad = ~text.isin(["nan", "", "na", "null", "none", "inf", "-inf"])
+        if real_bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[int(np.flatnonzero(real_bad.to_numpy())[0])])
+            raise DataError(f"{cfg.source}: row {i + 1}: non-numeric value {col.iloc[i]!r} in column '{name}'")
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def infer_freq(frame: pd.DataFrame, given: str | None, source: str) -> pd.DateOffset:
+    """The series' common step: `data.freq` when given, else inferred from the longest series."""
+    if given is not None:
+        try:
+            return pd.tseries.frequencies.to_offset(given)
+        except ValueError:
+            raise DataError(f"data.freq: '{given}' is not a pandas frequency alias (e.g. 30min, h, D, MS)") from None
+    sizes = frame.groupby("series", sort=False, observed=True).size()
+    longest = frame.loc[frame["series"] == sizes.idxmax(), "time"]
+    if len(longest) < 3:
+        raise DataError(f"{source}: cannot infer the frequency from {len(longest)} timestamps; set data.freq")
+    alias = pd.infer_freq(pd.DatetimeIndex(longest.iloc[: min(len(longest), 10_000)]))
+    if alias is None:  # gaps or irregular spacing: fall back to the most common step
+        diffs = pd.Series(np.diff(longest.to_numpy())).mode()
+        step = pd.Timedelta(diffs.iloc[0])
+        if step <= pd.Timedelta(0):
+            raise DataError(f"{source}: cannot infer the frequency; set data.freq")
+        return pd.tseries.frequencies.to_offset(step)
+    return pd.tseries.frequencies.to_offset(alias)
+
+
+def prepare_series(table: pd.DataFrame, cfg: DataConfig) -> SeriesSet:
+    """Sort, check duplicates and spacing, apply the missing-value policy; one clean regular set."""
+    frame = to_long(table, cfg)
+    if frame.empty:
+        raise DataError(f"{cfg.source}: no rows")
+    if frame["time"].dt.tz is not None:
+        frame["time"] = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None)
+    order = np.lexsort((frame["time"].to_numpy(), frame["series"].to_numpy()))
+    if not np.array_equal(order, np.arange(len(frame))):
+        ordered_before = frame.groupby("series", sort=False, observed=True)["time"].apply(
+            lambda t: t.is_monotonic_increasing
+        )
+        if not ordered_before.all():
+            log.info("ingest: input was not sorted by time; sorted it")
+        frame = frame.iloc[order].reset_index(drop=True)
+    dup = frame.duplicated(["series", "time"], keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        r = frame.iloc[i]
+        raise DataError(f"{cfg.source}: series '{r.series}': duplicate timestamp {r.time} (row {r.row})")
+    step = infer_freq(frame, cfg.freq, cfg.source)
+
+    ids, starts, chunks = [], [], []
+    dropped = []
+    for sid, part in frame.groupby("series", sort=True, observed=True):
+        values = _regularise(str(sid), part, step, cfg)
+        if values is None:
+            dropped.append(str(sid))
+            continue
+        ids.append(str(sid))
+        starts.append(part["time"].iloc[0])
+        chunks.append(values)
+    if dropped:
+        log.warning("ingest: dropped %d series by data.missing=drop: %s", len(dropped), ", ".join(dropped[:10]))
+    if not ids:
+        raise DataError(f"{cfg.source}: no series left after data.missing=drop")
+    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
+    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr)
+
+
+def _regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConfig) -> np.ndarray | None:
+    """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
+    times = pd.DatetimeIndex(part["time"].to_numpy())
+    grid = pd.date_range(times[0], times[-1], freq=step)
+    target = part["target"].to_numpy(dtype=np.float64).copy()
+    if len(grid) != len(times) or not grid.equals(times):
+        on_grid = times.isin(grid)
+        if not on_grid.all():
+            j = int(np.flatnonzero(~on_grid)[0])
+            raise DataError(
+                f"{cfg.source}: series '{sid}': timestamp {times[j]} (row {part['row'].iloc[j]}) is off the "
+                f"{step.freqstr} grid (irregular spacing or a different frequency); set data.freq or fix the data"
+            )
+        missing = grid.difference(times)
+        if cfg.missing == "error":
+            raise DataError(
+                f"{cfg.source}: series '{sid}': {len(missing)} missing timestamp(s), first {missing[0]}; "
+                f"set data.missing to interpolate, ffill or drop"
+            )
+        if cfg.missing == "drop":
+            return None
+        target = pd.Series(target, index=times).reindex(grid).to_numpy()
+    bad = ~np.isfinite(target)
+    if bad.any():
+        if cfg.missing == "error":
+            j = int(np.flatnonzero(bad)[0])
+            row = part["row"].iloc[j] if j < len(part) and len(grid) == len(times) else "?"
+            raise DataError(
+                f"{cfg.source}: series '{sid}': missing or non-finite target at {grid[j]} (row {row}); "
+                f"set data.missing to interpolate, ffill or drop"
+            )
+        if cfg.missing == "drop":
+            return None
+        filled = pd.Series(np.where(bad, np.nan, target))
+        filled = filled.interpolate(limit_direction="both") if cfg.missing == "interpolate" else filled.ffill().bfill()
+        if filled.isna().any():
+            raise DataError(f"{cfg.source}: series '{sid}': no finite target value at all")
+        target = filled.to_numpy()
+    return target
+
+
+# ---------------------------------------------------------------- splitting and scaling
+
+
+def split_sizes(length: int, val_size: int | float, test_size: int | float) -> tuple[int, int]:
+    """(train_end, val_end) for one series; fractions round to at least one step."""
+    val = val_size if isinstance(val_size, int) else max(1, round(length * val_size))
+    test = test_size if isinstance(test_size, int) else max(1, round(length * test_size))
+    return length - val - test, length - test
+
+
+def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
+    """Per-series split boundaries and train-part statistics, plus the content fingerprint."""
+    offsets = series.offsets
+    records = []
+    for i, sid in enumerate(series.ids):
+        length = int(series.lengths[i])
+        train_end, val_end = split_sizes(length, cfg.val_size, cfg.test_size)
+        if train_end < 2:
+            raise DataError(
+                f"{cfg.source}: series '{sid}' has {length} points, too few for data.val_size="
+                f"{cfg.val_size} and data.test_size={cfg.test_size} plus a train part"
+            )
+        train = series.values[offsets[i] : offsets[i] + train_end]
+        mean, scale = 0.0, 1.0
+        if cfg.scaling == "standard":
+            mean, scale = float(train.mean()), float(train.std())
+            if not scale > 1e-12 * max(1.0, abs(mean)):
+                raise DataError(
+                    f"{cfg.source}: series '{sid}' is constant on its train part (zero scale); "
+                    f"remove it or set data.scaling: none"
+                )
+        records.append(
+            {
+                "id": sid,
+                "start": series.starts[i].isoformat(),
+                "length": length,
+                "train_end": train_end,
+                "val_end": val_end,
+                "mean": mean,
+                "scale": scale,
+            }
+        )
+    digest = hashlib.sha256(series.values.astype(np.float32).tobytes())
+    digest.update(repr([(r["id"], r["start"], r["length"]) for r in records]).encode())
+    digest.update(series.freq.encode())
+    return {
+        "fingerprint": digest.hexdigest()[:16],
+        "freq": series.freq,
+        "n_series": len(records),
+        "n_points": int(series.lengths.sum()),
+        "series": records,
+    }
+
+
+# ---------------------------------------------------------------- the Arrow buffer
+
+
+def write_values(path: Path, values: np.ndarray) -> None:
+    table = pa.table({"target": pa.array(values.astype(np.float32))})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def read_values(ingest_dir: Path) -> np.ndarray:
+    """The float32 buffer, memory-mapped (zero-copy while it is one Arrow chunk)."""
+    source = pa.memory_map(str(ingest_dir / VALUES_FILE), "r")
+    column = pa.ipc.open_file(source).read_all().column("target")
+    return column.to_numpy() if column.num_chunks == 1 else column.combine_chunks().to_numpy()
+
+
+def load_ingest(run_dir: Path, needed_by: str) -> tuple[dict, np.ndarray]:
+    from pipeline.artifacts import require_stage
+
+    meta = require_stage(run_dir / "ingest", "ingest", needed_by)
+    return meta, read_values(run_dir / "ingest")
+
+
+__all__ = ["load_ingest", "prepare_series", "read_meta", "read_values", "run", "split_and_scale"]

@@ -1,0 +1,64 @@
+"""Forecast accuracy metrics and the naive baselines, vectorised over all windows at once.
+
+All sums run in float64: the metrics are averages over up to millions of points, where
+float32 accumulation would drift in the last reported digits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("mae", "rmse", "smape", "mase")
+
+
+def target_positions(offsets: np.ndarray, pairs: np.ndarray, lookback: int, horizon: int) -> np.ndarray:
+    """Buffer positions (W, horizon) of each window's targets."""
+    origin = offsets[pairs[:, 0]] + pairs[:, 1] + lookback
+    return origin[:, None] + np.arange(horizon)[None, :]
+
+
+def naive_forecast(raw: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Repeat the last observed value over the horizon."""
+    last = raw[positions[:, 0] - 1]
+    return np.repeat(last[:, None], positions.shape[1], axis=1)
+
+
+def seasonal_naive_forecast(raw: np.ndarray, positions: np.ndarray, season: int) -> np.ndarray:
+    """Value one season earlier (k seasons for steps beyond the first season)."""
+    h = np.arange(positions.shape[1])
+    back = season * (1 + h // season)
+    return raw[positions - back[None, :]]
+
+
+def mase_scale(raw: np.ndarray, offsets: np.ndarray, train_end: np.ndarray, season: int) -> np.ndarray:
+    """Per series, the mean absolute seasonal-naive error on its train part (in original units)."""
+    scales = np.empty(len(offsets))
+    for i, (off, end) in enumerate(zip(offsets, train_end)):
+        part = raw[off : off + end]
+        scales[i] = np.mean(np.abs(part[season:] - part[:-season])) if end > season else np.nan
+    return scales
+
+
+def error_terms(actual: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-point terms whose means are the metrics; `scale` is per window (its series' MASE scale)."""
+    err = forecast.astype(np.float64) - actual.astype(np.float64)
+    denom = np.abs(actual) + np.abs(forecast)
+    smape = np.divide(200.0 * np.abs(err), denom, out=np.zeros_like(err), where=denom > 0)
+    return {"mae": np.abs(err), "mse": err**2, "smape": smape, "mase": np.abs(err) / scale[:, None]}
+
+
+def summarise(terms: dict[str, np.ndarray]) -> dict[str, float]:
+    return {
+        "mae": float(terms["mae"].mean()),
+        "rmse": float(np.sqrt(terms["mse"].mean())),
+        "smape": float(terms["smape"].mean()),
+        "mase": float(terms["mase"].mean()),
+    }
+
+
+def summarise_by_series(terms: dict[str, np.ndarray], series: np.ndarray, n_series: int) -> dict[str, np.ndarray]:
+    """The same metrics per series, from per-window sums (no loop over series)."""
+    count = np.bincount(series, minlength=n_series) * terms["mae"].shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = {k: np.bincount(series, weights=v.sum(axis=1), minlength=n_series) / count for k, v in terms.items()}
+    return {"mae": mean["mae"], "rmse": np.sqrt(mean["mse"]), "smape": mean["smape"], "mase": mean["mase"]}

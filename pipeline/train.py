@@ -1,0 +1,362 @@
+"""Stage 3, train: the Accelerate loop (DDP, mixed precision, exact resume, early stopping).
+
+World-size invariance: the global batch of every step is a pure function of (seed, epoch,
+position); each process takes its slice, and DDP averages the slices' gradients, so 1 and N
+processes follow the same trajectory up to float summation order. Work happens in a hidden
+work directory that becomes `train/` only when training has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from pipeline import checkpoint as ckpt
+from pipeline.artifacts import META, is_cached, recover, require_stage, stage_key, swap_into_place, write_json_atomic
+from pipeline.checkpoint import TrainState
+from pipeline.config import Config
+from pipeline.data import WindowBuffer
+from pipeline.errors import ConfigError, DataError
+from pipeline.ingest import load_ingest
+from pipeline.model import ModelSpec, build_model
+from pipeline.runtime import configure_process
+from pipeline.tracking import Tracker, open_tracker
+from pipeline.window import load_index
+
+log = logging.getLogger("pipeline")
+
+
+def run(cfg: Config, force: bool = False) -> Path:
+    out = cfg.run_dir / "train"
+    window_meta = require_stage(cfg.run_dir / "window", "window", "train")
+    key = train_key(cfg, window_meta["fingerprint"])
+    if not force and is_cached(out, key):
+        log.info("train: up to date (inputs unchanged), skipped; --force redoes it")
+        return out
+    train(cfg, key)
+    return out
+
+
+def train_key(cfg: Config, window_fingerprint: str) -> str:
+    return stage_key("train", cfg.section_hash("model", "train"), str(cfg.seed), window_fingerprint)
+
+
+def train(cfg: Config, key: str) -> None:
+    """Train to `max_steps` or early stop, resuming from the work directory's last checkpoint."""
+    accelerator = make_accelerator(cfg)
+    settings = configure_process(cfg.train.num_threads)
+    buffer, pairs, spec = load_training_data(cfg, accelerator.device)
+    check_batch(cfg, len(pairs["train"]), accelerator.num_processes)
+    model = build_model(spec, seed=cfg.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    work = cfg.run_dir / ".train.work"
+    identity = {"key": key}
+    state = restore(cfg, accelerator, model, optimizer, work, identity)
+    tracker = open_tracker(cfg, "train", accelerator.is_main_process, run_id=_run_id(work, accelerator))
+    _log_setup(cfg, accelerator, tracker, settings, pairs, spec)
+    metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
+    per_epoch = len(pairs["train"]) // cfg.train.batch_size
+    timer = time.perf_counter()
+    progress = _progress(cfg, state, accelerator)
+
+    try:
+        while state.step < cfg.train.max_steps and not state.stopped_early:
+            micro = local_batches(pairs["train"], cfg, state, accelerator.process_index, accelerator.num_processes)
+            set_lr(optimizer, lr_at(state.step, cfg))
+            loss, grad_norm = train_step(accelerator, model, optimizer, buffer, micro, cfg.train.grad_clip)
+            advance(state, per_epoch)
+            progress.update(1)
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+                rate = cfg.train.log_every * cfg.train.batch_size / max(time.perf_counter() - timer, 1e-9)
+                loss = accelerator.reduce(loss.detach(), "mean").item()
+                _check_finite(loss, state.step)
+                row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr_at(state.step - 1, cfg)}
+                row.update(grad_norm=float(grad_norm), windows_per_s=rate)
+                metrics.write(row)
+                tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
+                progress.set_postfix(loss=f"{loss:.4f}")
+                timer = time.perf_counter()
+            if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.max_steps:
+                evaluate_and_keep_best(cfg, accelerator, model, buffer, pairs["val"], state, work, metrics, tracker)
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                ckpt.save_checkpoint(
+                    work / "checkpoints", state, accelerator, model, optimizer, identity, cfg.train.keep_last
+                )
+        finish(cfg, accelerator, model, state, work, key, spec, tracker)
+    finally:
+        progress.close()
+        tracker.finish()
+
+
+# ---------------------------------------------------------------- set-up helpers
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a GPU (gradient scaling); use bf16 or no on CPU")
+    AcceleratorState._reset_state()  # allow several runs with different settings in one process
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps
+    )
+
+
+def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer, dict[str, torch.Tensor], ModelSpec]:
+    ingest_meta, raw = load_ingest(cfg.run_dir, "train")
+    window_meta, index = load_index(cfg.run_dir, "train")
+    w = cfg.window
+    if (window_meta["lookback"], window_meta["horizon"]) != (w.lookback, w.horizon):
+        raise ConfigError("window.lookback/horizon differ from the window stage output; run 'lstm-pipeline window'")
+    buffer = WindowBuffer.from_ingest(raw, ingest_meta["series"], w.lookback, w.horizon, device)
+    pairs = {s: torch.from_numpy(index[s]).to(device) for s in ("train", "val")}
+    if len(pairs["val"]) == 0:
+        raise DataError("no validation window: increase data.val_size or decrease window.horizon")
+    m = cfg.model
+    spec = ModelSpec(1, w.horizon, m.hidden_size, m.num_layers, m.dropout, m.cell)
+    return buffer, pairs, spec
+
+
+def check_batch(cfg: Config, n_train: int, world_size: int) -> None:
+    t = cfg.train
+    if t.batch_size % (world_size * t.gradient_accumulation_steps):
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) must be divisible by the number of processes ({world_size}) "
+            f"times train.gradient_accumulation_steps ({t.gradient_accumulation_steps})"
+        )
+    if n_train < t.batch_size:
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) is larger than the number of training windows ({n_train}); "
+            f"lower it or use more data"
+        )
+
+
+def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict) -> TrainState:
+    """The state to start from: a checkpoint per `train.resume`, or a fresh start."""
+    recover(work)
+    resume = cfg.train.resume
+    if resume == "never" or (resume == "auto" and not work.exists()):
+        if accelerator.is_main_process:
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        return TrainState()
+    if resume == "auto":
+        path = ckpt.latest_valid(work / "checkpoints")
+        if path is None:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                shutil.rmtree(work, ignore_errors=True)
+                work.mkdir(parents=True)
+            accelerator.wait_for_everyone()
+            return TrainState()
+    else:
+        path = Path(resume)
+        if not (path / ckpt.STATE_FILE).is_file():
+            raise ConfigError(f"train.resume: {resume} is not a checkpoint directory (no {ckpt.STATE_FILE})")
+        work.mkdir(parents=True, exist_ok=True)
+    ckpt.check_identity(path, identity)
+    state = ckpt.load_checkpoint(path, accelerator, model, optimizer)
+    log.info("train: resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
+    return state
+
+
+def _run_id(work: Path, accelerator) -> str | None:
+    """The W&B run id of this training run, kept in the work dir so a resume continues it."""
+    if not accelerator.is_main_process:
+        return None
+    path = work / "wandb_run_id"
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_hex(4))
+    return path.read_text().strip()
+
+
+def _log_setup(cfg, accelerator, tracker: Tracker, settings: dict, pairs: dict, spec: ModelSpec) -> None:
+    info = {
+        "world_size": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "precision": cfg.train.mixed_precision,
+        "threads": settings["threads"],
+        "train_windows": len(pairs["train"]),
+        "val_windows": len(pairs["val"]),
+        "torch": torch.__version__,
+    }
+    log.info("train: %s", ", ".join(f"{k} {v}" for k, v in info.items()))
+    tracker.log({f"setup/{k}": v for k, v in info.items() if isinstance(v, (int, float))}, step=0)
+
+
+def _progress(cfg: Config, state: TrainState, accelerator):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=cfg.train.max_steps,
+        initial=state.step,
+        desc="train",
+        disable=not accelerator.is_main_process,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
+
+
+# ---------------------------------------------------------------- the step
+
+
+@lru_cache(maxsize=2)
+def epoch_order(seed: int, epoch: int, n: int, device: torch.device) -> torch.Tensor:
+    """Permutation of the training windows for one epoch; depends on (seed, epoch) only."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).to(device)
+
+
+def local_batches(train_pairs: torch.Tensor, cfg: Config, state: TrainState, rank: int, world: int) -> list:
+    """This process's micro-batches of the current global batch."""
+    size = cfg.train.batch_size
+    order = epoch_order(cfg.seed, state.epoch, len(train_pairs), train_pairs.device)
+    batch = order[state.batch_in_epoch * size : (state.batch_in_epoch + 1) * size]
+    micro = batch.view(cfg.train.gradient_accumulation_steps, world, -1)[:, rank]
+    return [train_pairs[m] for m in micro]
+
+
+def advance(state: TrainState, batches_per_epoch: int) -> None:
+    state.step += 1
+    state.batch_in_epoch += 1
+    if state.batch_in_epoch == batches_per_epoch:
+        state.epoch += 1
+        state.batch_in_epoch = 0
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warmup, then cosine decay to `min_lr_ratio * lr`: a pure function of the step."""
+    t = cfg.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    progress = (step - t.warmup_steps) / max(1, t.max_steps - t.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return t.lr * (t.min_lr_ratio + (1.0 - t.min_lr_ratio) * cosine)
+
+
+def set_lr(optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, grad_clip: float):
+    """One optimizer step over the micro-batches; returns (mean local loss, gradient norm)."""
+    total = torch.zeros((), device=buffer.values.device)
+    grad_norm = torch.zeros(())
+    for pairs in micro:
+        with accelerator.accumulate(model):
+            x, y = buffer.gather(pairs)
+            loss = F.mse_loss(model(x).float(), y)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += loss.detach()
+    return total / len(micro), grad_norm
+
+
+def _check_finite(loss: float, step: int) -> None:
+    if not math.isfinite(loss):
+        raise DataError(f"train: loss became {loss} at step {step}; lower train.lr or check the data")
+
+
+# ---------------------------------------------------------------- validation and the end
+
+
+@torch.no_grad()
+def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int) -> float:
+    """Mean squared error over every validation window, each scored exactly once across ranks."""
+    module = accelerator.unwrap_model(model)
+    module.eval()
+    shard = val_pairs[accelerator.process_index :: accelerator.num_processes]
+    sums = torch.zeros(2, dtype=torch.float64, device=buffer.values.device)
+    for chunk in shard.split(batch_size):
+        x, y = buffer.gather(chunk)
+        sums[0] += ((module(x).float() - y) ** 2).sum(dtype=torch.float64)
+        sums[1] += y.numel()
+    module.train()
+    sums = accelerator.reduce(sums, "sum")
+    return float(sums[0] / sums[1])
+
+
+def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, work, metrics, tracker) -> None:
+    val = validation_loss(accelerator, model, buffer, val_pairs, cfg.train.eval_batch_size)
+    if not math.isfinite(val):
+        raise DataError(f"train: validation loss became {val} at step {state.step}; lower train.lr")
+    improved = val < state.best_val
+    if improved:
+        state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
+        if accelerator.is_main_process:
+            best = work / "best"
+            best.mkdir(parents=True, exist_ok=True)
+            tmp = best / ".model.safetensors.tmp"
+            save_file(ckpt.unwrapped_state(accelerator, model), str(tmp))
+            tmp.replace(best / "model.safetensors")
+            write_json_atomic(best / "best.json", {"step": state.step, "val_loss": val})
+    else:
+        state.evals_since_best += 1
+        if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
+            state.stopped_early = True
+            log.info(
+                "train: early stop at step %d (best val %.5f at step %d)", state.step, state.best_val, state.best_step
+            )
+    metrics.write({"step": state.step, "val_loss": val, "best_val_loss": state.best_val})
+    tracker.log({"val/loss": val, "val/best_loss": state.best_val}, step=state.step)
+    accelerator.wait_for_everyone()
+
+
+def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spec: ModelSpec, tracker) -> None:
+    """Write the final weights and meta, then swap the work directory into `train/`."""
+    if accelerator.is_main_process:
+        save_file(ckpt.unwrapped_state(accelerator, model), str(work / "model.safetensors"))
+        meta = {
+            "stage": "train",
+            "key": key,
+            "fingerprint": key,
+            "model": spec.to_dict(),
+            "state": asdict(state),
+            "world_size": accelerator.num_processes,
+            "mixed_precision": cfg.train.mixed_precision,
+        }
+        write_json_atomic(work / META, meta)
+        swap_into_place(work, cfg.run_dir / "train")
+        log.info("train: done at step %d; best val loss %.5f at step %d", state.step, state.best_val, state.best_step)
+        tracker.summary({"val/best_loss": state.best_val, "train/steps": state.step})
+    accelerator.wait_for_everyone()
+
+
+class MetricsLog:
+    """train/metrics.jsonl; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, resume_step: int, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
+            path.write_text("".join(ln + "\n" for ln in kept))
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+def load_model_spec(train_dir: Path) -> ModelSpec:
+    meta = json.loads((train_dir / META).read_text())
+    return ModelSpec(**meta["model"])
