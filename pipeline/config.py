@@ -125,8 +125,14 @@ class ModelConfig:
     """Stacked recurrent layers."""
     dropout: float = 0.0
     """Dropout between recurrent layers (ignored with one layer)."""
+    instance_norm: bool = False
+    """Standardise each input window by its own mean and spread (robust to level shifts)."""
+    residual_season: int = 0
+    """Predict a correction to the seasonal-naive forecast of this season length (0 = off)."""
 
     def __post_init__(self) -> None:
+        if self.residual_season < 0:
+            raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
         _positive("model.hidden_size", self.hidden_size)
         _positive("model.num_layers", self.num_layers)
         if not 0.0 <= self.dropout < 1.0:
@@ -143,6 +149,8 @@ class TrainConfig:
     """Optimizer steps to run (early stopping may end sooner)."""
     lr: float = 3e-3
     """Peak learning rate of AdamW."""
+    loss: Literal["mse", "mae", "huber"] = "mse"
+    """Training loss on the scaled targets (`mae` matches MAE/MASE; `huber` is MSE near 0, MAE beyond 1)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 50
@@ -180,7 +188,7 @@ class TrainConfig:
         for key in ("warmup_steps", "patience", "checkpoint_every", "num_threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
             raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
@@ -263,8 +271,11 @@ class Config:
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ConfigError("name is empty")
-        if self.train.batch_size < 1:
-            raise ConfigError("train.batch_size must be positive")
+        if self.model.residual_season > self.window.lookback:
+            raise ConfigError(
+                f"model.residual_season ({self.model.residual_season}) is longer than window.lookback "
+                f"({self.window.lookback}); the seasonal-naive base is read from the input window"
+            )
 
     @property
     def run_dir(self) -> Path:
@@ -284,7 +295,7 @@ def _plain(value: Any) -> Any:
 
 
 def _positive(key: str, value: float) -> None:
-    if value <= 0:
+    if not value > 0:  # also rejects NaN, which compares False with everything
         raise ConfigError(f"{key} must be positive, got {value}")
 
 
@@ -338,6 +349,8 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
         child = node.setdefault(part, {})
+        if child is None:  # a section left empty in the YAML (all its keys commented out)
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
         node = child
@@ -380,6 +393,8 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
                 errors.append(exc)
         raise errors[-1]
     if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads an unquoted `no` as false
+            value = "no"
         if value not in args:
             choices = "|".join(map(str, args))
             raise ConfigError(f"{where}: {key} must be one of {choices}, got {value!r}")

@@ -19,6 +19,7 @@ import pyarrow as pa
 from pipeline.artifacts import META, is_cached, read_meta, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config, DataConfig
 from pipeline.errors import DataError
+from pipeline.runtime import dist_state
 from pipeline.sources import load_table, source_fingerprint
 
 log = logging.getLogger("pipeline")
@@ -42,11 +43,20 @@ class SeriesSet:
 
 
 def run(cfg: Config, force: bool = False) -> Path:
+    """Main process only (the others wait): one writer per stage directory."""
+    state = dist_state()
+    if state.is_main_process:
+        _run(cfg, force)
+    state.wait_for_everyone()
+    return cfg.run_dir / "ingest"
+
+
+def _run(cfg: Config, force: bool) -> None:
     out = cfg.run_dir / "ingest"
     key = stage_key("ingest", cfg.section_hash("data"), source_fingerprint(cfg.data))
     if not force and is_cached(out, key):
         log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
-        return out
+        return
     table = load_table(cfg.data)
     series = prepare_series(table, cfg.data)
     meta = split_and_scale(series, cfg.data)
@@ -61,7 +71,6 @@ def run(cfg: Config, force: bool = False) -> Path:
         series.freq,
         meta["fingerprint"],
     )
-    return out
 
 
 # ---------------------------------------------------------------- reading and cleaning

@@ -99,7 +99,9 @@ def _load_files(builder: str, files: list[str], label: str, **kwargs) -> pd.Data
 
     datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(builder, data_files=files, split="train", **kwargs)
+        # force_redownload: the datasets cache is keyed by path and mtime, so a file replaced
+        # with new content but the same mtime (cp -p, tar, rsync -a) would load stale rows
+        ds = datasets.load_dataset(builder, data_files=files, split="train", download_mode="force_redownload", **kwargs)
     except Exception as exc:  # datasets wraps parser errors in several exception types
         raise DataError(f"{label}: cannot read as {builder}: {_first_line(exc)}") from None
     table = ds.to_pandas()

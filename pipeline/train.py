@@ -47,8 +47,16 @@ def run(cfg: Config, force: bool = False) -> Path:
     return out
 
 
+# settings that change how a run is operated, not what it computes: free to change on resume
+OPERATIONAL = ("resume", "log_every", "num_threads", "keep_last", "checkpoint_every", "eval_batch_size")
+
+
 def train_key(cfg: Config, window_fingerprint: str) -> str:
-    return stage_key("train", cfg.section_hash("model", "train"), str(cfg.seed), window_fingerprint)
+    """What the trained weights depend on: model and train settings, seed and the windows."""
+    settings = {k: v for k, v in asdict(cfg.train).items() if k not in OPERATIONAL}
+    return stage_key(
+        "train", cfg.section_hash("model"), repr(sorted(settings.items())), str(cfg.seed), window_fingerprint
+    )
 
 
 def train(cfg: Config, key: str) -> None:
@@ -75,7 +83,9 @@ def train(cfg: Config, key: str) -> None:
         while state.step < cfg.train.max_steps and not state.stopped_early:
             micro = local_batches(pairs["train"], cfg, state, accelerator.process_index, accelerator.num_processes)
             set_lr(optimizer, lr_at(state.step, cfg))
-            loss, grad_norm = train_step(accelerator, model, optimizer, buffer, micro, cfg.train.grad_clip)
+            loss, grad_norm = train_step(
+                accelerator, model, optimizer, buffer, micro, cfg.train.grad_clip, cfg.train.loss
+            )
             advance(state, per_epoch)
             progress.update(1)
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
@@ -126,7 +136,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     if len(pairs["val"]) == 0:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     m = cfg.model
-    spec = ModelSpec(1, w.horizon, m.hidden_size, m.num_layers, m.dropout, m.cell)
+    spec = ModelSpec(1, w.horizon, m.hidden_size, m.num_layers, m.dropout, m.cell, m.instance_norm, m.residual_season)
     return buffer, pairs, spec
 
 
@@ -255,14 +265,17 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, grad_clip: float):
+LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+
+
+def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, grad_clip: float, loss_name: str):
     """One optimizer step over the micro-batches; returns (mean local loss, gradient norm)."""
     total = torch.zeros((), device=buffer.values.device)
     grad_norm = torch.zeros(())
     for pairs in micro:
         with accelerator.accumulate(model):
             x, y = buffer.gather(pairs)
-            loss = F.mse_loss(model(x).float(), y)
+            loss = LOSSES[loss_name](model(x).float(), y)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
@@ -281,15 +294,17 @@ def _check_finite(loss: float, step: int) -> None:
 
 
 @torch.no_grad()
-def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int) -> float:
-    """Mean squared error over every validation window, each scored exactly once across ranks."""
+def validation_loss(
+    accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int, loss_name: str
+) -> float:
+    """The training loss over every validation window, each scored exactly once across ranks."""
     module = accelerator.unwrap_model(model)
     module.eval()
     shard = val_pairs[accelerator.process_index :: accelerator.num_processes]
     sums = torch.zeros(2, dtype=torch.float64, device=buffer.values.device)
     for chunk in shard.split(batch_size):
         x, y = buffer.gather(chunk)
-        sums[0] += ((module(x).float() - y) ** 2).sum(dtype=torch.float64)
+        sums[0] += LOSSES[loss_name](module(x).float(), y, reduction="none").sum(dtype=torch.float64)
         sums[1] += y.numel()
     module.train()
     sums = accelerator.reduce(sums, "sum")
@@ -297,7 +312,7 @@ def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.T
 
 
 def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, work, metrics, tracker) -> None:
-    val = validation_loss(accelerator, model, buffer, val_pairs, cfg.train.eval_batch_size)
+    val = validation_loss(accelerator, model, buffer, val_pairs, cfg.train.eval_batch_size, cfg.train.loss)
     if not math.isfinite(val):
         raise DataError(f"train: validation loss became {val} at step {state.step}; lower train.lr")
     improved = val < state.best_val

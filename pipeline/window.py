@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config
 from pipeline.errors import DataError
+from pipeline.runtime import dist_state
 
 log = logging.getLogger("pipeline")
 
@@ -61,12 +62,21 @@ def build_window_index(
 
 
 def run(cfg: Config, force: bool = False) -> Path:
+    """Main process only (the others wait): one writer per stage directory."""
+    state = dist_state()
+    if state.is_main_process:
+        _run(cfg, force)
+    state.wait_for_everyone()
+    return cfg.run_dir / "window"
+
+
+def _run(cfg: Config, force: bool) -> None:
     out = cfg.run_dir / "window"
     ingest_meta = require_stage(cfg.run_dir / "ingest", "ingest", "window")
     key = stage_key("window", cfg.section_hash("window"), ingest_meta["fingerprint"])
     if not force and is_cached(out, key):
         log.info("window: up to date (inputs unchanged), skipped; --force redoes it")
-        return out
+        return
     records = ingest_meta["series"]
     lengths = np.array([r["length"] for r in records], dtype=np.int64)
     train_end = np.array([r["train_end"] for r in records], dtype=np.int64)
@@ -94,7 +104,6 @@ def run(cfg: Config, force: bool = False) -> Path:
             },
         )
     log.info("window: train %d, val %d, test %d windows", counts["train"], counts["val"], counts["test"])
-    return out
 
 
 def _apply_short_series_policy(

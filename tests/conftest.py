@@ -1,0 +1,71 @@
+"""Shared fixtures: a small synthetic experiment that runs end to end in seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+SMALL = {
+    "name": "small",
+    "seed": 0,
+    "data": {
+        "source": "synthetic",
+        "synthetic": {"n_series": 4, "length": 400, "min_length": 300, "freq": "h", "seed": 1},
+        "val_size": 0.15,
+        "test_size": 0.15,
+    },
+    "window": {"lookback": 48, "horizon": 12, "stride": 1, "val_stride": 1},
+    "model": {"hidden_size": 16, "num_layers": 1},
+    "train": {
+        "batch_size": 64,
+        "max_steps": 40,
+        "lr": 0.01,
+        "warmup_steps": 5,
+        "eval_every": 10,
+        "checkpoint_every": 20,
+        "log_every": 5,
+        "patience": 0,
+    },
+    "evaluate": {"season_length": 24, "plot_series": 2},
+    "tracking": {"backend": "none"},
+}
+
+
+def write_config(tmp_path: Path, overrides: dict | None = None, name: str = "config.yaml") -> Path:
+    """A copy of SMALL with nested overrides merged in, output under tmp_path/run."""
+    cfg = yaml.safe_load(yaml.safe_dump(SMALL))
+    cfg["output_dir"] = str(tmp_path / "run")
+    for key, value in (overrides or {}).items():
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    """Run `python -m pipeline ...` in a subprocess, as a user would."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path)

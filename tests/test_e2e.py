@@ -1,0 +1,182 @@
+"""End to end through the CLI on small synthetic data: every stage, artifacts, predict, caching."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import SyntheticConfig
+from pipeline.forecaster import Forecaster
+from pipeline.synthetic import generate_synthetic
+
+from .conftest import cli, write_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    config = write_config(tmp)
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "run", config, result
+
+
+def test_run_writes_every_artifact(finished_run):
+    run, _, _ = finished_run
+    for path in [
+        "config.yaml",
+        "ingest/meta.json",
+        "ingest/values.arrow",
+        "window/train.npy",
+        "window/test.npy",
+        "train/best/model.safetensors",
+        "train/model.safetensors",
+        "train/checkpoints/step_20/train_state.json",
+        "train/checkpoints/step_40/model.safetensors",
+        "evaluate/per_series.csv",
+        "evaluate/report.md",
+        "export/model.onnx",
+        "export/README.md",
+        "export/config.yaml",
+    ]:
+        assert (run / path).is_file(), path
+    for png in ("forecasts.png", "error_by_horizon.png"):
+        assert (run / "evaluate" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in (run / "train/metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in train_rows] == list(range(5, 41, 5))
+    assert all(np.isfinite(r["loss"]) and r["windows_per_s"] > 0 for r in train_rows)
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+    assert [r["step"] for r in rows if "val_loss" in r] == [10, 20, 30, 40]
+    # nothing temporary is left behind
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_metrics_match_an_independent_computation(finished_run):
+    """Recompute the baselines' metrics from the raw synthetic data with plain loops."""
+    run, _, _ = finished_run
+    metrics = json.loads((run / "evaluate/metrics.json").read_text())
+    assert set(metrics["baselines"]) == {"naive", "seasonal_naive"}
+    for block in [metrics["model"], *metrics["baselines"].values()]:
+        assert set(block) == {"mae", "rmse", "smape", "mase"}
+        assert all(np.isfinite(v) and v >= 0 for v in block.values())
+
+    data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+    lookback, horizon, season = 48, 12, 24
+    abs_err, sq_err, scaled, count = 0.0, 0.0, 0.0, 0
+    for _, part in data.groupby("series", observed=True):
+        y = part["value"].to_numpy(dtype=np.float32).astype(np.float64)
+        n = len(y)
+        test = max(1, round(n * 0.15))
+        val = max(1, round(n * 0.15))
+        train_end, val_end = n - val - test, n - test
+        mase_scale = np.mean([abs(y[t] - y[t - season]) for t in range(season, train_end)])
+        origin = max(val_end, lookback)
+        while origin + horizon <= n:
+            for h in range(horizon):
+                forecast = y[origin + h - season * (1 + h // season)]
+                e = y[origin + h] - forecast
+                abs_err += abs(e)
+                sq_err += e * e
+                scaled += abs(e) / mase_scale
+                count += 1
+            origin += horizon
+    sn = metrics["baselines"]["seasonal_naive"]
+    assert metrics["n_windows"] * horizon == count
+    assert sn["mae"] == pytest.approx(abs_err / count, rel=1e-9)
+    assert sn["rmse"] == pytest.approx(np.sqrt(sq_err / count), rel=1e-9)
+    assert sn["mase"] == pytest.approx(scaled / count, rel=1e-9)
+    per_series = pd.read_csv(run / "evaluate/per_series.csv")
+    assert len(per_series) == 4
+    assert per_series["n_windows"].sum() == metrics["n_windows"]
+
+
+def test_export_is_self_contained_and_onnx_matches(finished_run, tmp_path):
+    run, _, _ = finished_run
+    export = run / "export"
+    manifest = json.loads((export / "manifest.json").read_text())["files"]
+    assert {"model.safetensors", "model.onnx", "forecaster.json", "config.yaml", "README.md"} <= set(manifest)
+    meta = json.loads((export / "meta.json").read_text())
+    assert meta["onnx_parity"] <= 1e-4
+
+    forecaster = Forecaster.load(export)
+    session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).normal(size=(7, 48, 1)).astype(np.float32)  # batch 7: dynamic axis
+    with torch.no_grad():
+        expected = forecaster.model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, atol=1e-4)
+
+
+def test_predict_cli_forecasts_the_next_horizon(finished_run, tmp_path):
+    run, _, _ = finished_run
+    data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+    history = data[data["time"] <= data["time"].max() - pd.Timedelta(hours=30)]
+    history_file = tmp_path / "history.csv"
+    history.to_csv(history_file, index=False)
+    out = tmp_path / "forecast.csv"
+    result = cli("predict", "--model", str(run / "export"), "--input", str(history_file), "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    forecast = pd.read_csv(out, parse_dates=["time"])
+    assert list(forecast.columns) == ["series", "time", "forecast"]
+    assert len(forecast) == 4 * 12
+    last = history.groupby("series", observed=True)["time"].max()
+    for sid, part in forecast.groupby("series"):
+        expected_times = pd.date_range(last[sid] + pd.Timedelta(hours=1), periods=12, freq="h")
+        assert (pd.DatetimeIndex(part["time"]) == expected_times).all()
+    # the python API gives the same numbers, and they are in the data's units
+    api = Forecaster.load(run / "export").predict(history)
+    np.testing.assert_allclose(api["forecast"].to_numpy(), forecast["forecast"].to_numpy(), rtol=1e-6)
+    actual = data.set_index(["series", "time"])["value"]
+    truth = np.array([actual[(s, t)] for s, t in zip(forecast["series"], forecast["time"])])
+    assert np.mean(np.abs(forecast["forecast"] - truth)) < np.mean(np.abs(truth)) * 0.5
+
+
+def test_unchanged_rerun_skips_every_stage_and_force_redoes(finished_run):
+    run, config, _ = finished_run
+    before = (run / "train/model.safetensors").stat().st_mtime_ns
+    again = cli("run", "--config", str(config))
+    assert again.returncode == 0, again.stderr[-2000:]
+    for stage in ("ingest", "window", "train", "evaluate", "export"):
+        assert f"{stage}: up to date" in again.stderr
+    assert (run / "train/model.safetensors").stat().st_mtime_ns == before
+    forced = cli("evaluate", "--config", str(config), "--force")
+    assert forced.returncode == 0 and "evaluate: up to date" not in forced.stderr
+
+
+def test_stages_one_by_one_and_in_the_wrong_order(tmp_path):
+    config = write_config(tmp_path, {"train.max_steps": 10, "train.checkpoint_every": 0, "export.onnx": False})
+    early = cli("evaluate", "--config", str(config))
+    assert early.returncode == 2
+    assert early.stderr.strip().count("\n") == 0
+    assert "train" in early.stderr and "run 'lstm-pipeline train'" in early.stderr
+    for stage in ("ingest", "window", "train", "evaluate", "export"):
+        result = cli(stage, "--config", str(config))
+        assert result.returncode == 0, (stage, result.stderr[-2000:])
+    assert (tmp_path / "run/export/model.safetensors").is_file()
+    changed = cli("train", "--config", str(config), "train.lr=0.005")
+    assert changed.returncode == 0 and "train: up to date" not in changed.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["run", "--config", "nope.yaml"], "config file not found: nope.yaml"),
+        (["run", "--config", "configs/default.yaml", "train.lrr=0.1"], "did you mean 'train.lr'"),
+        (["run", "--config", "configs/default.yaml", "window.lookback=0"], "window.lookback must be positive"),
+        (["run", "--config", "configs/default.yaml", "train.batch_size=abc"], "train.batch_size must be an integer"),
+        (["frobnicate", "--config", "configs/default.yaml"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, words, tmp_path):
+    result = cli(*args)
+    assert result.returncode == 2
+    assert words in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

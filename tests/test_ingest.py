@@ -1,0 +1,495 @@
+"""Ingest through the real loaders (Hugging Face `datasets`): formats, cleaning, errors, splits, caching."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import ingest
+from pipeline.config import Config, DataConfig
+from pipeline.errors import DataError
+from pipeline.ingest import SeriesSet, prepare_series, read_values, split_and_scale, split_sizes
+from pipeline.sources import load_table, resolve_files
+
+T0 = pd.Timestamp("2022-01-01 00:00")
+
+
+def _long_frame() -> pd.DataFrame:
+    """Two hourly series: 'a' (30 points from T0) and 'b' (20 points from T0 + 5h)."""
+    a = np.round(20 + 10 * np.sin(np.arange(30) / 3), 3)
+    b = np.round(-5 + 0.25 * np.arange(20) ** 1.5, 3)
+    return pd.concat(
+        [
+            pd.DataFrame({"time": pd.date_range(T0, periods=30, freq="h"), "id": "a", "y": a}),
+            pd.DataFrame({"time": pd.date_range(T0 + pd.Timedelta("5h"), periods=20, freq="h"), "id": "b", "y": b}),
+        ],
+        ignore_index=True,
+    )
+
+
+def _single(values, freq="h") -> pd.DataFrame:
+    values = np.asarray(values, dtype=float)
+    return pd.DataFrame({"time": pd.date_range(T0, periods=len(values), freq=freq), "y": values})
+
+
+def _cfg(source="mem.csv", **kw) -> DataConfig:
+    kw.setdefault("target_column", "y")
+    return DataConfig(source=str(source), **kw)
+
+
+def _load(source, **kw) -> SeriesSet:
+    cfg = _cfg(source, **kw)
+    return prepare_series(load_table(cfg), cfg)
+
+
+def _assert_same(a: SeriesSet, b: SeriesSet) -> None:
+    assert a.ids == b.ids
+    assert a.freq == b.freq
+    assert [pd.Timestamp(s) for s in a.starts] == [pd.Timestamp(s) for s in b.starts]
+    np.testing.assert_array_equal(a.lengths, b.lengths)
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+def _error(frame: pd.DataFrame, **kw) -> str:
+    with pytest.raises(DataError) as info:
+        prepare_series(frame, _cfg(**kw))
+    return str(info.value)
+
+
+# ---------------------------------------------------------------- the builtin data set
+
+
+@pytest.mark.parametrize("freq", [None, "30min"])
+def test_builtin_vic_elec(freq):
+    cfg = DataConfig(source="builtin:vic_elec", freq=freq)
+    table = load_table(cfg)
+    assert list(table.columns[:2]) == ["time", "demand"]
+    s = prepare_series(table, cfg)
+    assert s.ids == ["series"]
+    np.testing.assert_array_equal(s.lengths, [17520])
+    assert len(s.values) == 17520
+    assert s.freq == "30min"
+    assert pd.Timestamp(s.starts[0]) == pd.Timestamp("2014-01-01 00:00")
+    assert s.values[0] == pytest.approx(3.91464713, abs=1e-12)
+    assert s.values[1] == pytest.approx(3.67254961, abs=1e-12)
+    assert np.isfinite(s.values).all()
+
+
+def test_unknown_builtin_lists_available():
+    with pytest.raises(DataError, match=r"unknown builtin dataset 'nope'.*vic_elec"):
+        resolve_files("builtin:nope")
+
+
+# ---------------------------------------------------------------- file formats
+
+
+@pytest.fixture
+def expected_long() -> SeriesSet:
+    frame = _long_frame()
+    return prepare_series(frame, _cfg(id_column="id"))
+
+
+def test_long_format_with_id_column(expected_long):
+    s = expected_long
+    frame = _long_frame()
+    assert s.ids == ["a", "b"]
+    np.testing.assert_array_equal(s.lengths, [30, 20])
+    np.testing.assert_array_equal(s.offsets, [0, 30])
+    assert [pd.Timestamp(t) for t in s.starts] == [T0, T0 + pd.Timedelta("5h")]
+    assert s.freq == "h"
+    np.testing.assert_array_equal(s.values[:30], frame.loc[frame.id == "a", "y"].to_numpy())
+    np.testing.assert_array_equal(s.values[30:], frame.loc[frame.id == "b", "y"].to_numpy())
+
+
+@pytest.mark.parametrize("kind", ["csv", "tsv", "parquet", "json", "jsonl", "glob"])
+def test_file_formats_load_the_same(tmp_path, kind, expected_long):
+    frame = _long_frame()
+    as_text = frame.assign(time=frame["time"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+    if kind == "csv":
+        source = tmp_path / "d.csv"
+        frame.to_csv(source, index=False)
+    elif kind == "tsv":
+        source = tmp_path / "d.tsv"
+        frame.to_csv(source, index=False, sep="\t")
+    elif kind == "parquet":
+        source = tmp_path / "d.parquet"
+        frame.to_parquet(source, index=False)
+    elif kind == "json":
+        source = tmp_path / "d.json"
+        as_text.to_json(source, orient="records", double_precision=15)
+    elif kind == "jsonl":
+        source = tmp_path / "d.jsonl"
+        as_text.to_json(source, orient="records", lines=True, double_precision=15)
+    else:
+        # three files whose name order is not the time order: the rows come back unsorted
+        parts = tmp_path / "parts"
+        parts.mkdir()
+        shuffled = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+        for name, chunk in zip(["p2", "p0", "p1"], np.array_split(np.arange(len(shuffled)), 3)):
+            shuffled.iloc[chunk].to_csv(parts / f"{name}.csv", index=False)
+        (parts / "notes.txt").write_text("not data")
+        source = parts / "p*.csv"
+    _assert_same(_load(source, id_column="id"), expected_long)
+
+
+def test_directory_source_reads_its_data_files(tmp_path, expected_long):
+    frame = _long_frame()
+    frame[frame.id == "a"].to_csv(tmp_path / "a.csv", index=False)
+    frame[frame.id == "b"].to_csv(tmp_path / "b.csv", index=False)
+    assert resolve_files(str(tmp_path)) == [tmp_path / "a.csv", tmp_path / "b.csv"]
+    _assert_same(_load(tmp_path, id_column="id"), expected_long)
+
+
+def test_wide_format_gives_a_series_per_column(tmp_path):
+    times = pd.date_range("2023-05-01", periods=12, freq="D")
+    wide = pd.DataFrame({"time": times, "north": np.arange(12.0), "south": np.arange(12.0) * -2.5 + 1})
+    wide.to_csv(tmp_path / "w.csv", index=False)
+    s = _load(tmp_path / "w.csv", format="wide")
+    assert s.ids == ["north", "south"]
+    np.testing.assert_array_equal(s.lengths, [12, 12])
+    assert s.freq == "D"
+    assert [pd.Timestamp(t) for t in s.starts] == [times[0], times[0]]
+    np.testing.assert_array_equal(s.values, np.concatenate([np.arange(12.0), np.arange(12.0) * -2.5 + 1]))
+
+
+def test_mixed_file_formats_rejected(tmp_path):
+    _single(range(5)).to_csv(tmp_path / "a.csv", index=False)
+    _single(range(5)).to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(DataError, match="mixed file formats"):
+        load_table(_cfg(tmp_path / "*"))
+
+
+def test_missing_file_and_empty_glob(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_table(_cfg(tmp_path / "absent.csv"))
+    with pytest.raises(DataError, match="no file matches"):
+        load_table(_cfg(tmp_path / "*.csv"))
+
+
+# ---------------------------------------------------------------- ordering and duplicates
+
+
+def test_unsorted_input_gets_sorted(expected_long):
+    shuffled = _long_frame().sample(frac=1.0, random_state=0).reset_index(drop=True)
+    _assert_same(prepare_series(shuffled, _cfg(id_column="id")), expected_long)
+
+
+def test_reversed_single_series_gets_sorted():
+    frame = _single([1.0, 2.0, 3.0, 4.0])
+    s = prepare_series(frame.iloc[::-1].reset_index(drop=True), _cfg())
+    np.testing.assert_array_equal(s.values, [1.0, 2.0, 3.0, 4.0])
+    assert pd.Timestamp(s.starts[0]) == T0
+
+
+def test_duplicate_timestamp_names_series_and_time():
+    frame = _long_frame()
+    frame = pd.concat([frame, frame.iloc[[35]]], ignore_index=True)  # series b at T0 + 10h
+    msg = _error(frame, id_column="id")
+    assert "series 'b'" in msg
+    assert "duplicate timestamp 2022-01-01 10:00:00" in msg
+    assert "row 51" in msg
+
+
+# ---------------------------------------------------------------- missing values
+
+
+def test_nan_target_under_error_names_series(tmp_path):
+    frame = _long_frame()
+    frame.loc[12, "y"] = np.nan  # series a at T0 + 12h, data row 13
+    frame.to_csv(tmp_path / "nan.csv", index=False)
+    with pytest.raises(DataError) as info:
+        _load(tmp_path / "nan.csv", id_column="id")
+    msg = str(info.value)
+    assert "series 'a'" in msg
+    assert "2022-01-01 12:00:00" in msg
+    assert "row 13" in msg
+    assert "data.missing" in msg
+
+
+def test_inf_target_is_missing_too():
+    msg = _error(_single([1.0, np.inf, 3.0, 4.0]))
+    assert "series 'series'" in msg and "non-finite" in msg
+
+
+def test_interpolate_fills_linearly():
+    s = prepare_series(_single([0.0, 10.0, np.nan, np.nan, 40.0, 50.0]), _cfg(missing="interpolate"))
+    np.testing.assert_allclose(s.values, [0.0, 10.0, 20.0, 30.0, 40.0, 50.0], rtol=0, atol=1e-12)
+
+
+def test_interpolate_fills_a_missing_timestamp():
+    frame = _single([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]).drop(index=[3, 4])  # 03:00 and 04:00 absent
+    s = prepare_series(frame, _cfg(missing="interpolate", freq="h"))
+    np.testing.assert_array_equal(s.lengths, [7])
+    np.testing.assert_allclose(s.values, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], rtol=0, atol=1e-12)
+
+
+def test_interpolate_edges_take_the_nearest_value():
+    s = prepare_series(_single([np.nan, 2.0, 4.0, np.nan]), _cfg(missing="interpolate"))
+    np.testing.assert_array_equal(s.values, [2.0, 2.0, 4.0, 4.0])
+
+
+def test_ffill_carries_forward():
+    s = prepare_series(_single([0.0, 10.0, np.nan, np.nan, 40.0]), _cfg(missing="ffill"))
+    np.testing.assert_array_equal(s.values, [0.0, 10.0, 10.0, 10.0, 40.0])
+    frame = _single([1.0, 2.0, 3.0, 4.0, 5.0]).drop(index=[2])
+    s = prepare_series(frame, _cfg(missing="ffill", freq="h"))
+    np.testing.assert_array_equal(s.values, [1.0, 2.0, 2.0, 4.0, 5.0])
+
+
+def test_ffill_leading_nan_takes_first_value():
+    s = prepare_series(_single([np.nan, 3.0, 5.0]), _cfg(missing="ffill"))
+    np.testing.assert_array_equal(s.values, [3.0, 3.0, 5.0])
+
+
+def test_drop_drops_the_series_with_missing_values():
+    frame = _long_frame()
+    frame.loc[40, "y"] = np.nan  # in series b
+    s = prepare_series(frame, _cfg(id_column="id", missing="drop"))
+    assert s.ids == ["a"]
+    np.testing.assert_array_equal(s.lengths, [30])
+    np.testing.assert_array_equal(s.values, frame.loc[frame.id == "a", "y"].to_numpy())
+
+
+def test_drop_drops_a_series_with_a_gap():
+    frame = _long_frame().drop(index=[3])  # a gap in series a
+    s = prepare_series(frame, _cfg(id_column="id", missing="drop", freq="h"))
+    assert s.ids == ["b"]
+
+
+def test_drop_of_every_series_is_an_error():
+    assert "no series left" in _error(_single([1.0, np.nan, 3.0]), missing="drop")
+
+
+def test_gap_under_error_names_the_timestamp():
+    frame = _long_frame().drop(index=[33, 34])  # series b at T0 + 8h and 9h
+    msg = _error(frame, id_column="id", freq="h")
+    assert "series 'b'" in msg
+    assert "2 missing timestamp(s)" in msg
+    assert "first 2022-01-01 08:00:00" in msg
+
+
+def test_gap_with_inferred_frequency_names_the_timestamp():
+    frame = _single(np.arange(10.0)).drop(index=[6])
+    msg = _error(frame)
+    assert "missing timestamp(s), first 2022-01-01 06:00:00" in msg
+
+
+def test_off_grid_timestamp_names_row():
+    frame = _single(np.arange(6.0))
+    frame.loc[3, "time"] = frame.loc[3, "time"] + pd.Timedelta("20min")
+    msg = _error(frame, freq="h")
+    assert "2022-01-01 03:20:00" in msg and "row 4" in msg and "off the" in msg
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_non_numeric_target_names_the_row(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("time,y\n2022-01-01 00:00,1.5\n2022-01-01 01:00,2.5\n2022-01-01 02:00,n/a?\n2022-01-01 03:00,4\n")
+    with pytest.raises(DataError) as info:
+        _load(path)
+    msg = str(info.value)
+    assert "row 3" in msg and "'n/a?'" in msg and "column 'y'" in msg
+    assert str(path) in msg
+
+
+def test_unparseable_timestamp_names_the_row():
+    frame = pd.DataFrame({"time": ["2022-01-01 00:00", "2022-01-01 01:00", "yesterday"], "y": [1.0, 2.0, 3.0]})
+    msg = _error(frame)
+    assert "row 3" in msg and "'yesterday'" in msg
+
+
+@pytest.mark.parametrize(
+    ("kw", "needle"),
+    [
+        ({"target_column": "value"}, "target column 'value' (data.target_column) not found"),
+        ({"time_column": "ts"}, "time column 'ts' (data.time_column) not found"),
+        ({"id_column": "store"}, "id column 'store' (data.id_column) not found"),
+    ],
+)
+def test_missing_columns_name_the_columns_found(tmp_path, kw, needle):
+    path = tmp_path / "cols.csv"
+    _long_frame().to_csv(path, index=False)
+    with pytest.raises(DataError) as info:
+        _load(path, **kw)
+    msg = str(info.value)
+    assert needle in msg
+    assert "columns: time, id, y" in msg
+
+
+# ---------------------------------------------------------------- splits and scaling
+
+
+def test_split_sizes():
+    assert split_sizes(100, 0.1, 0.2) == (70, 80)
+    assert split_sizes(100, 5, 10) == (85, 90)
+    assert split_sizes(7, 0.01, 0.01) == (5, 6)  # fractions round to at least one step
+    assert split_sizes(50, 0.1, 3) == (42, 47)
+
+
+def _two_series(values_a, values_b) -> SeriesSet:
+    values_a, values_b = np.asarray(values_a, float), np.asarray(values_b, float)
+    return SeriesSet(
+        ids=["a", "b"],
+        starts=[T0, T0 + pd.Timedelta("1h")],
+        lengths=np.array([len(values_a), len(values_b)]),
+        values=np.concatenate([values_a, values_b]),
+        freq="h",
+    )
+
+
+def test_scaling_statistics_come_from_the_train_part_only():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(5, 2, 50), rng.normal(-3, 0.5, 40)
+    cfg = _cfg(val_size=0.1, test_size=0.2)
+    meta = split_and_scale(_two_series(a, b), cfg)
+    ra, rb = meta["series"]
+    assert (ra["train_end"], ra["val_end"], ra["length"]) == (35, 40, 50)
+    assert (rb["train_end"], rb["val_end"], rb["length"]) == (28, 32, 40)
+    assert ra["mean"] == pytest.approx(np.mean(a[:35]), rel=1e-12)
+    assert ra["scale"] == pytest.approx(np.std(a[:35]), rel=1e-12)
+    assert rb["mean"] == pytest.approx(np.mean(b[:28]), rel=1e-12)
+    assert rb["scale"] == pytest.approx(np.std(b[:28]), rel=1e-12)
+    assert ra["mean"] != pytest.approx(np.mean(a))  # the whole series would give another mean
+
+    # changing the validation and test parts leaves the statistics unchanged
+    a2, b2 = a.copy(), b.copy()
+    a2[35:] *= 1000
+    b2[28:] = 1e6
+    meta2 = split_and_scale(_two_series(a2, b2), cfg)
+    for r1, r2 in zip(meta["series"], meta2["series"]):
+        assert (r2["mean"], r2["scale"]) == (r1["mean"], r1["scale"])
+        assert (r2["train_end"], r2["val_end"]) == (r1["train_end"], r1["val_end"])
+    assert meta2["fingerprint"] != meta["fingerprint"]  # the content changed, though
+
+    # changing one train value does move them
+    a3 = a.copy()
+    a3[0] += 10
+    assert split_and_scale(_two_series(a3, b), cfg)["series"][0]["mean"] != ra["mean"]
+
+
+def test_meta_layout():
+    meta = split_and_scale(_two_series(np.arange(20.0), np.arange(10.0) ** 2), _cfg(val_size=2, test_size=3))
+    assert meta["freq"] == "h" and meta["n_series"] == 2 and meta["n_points"] == 30
+    assert [r["id"] for r in meta["series"]] == ["a", "b"]
+    assert [r["start"] for r in meta["series"]] == ["2022-01-01T00:00:00", "2022-01-01T01:00:00"]
+    assert [(r["train_end"], r["val_end"]) for r in meta["series"]] == [(15, 17), (5, 7)]
+    assert meta["series"][0]["mean"] == 7.0
+    assert meta["series"][1]["mean"] == pytest.approx(np.mean(np.arange(5.0) ** 2))
+
+
+def test_scaling_none_keeps_units():
+    meta = split_and_scale(_two_series(np.arange(20.0), np.arange(10.0)), _cfg(scaling="none"))
+    assert all((r["mean"], r["scale"]) == (0.0, 1.0) for r in meta["series"])
+
+
+def test_constant_train_part_is_an_error():
+    values = np.r_[np.full(16, 3.0), np.arange(4.0)]
+    with pytest.raises(DataError, match=r"series 'a' is constant on its train part"):
+        split_and_scale(_two_series(values, np.arange(10.0)), _cfg(val_size=2, test_size=2))
+
+
+def test_series_too_short_for_the_split():
+    with pytest.raises(DataError, match=r"series 'b' has 5 points"):
+        split_and_scale(_two_series(np.arange(20.0), np.arange(5.0)), _cfg(val_size=2, test_size=2))
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _stage_config(tmp_path, source, **data) -> Config:
+    data.setdefault("target_column", "y")
+    data.setdefault("id_column", "id")
+    return Config(
+        name="ingest-test",
+        output_dir=str(tmp_path / "runs" / "{name}"),
+        data=DataConfig(source=str(source), val_size=0.1, test_size=0.2, **data),
+    )
+
+
+def test_stage_writes_values_and_meta_and_caches(tmp_path):
+    frame = _long_frame()
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    cfg = _stage_config(tmp_path, path)
+
+    out = ingest.run(cfg)
+    assert out == tmp_path / "runs" / "ingest-test" / "ingest"
+    assert (out / "values.arrow").is_file() and (out / "meta.json").is_file()
+    meta = ingest.read_meta(out)
+    assert meta["stage"] == "ingest" and meta["source"] == str(path)
+    assert meta["n_series"] == 2 and meta["n_points"] == 50 and meta["freq"] == "h"
+    a, b = meta["series"]
+    assert (a["id"], a["length"], a["train_end"], a["val_end"]) == ("a", 30, 21, 24)
+    assert (b["id"], b["length"], b["train_end"], b["val_end"]) == ("b", 20, 14, 16)
+    assert b["start"] == "2022-01-01T05:00:00"
+    ya = frame.loc[frame.id == "a", "y"].to_numpy()
+    assert a["mean"] == pytest.approx(ya[:21].mean(), rel=1e-12)
+    assert a["scale"] == pytest.approx(ya[:21].std(), rel=1e-12)
+    values = read_values(out)
+    assert values.dtype == np.float32
+    np.testing.assert_array_equal(values, np.concatenate([ya, frame.loc[frame.id == "b", "y"]]).astype(np.float32))
+
+    # unchanged inputs: skipped, nothing rewritten
+    meta_text = (out / "meta.json").read_text()
+    stamps = {f: os.stat(out / f).st_mtime_ns for f in ("meta.json", "values.arrow")}
+    assert ingest.run(cfg) == out
+    assert (out / "meta.json").read_text() == meta_text
+    assert {f: os.stat(out / f).st_mtime_ns for f in stamps} == stamps
+
+    # new file content: re-run, new values and fingerprint
+    frame.loc[0, "y"] = 123.5
+    frame.to_csv(path, index=False)
+    ingest.run(cfg)
+    meta2 = ingest.read_meta(out)
+    assert meta2["fingerprint"] != meta["fingerprint"] and meta2["key"] != meta["key"]
+    assert read_values(out)[0] == np.float32(123.5)
+    assert meta2["series"][0]["mean"] != a["mean"]
+
+    # a changed data section re-runs it too
+    cfg3 = _stage_config(tmp_path, path, scaling="none")
+    ingest.run(cfg3)
+    assert ingest.read_meta(out)["series"][0]["scale"] == 1.0
+
+
+def test_stage_rereads_a_file_replaced_with_the_same_mtime(tmp_path):
+    """Content changes are seen even when the file keeps its mtime (cp -p, tar, rsync -a)."""
+    frame = _single(np.arange(40.0) % 7)
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    cfg = _stage_config(tmp_path, path, id_column=None)
+    out = ingest.run(cfg)
+    before = os.stat(path)
+    frame.loc[0, "y"] = 6.0  # same length of text, same size
+    frame.to_csv(path, index=False)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size == before.st_size
+    ingest.run(cfg)
+    assert read_values(out)[0] == np.float32(6.0)
+
+
+def test_stage_force_reruns(tmp_path):
+    path = tmp_path / "data.csv"
+    _single(np.arange(30.0) % 5).to_csv(path, index=False)
+    cfg = _stage_config(tmp_path, path, id_column=None)
+    out = ingest.run(cfg)
+    stamp = os.stat(out / "meta.json").st_mtime_ns
+    ingest.run(cfg, force=True)
+    assert os.stat(out / "meta.json").st_mtime_ns != stamp
+
+
+def test_stage_failure_keeps_previous_output(tmp_path):
+    path = tmp_path / "data.csv"
+    _single(np.arange(30.0) % 5).to_csv(path, index=False)
+    cfg = _stage_config(tmp_path, path, id_column=None)
+    out = ingest.run(cfg)
+    meta_text = (out / "meta.json").read_text()
+    path.write_text("time,y\n2022-01-01 00:00,1\n2022-01-01 00:00,2\n2022-01-01 01:00,3\n")
+    with pytest.raises(DataError, match="duplicate timestamp"):
+        ingest.run(cfg)
+    assert (out / "meta.json").read_text() == meta_text
+    assert not (out.parent / ".ingest.tmp").exists()

@@ -1,0 +1,153 @@
+"""Metrics and naive baselines on small arrays with hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline import metrics as M
+
+ACTUAL = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+FORECAST = np.array([[2.0, 2.0, 1.0], [4.0, 7.0, 6.0]])
+SCALE = np.array([2.0, 0.5])
+
+
+def test_error_terms_by_hand():
+    terms = M.error_terms(ACTUAL, FORECAST, SCALE)
+    # errors: [[1, 0, -2], [0, 2, 0]]
+    np.testing.assert_array_equal(terms["mae"], [[1, 0, 2], [0, 2, 0]])
+    np.testing.assert_array_equal(terms["mse"], [[1, 0, 4], [0, 4, 0]])
+    # sMAPE: 200 |e| / (|a| + |f|)
+    np.testing.assert_allclose(terms["smape"], [[200 / 3, 0, 100], [0, 200 * 2 / 12, 0]], rtol=1e-15)
+    # MASE: |e| / scale of the window's series
+    np.testing.assert_array_equal(terms["mase"], [[0.5, 0, 1], [0, 4, 0]])
+
+
+def test_summarise_by_hand():
+    result = M.summarise(M.error_terms(ACTUAL, FORECAST, SCALE))
+    assert set(result) == set(M.METRICS)
+    assert result["mae"] == pytest.approx(5 / 6, rel=1e-15)
+    assert result["rmse"] == pytest.approx(math.sqrt(9 / 6), rel=1e-15)
+    assert result["smape"] == pytest.approx((200 / 3 + 100 + 100 / 3) / 6, rel=1e-15)
+    assert result["smape"] == pytest.approx(100 / 3, rel=1e-15)
+    assert result["mase"] == pytest.approx(5.5 / 6, rel=1e-15)
+    assert all(isinstance(v, float) for v in result.values())
+
+
+def test_perfect_forecast_scores_zero():
+    result = M.summarise(M.error_terms(ACTUAL, ACTUAL.copy(), SCALE))
+    assert result == {"mae": 0.0, "rmse": 0.0, "smape": 0.0, "mase": 0.0}
+
+
+def test_smape_zero_over_zero_is_zero_and_bounds():
+    actual = np.array([[0.0, 0.0, 3.0, -2.0]])
+    forecast = np.array([[0.0, 1.0, -3.0, -2.0]])
+    terms = M.error_terms(actual, forecast, np.array([1.0]))
+    # 0/0 -> 0; one side zero -> 200; opposite signs -> 200; equal -> 0
+    np.testing.assert_array_equal(terms["smape"], [[0.0, 200.0, 200.0, 0.0]])
+    assert M.summarise(terms)["smape"] == 100.0
+
+
+def test_error_terms_accumulate_in_float64():
+    actual = np.array([[16777216.0, 1.0]], dtype=np.float32)  # 2**24
+    forecast = np.array([[16777217.0, 1.0]], dtype=np.float64)
+    terms = M.error_terms(actual, forecast, np.array([1.0]))
+    assert terms["mae"].dtype == np.float64
+    np.testing.assert_array_equal(terms["mae"], [[1.0, 0.0]])
+
+
+# ---------------------------------------------------------------- baselines
+
+RAW = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0, 5.0, 8.0])
+
+
+def test_target_positions():
+    pos = M.target_positions(np.array([0]), np.array([[0, 2]]), lookback=4, horizon=3)
+    np.testing.assert_array_equal(pos, [[6, 7, 8]])
+    pos = M.target_positions(np.array([0, 12]), np.array([[1, 0], [0, 1], [1, 3]]), lookback=4, horizon=2)
+    np.testing.assert_array_equal(pos, [[16, 17], [5, 6], [19, 20]])
+
+
+def test_naive_forecast():
+    pos = np.array([[6, 7, 8], [3, 4, 5]])
+    np.testing.assert_array_equal(M.naive_forecast(RAW, pos), [[9.0, 9.0, 9.0], [4.0, 4.0, 4.0]])
+
+
+def test_seasonal_naive_within_one_season():
+    pos = np.array([[6, 7]])
+    # season 3: each step takes the value three steps earlier: raw[3], raw[4]
+    np.testing.assert_array_equal(M.seasonal_naive_forecast(RAW, pos, 3), [[1.0, 5.0]])
+
+
+def test_seasonal_naive_horizon_longer_than_season():
+    pos = np.array([[6, 7, 8, 9, 10]])
+    # season 2: the last observed season (raw[4], raw[5]) = (5, 9) repeats
+    np.testing.assert_array_equal(M.seasonal_naive_forecast(RAW, pos, 2), [[5.0, 9.0, 5.0, 9.0, 5.0]])
+    # season 3: last season raw[3:6] = (1, 5, 9) repeats
+    np.testing.assert_array_equal(M.seasonal_naive_forecast(RAW, pos, 3), [[1.0, 5.0, 9.0, 1.0, 5.0]])
+    # season 1 is the naive forecast
+    np.testing.assert_array_equal(M.seasonal_naive_forecast(RAW, pos, 1), M.naive_forecast(RAW, pos))
+
+
+def test_seasonal_naive_never_reads_a_target():
+    # every value used lies before the window's first target position
+    pos = M.target_positions(np.array([0]), np.array([[0, 3], [0, 1]]), lookback=5, horizon=7)
+    for season in range(1, 6):
+        h = np.arange(7)
+        src = pos - season * (1 + h // season)
+        assert (src < pos[:, :1]).all()
+        np.testing.assert_array_equal(M.seasonal_naive_forecast(RAW, pos, season), RAW[src])
+
+
+def test_mase_scale_by_hand():
+    raw = np.array([1.0, 3.0, 2.0, 5.0, 4.0, 8.0, 100.0, 200.0, 0.0, 0.0, 10.0, 20.0, 40.0, 7.0, 7.0])
+    offsets = np.array([0, 8, 13])
+    train_end = np.array([6, 4, 2])
+    # series 0, train [1, 3, 2, 5, 4, 8] (100, 200 lie after train_end and are ignored)
+    np.testing.assert_allclose(
+        M.mase_scale(raw, offsets, train_end, 1)[:2],
+        [np.mean([2, 1, 3, 1, 4]), np.mean([0, 10, 10])],
+        rtol=1e-15,
+    )
+    scale = M.mase_scale(raw, offsets, train_end, 2)
+    assert scale[0] == pytest.approx(np.mean([1, 2, 2, 3]), rel=1e-15)  # = 2.0
+    assert scale[1] == pytest.approx(np.mean([10, 20]), rel=1e-15)  # = 15.0
+    assert math.isnan(scale[2])  # train part not longer than the season
+
+
+# ---------------------------------------------------------------- per series
+
+
+def test_summarise_by_series_matches_manual():
+    rng = np.random.default_rng(3)
+    actual = rng.normal(10, 3, size=(7, 4))
+    forecast = actual + rng.normal(0, 1, size=(7, 4))
+    series = np.array([0, 2, 0, 2, 2, 0, 4])
+    mase_per_series = np.array([1.5, 9.0, 0.7, 9.0, 2.5])
+    terms = M.error_terms(actual, forecast, mase_per_series[series])
+    by = M.summarise_by_series(terms, series, n_series=5)
+    assert set(by) == set(M.METRICS)
+    for s in (0, 2, 4):
+        rows = series == s
+        a, f = actual[rows], forecast[rows]
+        err = f - a
+        assert by["mae"][s] == pytest.approx(np.mean(np.abs(err)), rel=1e-12)
+        assert by["rmse"][s] == pytest.approx(np.sqrt(np.mean(err**2)), rel=1e-12)
+        assert by["smape"][s] == pytest.approx(np.mean(200 * np.abs(err) / (np.abs(a) + np.abs(f))), rel=1e-12)
+        assert by["mase"][s] == pytest.approx(np.mean(np.abs(err)) / mase_per_series[s], rel=1e-12)
+        single = M.summarise({k: v[rows] for k, v in terms.items()})
+        for metric in M.METRICS:
+            assert by[metric][s] == pytest.approx(single[metric], rel=1e-12)
+    # series without windows have no score
+    assert np.isnan(by["mae"][[1, 3]]).all() and np.isnan(by["rmse"][[1, 3]]).all()
+
+
+def test_summarise_by_series_by_hand():
+    terms = M.error_terms(ACTUAL, FORECAST, SCALE)
+    by = M.summarise_by_series(terms, np.array([1, 0]), n_series=2)
+    np.testing.assert_allclose(by["mae"], [2 / 3, 1.0], rtol=1e-15)
+    np.testing.assert_allclose(by["rmse"], [math.sqrt(4 / 3), math.sqrt(5 / 3)], rtol=1e-15)
+    np.testing.assert_allclose(by["mase"], [4 / 3, 0.5], rtol=1e-15)
+    np.testing.assert_allclose(by["smape"], [(200 * 2 / 12) / 3, (200 / 3 + 100) / 3], rtol=1e-15)
