@@ -38,8 +38,7 @@ def run(cfg: Config, force: bool = False) -> Path:
     if not force and is_cached(out, key):
         log.info("evaluate: up to date (inputs unchanged), skipped; --force redoes it")
         return out
-    if state.is_main_process:
-        evaluate(cfg, key, train_meta)
+    evaluate(cfg, key, train_meta, state)
     state.wait_for_everyone()
     return out
 
@@ -62,7 +61,23 @@ def forecast_windows(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.nda
     return out
 
 
-def evaluate(cfg: Config, key: str, train_meta: dict) -> None:
+def forecast_sharded(model, buffer: WindowBuffer, pairs: np.ndarray, batch_size: int, state) -> np.ndarray:
+    """Each process forecasts a contiguous shard; the shards are gathered back in order.
+
+    Every window is scored exactly once, whatever the number of processes (no padding, no
+    duplicated samples as with a distributed sampler).
+    """
+    shards = np.array_split(np.arange(len(pairs)), state.num_processes)
+    mine = forecast_windows(model, buffer, pairs[shards[state.process_index]], batch_size)
+    if state.num_processes == 1:
+        return mine
+    from accelerate.utils import gather_object
+
+    return np.concatenate(gather_object([mine]))
+
+
+def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
+    """All processes forecast their shard of the test windows; the main one scores and writes."""
     ingest_meta, raw32 = load_ingest(cfg.run_dir, "evaluate")
     _, index = load_index(cfg.run_dir, "evaluate")
     records = ingest_meta["series"]
@@ -87,7 +102,9 @@ def evaluate(cfg: Config, key: str, train_meta: dict) -> None:
 
     buffer = WindowBuffer.from_ingest(raw32, records, w.lookback, w.horizon)
     model = load_trained_model(cfg.run_dir / "train", train_meta)
-    scaled = forecast_windows(model, buffer, pairs, cfg.evaluate.batch_size)
+    scaled = forecast_sharded(model, buffer, pairs, cfg.evaluate.batch_size, state)
+    if not state.is_main_process:
+        return
     mean = np.array([r["mean"] for r in records])[pairs[:, 0]]
     std = np.array([r["scale"] for r in records])[pairs[:, 0]]
     forecasts = {

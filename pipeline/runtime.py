@@ -73,7 +73,16 @@ def setup_logging(main_process: bool = True) -> None:
 
 
 def dist_state():
-    """Accelerate's process state (initialises torch.distributed under torchrun/accelerate)."""
-    from accelerate import PartialState
+    """Accelerate's process state (initialises torch.distributed under torchrun/accelerate).
 
-    return PartialState()
+    The first call fixes the state for the whole process, so it must already know about CPU
+    DDP: `ACCELERATE_USE_CPU=true`, or several processes on a machine without a GPU, means
+    gloo over CPU processes (otherwise each process would silently train alone).
+    """
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
+    return PartialState(cpu=cpu)

@@ -51,6 +51,15 @@ class Tracker:
         else:
             self.backend.log({k: v for k, v in values.items() if isinstance(v, (int, float))})
 
+    def describe(self, info: dict[str, Any]) -> None:
+        """Run facts (data, world size, device, precision, versions) into the run's config."""
+        if self.backend is None:
+            return
+        if self.backend.name == "wandb":
+            self.run.config.update({"run_info": info}, allow_val_change=True)
+        else:
+            self.backend.store_init_configuration(_flat({"run_info": info}))
+
     def finish(self) -> None:
         if self.backend is None:
             return

@@ -30,7 +30,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.ingest import load_ingest
 from pipeline.model import ModelSpec, build_model
 from pipeline.runtime import configure_process
-from pipeline.tracking import Tracker, open_tracker
+from pipeline.tracking import open_tracker
 from pipeline.window import load_index
 
 log = logging.getLogger("pipeline")
@@ -63,7 +63,7 @@ def train(cfg: Config, key: str) -> None:
     """Train to `max_steps` or early stop, resuming from the work directory's last checkpoint."""
     accelerator = make_accelerator(cfg)
     settings = configure_process(cfg.train.num_threads)
-    buffer, pairs, spec = load_training_data(cfg, accelerator.device)
+    buffer, pairs, spec, data_info = load_training_data(cfg, accelerator.device)
     check_batch(cfg, len(pairs["train"]), accelerator.num_processes)
     model = build_model(spec, seed=cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -72,12 +72,13 @@ def train(cfg: Config, key: str) -> None:
     work = cfg.run_dir / ".train.work"
     identity = {"key": key}
     state = restore(cfg, accelerator, model, optimizer, work, identity)
+    setup = describe_setup(cfg, accelerator, settings, data_info)
     tracker = open_tracker(cfg, "train", accelerator.is_main_process, run_id=_run_id(work, accelerator))
-    _log_setup(cfg, accelerator, tracker, settings, pairs, spec)
+    tracker.describe(setup)
     metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
     per_epoch = len(pairs["train"]) // cfg.train.batch_size
-    timer = time.perf_counter()
     progress = _progress(cfg, state, accelerator)
+    reporter = StepReporter(cfg, accelerator, metrics, tracker, progress, state.step)
 
     try:
         while state.step < cfg.train.max_steps and not state.stopped_early:
@@ -87,24 +88,14 @@ def train(cfg: Config, key: str) -> None:
                 accelerator, model, optimizer, buffer, micro, cfg.train.grad_clip, cfg.train.loss
             )
             advance(state, per_epoch)
-            progress.update(1)
-            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-                rate = cfg.train.log_every * cfg.train.batch_size / max(time.perf_counter() - timer, 1e-9)
-                loss = accelerator.reduce(loss.detach(), "mean").item()
-                _check_finite(loss, state.step)
-                row = {"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr_at(state.step - 1, cfg)}
-                row.update(grad_norm=float(grad_norm), windows_per_s=rate)
-                metrics.write(row)
-                tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
-                progress.set_postfix(loss=f"{loss:.4f}")
-                timer = time.perf_counter()
+            reporter.after_step(state, loss, grad_norm)
             if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.max_steps:
                 evaluate_and_keep_best(cfg, accelerator, model, buffer, pairs["val"], state, work, metrics, tracker)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
                 ckpt.save_checkpoint(
                     work / "checkpoints", state, accelerator, model, optimizer, identity, cfg.train.keep_last
                 )
-        finish(cfg, accelerator, model, state, work, key, spec, tracker)
+        finish(cfg, accelerator, model, state, work, key, spec, tracker, setup)
     finally:
         progress.close()
         tracker.finish()
@@ -125,7 +116,7 @@ def make_accelerator(cfg: Config):
     )
 
 
-def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer, dict[str, torch.Tensor], ModelSpec]:
+def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer, dict, ModelSpec, dict]:
     ingest_meta, raw = load_ingest(cfg.run_dir, "train")
     window_meta, index = load_index(cfg.run_dir, "train")
     w = cfg.window
@@ -137,7 +128,13 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     m = cfg.model
     spec = ModelSpec(1, w.horizon, m.hidden_size, m.num_layers, m.dropout, m.cell, m.instance_norm, m.residual_season)
-    return buffer, pairs, spec
+    info = {
+        "data_fingerprint": ingest_meta["fingerprint"],
+        "freq": ingest_meta["freq"],
+        "n_series": ingest_meta["n_series"],
+        "windows": window_meta["counts"],
+    }
+    return buffer, pairs, spec, info
 
 
 def check_batch(cfg: Config, n_train: int, world_size: int) -> None:
@@ -196,18 +193,45 @@ def _run_id(work: Path, accelerator) -> str | None:
     return path.read_text().strip()
 
 
-def _log_setup(cfg, accelerator, tracker: Tracker, settings: dict, pairs: dict, spec: ModelSpec) -> None:
-    info = {
+def describe_setup(cfg: Config, accelerator, settings: dict, data_info: dict) -> dict:
+    """What ran where: logged, tracked, and kept in train/meta.json.
+
+    Gathering one record from every process proves they all took part (a 2-process run that
+    silently fell back to 1 process would show world size 1 here).
+    """
+    import accelerate
+
+    from pipeline import __version__
+
+    processes = gather_records(
+        accelerator, {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
+    )
+    setup = {
         "world_size": accelerator.num_processes,
+        "processes": processes,
         "device": str(accelerator.device),
         "precision": cfg.train.mixed_precision,
-        "threads": settings["threads"],
-        "train_windows": len(pairs["train"]),
-        "val_windows": len(pairs["val"]),
-        "torch": torch.__version__,
+        "threads_per_process": settings["threads"],
+        "versions": {"pipeline": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
+        "data": data_info,
     }
-    log.info("train: %s", ", ".join(f"{k} {v}" for k, v in info.items()))
-    tracker.log({f"setup/{k}": v for k, v in info.items() if isinstance(v, (int, float))}, step=0)
+    log.info(
+        "train: world size %d, device %s, precision %s, %d threads per process, %s windows",
+        setup["world_size"],
+        setup["device"],
+        setup["precision"],
+        settings["threads"],
+        data_info["windows"],
+    )
+    return setup
+
+
+def gather_records(accelerator, record: dict) -> list[dict]:
+    if accelerator.num_processes == 1:
+        return [record]
+    from accelerate.utils import gather_object
+
+    return gather_object([record])
 
 
 def _progress(cfg: Config, state: TrainState, accelerator):
@@ -285,9 +309,34 @@ def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list,
     return total / len(micro), grad_norm
 
 
-def _check_finite(loss: float, step: int) -> None:
-    if not math.isfinite(loss):
-        raise DataError(f"train: loss became {loss} at step {step}; lower train.lr or check the data")
+class StepReporter:
+    """Progress bar every step; loss, lr, gradient norm and windows/s every `log_every` steps."""
+
+    def __init__(self, cfg: Config, accelerator, metrics, tracker, progress, step: int) -> None:
+        self.cfg, self.accelerator, self.metrics, self.tracker, self.progress = (
+            cfg,
+            accelerator,
+            metrics,
+            tracker,
+            progress,
+        )
+        self.last_step, self.last_time = step, time.perf_counter()
+
+    def after_step(self, state: TrainState, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.progress.update(1)
+        if state.step % self.cfg.train.log_every and state.step != self.cfg.train.max_steps:
+            return
+        now = time.perf_counter()
+        rate = (state.step - self.last_step) * self.cfg.train.batch_size / max(now - self.last_time, 1e-9)
+        mean_loss = self.accelerator.reduce(loss.detach(), "mean").item()
+        if not math.isfinite(mean_loss):
+            raise DataError(f"train: loss became {mean_loss} at step {state.step}; lower train.lr or check the data")
+        row = {"step": state.step, "epoch": state.epoch, "loss": mean_loss, "lr": lr_at(state.step - 1, self.cfg)}
+        row.update(grad_norm=float(grad_norm), windows_per_s=rate)
+        self.metrics.write(row)
+        self.tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
+        self.progress.set_postfix(loss=f"{mean_loss:.4f}")
+        self.last_step, self.last_time = state.step, time.perf_counter()
 
 
 # ---------------------------------------------------------------- validation and the end
@@ -337,7 +386,7 @@ def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, wo
     accelerator.wait_for_everyone()
 
 
-def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spec: ModelSpec, tracker) -> None:
+def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spec: ModelSpec, tracker, setup) -> None:
     """Write the final weights and meta, then swap the work directory into `train/`."""
     if accelerator.is_main_process:
         save_file(ckpt.unwrapped_state(accelerator, model), str(work / "model.safetensors"))
@@ -347,8 +396,7 @@ def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spe
             "fingerprint": key,
             "model": spec.to_dict(),
             "state": asdict(state),
-            "world_size": accelerator.num_processes,
-            "mixed_precision": cfg.train.mixed_precision,
+            "setup": setup,
         }
         write_json_atomic(work / META, meta)
         swap_into_place(work, cfg.run_dir / "train")

@@ -49,6 +49,7 @@ def write_config(tmp_path: Path, overrides: dict | None = None, name: str = "con
             node = node.setdefault(part, {})
         node[leaf] = value
     path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -69,3 +70,26 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: i
 @pytest.fixture
 def small_config(tmp_path: Path) -> Path:
     return write_config(tmp_path)
+
+
+def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 300, **popen):
+    """CPU DDP over gloo, exactly as the README shows: ACCELERATE_USE_CPU=true torchrun ... -m pipeline."""
+    full_env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "OMP_NUM_THREADS": "1",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    command += ["-m", "pipeline", *args]
+    if popen:
+        return subprocess.Popen(command, cwd=REPO, env=full_env, text=True, **popen)
+    return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
