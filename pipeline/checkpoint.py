@@ -69,7 +69,7 @@ def save_checkpoint(
             torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
         payload = {**asdict(state), **identity, "world_size": accelerator.num_processes}
         (tmp / STATE_FILE).write_text(json.dumps(payload, indent=2))
-        _pause_for_tests("checkpoint")
+        _pause_for_tests(state.step)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _prune(root, keep_last)
@@ -77,14 +77,19 @@ def save_checkpoint(
     return final
 
 
-def _pause_for_tests(point: str) -> None:
-    """Test hook: with PIPELINE_TEST_PAUSE=<point>:<seconds>, sleep here so a test can kill us."""
-    spec = os.environ.get("PIPELINE_TEST_PAUSE", "")
-    name, _, seconds = spec.partition(":")
-    if name == point and seconds:
+def _pause_for_tests(step: int) -> None:
+    """Test hook: PIPELINE_TEST_PAUSE=checkpoint:<step>:<seconds> sleeps inside that save.
+
+    It touches PIPELINE_TEST_PAUSE_FLAG first, so a test knows the moment to kill the run.
+    """
+    point, _, rest = os.environ.get("PIPELINE_TEST_PAUSE", "").partition(":")
+    at, _, seconds = rest.partition(":")
+    if point == "checkpoint" and at == str(step) and seconds:
         import time
 
-        (Path(os.environ.get("PIPELINE_TEST_PAUSE_FLAG", "/dev/null"))).touch(exist_ok=True)
+        flag = os.environ.get("PIPELINE_TEST_PAUSE_FLAG")
+        if flag:
+            Path(flag).touch()
         time.sleep(float(seconds))
 
 

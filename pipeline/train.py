@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
 from pipeline import checkpoint as ckpt
@@ -63,6 +64,7 @@ def train(cfg: Config, key: str) -> None:
     """Train to `max_steps` or early stop, resuming from the work directory's last checkpoint."""
     accelerator = make_accelerator(cfg)
     settings = configure_process(cfg.train.num_threads)
+    set_seed(cfg.seed, device_specific=True)  # dropout masks; a resume restores the saved RNG instead
     buffer, pairs, spec, data_info = load_training_data(cfg, accelerator.device)
     check_batch(cfg, len(pairs["train"]), accelerator.num_processes)
     model = build_model(spec, seed=cfg.seed)
@@ -153,32 +155,34 @@ def check_batch(cfg: Config, n_train: int, world_size: int) -> None:
 
 def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict) -> TrainState:
     """The state to start from: a checkpoint per `train.resume`, or a fresh start."""
-    recover(work)
-    resume = cfg.train.resume
-    if resume == "never" or (resume == "auto" and not work.exists()):
-        if accelerator.is_main_process:
-            shutil.rmtree(work, ignore_errors=True)
-            work.mkdir(parents=True)
-        accelerator.wait_for_everyone()
-        return TrainState()
-    if resume == "auto":
-        path = ckpt.latest_valid(work / "checkpoints")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        recover(work)
+    accelerator.wait_for_everyone()
+    path = resume_point(cfg.train.resume, work)  # read-only: every rank reaches the same answer
+    accelerator.wait_for_everyone()  # all have looked before the main process changes anything
+    if accelerator.is_main_process:
         if path is None:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                shutil.rmtree(work, ignore_errors=True)
-                work.mkdir(parents=True)
-            accelerator.wait_for_everyone()
-            return TrainState()
-    else:
-        path = Path(resume)
-        if not (path / ckpt.STATE_FILE).is_file():
-            raise ConfigError(f"train.resume: {resume} is not a checkpoint directory (no {ckpt.STATE_FILE})")
+            shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if path is None:
+        return TrainState()
     ckpt.check_identity(path, identity)
     state = ckpt.load_checkpoint(path, accelerator, model, optimizer)
     log.info("train: resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
     return state
+
+
+def resume_point(resume: str, work: Path) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return ckpt.latest_valid(work / "checkpoints")
+    path = Path(resume)
+    if not (path / ckpt.STATE_FILE).is_file():
+        raise ConfigError(f"train.resume: {resume} is not a checkpoint directory (no {ckpt.STATE_FILE})")
+    return path
 
 
 def _run_id(work: Path, accelerator) -> str | None:
