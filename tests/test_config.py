@@ -79,7 +79,7 @@ def test_default_yaml_values():
     assert cfg.data.source == "builtin:vic_elec"
     assert cfg.data.freq == "30min"
     assert cfg.data.target_column == "demand"
-    assert (cfg.window.lookback, cfg.window.horizon) == (336, 48)
+    assert (cfg.window.lookback, cfg.window.horizon) == (168, 48)
     assert (cfg.window.val_stride, cfg.window.test_stride) == (4, 48)
     assert cfg.evaluate.season_length == 48
     assert cfg.train.lr == 0.003 and isinstance(cfg.train.lr, float)
@@ -119,7 +119,7 @@ def test_overrides_through_cli(argv):
     assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float)
     assert cfg.window.horizon == 24
     # untouched keys keep the file's values
-    assert cfg.window.lookback == 336 and cfg.name == "vic_elec"
+    assert cfg.window.lookback == 168 and cfg.name == "vic_elec"
 
 
 def test_override_applies_on_top_of_file(tmp_path):
