@@ -40,6 +40,7 @@ class TrainState:
     best_step: int = -1
     evals_since_best: int = 0
     stopped_early: bool = False
+    skipped_steps: int = 0
 
 
 def unwrapped_state(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:

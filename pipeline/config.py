@@ -159,6 +159,8 @@ class TrainConfig:
     """Final learning rate as a fraction of `lr`."""
     grad_clip: float = 1.0
     """Clip the global gradient norm at this value (0 disables)."""
+    skip_nonfinite: bool = False
+    """On a NaN/inf loss or gradient: skip that step and count it, instead of stopping with an error."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast precision; `fp16` needs a GPU (it uses gradient scaling)."""
     gradient_accumulation_steps: int = 1

@@ -222,16 +222,15 @@ def _log_result(result: dict) -> None:
 
 
 def _track(cfg: Config, result: dict, per_series: pd.DataFrame, out: Path, plots: list[str]) -> None:
+    """Test metrics of the model and both baselines as summary values, the per-series table, the plots."""
     tracker = open_tracker(cfg, "evaluate", True)
     try:
         flat = {f"test/model/{k}": v for k, v in result["model"].items()}
         for name, values in result["baselines"].items():
             flat.update({f"test/{name}/{k}": v for k, v in values.items()})
+        flat.update({"test/n_windows": result["n_windows"], "test/n_series": result["n_series"]})
         tracker.summary(flat)
-        if tracker.backend is not None and tracker.backend.name == "wandb":
-            import wandb
-
-            tracker.log({"test/per_series": wandb.Table(dataframe=per_series)})
-            tracker.log({f"plots/{p.removesuffix('.png')}": wandb.Image(str(out / p)) for p in plots})
+        tracker.table("test/per_series", per_series)
+        tracker.images({f"plots/{p.removesuffix('.png')}": out / p for p in plots})
     finally:
         tracker.finish()

@@ -34,6 +34,7 @@ from pipeline.evaluate import forecast_windows, load_trained_model
 from pipeline.forecaster import MANIFEST, SPEC_FILE
 from pipeline.ingest import load_ingest
 from pipeline.runtime import dist_state
+from pipeline.tracking import open_tracker
 from pipeline.window import load_index
 
 log = logging.getLogger("pipeline")
@@ -77,6 +78,37 @@ def export(cfg: Config, key: str, train_meta: dict) -> None:
         write_json_atomic(tmp / MANIFEST, {"files": files})
         write_json_atomic(tmp / META, {"stage": "export", "key": key, "fingerprint": key, "onnx_parity": parity})
     log.info("export: wrote %s%s", cfg.run_dir / "export", f" (ONNX max |diff| {parity:.2e})" if parity else "")
+    _track(cfg, cfg.run_dir / "export", spec, train_meta, parity)
+
+
+def _track(cfg: Config, out: Path, spec: dict, train_meta: dict, parity: float | None) -> None:
+    """The export directory as a W&B `model` artifact of the export run (main process only).
+
+    Its metadata carries what a reviewer needs to promote it: the test metrics of the model and
+    the baselines, the data fingerprint, and the fingerprint of the training run it came from.
+    """
+    metrics = spec["test_metrics"]
+    metadata = {
+        "name": cfg.name,
+        "data_fingerprint": spec["data_fingerprint"],
+        "train_fingerprint": train_meta["fingerprint"],
+        "test_metrics": {"model": metrics["model"], "baselines": metrics["baselines"]} if metrics else None,
+        "model": spec["model"],
+        "lookback": spec["lookback"],
+        "horizon": spec["horizon"],
+        "freq": spec["freq"],
+        "n_series": len(spec["series"]),
+        "onnx_parity": parity,
+        "pipeline_version": spec["pipeline_version"],
+    }
+    tracker = open_tracker(cfg, "export", True)
+    try:
+        if parity is not None:
+            tracker.summary({"export/onnx_parity": parity})
+        description = f"{cfg.name}: LSTM forecaster ({spec['horizon']} steps of {spec['freq']}), see README.md"
+        tracker.log_artifact(out, f"{cfg.name}-model", "model", metadata, description)
+    finally:
+        tracker.finish()
 
 
 def forecaster_spec(cfg: Config, train_meta: dict, ingest_meta: dict, metrics: dict | None) -> dict:

@@ -2,7 +2,8 @@
 
 Each stage opens a run of its own `job_type` in one group (the experiment name), so separate
 stage commands read as one experiment. A resumed training run continues its W&B run (the id
-is kept in the training work directory).
+is kept in the training work directory). Under `wandb agent` (a sweep) every stage logs into
+the agent's run instead, so the sweep sees the whole trial, test metric included.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +35,86 @@ class Tracker:
     def __init__(self, backend: Any = None, offline_dir: Path | None = None) -> None:
         self.backend = backend
         self.offline_dir = offline_dir
+        self.last_step: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.backend.name if self.backend is not None else "none"
 
     @property
     def run(self) -> Any:
         return getattr(self.backend, "tracker", None)
 
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
-        if self.backend is not None:
-            self.backend.log(values, step=step)
-
-    def summary(self, values: dict[str, Any]) -> None:
-        """Final values (W&B run summary; TensorBoard scalars at the last step)."""
         if self.backend is None:
             return
-        if self.backend.name == "wandb":
+        self.backend.log(values, step=step)
+        if step is not None:
+            self.last_step = max(step, self.last_step or 0)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Final values (W&B run summary; TensorBoard scalars at the last logged step)."""
+        if self.backend is None:
+            return
+        if self.name == "wandb":
             self.run.summary.update(values)
-        else:
-            self.backend.log({k: v for k, v in values.items() if isinstance(v, (int, float))})
+        else:  # at the last step: an earlier step would make TensorBoard drop the tag's later points
+            scalars = {k: v for k, v in values.items() if isinstance(v, (int, float))}
+            self.backend.log(scalars, step=self.last_step)
 
     def describe(self, info: dict[str, Any]) -> None:
         """Run facts (data, world size, device, precision, versions) into the run's config."""
         if self.backend is None:
             return
-        if self.backend.name == "wandb":
+        if self.name == "wandb":
             self.run.config.update({"run_info": info}, allow_val_change=True)
         else:
             self.backend.store_init_configuration(_flat({"run_info": info}))
+
+    def images(self, paths: dict[str, Path]) -> None:
+        """PNG files as images (W&B media; TensorBoard image summaries)."""
+        if self.backend is None or not paths:
+            return
+        if self.name == "wandb":
+            import wandb
+
+            self.backend.log({k: wandb.Image(str(p)) for k, p in paths.items()}, step=self.last_step)
+            return
+        import matplotlib.image
+
+        for key, path in paths.items():
+            pixels = matplotlib.image.imread(str(path))[..., :3]
+            self.run.add_image(key, pixels, global_step=self.last_step or 0, dataformats="HWC")
+        self.run.flush()
+
+    def table(self, key: str, frame: Any) -> None:
+        """A data frame as a W&B Table (TensorBoard: a markdown table in the text tab)."""
+        if self.backend is None:
+            return
+        if self.name == "wandb":
+            import wandb
+
+            self.backend.log({key: wandb.Table(dataframe=frame)}, step=self.last_step)
+            return
+        header = "| " + " | ".join(map(str, frame.columns)) + " |"
+        rows = [
+            "| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r) + " |"
+            for r in frame.itertuples(index=False)
+        ]
+        self.run.add_text(key, "\n".join([header, "|" + " --- |" * len(frame.columns), *rows]), self.last_step or 0)
+        self.run.flush()
+
+    def log_artifact(
+        self, path: Path, name: str, type: str, metadata: dict[str, Any], description: str | None = None
+    ) -> None:
+        """A directory as a W&B artifact of this run (lineage links it to the run); no-op elsewhere."""
+        if self.name != "wandb":
+            return
+        import wandb
+
+        artifact = wandb.Artifact(artifact_name(name), type=type, description=description, metadata=metadata)
+        artifact.add_dir(str(path))
+        self.run.log_artifact(artifact)
 
     def finish(self) -> None:
         if self.backend is None:
@@ -67,6 +123,18 @@ class Tracker:
         if self.offline_dir is not None:
             log.info("W&B ran offline; upload with: wandb sync %s", self.offline_dir)
         self.backend = None
+
+
+def artifact_name(name: str) -> str:
+    """W&B artifact names allow letters, digits, '-', '_' and '.'."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
+
+
+def sweep_run_id() -> str | None:
+    """The run id `wandb agent` hands to the trial it starts, or None outside a sweep."""
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return os.environ["WANDB_RUN_ID"]
+    return None
 
 
 def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None = None) -> Tracker:
@@ -89,6 +157,7 @@ def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None =
     if mode == "online" and not wandb_credentials_present():
         log.info("no W&B credentials found; tracking offline")
         mode = "offline"
+    project = t.project
     kwargs: dict[str, Any] = {
         "entity": t.entity,
         "group": t.group or cfg.name,
@@ -102,7 +171,12 @@ def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None =
     }
     if run_id:
         kwargs.update(id=run_id, resume="allow")
-    backend = WandBTracker(t.project, **kwargs)
+    trial = sweep_run_id()
+    if trial:  # one run per sweep trial: every stage continues the agent's run, in the sweep's project
+        kwargs.update(id=trial, resume="allow", job_type="sweep", name=None)
+        kwargs["entity"] = os.environ.get("WANDB_ENTITY") or t.entity
+        project = os.environ.get("WANDB_PROJECT") or project
+    backend = WandBTracker(project, **kwargs)
     backend.start()
     return Tracker(backend, offline_dir=Path(backend.run.dir).parent if mode == "offline" else None)
 

@@ -86,9 +86,8 @@ def train(cfg: Config, key: str) -> None:
         while state.step < cfg.train.max_steps and not state.stopped_early:
             micro = local_batches(pairs["train"], cfg, state, accelerator.process_index, accelerator.num_processes)
             set_lr(optimizer, lr_at(state.step, cfg))
-            loss, grad_norm = train_step(
-                accelerator, model, optimizer, buffer, micro, cfg.train.grad_clip, cfg.train.loss
-            )
+            loss, grad_norm, skipped = train_step(accelerator, model, optimizer, buffer, micro, cfg, state.step)
+            state.skipped_steps += int(skipped)
             advance(state, per_epoch)
             reporter.after_step(state, loss, grad_norm)
             if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.max_steps:
@@ -296,21 +295,49 @@ def set_lr(optimizer, lr: float) -> None:
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
 
-def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, grad_clip: float, loss_name: str):
-    """One optimizer step over the micro-batches; returns (mean local loss, gradient norm)."""
+def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int):
+    """One optimizer step over the micro-batches; returns (mean local loss, gradient norm, skipped).
+
+    A non-finite loss or gradient stops training with an error naming the step, or, with
+    `train.skip_nonfinite`, skips the whole optimizer step on every rank alike.
+    """
     total = torch.zeros((), device=buffer.values.device)
     grad_norm = torch.zeros(())
+    skipped = False
     for pairs in micro:
         with accelerator.accumulate(model):
             x, y = buffer.gather(pairs)
-            loss = LOSSES[loss_name](model(x).float(), y)
+            loss = LOSSES[cfg.train.loss](model(x).float(), y)
+            if not finite_everywhere(accelerator, loss):
+                skipped = _non_finite(cfg, "loss", loss.item(), step)
+                loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps DDP and accumulation in step
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-            optimizer.step()
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+                if not torch.isfinite(grad_norm):  # already global: gradients were all-reduced
+                    skipped = _non_finite(cfg, "gradient norm", float(grad_norm), step)
+                if not skipped:
+                    optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         total += loss.detach()
-    return total / len(micro), grad_norm
+    return total / len(micro), grad_norm, skipped
+
+
+def finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
+    flag = torch.isfinite(loss.detach()).float()
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, "sum") / accelerator.num_processes
+    return bool(flag == 1.0)
+
+
+def _non_finite(cfg: Config, what: str, value: float, step: int) -> bool:
+    if not cfg.train.skip_nonfinite:
+        raise DataError(
+            f"train: {what} became {value} at step {step + 1}; training stopped, the last good checkpoint is "
+            f"kept; lower train.lr, check the data, or set train.skip_nonfinite=true"
+        )
+    log.warning("train: %s became %s at step %d; step skipped (train.skip_nonfinite)", what, value, step + 1)
+    return True
 
 
 class StepReporter:
@@ -333,10 +360,8 @@ class StepReporter:
         now = time.perf_counter()
         rate = (state.step - self.last_step) * self.cfg.train.batch_size / max(now - self.last_time, 1e-9)
         mean_loss = self.accelerator.reduce(loss.detach(), "mean").item()
-        if not math.isfinite(mean_loss):
-            raise DataError(f"train: loss became {mean_loss} at step {state.step}; lower train.lr or check the data")
         row = {"step": state.step, "epoch": state.epoch, "loss": mean_loss, "lr": lr_at(state.step - 1, self.cfg)}
-        row.update(grad_norm=float(grad_norm), windows_per_s=rate)
+        row.update(grad_norm=float(grad_norm), windows_per_s=rate, skipped_steps=state.skipped_steps)
         self.metrics.write(row)
         self.tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
         self.progress.set_postfix(loss=f"{mean_loss:.4f}")
