@@ -15,35 +15,64 @@ import torch
 
 @dataclass
 class WindowBuffer:
-    """Scaled values of every series back to back, with each series' offset."""
+    """Scaled values of every series back to back, with each series' offset.
+
+    `values` lives on the training device when it fits (no copy per step) or in host memory;
+    batches always come out on `device` (from the host through pinned, asynchronous copies).
+    """
 
     values: torch.Tensor  # (n_points,) float32, scaled per series
-    offsets: torch.Tensor  # (n_series,) int64
+    offsets: torch.Tensor  # (n_series,) int64, on the same device as values
     lookback: int
     horizon: int
+    device: torch.device | None = None
+
+    def __post_init__(self) -> None:
+        self.device = torch.device(self.device or self.values.device)
+        self._span = torch.arange(self.lookback + self.horizon, device=self.values.device)
+        self._host_to_device = self.values.device != self.device
 
     @classmethod
     def from_ingest(
-        cls, raw: np.ndarray, records: list[dict], lookback: int, horizon: int, device: torch.device | str = "cpu"
+        cls,
+        raw: np.ndarray,
+        records: list[dict],
+        lookback: int,
+        horizon: int,
+        device: torch.device | str = "cpu",
+        resident: str | bool = True,
     ) -> WindowBuffer:
+        """Scale the raw buffer per series into one float32 array (no float64 copy of the data)."""
+        scaled = np.empty(len(raw), dtype=np.float32)
+        start = 0
+        for r in records:  # per series, vectorised inside: memory stays at one float32 buffer
+            end = start + r["length"]
+            np.subtract(raw[start:end], np.float32(r["mean"]), out=scaled[start:end], dtype=np.float32)
+            scaled[start:end] /= np.float32(r["scale"])
+            start = end
         lengths = np.array([r["length"] for r in records], dtype=np.int64)
-        mean = np.repeat(np.array([r["mean"] for r in records]), lengths)
-        scale = np.repeat(np.array([r["scale"] for r in records]), lengths)
-        scaled = ((raw.astype(np.float64) - mean) / scale).astype(np.float32)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        return cls(
-            values=torch.from_numpy(scaled).to(device),
-            offsets=torch.from_numpy(offsets).to(device),
-            lookback=lookback,
-            horizon=horizon,
-        )
-
-    def to(self, device: torch.device | str) -> WindowBuffer:
-        return WindowBuffer(self.values.to(device), self.offsets.to(device), self.lookback, self.horizon)
+        device = torch.device(device)
+        home = device if buffer_fits(scaled.nbytes, device, resident) else torch.device("cpu")
+        values = torch.from_numpy(scaled)
+        if home.type == "cpu" and device.type == "cuda":
+            values = values.pin_memory()
+        return cls(values.to(home), torch.from_numpy(offsets).to(home), lookback, horizon, device)
 
     def gather(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs (B, lookback, 1), targets (B, horizon)) for `pairs` (B, 2) of (series, start)."""
-        span = torch.arange(self.lookback + self.horizon, device=self.values.device)
         pos = self.offsets[pairs[:, 0]] + pairs[:, 1]
-        windows = self.values[pos[:, None] + span[None, :]]
+        windows = self.values[pos[:, None] + self._span[None, :]]
+        if self._host_to_device:
+            windows = windows.pin_memory().to(self.device, non_blocking=True)
         return windows[:, : self.lookback, None], windows[:, self.lookback :]
+
+
+def buffer_fits(nbytes: int, device: torch.device, resident: str | bool) -> bool:
+    """Keep the buffer on the accelerator when asked, or (auto) when it takes under half its free memory."""
+    if device.type == "cpu" or resident is False or resident == "false":
+        return device.type == "cpu"
+    if resident is True or resident == "true":
+        return True
+    free, _ = torch.cuda.mem_get_info(device) if device.type == "cuda" else (float("inf"), None)
+    return nbytes < 0.5 * free

@@ -48,6 +48,9 @@ class Tracker:
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
         if self.backend is None:
             return
+        if self.name == "wandb" and step is not None and step < getattr(self.run, "starting_step", 0):
+            # a resumed online run already holds this step (from before the kill); W&B would refuse it
+            return
         self.backend.log(values, step=step)
         if step is not None:
             self.last_step = max(step, self.last_step or 0)
@@ -127,7 +130,7 @@ class Tracker:
 
 def artifact_name(name: str) -> str:
     """W&B artifact names allow letters, digits, '-', '_' and '.'."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-") or "model"
 
 
 def sweep_run_id() -> str | None:
@@ -157,7 +160,7 @@ def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None =
     if mode == "online" and not wandb_credentials_present():
         log.info("no W&B credentials found; tracking offline")
         mode = "offline"
-    project = t.project
+    project: str | None = t.project
     kwargs: dict[str, Any] = {
         "entity": t.entity,
         "group": t.group or cfg.name,
@@ -171,11 +174,9 @@ def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None =
     }
     if run_id:
         kwargs.update(id=run_id, resume="allow")
-    trial = sweep_run_id()
-    if trial:  # one run per sweep trial: every stage continues the agent's run, in the sweep's project
-        kwargs.update(id=trial, resume="allow", job_type="sweep", name=None)
-        kwargs["entity"] = os.environ.get("WANDB_ENTITY") or t.entity
-        project = os.environ.get("WANDB_PROJECT") or project
+    if sweep_run_id():  # one run per trial: every stage continues the agent's run (id, project from its env)
+        kwargs.update(id=None, resume="allow", job_type="sweep", name=None, entity=None)
+        project = None
     backend = WandBTracker(project, **kwargs)
     backend.start()
     return Tracker(backend, offline_dir=Path(backend.run.dir).parent if mode == "offline" else None)

@@ -1,0 +1,481 @@
+"""Experiment tracking, checked by reading what was written: W&B offline run files, TensorBoard events.
+
+W&B runs offline here; its `.wandb` file is a LevelDB-style log of protobuf records (the
+format `wandb sync` uploads), read back by `read_wandb_run` below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.config import load_config
+from pipeline.runtime import dist_state
+from pipeline.tracking import Tracker, artifact_name, open_tracker
+
+from .conftest import REPO, cli, write_config
+from .test_resume import kill_group, logged_step
+
+# ---------------------------------------------------------------- reading W&B's offline run files
+
+BLOCK = 32768  # LevelDB log: 32 KiB blocks of records, each with a 7-byte header (crc32, length, type)
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+FILE_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+
+
+def wandb_records(path: Path) -> Iterator[bytes]:
+    """The protobuf payloads of a `.wandb` file; a torn tail (a killed writer) ends the iteration."""
+    data = path.read_bytes()
+    assert data[: len(FILE_HEADER)] == FILE_HEADER, f"{path} is not a W&B transaction log"
+    pos, parts = len(FILE_HEADER), b""
+    while True:
+        room = BLOCK - pos % BLOCK
+        if room < 7:  # a block's tail too short for a header is padding
+            pos += room
+            continue
+        if pos + 7 > len(data):
+            return
+        crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        if kind == 0 or len(chunk) < length or zlib.crc32(bytes([kind]) + chunk) != crc:
+            return
+        pos += 7 + length
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            parts = chunk
+        elif kind == MIDDLE:
+            parts += chunk
+        elif kind == LAST:
+            yield parts + chunk
+
+
+@dataclass
+class WandbRun:
+    dir: Path
+    run: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    exited: bool = False
+
+    @property
+    def id(self) -> str:
+        return self.run.get("id") or next(self.dir.glob("run-*.wandb")).stem.removeprefix("run-")
+
+    def steps(self, key: str) -> dict[int, Any]:
+        return {row["_step"]: row[key] for row in self.history if key in row}
+
+
+def _put(tree: dict, item: Any, value: Any) -> None:
+    path = list(item.nested_key) or [item.key]
+    for part in path[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[path[-1]] = value
+
+
+def _history_value(item: Any) -> Any:
+    kind = item.WhichOneof("value")
+    if kind is None:
+        return json.loads(item.value_json)
+    return None if kind == "none" else json.loads(item.json) if kind == "json" else getattr(item, kind)
+
+
+def read_wandb_run(run_dir: Path) -> WandbRun:
+    """Run facts, config, history rows, summary, artifacts and files of one offline run directory."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out = WandbRun(run_dir)
+    for payload in wandb_records(next(run_dir.glob("run-*.wandb"))):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            r = record.run
+            out.run = {
+                "id": r.run_id,
+                "project": r.project,
+                "group": r.run_group,
+                "job_type": r.job_type,
+                "name": r.display_name,
+                "tags": list(r.tags),
+                "sweep_id": r.sweep_id,
+            }
+            for item in r.config.update:
+                _put(out.config, item, json.loads(item.value_json))
+        elif kind == "config":
+            for item in record.config.update:
+                _put(out.config, item, json.loads(item.value_json))
+        elif kind == "history":
+            row: dict[str, Any] = {}
+            for item in record.history.item:
+                _put(row, item, _history_value(item))
+            out.history.append(row)
+        elif kind == "summary":
+            for item in record.summary.update:
+                _put(out.summary, item, json.loads(item.value_json))
+        elif kind == "artifact":
+            a = record.artifact
+            out.artifacts.append(
+                {
+                    "type": a.type,
+                    "name": a.name,
+                    "description": a.description,
+                    "metadata": json.loads(a.metadata or "{}"),
+                    "files": {e.path: e.digest for e in a.manifest.contents},
+                }
+            )
+        elif kind == "files":
+            out.files += [f.path for f in record.files.files]
+        elif kind == "exit":
+            out.exited = True
+    return out
+
+
+def wandb_runs(run_dir: Path) -> list[WandbRun]:
+    """Every offline W&B run under an output directory, oldest first."""
+    return [read_wandb_run(d) for d in sorted((run_dir / "wandb").glob("offline-run-*"))]
+
+
+# ---------------------------------------------------------------- helpers
+
+FAST = {"train.max_steps": 20, "train.eval_every": 10, "train.checkpoint_every": 20, "train.num_threads": 1}
+
+
+def wandb_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """Offline W&B with its caches (artifact staging included) inside the test's directory."""
+    return {
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "WANDB_DATA_DIR": str(tmp / "wandb-data"),
+        "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+        "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+        **extra,
+    }
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def by_job(runs: list[WandbRun]) -> dict[str, WandbRun]:
+    return {r.run["job_type"]: r for r in runs}
+
+
+# ---------------------------------------------------------------- W&B: one full offline run
+
+
+@pytest.fixture(scope="module")
+def wandb_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wandb")
+    config = write_config(tmp, {**FAST, "tracking.backend": "wandb", "tracking.tags": ["ci"]})
+    result = cli("run", "--config", str(config), env=wandb_env(tmp))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp / "run", result
+
+
+@pytest.mark.slow
+def test_stages_are_runs_of_one_group_with_a_job_type_each(wandb_run):
+    run, result = wandb_run
+    runs = wandb_runs(run)
+    jobs = by_job(runs)
+    assert sorted(jobs) == ["evaluate", "export", "train"]
+    for job, r in jobs.items():
+        assert r.run["group"] == "small" and r.run["project"] == "lstm-pipeline"
+        assert r.run["name"] == f"small-{job}" and r.run["tags"] == ["ci"]
+        assert r.exited, f"{job}: the run was not finished"
+        assert f"wandb sync {r.dir}" in result.stderr  # how to upload what ran offline
+    assert len({r.id for r in runs}) == 3
+    assert jobs["train"].id == (run / "train/wandb_run_id").read_text().strip()
+    assert not (run / "tensorboard").exists()
+
+
+@pytest.mark.slow
+def test_config_is_nested_and_carries_the_run_facts(wandb_run):
+    run, _ = wandb_run
+    train = by_job(wandb_runs(run))["train"]
+    config = train.config
+    assert config["train"]["lr"] == 0.01 and config["train"]["max_steps"] == 20
+    assert config["model"]["hidden_size"] == 16 and config["window"]["lookback"] == 48
+    assert config["tracking"]["backend"] == "wandb"
+    info = config["run_info"]
+    assert info["world_size"] == 1 and info["device"] == "cpu" and info["precision"] == "no"
+    assert {"pipeline", "torch", "accelerate"} <= set(info["versions"])
+    ingest = json.loads((run / "ingest/meta.json").read_text())
+    window = json.loads((run / "window/meta.json").read_text())
+    assert info["data"] == {
+        "data_fingerprint": ingest["fingerprint"],
+        "freq": "h",
+        "n_series": 4,
+        "windows": window["counts"],
+    }
+
+
+@pytest.mark.slow
+def test_history_holds_every_logged_step_of_metrics_jsonl(wandb_run):
+    run, _ = wandb_run
+    train = by_job(wandb_runs(run))["train"]
+    rows = jsonl(run / "train/metrics.jsonl")
+    logged = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in logged] == [5, 10, 15, 20]
+    for key in ("loss", "lr", "grad_norm", "windows_per_s", "epoch"):
+        assert train.steps(f"train/{key}") == {r["step"]: r[key] for r in logged}, key
+    assert train.steps("val/loss") == {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    assert train.summary["val/best_loss"] == min(r["val_loss"] for r in rows if "val_loss" in r)
+    assert train.summary["train/steps"] == 20
+
+
+@pytest.mark.slow
+def test_evaluate_logs_test_metrics_table_and_plots(wandb_run):
+    run, _ = wandb_run
+    evaluate = by_job(wandb_runs(run))["evaluate"]
+    metrics = json.loads((run / "evaluate/metrics.json").read_text())
+    for method, values in [("model", metrics["model"]), *metrics["baselines"].items()]:
+        for name, value in values.items():
+            assert evaluate.summary[f"test/{method}/{name}"] == value, (method, name)
+    assert evaluate.summary["test/n_windows"] == metrics["n_windows"]
+
+    logged = {k: v for row in evaluate.history for k, v in row.items() if not k.startswith("_")}
+    table = logged["test/per_series"]
+    per_series = pd.read_csv(run / "evaluate/per_series.csv")
+    assert table["_type"] == "table-file" and table["nrows"] == len(per_series)
+    assert table["ncols"] == len(per_series.columns)
+    saved = json.loads((evaluate.dir / "files" / table["path"]).read_text())
+    assert saved["columns"] == list(per_series.columns)
+    assert [r[0] for r in saved["data"]] == per_series["series"].astype(str).tolist()
+    for plot in ("forecasts", "error_by_horizon"):
+        image = logged[f"plots/{plot}"]
+        assert image["_type"] == "image-file" and image["format"] == "png"
+        assert (evaluate.dir / "files" / image["path"]).read_bytes()[:4] == b"\x89PNG"
+        assert image["path"] in evaluate.files
+
+
+@pytest.mark.slow
+def test_export_logs_the_model_directory_as_an_artifact(wandb_run):
+    run, _ = wandb_run
+    export = by_job(wandb_runs(run))["export"]
+    [artifact] = [a for a in export.artifacts if a["type"] == "model"]
+    assert artifact["name"] == "small-model"
+    metrics = json.loads((run / "evaluate/metrics.json").read_text())
+    meta = artifact["metadata"]
+    assert meta["test_metrics"] == {"model": metrics["model"], "baselines": metrics["baselines"]}
+    assert meta["data_fingerprint"] == json.loads((run / "ingest/meta.json").read_text())["fingerprint"]
+    assert meta["train_fingerprint"] == json.loads((run / "train/meta.json").read_text())["fingerprint"]
+    assert meta["horizon"] == 12 and meta["lookback"] == 48 and meta["n_series"] == 4
+    exported = {p.name for p in (run / "export").iterdir() if p.is_file()}
+    assert set(artifact["files"]) == exported
+    assert {"model.safetensors", "model.onnx", "forecaster.json", "README.md"} <= exported
+    assert export.summary["export/onnx_parity"] == meta["onnx_parity"] is not None
+
+
+# ---------------------------------------------------------------- resume continues the W&B run
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_training_continues_the_same_wandb_run(tmp_path):
+    settings = {**FAST, "train.max_steps": 40, "train.checkpoint_every": 10, "train.log_every": 1}
+    config = write_config(tmp_path, {**settings, "tracking.backend": "wandb", "export.onnx": False})
+    env = wandb_env(tmp_path)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--config", str(config)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while logged_step(run) < 13:  # past the first checkpoint (step 10)
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "training too slow to reach the kill step"
+            time.sleep(0.005)
+    finally:
+        kill_group(proc)
+    assert not (run / "train").exists() and (run / ".train.work/checkpoints/step_10").is_dir()
+    run_id = (run / ".train.work/wandb_run_id").read_text().strip()
+
+    result = cli("train", "--config", str(config), env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in result.stderr
+
+    dirs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(dirs) == 2
+    assert [next(d.glob("run-*.wandb")).name for d in dirs] == [f"run-{run_id}.wandb"] * 2
+    first, second = wandb_runs(run)
+    assert second.id == run_id and second.run["job_type"] == "train" and second.exited
+    assert not first.exited  # killed
+    rows = [r for r in jsonl(run / "train/metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    # the resumed process logs from the step after the checkpoint, with the values metrics.jsonl keeps
+    assert second.steps("train/loss") == {r["step"]: r["loss"] for r in rows if r["step"] > 10}
+    # exact resume: what the killed run got onto disk past the checkpoint (W&B flushes its offline
+    # log every 15 s, so a run killed sooner may have written nothing) the resumed one logs again
+    before = first.steps("train/loss")
+    assert all(second.steps("train/loss")[s] == v for s, v in before.items() if s > 10)
+
+
+# ---------------------------------------------------------------- sweeps
+
+SWEEP = REPO / "configs/sweep.yaml"
+
+
+def sample_values(sweep: dict) -> dict[str, Any]:
+    """One value per sweep parameter, as the sweep controller would choose it."""
+    out = {}
+    for name, spec in sweep["parameters"].items():
+        out[name] = spec["values"][0] if "values" in spec else spec.get("value", spec.get("min"))
+    return out
+
+
+def test_sweep_file_is_a_wandb_sweep_over_valid_config_keys():
+    sweep = yaml.safe_load(SWEEP.read_text())
+    assert {"program", "command", "method", "metric", "parameters"} <= set(sweep)
+    assert sweep["method"] in ("bayes", "random", "grid")
+    assert sweep["metric"] == {"name": "test/model/mase", "goal": "minimize"}
+    command = sweep["command"]
+    assert command[command.index("--config") + 1] == "configs/default.yaml"
+    assert (REPO / "configs/default.yaml").is_file()
+    assert command[-1] == "${args}" and "run" in command
+    assert {"train.lr", "model.hidden_size", "window.lookback"} <= set(sweep["parameters"])
+    for name, spec in sweep["parameters"].items():
+        assert {"values", "value", "min", "distribution"} & set(spec), name
+        choices = spec.get("values") or [spec.get("value", spec.get("min")), spec.get("max")]
+        for value in [v for v in choices if v is not None]:
+            cfg = load_config(REPO / "configs/default.yaml", [f"{name}={value}"])
+            section, key = name.split(".")
+            assert getattr(getattr(cfg, section), key) == value, name
+
+
+@pytest.mark.slow
+def test_sweep_agent_command_runs_a_trial_into_the_agents_run(tmp_path):
+    """The command `wandb agent` builds from configs/sweep.yaml, on a small config, as one sweep trial."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    sweep = yaml.safe_load(SWEEP.read_text())
+    lr = sample_values(sweep)["train.lr"]
+    params = {"train.lr": lr, "train.max_steps": 5, "train.num_threads": 1}  # a sweep value plus test sizes
+    args = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    assert f"--train.lr={lr}" in args["args"]  # the `${args}` form: --key=value
+    macros = {"env": [], "interpreter": [sys.executable], "program": [sweep["program"]], "args": args["args"]}
+    config = write_config(tmp_path, {"tracking.backend": "wandb", "export.onnx": False})
+    command: list[str] = []
+    for part in sweep_utils.create_sweep_command(list(sweep["command"])):
+        part = str(part)
+        command += macros[part[2:-1]] if part.startswith("${") else [str(config) if part.endswith(".yaml") else part]
+    assert command[1:4] == ["-m", "pipeline", "run"]
+    env = wandb_env(tmp_path, WANDB_SWEEP_ID="sweep1", WANDB_RUN_ID="trial1", WANDB_PROJECT="lstm-pipeline")
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
+    assert saved["train"]["lr"] == lr and saved["train"]["max_steps"] == 5
+    runs = wandb_runs(tmp_path / "run")
+    assert len(runs) == 3 and {r.id for r in runs} == {"trial1"}  # every stage continues the trial's run
+    assert all(r.run["sweep_id"] == "sweep1" and r.run["job_type"] == "sweep" for r in runs)
+    assert all(r.run["project"] == "lstm-pipeline" and r.run["group"] == "small" for r in runs)
+    assert runs[0].config["train"]["lr"] == lr
+    metrics = json.loads((tmp_path / "run/evaluate/metrics.json").read_text())
+    metric = sweep["metric"]["name"]
+    assert [r.summary[metric] for r in runs if metric in r.summary] == [metrics["model"]["mase"]]
+
+
+# ---------------------------------------------------------------- TensorBoard and none
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_hold_the_same_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = write_config(tmp_path, {**FAST, "tracking.backend": "tensorboard", "export.onnx": False})
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    assert not (run / "wandb").exists()
+
+    train = EventAccumulator(str(run / "tensorboard/train"), size_guidance={"scalars": 0})
+    train.Reload()
+    rows = jsonl(run / "train/metrics.jsonl")
+    for key in ("loss", "lr", "grad_norm"):
+        points = [(e.step, e.value) for e in train.Scalars(f"train/{key}")]
+        assert [s for s, _ in points] == [r["step"] for r in rows if key in r], key
+        assert [v for _, v in points] == pytest.approx([r[key] for r in rows if key in r], rel=1e-6), key
+    val = [(e.step, e.value) for e in train.Scalars("val/loss")]
+    assert val == [(r["step"], pytest.approx(r["val_loss"], rel=1e-6)) for r in rows if "val_loss" in r]
+    # the final summary lands at the last step and leaves the earlier points in place
+    assert [e.step for e in train.Scalars("val/best_loss")][-1] == 20
+    assert len(train.Scalars("val/best_loss")) >= 2
+
+    evaluate = EventAccumulator(str(run / "tensorboard/evaluate"))
+    evaluate.Reload()
+    metrics = json.loads((run / "evaluate/metrics.json").read_text())
+    assert evaluate.Scalars("test/model/mase")[-1].value == pytest.approx(metrics["model"]["mase"], rel=1e-6)
+    assert {"plots/forecasts", "plots/error_by_horizon"} <= set(evaluate.Tags()["images"])
+
+
+def test_none_backend_writes_nothing_but_the_local_files(tmp_path):
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tracking.backend=none"])
+    tracker = open_tracker(cfg, "train", True, run_id="abc")
+    assert isinstance(tracker, Tracker) and tracker.backend is None
+    tracker.describe({"world_size": 1})
+    tracker.log({"train/loss": 1.0}, step=1)
+    tracker.summary({"test/model/mase": 1.0})
+    tracker.table("t", pd.DataFrame({"a": [1]}))
+    tracker.images({"p": tmp_path / "missing.png"})
+    tracker.log_artifact(tmp_path, "x", "model", {})
+    tracker.finish()
+    assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_wandb_disabled_mode_writes_no_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for name, value in wandb_env(tmp_path).items():
+        if name != "WANDB_MODE":
+            monkeypatch.setenv(name, value)
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tracking.backend=wandb", "tracking.mode=disabled"])
+    dist_state()  # as every stage has it (Accelerate's logging needs it)
+    tracker = open_tracker(cfg, "export", True)
+    tracker.log({"train/loss": 1.0}, step=1)
+    tracker.log_artifact(tmp_path, "x", "model", {})
+    tracker.finish()
+    assert not list((tmp_path / "run").glob("wandb/*run-*"))
+
+
+def test_online_without_credentials_runs_offline_and_says_how_to_sync(tmp_path, monkeypatch, caplog):
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    for name, value in wandb_env(tmp_path).items():
+        if name != "WANDB_MODE":
+            monkeypatch.setenv(name, value)
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tracking.backend=wandb", "tracking.mode=online"])
+    dist_state()
+    caplog.set_level("INFO", logger="pipeline")
+    tracker = open_tracker(cfg, "evaluate", True)
+    tracker.summary({"test/model/mase": 0.5})
+    tracker.finish()
+    [run] = wandb_runs(tmp_path / "run")
+    assert run.summary["test/model/mase"] == 0.5 and run.run["job_type"] == "evaluate"
+    assert "no W&B credentials found; tracking offline" in caplog.text
+    assert f"wandb sync {run.dir}" in caplog.text
+
+
+def test_artifact_names_are_what_wandb_accepts():
+    assert artifact_name("vic_elec-model") == "vic_elec-model"
+    assert artifact_name("my run/v2 (test)-model") == "my-run-v2-test-model"
