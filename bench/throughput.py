@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -210,6 +211,7 @@ def main() -> None:
         "windows_per_s": {k: round(v, 1) for k, v in rates.items()},
         "a_over_b": round(rates["pipeline"] / rates["bare"], 3),
         "a_over_c": round(rates["pipeline"] / rates["dataloader"], 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     if "bare_default" in rates:
         result["a_over_bare_default"] = round(rates["pipeline"] / rates["bare_default"], 2)

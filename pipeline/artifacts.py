@@ -8,6 +8,7 @@ good output as it was.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -21,18 +22,27 @@ from pipeline.errors import UserError
 META = "meta.json"
 
 
+def make_dirs(path: Path) -> None:
+    """`mkdir -p`, where a regular file in the way reads 'Not a directory' (not 'File exists')."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename: readers see the old or the new file, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        make_dirs(path.parent)
         with open(tmp, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
@@ -72,6 +82,7 @@ def swap_into_place(tmp: Path, final: Path) -> None:
     old = _old_path(final)
     if final.exists():
         os.replace(final, old)
+        _pause_for_tests(final.name, "swap")
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(final.parent)
@@ -89,10 +100,10 @@ def _fsync_dir(path: Path) -> None:
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary directory; on success it becomes `final` atomically."""
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        make_dirs(final.parent)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     except OSError as exc:
         raise UserError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
@@ -101,7 +112,25 @@ def staged_dir(final: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _pause_for_tests(final.name, "written")
     swap_into_place(tmp, final)
+
+
+def _pause_for_tests(stage: str, point: str) -> None:
+    """Test hook: PIPELINE_TEST_PAUSE=stage:<dir name>:<written|swap>:<seconds> sleeps there.
+
+    `written`: the new output is complete in its temporary directory; `swap`: the old output has
+    been moved aside and the new one not yet into place. PIPELINE_TEST_PAUSE_FLAG is touched
+    first, so a test knows the moment to kill the process.
+    """
+    kind, _, rest = os.environ.get("PIPELINE_TEST_PAUSE", "").partition(":")
+    if kind != "stage" or rest.rsplit(":", 1)[0] != f"{stage}:{point}":
+        return
+    import time
+
+    if flag := os.environ.get("PIPELINE_TEST_PAUSE_FLAG"):
+        Path(flag).touch()
+    time.sleep(float(rest.rsplit(":", 1)[1]))
 
 
 def read_meta(stage_dir: Path) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -28,9 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help="all stages" if name == "run" else f"the {name} stage")
         p.add_argument("--config", required=True, help="experiment YAML")
         p.add_argument("--force", action="store_true", help="redo stages even when their inputs are unchanged")
+        if name == "run":
+            p.add_argument(
+                "--promote", action="store_true", help="then promote the export if it beats the registry's champion"
+            )
         p.add_argument("overrides", nargs="*", help="key.sub=value (or --key.sub=value)")
     p = sub.add_parser("predict", help="forecast the next horizon from a history file")
-    p.add_argument("--model", required=True, help="export directory")
+    p.add_argument("--model", required=True, help="export directory (or a registry's <dir>/<name>/current)")
     p.add_argument("--input", required=True, help="history csv/parquet/json")
     p.add_argument("--output", required=True, help="forecast csv to write")
     return parser
@@ -62,17 +67,22 @@ def run_command(args: argparse.Namespace) -> None:
         return
     from pipeline.config import load_config, save_config
 
-    cfg = load_config(args.config, args.overrides)
+    promote = ["registry.promote=true"] if getattr(args, "promote", False) else []
+    cfg = load_config(args.config, [*args.overrides, *promote])
     state = dist_state()
     setup_logging(state.is_main_process)
     configure_process(cfg.train.num_threads)
     stages = stage_functions()
     names = STAGES if args.command == "run" else (args.command,)
-    if state.is_main_process:
-        save_config(cfg, cfg.run_dir / "config.yaml")
     for name in names:
         stages[name](cfg, force=args.force)
+        if state.is_main_process:  # only once a stage has succeeded: a bad run keeps the last good config
+            save_config(cfg, cfg.run_dir / "config.yaml")
     if args.command == "run" and state.is_main_process:
+        if cfg.registry.promote:
+            from pipeline import registry
+
+            registry.promote(cfg)
         log.info("done: %s", cfg.run_dir)
 
 
@@ -91,11 +101,21 @@ def stage_functions() -> dict[str, Callable]:
 def predict(model_dir: Path, history_path: Path, output: Path) -> None:
     from pipeline.artifacts import write_text_atomic
     from pipeline.forecaster import Forecaster, read_history
+    from pipeline.registry import resolve_model_dir
 
-    forecaster = Forecaster.load(model_dir)
+    forecaster = Forecaster.load(resolve_model_dir(model_dir))
     forecast = forecaster.predict(read_history(history_path), source=str(history_path))
     write_text_atomic(output, forecast.to_csv(index=False))
     log.info("predict: wrote %d rows to %s", len(forecast), output)
+
+
+# permission, read-only file system, a file where a directory should be, disk or quota full
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT}
+
+
+def one_line(message: str) -> str:
+    """The message on one terminal line: line breaks and other control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_command(parse_args(sys.argv[1:] if argv is None else argv))
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the environment, not the code: a path that cannot be written or read
+        if exc.errno not in _USER_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {one_line(where + (exc.strerror or str(exc)))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

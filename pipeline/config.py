@@ -181,6 +181,10 @@ class TrainConfig:
     """CPU threads per process (0 = the available cores divided by the local processes)."""
     eval_batch_size: int = 2048
     """Windows per forward pass in validation."""
+    init_from: str = "none"
+    """Warm start: `none`, `champion` (the registry's current model) or a model dir or .safetensors file."""
+    device_resident: Literal["auto", "true", "false"] = "auto"
+    """Keep the whole training buffer on the accelerator (`auto`: when it takes under half its free memory)."""
 
     def __post_init__(self) -> None:
         for key in ("batch_size", "max_steps", "gradient_accumulation_steps", "eval_every", "keep_last"):
@@ -201,6 +205,8 @@ class TrainConfig:
             )
         if not self.resume.strip():
             raise ConfigError("train.resume must be auto, never or a checkpoint path")
+        if not self.init_from.strip():
+            raise ConfigError("train.init_from must be none, champion or a model directory")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -253,6 +259,26 @@ class TrackingConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class RegistryConfig:
+    """Model registry for scheduled retraining: champion/challenger promotion (see launch/cron)."""
+
+    dir: str | None = None
+    """Registry root; versions go to `<dir>/<name>/vNNNN`, the served one is `<dir>/<name>/current` (null = off)."""
+    promote: bool = False
+    """At the end of `run`, score the new export against the champion and promote it if better (`run --promote`)."""
+    min_improvement: float = 0.0
+    """Relative test-MASE improvement required: promote when challenger MASE < champion MASE x (1 - this)."""
+
+    def __post_init__(self) -> None:
+        if self.dir is not None and not self.dir.strip():
+            raise ConfigError("registry.dir is empty; use null to turn the registry off")
+        if not 0.0 <= self.min_improvement < 1.0:
+            raise ConfigError(f"registry.min_improvement must be in [0, 1), got {self.min_improvement}")
+        if self.promote and self.dir is None:
+            raise ConfigError("registry.promote (--promote) needs registry.dir")
+
+
+@dataclass(kw_only=True, slots=True)
 class Config:
     """One experiment: every stage section plus the run identity."""
 
@@ -269,10 +295,13 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ConfigError("name is empty")
+        if self.train.init_from == "champion" and self.registry.dir is None:
+            raise ConfigError("train.init_from: champion needs registry.dir (where the champion is)")
         if self.model.residual_season > self.window.lookback:
             raise ConfigError(
                 f"model.residual_season ({self.model.residual_season}) is longer than window.lookback "
@@ -397,6 +426,8 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     if origin is Literal:
         if value is False and "no" in args:  # YAML 1.1 reads an unquoted `no` as false
             value = "no"
+        elif isinstance(value, bool) and str(value).lower() in args:  # `true`/`false` choices
+            value = str(value).lower()
         if value not in args:
             choices = "|".join(map(str, args))
             raise ConfigError(f"{where}: {key} must be one of {choices}, got {value!r}")

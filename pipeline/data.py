@@ -30,7 +30,7 @@ class WindowBuffer:
     def __post_init__(self) -> None:
         self.device = torch.device(self.device or self.values.device)
         self._span = torch.arange(self.lookback + self.horizon, device=self.values.device)
-        self._host_to_device = self.values.device != self.device
+        self._host_to_device = self.values.device.type != self.device.type  # cpu vs cpu:0 is no copy
 
     @classmethod
     def from_ingest(

@@ -123,9 +123,9 @@ class Forecaster:
         return out
 
     def _last_window(self, sid, frame, step, time_col, source) -> tuple[pd.Timestamp, np.ndarray]:
-        times = pd.to_datetime(frame[time_col], errors="coerce", format="mixed")
+        times = _parse_times(frame[time_col], sid, source)
         if times.isna().any():
-            row = int(np.flatnonzero(times.isna().to_numpy())[0]) + 1
+            row = _row(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
             raise DataError(f"{source}: series '{sid}': unparseable timestamp in row {row}")
         values = pd.to_numeric(frame["y"], errors="coerce").to_numpy(dtype=np.float64)
         order = np.argsort(times.to_numpy(), kind="stable")
@@ -150,6 +150,28 @@ class Forecaster:
             bad = last[int(np.flatnonzero(~np.isfinite(window))[0])]
             raise DataError(f"{source}: series '{sid}': missing or non-numeric value at {bad}")
         return last[-1], window
+
+
+def _parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
+    """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them); NaT where unparseable."""
+    zones = f"{source}: series '{sid}': mixed time zones in the time column; write all timestamps in one zone"
+    try:
+        times = pd.to_datetime(col, errors="coerce", format="mixed")
+    except (ValueError, TypeError, OverflowError) as exc:
+        if "zone" in str(exc).lower() or "offset" in str(exc).lower():
+            raise DataError(zones) from None
+        raise DataError(f"{source}: series '{sid}': cannot parse the time column: {exc}") from None
+    if not pd.api.types.is_datetime64_any_dtype(times):  # pandas keeps mixed offsets as objects
+        raise DataError(zones)
+    if times.dt.tz is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return times
+
+
+def _row(frame: pd.DataFrame, position: int) -> object:
+    """The 1-based data row of the history file (the frame keeps the file's row index)."""
+    label = frame.index[position]
+    return label + 1 if isinstance(label, (int, np.integer)) else position + 1
 
 
 def read_history(path: str | Path) -> pd.DataFrame:

@@ -109,10 +109,37 @@ def to_long(table: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
                 pd.DataFrame({"series": str(col), "time": times, "target": _numeric(table[col], col, cfg), "row": rows})
             )
         return pd.concat(parts, ignore_index=True)
+    if id_col is not None and table[id_col].isna().any():  # grouping would silently drop these rows
+        i = int(np.flatnonzero(table[id_col].isna().to_numpy())[0])
+        raise DataError(f"{cfg.source}: row {i + 1}: missing series id in column '{id_col}' (data.id_column)")
     ids = table[id_col].astype(str) if id_col is not None else pd.Series("series", index=table.index)
     return pd.DataFrame(
         {"series": ids.values, "time": times, "target": _numeric(table[targets[0]], targets[0], cfg), "row": rows}
     )
+
+
+ONE_ZONE = "write all timestamps in one zone (or all with the same UTC offset)"
+
+
+def _zone_change(col: pd.Series) -> str:
+    """Where the zone first changes, e.g. ` (row 1: UTC+00:00, row 7: no zone)` (error path only)."""
+    first = None
+    for i, text in enumerate(col.tolist()):
+        try:
+            offset = pd.Timestamp(text).utcoffset()
+        except (ValueError, TypeError, OverflowError):
+            continue
+        zone = "no zone" if offset is None else f"UTC{'-' if offset.days < 0 else '+'}{_hhmm(abs(offset))}"
+        if first is None:
+            first = (i, zone)
+        elif zone != first[1]:
+            return f" (row {first[0] + 1}: {first[1]}, row {i + 1}: {zone})"
+    return ""
+
+
+def _hhmm(delta) -> str:
+    minutes = int(delta.total_seconds()) // 60
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
 def _parse_times(col: pd.Series, source: str) -> pd.Series:
@@ -122,12 +149,10 @@ def _parse_times(col: pd.Series, source: str) -> pd.Series:
         parsed = pd.to_datetime(col, errors="coerce", format="mixed")
     except (ValueError, TypeError) as exc:
         if "zone" in str(exc).lower() or "offset" in str(exc).lower():
-            raise DataError(
-                f"{source}: mixed time zones in the time column; write all timestamps in one zone"
-            ) from None
+            raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}") from None
         raise DataError(f"{source}: cannot parse the time column: {exc}") from None
     if parsed.dtype == object:  # pandas keeps mixed offsets as objects
-        raise DataError(f"{source}: mixed time zones in the time column; write all timestamps in one zone")
+        raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}")
     bad = parsed.isna() & col.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -181,12 +206,12 @@ def prepare_series(table: pd.DataFrame, cfg: DataConfig) -> SeriesSet:
     if frame["time"].dt.tz is not None:
         frame["time"] = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None)
     order = np.lexsort((frame["time"].to_numpy(), frame["series"].to_numpy()))
+    unsorted = False
     if not np.array_equal(order, np.arange(len(frame))):
         ordered_before = frame.groupby("series", sort=False, observed=True)["time"].apply(
             lambda t: t.is_monotonic_increasing
         )
-        if not ordered_before.all():
-            log.info("ingest: input was not sorted by time; sorted it")
+        unsorted = not ordered_before.all()
         frame = frame.iloc[order].reset_index(drop=True)
     dup = frame.duplicated(["series", "time"], keep="first")
     if dup.any():
@@ -205,17 +230,42 @@ def prepare_series(table: pd.DataFrame, cfg: DataConfig) -> SeriesSet:
         ids.append(str(sid))
         starts.append(part["time"].iloc[0])
         chunks.append(values)
-    if dropped:
-        log.warning("ingest: dropped %d series by data.missing=drop: %s", len(dropped), ", ".join(dropped[:10]))
     if not ids:
         raise DataError(f"{cfg.source}: no series left after data.missing=drop")
+    # said once the data is accepted, so that a rejected file gets its one error line only
+    if unsorted:
+        log.info("ingest: input was not sorted by time; sorted it")
+    if dropped:
+        log.warning("ingest: dropped %d series by data.missing=drop: %s", len(dropped), ", ".join(dropped[:10]))
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr)
+
+
+MAX_GRID = 1_000_000
+"""A series' regular grid may be longer than its rows by 10x, or up to this many points."""
+
+
+def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.DateOffset, source: str) -> None:
+    """Refuse a grid far longer than the series (one wrong year would allocate gigabytes)."""
+    if isinstance(step, pd.offsets.Tick):  # fixed steps: count without building the grid
+        points = int((times[-1] - times[0]) // pd.Timedelta(step)) + 1
+    else:  # calendar steps (days and longer, business days): the grid stays small
+        points = len(pd.date_range(times[0], times[-1], freq=step))
+    if points <= max(MAX_GRID, 10 * len(times)):
+        return
+    j = int(np.argmax(np.diff(times.asi8))) if len(times) > 1 else 0
+    rows = part["row"].to_numpy()
+    raise DataError(
+        f"{source}: series '{sid}': its timestamps span {points} steps of {step.freqstr} for {len(times)} rows "
+        f"(largest gap from {times[j]} (row {rows[j]}) to {times[j + 1]} (row {rows[j + 1]})); "
+        f"check those timestamps or data.freq"
+    )
 
 
 def _regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConfig) -> np.ndarray | None:
     """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
     times = pd.DatetimeIndex(part["time"].to_numpy())
+    _check_span(sid, part, times, step, cfg.source)
     grid = pd.date_range(times[0], times[-1], freq=step)
     target = part["target"].to_numpy(dtype=np.float64).copy()
     if len(grid) != len(times) or not grid.equals(times):
@@ -251,6 +301,13 @@ def _regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConf
         if filled.isna().any():
             raise DataError(f"{cfg.source}: series '{sid}': no finite target value at all")
         target = filled.to_numpy()
+    huge = np.abs(target) > np.finfo(np.float32).max
+    if huge.any():  # the buffer is float32: it would hold inf
+        j = int(np.flatnonzero(huge)[0])
+        raise DataError(
+            f"{cfg.source}: series '{sid}': value {target[j]:.6g} at {grid[j]} is too large for float32 "
+            f"(|value| > 3.4e38)"
+        )
     return target
 
 

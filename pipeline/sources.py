@@ -98,11 +98,14 @@ def _load_files(builder: str, files: list[str], label: str, **kwargs) -> pd.Data
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors come back as one DataError
     try:
         # force_redownload: the datasets cache is keyed by path and mtime, so a file replaced
         # with new content but the same mtime (cp -p, tar, rsync -a) would load stale rows
         ds = datasets.load_dataset(builder, data_files=files, split="train", download_mode="force_redownload", **kwargs)
     except Exception as exc:  # datasets wraps parser errors in several exception types
+        if "corresponds to no data" in str(exc):  # a header and no row
+            raise DataError(f"{label}: no rows") from None
         raise DataError(f"{label}: cannot read as {builder}: {_first_line(exc)}") from None
     table = ds.to_pandas()
     if table.empty:
@@ -114,6 +117,7 @@ def _load_hub(dataset_id: str, split: str) -> pd.DataFrame:
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors come back as one DataError
     try:
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as exc:

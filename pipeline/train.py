@@ -68,6 +68,7 @@ def train(cfg: Config, key: str) -> None:
     buffer, pairs, spec, data_info = load_training_data(cfg, accelerator.device)
     check_batch(cfg, len(pairs["train"]), accelerator.num_processes)
     model = build_model(spec, seed=cfg.seed)
+    init_weights(cfg, model, spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -105,6 +106,15 @@ def train(cfg: Config, key: str) -> None:
 # ---------------------------------------------------------------- set-up helpers
 
 
+def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
+    """`train.init_from`: start from the champion's or a saved model's weights (a resume still wins)."""
+    from pipeline.registry import warm_start_state
+
+    state = warm_start_state(cfg, spec, model.state_dict())
+    if state is not None:
+        model.load_state_dict(state)
+
+
 def make_accelerator(cfg: Config):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -123,8 +133,11 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     w = cfg.window
     if (window_meta["lookback"], window_meta["horizon"]) != (w.lookback, w.horizon):
         raise ConfigError("window.lookback/horizon differ from the window stage output; run 'lstm-pipeline window'")
-    buffer = WindowBuffer.from_ingest(raw, ingest_meta["series"], w.lookback, w.horizon, device)
-    pairs = {s: torch.from_numpy(index[s]).to(device) for s in ("train", "val")}
+    buffer = WindowBuffer.from_ingest(
+        raw, ingest_meta["series"], w.lookback, w.horizon, device, resident=cfg.train.device_resident
+    )
+    # window indices live beside the buffer, so sampling and gathering never cross devices
+    pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
     if len(pairs["val"]) == 0:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     m = cfg.model

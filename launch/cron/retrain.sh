@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Scheduled retraining: run every stage, then promote the new model only if it beats the champion.
+#
+#   launch/cron/retrain.sh CONFIG [key.sub=value ...]
+#   launch/cron/retrain.sh configs/default.yaml registry.dir=/srv/registry output_dir=/srv/runs/{name}
+#
+# Runs `lstm-pipeline run --config CONFIG --promote [overrides]` from the repository root (or the
+# directory in RETRAIN_DIR), with registry.dir taken from the config or the overrides. Stages whose
+# inputs did not change are skipped, so a night without new data costs a few seconds.
+#
+# Exit code (for cron mail, monitoring, SLURM):
+#   0   promoted (or unchanged: the current model is already this run's export)
+#   3   trained and scored, but not promoted (the champion stays; see history.jsonl)
+#   2   bad config or input, or a broken registry (one line on stderr says what)
+#   1   internal error, or the run was killed
+#   75  another retraining of this config holds the lock; nothing was done
+# The run itself exits 0 whatever the decision; the decision is read back from the last line of
+# <registry.dir>/<name>/history.jsonl (`python -m pipeline.registry decision`), which is this run's
+# because the lock keeps runs from overlapping.
+#
+# Environment: LOCK_FILE (default: /tmp/lstm-pipeline-retrain-<config name>.lock), PYTHON (the
+# interpreter of the environment lstm-pipeline is installed in; default: python3 on PATH),
+# RETRAIN_DIR (where to run; default: the repository this script is in).
+set -uo pipefail
+
+if [[ $# -lt 1 ]]; then
+  echo "usage: $0 CONFIG [key.sub=value ...]" >&2
+  exit 2
+fi
+CONFIG="$1"
+shift
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "${RETRAIN_DIR:-$here/../..}" || exit 2
+PYTHON="${PYTHON:-python3}"
+LOCK_FILE="${LOCK_FILE:-${TMPDIR:-/tmp}/lstm-pipeline-retrain-$(basename "$CONFIG" .yaml).lock}"
+
+# flock: one retraining at a time; a second one started while the first runs gives up at once.
+exec 9>>"$LOCK_FILE" || exit 2
+if ! flock -n 9; then
+  echo "$(date -u +%FT%TZ) retrain: another run holds $LOCK_FILE; skipped" >&2
+  exit 75
+fi
+
+echo "$(date -u +%FT%TZ) retrain: lstm-pipeline run --config $CONFIG --promote $*" >&2
+lstm-pipeline run --config "$CONFIG" --promote "$@"
+rc=$?
+if [[ $rc -ne 0 ]]; then
+  echo "$(date -u +%FT%TZ) retrain: run failed with exit code $rc; the registry is unchanged" >&2
+  [[ $rc -eq 2 ]] && exit 2
+  exit 1
+fi
+
+"$PYTHON" -m pipeline.registry decision --config "$CONFIG" "$@"

@@ -1,0 +1,568 @@
+"""Scheduled retraining: the model registry (champion/challenger), cached stages on growing data, warm
+start, and the cron/Kubernetes/SLURM recipes that run it.
+
+A schedule is simulated on a CSV file that grows between runs (synthetic series cut at increasing
+lengths, the new rows appended to the file), with a tiny model so the whole file stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import torch
+import yaml
+
+from pipeline import registry
+from pipeline.config import SyntheticConfig, load_config
+from pipeline.errors import ConfigError, UserError
+from pipeline.forecaster import Forecaster
+from pipeline.model import ModelSpec, build_model
+from pipeline.synthetic import generate_synthetic
+
+from .conftest import REPO, cli, load_weights
+
+pytestmark = pytest.mark.slow
+
+NAME = "nightly"
+LENGTHS = (300, 360, 420)  # the data on each "night": rows are appended to the same file
+STAGES = ("ingest", "window", "train", "evaluate", "export")
+
+
+def experiment(tmp: Path) -> dict:
+    return {
+        "name": NAME,
+        "output_dir": str(tmp / "run"),
+        "seed": 0,
+        "data": {
+            "source": str(tmp / "data.csv"),
+            "format": "long",
+            "id_column": "series",
+            "time_column": "time",
+            "target_column": "value",
+            "freq": "h",
+            "val_size": 0.15,
+            "test_size": 0.15,
+        },
+        "window": {"lookback": 24, "horizon": 6, "stride": 1, "val_stride": 1},
+        "model": {"hidden_size": 8, "num_layers": 1},
+        "train": {
+            "batch_size": 64,
+            "max_steps": 30,
+            "lr": 0.01,
+            "warmup_steps": 5,
+            "eval_every": 10,
+            "checkpoint_every": 0,
+            "log_every": 5,
+            "patience": 0,
+            "num_threads": 1,
+        },
+        "evaluate": {"season_length": 24, "plot_series": 0},
+        "export": {"onnx": False},
+        "tracking": {"backend": "none"},
+        "registry": {"dir": str(tmp / "registry")},
+    }
+
+
+def full_data() -> pd.DataFrame:
+    data = generate_synthetic(SyntheticConfig(n_series=3, length=max(LENGTHS), freq="h", seed=3))
+    data["series"] = data["series"].astype(str)
+    return data
+
+
+def grow(path: Path, data: pd.DataFrame, length: int) -> None:
+    """The first `length` steps of every series: a new file, or the missing rows appended to it."""
+    times = np.sort(data["time"].unique())
+    end = times[length - 1]
+    if not path.exists():
+        data[data["time"] <= end].to_csv(path, index=False)
+        return
+    have = pd.to_datetime(pd.read_csv(path, usecols=["time"])["time"]).max()
+    new = data[(data["time"] > have) & (data["time"] <= end)]
+    new.to_csv(path, mode="a", header=False, index=False)
+
+
+def tree_hash(root: Path) -> str:
+    """Names, symlink targets and file contents of a directory tree."""
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            digest.update(str(path.relative_to(root)).encode())
+            if path.is_symlink():
+                digest.update(b"->" + os.readlink(path).encode())
+            elif path.is_file():
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def history(tmp: Path) -> list[dict]:
+    return registry.read_history(tmp / "registry" / NAME)
+
+
+def ingest_fingerprint(tmp: Path) -> str:
+    return json.loads((tmp / "run/ingest/meta.json").read_text())["fingerprint"]
+
+
+def evaluate_mase(tmp: Path) -> float:
+    return json.loads((tmp / "run/evaluate/metrics.json").read_text())["model"]["mase"]
+
+
+def registry_cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "pipeline.registry", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+
+def run_promote(config: Path, *overrides: str):
+    result = cli("run", "--config", str(config), "--promote", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def kill_during_training(config: Path, run_dir: Path, *overrides: str) -> None:
+    """Start `run --promote` and SIGKILL it (and its children) once training has logged a few steps."""
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "pipeline", "run", "--config", str(config), "--promote", *overrides]
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    metrics = run_dir / ".train.work/metrics.jsonl"
+    deadline = time.monotonic() + 120
+    try:
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "training too slow to be killed"
+            time.sleep(0.01)
+    finally:
+        family = [proc.pid]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        for pid in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def schedule(tmp_path_factory):
+    """Five nights of retraining on one growing CSV file; what each night logged and left behind."""
+    tmp = tmp_path_factory.mktemp("schedule")
+    config = tmp / "config.yaml"
+    config.write_text(yaml.safe_dump(experiment(tmp)))
+    data = full_data()
+    csv = tmp / "data.csv"
+    out: dict = {"tmp": tmp, "config": config, "data": data, "mase": {}, "fingerprint": {}}
+
+    grow(csv, data, LENGTHS[0])
+    out["first"] = run_promote(config)  # night 1: no champion yet
+    out["fingerprint"]["first"], out["mase"]["first"] = ingest_fingerprint(tmp), evaluate_mase(tmp)
+    out["unchanged"] = run_promote(config)  # night 2: nothing new
+
+    grow(csv, data, LENGTHS[1])
+    out["appended"] = run_promote(config)  # night 3: more rows, same config
+    out["fingerprint"]["appended"], out["mase"]["appended"] = ingest_fingerprint(tmp), evaluate_mase(tmp)
+    out["better"] = run_promote(config, "train.max_steps=150")  # night 4: a longer training
+    out["mase"]["better"] = evaluate_mase(tmp)
+    out["sabotaged"] = run_promote(config, "train.max_steps=1")  # night 5: a broken training
+    out["mase"]["sabotaged"] = evaluate_mase(tmp)
+
+    root = tmp / "registry" / NAME
+    out["before_kill"] = (tree_hash(root), registry.current_version(root))
+    grow(csv, data, LENGTHS[2])
+    kill_during_training(config, tmp / "run", "train.max_steps=100000", "train.log_every=1")
+    out["after_kill"] = (tree_hash(root), registry.current_version(root))
+    return out
+
+
+# ---------------------------------------------------------------- the schedule
+
+
+def test_first_run_promotes_and_writes_a_version(schedule):
+    tmp = schedule["tmp"]
+    root = tmp / "registry" / NAME
+    first = history(tmp)[0]
+    assert first["decision"] == "promoted" and first["version"] == "v0001"
+    assert first["reason"] == "no champion yet" and first["champion_mase"] is None
+    assert first["data_fingerprint"] == schedule["fingerprint"]["first"]
+    # the challenger is scored exactly as the evaluate stage scores the model
+    assert first["challenger_mase"] == pytest.approx(schedule["mase"]["first"], rel=1e-9)
+    version = root / "v0001"
+    for name in ("model.safetensors", "forecaster.json", "manifest.json", "config.yaml", "run_config.yaml"):
+        assert (version / name).is_file(), name
+    assert json.loads((version / "data.json").read_text())["fingerprint"] == schedule["fingerprint"]["first"]
+    metrics = json.loads((version / "metrics.json").read_text())
+    assert metrics["challenger"]["mase"] == first["challenger_mase"] and metrics["evaluate"]["model"]
+    assert json.loads((version / "decision.json").read_text())["decision"] == "promoted"
+    Forecaster.load(version)  # a complete, manifest-checked export
+    assert "registry: v0001 promoted" in schedule["first"].stderr
+    assert not list(root.glob(".v*")), "a temporary version directory was left behind"
+
+
+def test_unchanged_rerun_skips_every_stage_and_records_unchanged(schedule):
+    stderr = schedule["unchanged"].stderr
+    for stage in STAGES:
+        assert f"{stage}: up to date" in stderr, stage
+    record = history(schedule["tmp"])[1]
+    assert record["decision"] == "unchanged" and record["version"] == record["current"] == "v0001"
+    assert record["challenger_mase"] is None  # nothing was scored
+    assert "registry: " in stderr and "unchanged" in stderr
+
+
+def test_appended_rows_rerun_every_stage(schedule):
+    assert schedule["fingerprint"]["appended"] != schedule["fingerprint"]["first"]
+    stderr = schedule["appended"].stderr
+    assert "up to date" not in stderr
+    for stage in ("ingest", "window", "evaluate", "export"):
+        assert any(line.split(" INFO ")[-1].startswith(f"{stage}:") for line in stderr.splitlines()), stage
+    assert "train: done at step 30" in stderr
+    record = history(schedule["tmp"])[2]
+    assert record["version"] == "v0002" and record["decision"] in ("promoted", "rejected")
+    assert record["data_fingerprint"] == schedule["fingerprint"]["appended"]
+    assert record["challenger_mase"] == pytest.approx(schedule["mase"]["appended"], rel=1e-9)
+
+
+def test_a_better_challenger_is_promoted(schedule):
+    assert "ingest: up to date" in schedule["better"].stderr  # only the config changed
+    record = history(schedule["tmp"])[3]
+    assert record["version"] == "v0003" and record["decision"] == "promoted", record
+    assert record["challenger_mase"] < record["champion_mase"]
+    assert record["current"] == "v0003"
+
+
+def test_a_sabotaged_challenger_is_not_promoted(schedule):
+    tmp = schedule["tmp"]
+    record = history(tmp)[4]
+    assert record["version"] == "v0004" and record["decision"] == "rejected", record
+    assert record["champion_version"] == record["current"] == "v0003"
+    assert record["challenger_mase"] >= record["champion_mase"]
+    assert registry.current_version(tmp / "registry" / NAME) == "v0003"
+    assert (tmp / "registry" / NAME / "v0004/model.safetensors").is_file()  # kept, but not serving
+    assert "v0004 rejected" in schedule["sabotaged"].stderr  # and the CLI exited 0 (run_promote checks)
+
+
+def test_history_records_every_decision_with_both_scores(schedule):
+    records = history(schedule["tmp"])
+    assert [r["decision"] for r in records][:2] == ["promoted", "unchanged"]
+    assert len(records) == 5, "the killed run must not add a record"
+    for record in records[2:]:
+        assert isinstance(record["challenger_mase"], float) and isinstance(record["champion_mase"], float)
+        assert record["reason"] and record["time"] and record["data_fingerprint"]
+        assert record["n_windows"] > 0
+
+
+def test_a_run_killed_in_training_leaves_the_registry_as_it_was(schedule):
+    assert schedule["after_kill"] == schedule["before_kill"]
+    assert schedule["after_kill"][1] == "v0003"
+
+
+def test_predict_from_the_registry_current(schedule, tmp_path):
+    tmp = schedule["tmp"]
+    out = tmp_path / "forecast.csv"
+    result = cli(
+        "predict", "--model", str(tmp / "registry" / NAME / "current"), "--input", str(tmp / "data.csv"),
+        "--output", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    forecast = pd.read_csv(out)
+    assert len(forecast) == 3 * 6 and np.isfinite(forecast["forecast"]).all()
+    direct = Forecaster.load(tmp / "registry" / NAME / "v0003").predict(pd.read_csv(tmp / "data.csv"))
+    np.testing.assert_allclose(forecast["forecast"].to_numpy(), direct["forecast"].to_numpy(), rtol=1e-6)
+
+
+def test_decision_helper_exit_codes(schedule):
+    config = schedule["config"]
+    rejected = registry_cli("decision", "--config", str(config))
+    assert rejected.returncode == 3 and json.loads(rejected.stdout)["version"] == "v0004"
+
+
+def test_current_pointing_at_a_missing_version_is_a_clear_error(schedule, tmp_path):
+    copy = tmp_path / "registry"
+    shutil.copytree(schedule["tmp"] / "registry", copy, symlinks=True)
+    shutil.rmtree(copy / NAME / "v0003")
+    predicted = cli(
+        "predict", "--model", str(copy / NAME / "current"), "--input", str(schedule["tmp"] / "data.csv"),
+        "--output", str(tmp_path / "f.csv"),
+    )  # fmt: skip
+    assert predicted.returncode == 2
+    assert "v0003" in predicted.stderr and "missing" in predicted.stderr and "Traceback" not in predicted.stderr
+    decision = registry_cli("decision", "--config", str(schedule["config"]), f"registry.dir={copy}")
+    assert decision.returncode == 2 and "v0003" in decision.stderr
+    cfg = load_config(schedule["config"], [f"registry.dir={copy}", "registry.promote=true"])
+    with pytest.raises(UserError, match="v0003"):
+        registry.promote(cfg)  # the registry step of `run --promote`
+
+
+# ---------------------------------------------------------------- warm start
+
+
+def warm_config(schedule, tmp_path: Path) -> Path:
+    """The schedule's experiment in a copy of its run directory (ingest and window stay cached)."""
+    shutil.copytree(schedule["tmp"] / "run", tmp_path / "run", ignore=shutil.ignore_patterns(".train.work"))
+    settings = experiment(schedule["tmp"])
+    settings["output_dir"] = str(tmp_path / "run")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_init_from_champion_starts_from_its_weights(schedule, tmp_path):
+    config = warm_config(schedule, tmp_path)
+    result = cli(
+        "train", "--config", str(config), "train.init_from=champion", "train.lr=1e-12", "train.max_steps=2",
+        "train.warmup_steps=0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "starting from the weights of champion v0003" in result.stderr
+    trained = load_weights(tmp_path / "run/train/model.safetensors")
+    champion = load_weights(schedule["tmp"] / "registry" / NAME / "current" / "model.safetensors")
+    assert trained.keys() == champion.keys()
+    for key in trained:
+        torch.testing.assert_close(trained[key], champion[key], rtol=0, atol=1e-9)
+    meta = json.loads((tmp_path / "run/train/meta.json").read_text())
+    assert meta["state"]["step"] == 2
+
+
+def test_init_from_a_different_architecture_is_exit_2(schedule, tmp_path):
+    config = warm_config(schedule, tmp_path)
+    result = cli("train", "--config", str(config), "train.init_from=champion", "model.hidden_size=16")
+    assert result.returncode == 2
+    assert "hidden_size=8 (config: 16)" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: train.init_from: the architecture of champion")
+
+
+def test_init_from_a_path_checks_shapes(schedule):
+    version = schedule["tmp"] / "registry" / NAME / "v0001"
+    cfg = load_config(schedule["config"], [f"train.init_from={version}"])
+    spec = ModelSpec(1, 6, hidden_size=8, num_layers=1)
+    state = registry.warm_start_state(cfg, spec, build_model(spec).state_dict())
+    assert set(state) == set(build_model(spec).state_dict())
+    other = ModelSpec(1, 6, hidden_size=8, num_layers=2)
+    with pytest.raises(ConfigError, match="num_layers=1 \\(config: 2\\)"):
+        registry.warm_start_state(cfg, other, build_model(other).state_dict())
+    # a bare weights file has no spec: the shapes decide
+    cfg = load_config(schedule["config"], [f"train.init_from={version / 'model.safetensors'}"])
+    wider = ModelSpec(1, 6, hidden_size=16, num_layers=1)
+    with pytest.raises(ConfigError, match="shape"):
+        registry.warm_start_state(cfg, wider, build_model(wider).state_dict())
+    cfg = load_config(schedule["config"], ["train.init_from=/nonexistent/dir"])
+    with pytest.raises(ConfigError, match="not none, champion"):
+        registry.warm_start_state(cfg, spec, build_model(spec).state_dict())
+
+
+# ---------------------------------------------------------------- registry pieces
+
+
+@pytest.mark.parametrize(
+    ("challenger", "champion", "margin", "promoted"),
+    [
+        (0.9, None, 0.0, True),
+        (0.9, 1.0, 0.0, True),
+        (1.0, 1.0, 0.0, False),
+        (0.95, 1.0, 0.1, False),
+        (0.89, 1.0, 0.1, True),
+        (float("nan"), 1.0, 0.0, False),
+        (float("nan"), None, 0.0, False),
+    ],
+)
+def test_promotion_rule(challenger, champion, margin, promoted):
+    assert registry.decide(challenger, champion, margin)[0] is promoted
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (["registry.promote=true"], "needs registry.dir"),
+        (["registry.dir=/r", "registry.min_improvement=1.5"], "registry.min_improvement must be in [0, 1)"),
+        (["registry.dir=' '"], "registry.dir is empty"),
+        (["train.init_from=champion"], "train.init_from: champion needs registry.dir"),
+        (["train.init_from=''"], "train.init_from must be"),
+    ],
+)
+def test_registry_config_is_validated(overrides, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load_config(None, overrides)
+
+
+def test_promote_flag_without_a_registry_is_exit_2(tmp_path):
+    result = cli("run", "--config", str(REPO / "configs/default.yaml"), "--promote")
+    assert result.returncode == 2 and "needs registry.dir" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_switch_current_and_a_pointer_file(tmp_path):
+    root = tmp_path / NAME
+    for v in ("v0001", "v0002"):
+        (root / v).mkdir(parents=True)
+        (root / v / "model.safetensors").write_bytes(b"x")
+    registry.switch_current(root, "v0001")
+    registry.switch_current(root, "v0002")
+    assert (root / "current").is_symlink() and os.readlink(root / "current") == "v0002"
+    assert registry.resolve_model_dir(root / "current") == root / "v0002"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
+    (root / "current").unlink()
+    (root / "current").write_text("v0001\n")  # a file system without symlinks
+    assert registry.current_version(root) == "v0001"
+    assert registry.resolve_model_dir(root / "current") == root / "v0001"
+    (root / "current").write_text("v0007\n")
+    with pytest.raises(UserError, match="v0007"):
+        registry.resolve_model_dir(root / "current")
+    assert registry.resolve_model_dir(tmp_path / "export") == tmp_path / "export"  # not a registry
+
+
+def test_recover_after_a_kill_inside_the_registry_step(tmp_path):
+    root = tmp_path / NAME
+    (root / ".v0003.tmp").mkdir(parents=True)  # killed while copying the export
+    for version, decision in (("v0001", "promoted"), ("v0002", "promoted")):
+        (root / version).mkdir()
+        (root / version / "model.safetensors").write_bytes(b"x")
+        (root / version / "decision.json").write_text(json.dumps({"version": version, "decision": decision}))
+    registry.append_history(root, {"version": "v0001", "decision": "promoted"})
+    registry.switch_current(root, "v0001")  # v0002 was renamed into place, then the run was killed
+    registry.recover(root)
+    assert not (root / ".v0003.tmp").exists()
+    records = registry.read_history(root)
+    assert [(r["version"], r["decision"]) for r in records] == [("v0001", "promoted"), ("v0002", "interrupted")]
+    assert registry.current_version(root) == "v0001"
+    registry.recover(root)
+    assert len(registry.read_history(root)) == 2  # idempotent
+
+
+# ---------------------------------------------------------------- cron, Kubernetes, SLURM
+
+CRON = REPO / "launch/cron/retrain.sh"
+SBATCH = REPO / "launch/slurm/retrain.sbatch"
+CRONJOB = REPO / "launch/k8s/cronjob.yaml"
+needs_flock = pytest.mark.skipif(shutil.which("flock") is None, reason="flock (util-linux) not installed")
+
+STUB = """#!/usr/bin/env bash
+echo "lstm-pipeline $*" >> "$STUB_LOG"
+if [ "${STUB_DECISION:-}" != "" ]; then
+  mkdir -p "$STUB_HISTORY_DIR"
+  echo "{\\"version\\": \\"v0001\\", \\"decision\\": \\"$STUB_DECISION\\"}" >> "$STUB_HISTORY_DIR/history.jsonl"
+fi
+exit "${STUB_RC:-0}"
+"""
+
+
+def run_wrapper(tmp_path: Path, script: Path, args: list[str], **env: str) -> tuple[int, list[str], str]:
+    """Run a recipe with stub `lstm-pipeline` and `sbatch` that only record what they were asked."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("lstm-pipeline", "sbatch"):
+        (bin_dir / name).write_text(STUB.replace("lstm-pipeline $*", f"{name} $*"))
+        (bin_dir / name).chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"name": NAME, "registry": {"dir": str(tmp_path / "registry")}}))
+    log = tmp_path / "calls.log"
+    full_env = {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "STUB_LOG": str(log),
+        "STUB_HISTORY_DIR": str(tmp_path / "registry" / NAME),
+        "PYTHON": sys.executable,
+        "LOCK_FILE": str(tmp_path / "retrain.lock"),
+        "HOME": str(tmp_path),
+        **env,
+    }
+    args = [a.replace("CONFIG", str(config)) for a in args]
+    result = subprocess.run(["bash", str(script), *args], cwd=REPO, env=full_env, capture_output=True, text=True)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return result.returncode, calls, result.stderr
+
+
+@needs_flock
+@pytest.mark.parametrize(
+    ("decision", "run_rc", "expected"),
+    [("promoted", 0, 0), ("unchanged", 0, 0), ("rejected", 0, 3), ("", 2, 2), ("", 1, 1), ("", 137, 1)],
+)
+def test_cron_wrapper_exit_codes(tmp_path, decision, run_rc, expected):
+    code, calls, stderr = run_wrapper(
+        tmp_path, CRON, ["CONFIG", "train.max_steps=5"], STUB_DECISION=decision, STUB_RC=str(run_rc)
+    )
+    assert code == expected, stderr
+    assert calls == [f"lstm-pipeline run --config {tmp_path / 'config.yaml'} --promote train.max_steps=5"]
+
+
+@needs_flock
+def test_cron_wrapper_never_overlaps(tmp_path):
+    with open(tmp_path / "retrain.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, calls, stderr = run_wrapper(tmp_path, CRON, ["CONFIG"], STUB_DECISION="promoted")
+    assert code == 75 and calls == [] and "another run holds" in stderr
+
+
+def test_recipe_scripts_parse():
+    for script in (CRON, SBATCH):
+        result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert os.access(script, os.X_OK), script
+
+
+@needs_flock
+def test_sbatch_resubmits_itself_then_retrains(tmp_path):
+    code, calls, stderr = run_wrapper(
+        tmp_path,
+        SBATCH,
+        ["registry.dir=" + str(tmp_path / "registry")],
+        STUB_DECISION="rejected",
+        CONFIG=str(tmp_path / "config.yaml"),
+        SLURM_SUBMIT_DIR=str(REPO),
+        RETRAIN_BEGIN="now+1day",
+    )
+    assert code == 3, stderr
+    config = tmp_path / "config.yaml"
+    assert calls == [
+        f"sbatch --begin=now+1day --dependency=singleton launch/slurm/retrain.sbatch registry.dir={tmp_path}/registry",
+        f"lstm-pipeline run --config {config} --promote registry.dir={tmp_path}/registry",
+    ]
+    text = SBATCH.read_text()
+    assert "#SBATCH --gpus=1" in text and "scrontab" in text and "#SCRON" in text
+
+
+def test_crontab_line_runs_the_wrapper_with_a_valid_config():
+    lines = [ln for ln in (REPO / "launch/cron/crontab.example").read_text().splitlines() if ln[:1].isdigit()]
+    assert len(lines) == 1
+    fields = lines[0].split()
+    assert fields[:5] == ["15", "2", "*", "*", "*"]  # nightly
+    command = lines[0].split("launch/cron/retrain.sh", 1)[1].split(">>")[0].split()
+    load_config(REPO / command[0], command[1:])
+
+
+def test_kubernetes_cronjob():
+    from pipeline.cli import parse_args
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all(CRONJOB.read_text())}
+    job = docs["CronJob"]["spec"]
+    assert job["concurrencyPolicy"] == "Forbid" and len(job["schedule"].split()) == 5
+    pod = job["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["WANDB_API_KEY"]["valueFrom"]
+    claim = docs["PersistentVolumeClaim"]["metadata"]["name"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    (name,) = [n for n, v in volumes.items() if v.get("persistentVolumeClaim", {}).get("claimName") == claim]
+    data = mounts[name]
+    # the arguments of the image's ENTRYPOINT (lstm-pipeline): a valid command and config
+    args = parse_args(container["args"])
+    assert args.command == "run" and args.promote
+    cfg = load_config(REPO / args.config, [*args.overrides, "registry.promote=true"])
+    assert cfg.run_dir.is_relative_to(data) and Path(cfg.registry.dir).is_relative_to(data)
+    dockerfile = (REPO / "docker/Dockerfile").read_text()
+    user = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")][-1]
+    assert pod["securityContext"]["runAsUser"] == int(user.split(":")[0])
