@@ -62,6 +62,11 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def out_of_space(exc: OSError) -> bool:
+    """Disk or quota full, also when a library (pyarrow) reports it without an errno."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "errno 28]" in str(exc) or "No space left" in str(exc)
+
+
 def _old_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.old")
 
@@ -109,6 +114,11 @@ def staged_dir(final: Path) -> Iterator[Path]:
         raise UserError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
     try:
         yield tmp
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not out_of_space(exc):
+            raise
+        raise UserError(f"cannot write {final}: No space left on device (or quota exceeded)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -267,3 +267,25 @@ def test_every_train_target_position_is_covered_with_stride_one(stride):
     else:
         assert covered <= set(range(4, 20))
         assert index["train"][:, 1].tolist() == [0, 3, 6, 9, 12]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(2, 40), min_size=1, max_size=5),
+    seed=st.integers(0, 2**16),
+    log_scale=st.floats(-3, 6),
+)
+def test_scaling_round_trips(lengths, seed, log_scale):
+    """Scaled values mapped back with each series' own (mean, scale) give the raw values again."""
+    rng = np.random.default_rng(seed)
+    raw = (rng.normal(size=sum(lengths)) * 10**log_scale + rng.normal() * 10**log_scale).astype(np.float32)
+    records, start = [], 0
+    for n in lengths:
+        part = raw[start : start + n].astype(np.float64)
+        records.append({"length": n, "mean": float(part.mean()), "scale": float(part.std()) or 1.0})
+        start += n
+    buffer = WindowBuffer.from_ingest(raw, records, lookback=1, horizon=1)
+    mean = np.repeat([r["mean"] for r in records], lengths)
+    scale = np.repeat([r["scale"] for r in records], lengths)
+    restored = buffer.values.numpy().astype(np.float64) * scale + mean
+    np.testing.assert_allclose(restored, raw, rtol=1e-5, atol=1e-5 * 10**log_scale)
