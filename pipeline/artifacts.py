@@ -90,10 +90,11 @@ def swap_into_place(tmp: Path, final: Path) -> None:
         _pause_for_tests(final.name, "swap")
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (best effort)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:

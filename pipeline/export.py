@@ -139,27 +139,15 @@ def export_onnx(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.ndarray,
     example, _ = buffer.gather(torch.from_numpy(pairs[:2]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        names = {"input_names": ["x"], "output_names": ["forecast"]}
         try:  # the TorchScript exporter takes 0.2 s for an LSTM, the dynamo one about 10 s
+            batch_axes = {"x": {0: "batch"}, "forecast": {0: "batch"}}
             torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["x"],
-                output_names=["forecast"],
-                dynamic_axes={"x": {0: "batch"}, "forecast": {0: "batch"}},
-                opset_version=17,
-                dynamo=False,
+                model, (example,), str(path), dynamic_axes=batch_axes, opset_version=17, dynamo=False, **names
             )
         except (TypeError, RuntimeError, NotImplementedError):  # a torch without the legacy exporter
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=["x"],
-                output_names=["forecast"],
-                dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1)}},
-                dynamo=True,
-            )
+            batch = {"x": {0: torch.export.Dim("batch", min=1)}}
+            torch.onnx.export(model, (example,), str(path), dynamic_shapes=batch, dynamo=True, **names)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     expected = forecast_windows(model, buffer, pairs, 4096)
     got = np.concatenate(

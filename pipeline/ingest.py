@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipeline.artifacts import META, is_cached, read_meta, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config, DataConfig
 from pipeline.errors import DataError
-from pipeline.runtime import dist_state
+from pipeline.runtime import main_process_only
 from pipeline.sources import load_table, source_fingerprint
 
 log = logging.getLogger("pipeline")
@@ -43,11 +43,7 @@ class SeriesSet:
 
 
 def run(cfg: Config, force: bool = False) -> Path:
-    """Main process only (the others wait): one writer per stage directory."""
-    state = dist_state()
-    if state.is_main_process:
-        _run(cfg, force)
-    state.wait_for_everyone()
+    main_process_only(lambda: _run(cfg, force))
     return cfg.run_dir / "ingest"
 
 

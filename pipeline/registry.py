@@ -48,6 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.artifacts import fsync_dir
 from pipeline.errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:
@@ -131,16 +132,7 @@ def switch_current(root: Path, version: str) -> None:
         write_text_atomic(root / CURRENT, version + "\n")
     else:
         os.replace(tmp, root / CURRENT)
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(root)
 
 
 @contextlib.contextmanager
@@ -342,7 +334,7 @@ def promote(cfg: Config) -> dict:
             record = _judge(cfg, tmp, champion_path, previous, windows, version)
             _write_json(tmp / DECISION, record)
             os.rename(tmp, root / version)  # fails rather than replace an existing version
-            _fsync_dir(root)
+            fsync_dir(root)
         if record["decision"] == "promoted":
             switch_current(root, record["version"])
         append_history(root, record)

@@ -86,3 +86,11 @@ def dist_state():
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
     return PartialState(cpu=cpu)
+
+
+def main_process_only(work) -> None:
+    """Run `work()` on the main process while the others wait: one writer per stage directory."""
+    state = dist_state()
+    if state.is_main_process:
+        work()
+    state.wait_for_everyone()

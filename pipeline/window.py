@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config
 from pipeline.errors import DataError
-from pipeline.runtime import dist_state
+from pipeline.runtime import main_process_only
 
 log = logging.getLogger("pipeline")
 
@@ -62,11 +62,7 @@ def build_window_index(
 
 
 def run(cfg: Config, force: bool = False) -> Path:
-    """Main process only (the others wait): one writer per stage directory."""
-    state = dist_state()
-    if state.is_main_process:
-        _run(cfg, force)
-    state.wait_for_everyone()
+    main_process_only(lambda: _run(cfg, force))
     return cfg.run_dir / "window"
 
 
