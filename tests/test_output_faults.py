@@ -44,3 +44,22 @@ def test_disk_full_is_exit_2_naming_the_path_and_keeps_previous_output(tiny_fs: 
     assert "Traceback" not in result.stderr
     after = {p.name: p.read_bytes() for p in (tiny_fs / "run/ingest").iterdir()}
     assert after == before
+
+
+def test_read_only_output_dir_is_exit_2_naming_the_path(tiny_fs: Path, tmp_path: Path):
+    """A read-only file system (a remount of the tmpfs): even root cannot write there."""
+    config = write_config(tmp_path, {"output_dir": str(tiny_fs / "run")})
+    assert cli("ingest", "--config", str(config)).returncode == 0
+    before = {p.name: p.read_bytes() for p in (tiny_fs / "run/ingest").iterdir()}
+    remount = subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], capture_output=True)
+    if remount.returncode != 0:
+        pytest.skip(f"cannot remount read-only here: {remount.stderr.decode().strip()[:120]}")
+    try:
+        result = cli("ingest", "--config", str(config), "--force")
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_fs)], check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and str(tiny_fs / "run") in line and "Read-only file system" in line
+    assert "Traceback" not in result.stderr
+    assert {p.name: p.read_bytes() for p in (tiny_fs / "run/ingest").iterdir()} == before
