@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
 import sys
 import warnings
@@ -71,11 +72,11 @@ def run_command(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, [*args.overrides, *promote])
     state = dist_state()
     setup_logging(state.is_main_process)
-    configure_process(cfg.train.num_threads)
-    stages = stage_functions()
+    if args.command not in ("ingest", "window"):  # those two never import torch
+        configure_process(cfg.train.num_threads)
     names = STAGES if args.command == "run" else (args.command,)
     for name in names:
-        stages[name](cfg, force=args.force)
+        stage_function(name)(cfg, force=args.force)
         if state.is_main_process:  # only once a stage has succeeded: a bad run keeps the last good config
             save_config(cfg, cfg.run_dir / "config.yaml")
     if args.command == "run" and state.is_main_process:
@@ -86,16 +87,9 @@ def run_command(args: argparse.Namespace) -> None:
         log.info("done: %s", cfg.run_dir)
 
 
-def stage_functions() -> dict[str, Callable]:
-    from pipeline import evaluate, export, ingest, train, window
-
-    return {
-        "ingest": ingest.run,
-        "window": window.run,
-        "train": train.run,
-        "evaluate": evaluate.run,
-        "export": export.run,
-    }
+def stage_function(name: str) -> Callable:
+    """A stage's `run`, imported on demand (ingest and window then never load torch)."""
+    return importlib.import_module(f"pipeline.{name}").run
 
 
 def predict(model_dir: Path, history_path: Path, output: Path) -> None:

@@ -144,6 +144,9 @@ def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None =
     t = cfg.tracking
     if not is_main or t.backend == "none":
         return Tracker()
+    from accelerate import PartialState
+
+    PartialState()  # Accelerate's trackers need its process state; a no-op when a launcher set it up
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     if t.backend == "tensorboard":
