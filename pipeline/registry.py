@@ -48,7 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.artifacts import fsync_dir
+from pipeline.artifacts import fsync_dir, sha256_file
 from pipeline.errors import ConfigError, DataError, UserError
 
 if TYPE_CHECKING:
@@ -454,6 +454,18 @@ def _write_json(path: Path, payload: Any) -> None:
 
 
 # ---------------------------------------------------------------- warm start (train.init_from)
+
+
+def warm_start_identity(cfg: Config) -> str:
+    """What `train.init_from` resolves to now, for the train cache key: a newly promoted champion
+    or changed starting weights make training run again."""
+    choice = cfg.train.init_from
+    if choice == "none":
+        return ""
+    if choice == "champion":
+        return f"champion:{current_version(registry_root(cfg)) or 'none'}"
+    weights, _ = _weights_and_spec(resolve_model_dir(Path(choice)), choice)
+    return f"weights:{sha256_file(weights)}"
 
 
 def warm_start_state(cfg: Config, spec: ModelSpec, current: dict) -> dict | None:

@@ -53,11 +53,12 @@ OPERATIONAL = ("resume", "log_every", "num_threads", "keep_last", "checkpoint_ev
 
 
 def train_key(cfg: Config, window_fingerprint: str) -> str:
-    """What the trained weights depend on: model and train settings, seed and the windows."""
+    """What the trained weights depend on: model and train settings, seed, windows, starting weights."""
+    from pipeline.registry import warm_start_identity
+
     settings = {k: v for k, v in asdict(cfg.train).items() if k not in OPERATIONAL}
-    return stage_key(
-        "train", cfg.section_hash("model"), repr(sorted(settings.items())), str(cfg.seed), window_fingerprint
-    )
+    parts = (cfg.section_hash("model"), repr(sorted(settings.items())), str(cfg.seed), window_fingerprint)
+    return stage_key("train", *parts, warm_start_identity(cfg))
 
 
 def train(cfg: Config, key: str) -> None:

@@ -337,6 +337,25 @@ def test_init_from_champion_starts_from_its_weights(schedule, tmp_path):
     assert meta["state"]["step"] == 2
 
 
+def test_a_new_champion_makes_a_warm_started_train_run_again(schedule, tmp_path):
+    """The train cache key holds the champion's version: a promotion alone invalidates it."""
+    config = warm_config(schedule, tmp_path)
+    args = ("train", "--config", str(config), "train.init_from=champion", "train.max_steps=2", "train.warmup_steps=0")
+    assert cli(*args).returncode == 0
+    assert "train: up to date" in cli(*args).stderr
+    root = schedule["tmp"] / "registry" / NAME
+    serving = registry.current_version(root)
+    other = next(v for v in registry.versions(root) if v != serving)
+    registry.switch_current(root, other)
+    try:
+        again = cli(*args)
+    finally:
+        registry.switch_current(root, serving)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "train: up to date" not in again.stderr
+    assert f"starting from the weights of champion {other}" in again.stderr
+
+
 def test_init_from_a_different_architecture_is_exit_2(schedule, tmp_path):
     config = warm_config(schedule, tmp_path)
     result = cli("train", "--config", str(config), "train.init_from=champion", "model.hidden_size=16")
