@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.artifacts import META, is_cached, read_meta, stage_key, staged_dir, write_json_atomic
+from pipeline.artifacts import META, is_cached, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config, DataConfig
 from pipeline.errors import DataError
 from pipeline.runtime import main_process_only
@@ -382,6 +382,3 @@ def load_ingest(run_dir: Path, needed_by: str) -> tuple[dict, np.ndarray]:
 
     meta = require_stage(run_dir / "ingest", "ingest", needed_by)
     return meta, read_values(run_dir / "ingest")
-
-
-__all__ = ["load_ingest", "prepare_series", "read_meta", "read_values", "run", "split_and_scale"]

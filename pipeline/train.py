@@ -358,13 +358,8 @@ class StepReporter:
     """Progress bar every step; loss, lr, gradient norm and windows/s every `log_every` steps."""
 
     def __init__(self, cfg: Config, accelerator, metrics, tracker, progress, step: int) -> None:
-        self.cfg, self.accelerator, self.metrics, self.tracker, self.progress = (
-            cfg,
-            accelerator,
-            metrics,
-            tracker,
-            progress,
-        )
+        self.cfg, self.accelerator, self.progress = cfg, accelerator, progress
+        self.metrics, self.tracker = metrics, tracker
         self.last_step, self.last_time = step, time.perf_counter()
 
     def after_step(self, state: TrainState, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
@@ -461,8 +456,3 @@ class MetricsLog:
         if self.enabled:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(row) + "\n")
-
-
-def load_model_spec(train_dir: Path) -> ModelSpec:
-    meta = json.loads((train_dir / META).read_text())
-    return ModelSpec(**meta["model"])

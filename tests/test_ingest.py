@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipeline import ingest
+from pipeline.artifacts import read_meta
 from pipeline.config import Config, DataConfig
 from pipeline.errors import DataError
 from pipeline.ingest import SeriesSet, prepare_series, read_values, split_and_scale, split_sizes
@@ -420,7 +421,7 @@ def test_stage_writes_values_and_meta_and_caches(tmp_path):
     out = ingest.run(cfg)
     assert out == tmp_path / "runs" / "ingest-test" / "ingest"
     assert (out / "values.arrow").is_file() and (out / "meta.json").is_file()
-    meta = ingest.read_meta(out)
+    meta = read_meta(out)
     assert meta["stage"] == "ingest" and meta["source"] == str(path)
     assert meta["n_series"] == 2 and meta["n_points"] == 50 and meta["freq"] == "h"
     a, b = meta["series"]
@@ -445,7 +446,7 @@ def test_stage_writes_values_and_meta_and_caches(tmp_path):
     frame.loc[0, "y"] = 123.5
     frame.to_csv(path, index=False)
     ingest.run(cfg)
-    meta2 = ingest.read_meta(out)
+    meta2 = read_meta(out)
     assert meta2["fingerprint"] != meta["fingerprint"] and meta2["key"] != meta["key"]
     assert read_values(out)[0] == np.float32(123.5)
     assert meta2["series"][0]["mean"] != a["mean"]
@@ -453,7 +454,7 @@ def test_stage_writes_values_and_meta_and_caches(tmp_path):
     # a changed data section re-runs it too
     cfg3 = _stage_config(tmp_path, path, scaling="none")
     ingest.run(cfg3)
-    assert ingest.read_meta(out)["series"][0]["scale"] == 1.0
+    assert read_meta(out)["series"][0]["scale"] == 1.0
 
 
 def test_stage_rereads_a_file_replaced_with_the_same_mtime(tmp_path):
