@@ -93,8 +93,8 @@ class DataConfig:
 class WindowConfig:
     """How each series is cut into (input, target) windows."""
 
-    lookback: int = 336
-    """Input length in steps."""
+    lookback: int | Literal["auto"] = "auto"
+    """Input length in steps; `auto`: three seasons (at least two horizons), at most half the shortest train part."""
     horizon: int = 48
     """Forecast length in steps."""
     stride: int = 1
@@ -105,7 +105,8 @@ class WindowConfig:
     """Step between test forecast origins (default: `horizon`: non-overlapping forecasts)."""
 
     def __post_init__(self) -> None:
-        _positive("window.lookback", self.lookback)
+        if self.lookback != "auto":
+            _positive("window.lookback", self.lookback)
         _positive("window.horizon", self.horizon)
         _positive("window.stride", self.stride)
         for key in ("val_stride", "test_stride"):
@@ -125,13 +126,14 @@ class ModelConfig:
     """Stacked recurrent layers."""
     dropout: float = 0.0
     """Dropout between recurrent layers (ignored with one layer)."""
-    instance_norm: bool = False
+    instance_norm: bool = True
     """Standardise each input window by its own mean and spread (robust to level shifts)."""
-    residual_season: int = 0
-    """Predict a correction to the seasonal-naive forecast of this season length (0 = off)."""
+    residual_season: int | Literal["auto"] = "auto"
+    """Predict a correction to the seasonal-naive forecast of this season length (0 = off; `auto`: the
+    evaluation season when the lookback holds it)."""
 
     def __post_init__(self) -> None:
-        if self.residual_season < 0:
+        if self.residual_season != "auto" and self.residual_season < 0:
             raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
         _positive("model.hidden_size", self.hidden_size)
         _positive("model.num_layers", self.num_layers)
@@ -213,15 +215,17 @@ class TrainConfig:
 class EvaluateConfig:
     """Scoring on the test split against naive baselines."""
 
-    season_length: int = 48
-    """Season of the seasonal-naive baseline and of the MASE scale, in steps."""
+    season_length: int | Literal["auto"] = "auto"
+    """Season of the seasonal-naive baseline and of the MASE scale, in steps; `auto`: from the frequency
+    (12 monthly, 4 quarterly, 52 weekly, 7 daily, the steps in a day below daily)."""
     batch_size: int = 4096
     """Windows per forward pass."""
     plot_series: int = 4
     """How many series get a forecast-vs-actual plot."""
 
     def __post_init__(self) -> None:
-        _positive("evaluate.season_length", self.season_length)
+        if self.season_length != "auto":
+            _positive("evaluate.season_length", self.season_length)
         _positive("evaluate.batch_size", self.batch_size)
         if self.plot_series < 0:
             raise ConfigError(f"evaluate.plot_series must be >= 0, got {self.plot_series}")
@@ -302,7 +306,8 @@ class Config:
             raise ConfigError("name is empty")
         if self.train.init_from == "champion" and self.registry.dir is None:
             raise ConfigError("train.init_from: champion needs registry.dir (where the champion is)")
-        if self.model.residual_season > self.window.lookback:
+        residual, lookback = self.model.residual_season, self.window.lookback
+        if "auto" not in (residual, lookback) and residual > lookback:
             raise ConfigError(
                 f"model.residual_season ({self.model.residual_season}) is longer than window.lookback "
                 f"({self.window.lookback}); the seasonal-naive base is read from the input window"
@@ -416,13 +421,15 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
+        choices = [a for a in args if a is not type(None)]
+        for arg in choices:
             try:
                 return _coerce(arg, value, key, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[-1]
+            except ConfigError:
+                pass
+        kinds = [a for a in choices if not (a is int and float in choices)]  # int | float: "a number"
+        wanted = " or ".join(_kind(a) for a in kinds) + (" or null" if type(None) in args else "")
+        raise ConfigError(f"{where}: {key} must be {wanted}, got {_describe(value)}")
     if origin is Literal:
         if value is False and "no" in args:  # YAML 1.1 reads an unquoted `no` as false
             value = "no"
@@ -460,6 +467,14 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: {key} must be a string, got {_describe(value)}")
         return value
     raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _kind(tp: Any) -> str:
+    """How a type reads in an error message."""
+    if typing.get_origin(tp) is Literal:
+        return "|".join(map(str, typing.get_args(tp)))
+    kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return kinds.get(tp, "a list" if typing.get_origin(tp) is list else getattr(tp, "__name__", str(tp)))
 
 
 def _describe(value: Any) -> str:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from pipeline import auto
 from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config
@@ -32,6 +33,7 @@ METHODS = ("model", "naive", "seasonal_naive")
 
 def run(cfg: Config, force: bool = False) -> Path:
     out = cfg.run_dir / "evaluate"
+    cfg = auto.resolve(cfg)
     train_meta = require_stage(cfg.run_dir / "train", "train", "evaluate")
     key = stage_key("evaluate", cfg.section_hash("evaluate"), train_meta["fingerprint"])
     state = dist_state()

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import yaml
 
-from pipeline import __version__
+from pipeline import __version__, auto
 from pipeline.artifacts import (
     META,
     is_cached,
@@ -42,6 +42,7 @@ log = logging.getLogger("pipeline")
 
 def run(cfg: Config, force: bool = False) -> Path:
     out = cfg.run_dir / "export"
+    cfg = auto.resolve(cfg)
     train_meta = require_stage(cfg.run_dir / "train", "train", "export")
     eval_meta = read_meta(cfg.run_dir / "evaluate") or {}
     key = stage_key("export", cfg.section_hash("export"), train_meta["fingerprint"], eval_meta.get("key", ""))

@@ -216,6 +216,10 @@ def scoring_windows(cfg: Config) -> ScoringWindows:
     """From this run's ingest and window outputs, scaled for MASE as the evaluate stage does."""
     import numpy as np
 
+    from pipeline import auto
+
+    cfg = auto.resolve(cfg)
+
     from pipeline import metrics as M
     from pipeline.ingest import load_ingest
     from pipeline.window import load_index

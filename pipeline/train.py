@@ -13,7 +13,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
+from pipeline import auto
 from pipeline import checkpoint as ckpt
 from pipeline.artifacts import META, is_cached, recover, require_stage, stage_key, swap_into_place, write_json_atomic
 from pipeline.checkpoint import TrainState
@@ -39,6 +40,7 @@ log = logging.getLogger("pipeline")
 
 def run(cfg: Config, force: bool = False) -> Path:
     out = cfg.run_dir / "train"
+    cfg = auto.resolve(cfg)
     window_meta = require_stage(cfg.run_dir / "window", "window", "train")
     key = train_key(cfg, window_meta["fingerprint"])
     if not force and is_cached(out, key):
@@ -67,7 +69,7 @@ def train(cfg: Config, key: str) -> None:
     settings = configure_process(cfg.train.num_threads)
     set_seed(cfg.seed, device_specific=True)  # dropout masks; a resume restores the saved RNG instead
     buffer, pairs, spec, data_info = load_training_data(cfg, accelerator.device)
-    check_batch(cfg, len(pairs["train"]), accelerator.num_processes)
+    cfg = fit_batch(cfg, len(pairs["train"]), accelerator.num_processes)
     model = build_model(spec, seed=cfg.seed)
     init_weights(cfg, model, spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
@@ -152,18 +154,26 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     return buffer, pairs, spec, info
 
 
-def check_batch(cfg: Config, n_train: int, world_size: int) -> None:
+def fit_batch(cfg: Config, n_train: int, world_size: int) -> Config:
+    """`cfg` with a global batch that fits the training windows, checked against the world size.
+
+    Short series (a few hundred monthly points) have fewer windows than the default batch: the
+    batch becomes the largest power of two that fits, the same for any world size, so a config
+    written for long series still trains (with a warning) instead of failing.
+    """
     t = cfg.train
-    if t.batch_size % (world_size * t.gradient_accumulation_steps):
+    batch = t.batch_size
+    if n_train < batch:
+        batch = 1 << (n_train.bit_length() - 1) if n_train > 0 else 0
+        log.warning("train: %d training windows < train.batch_size %d: batch is %d", n_train, t.batch_size, batch)
+    share = world_size * t.gradient_accumulation_steps
+    if batch == 0 or batch % share:
+        fitted = f", fitted to {n_train} training windows" if batch != t.batch_size else ""
         raise ConfigError(
-            f"train.batch_size ({t.batch_size}) must be divisible by the number of processes ({world_size}) "
-            f"times train.gradient_accumulation_steps ({t.gradient_accumulation_steps})"
+            f"train.batch_size ({batch}{fitted}) must be divisible by the number of processes ({world_size}) times "
+            f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps})"
         )
-    if n_train < t.batch_size:
-        raise ConfigError(
-            f"train.batch_size ({t.batch_size}) is larger than the number of training windows ({n_train}); "
-            f"lower it or use more data"
-        )
+    return cfg if batch == t.batch_size else replace(cfg, train=replace(t, batch_size=batch))
 
 
 def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict) -> TrainState:

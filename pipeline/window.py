@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import auto
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config
 from pipeline.errors import DataError
@@ -69,6 +70,7 @@ def run(cfg: Config, force: bool = False) -> Path:
 def _run(cfg: Config, force: bool) -> None:
     out = cfg.run_dir / "window"
     ingest_meta = require_stage(cfg.run_dir / "ingest", "ingest", "window")
+    cfg = auto.resolve(cfg, ingest_meta)
     key = stage_key("window", cfg.section_hash("window"), ingest_meta["fingerprint"])
     if not force and is_cached(out, key):
         log.info("window: up to date (inputs unchanged), skipped; --force redoes it")

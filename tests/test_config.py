@@ -50,7 +50,9 @@ def test_defaults_load():
     assert cfg.data.format == "long"
     assert cfg.data.missing == "error"
     assert cfg.data.val_size == 0.1 and cfg.data.test_size == 0.1
-    assert cfg.window.lookback == 336 and cfg.window.horizon == 48 and cfg.window.stride == 1
+    assert cfg.window.lookback == "auto" and cfg.window.horizon == 48 and cfg.window.stride == 1
+    assert cfg.evaluate.season_length == "auto" and cfg.model.residual_season == "auto"
+    assert cfg.model.instance_norm is True
     assert cfg.train.batch_size == 256
     assert cfg.train.lr == 3e-3
     assert cfg.train.mixed_precision == "no"
@@ -66,7 +68,8 @@ def test_every_shipped_config_loads(path: Path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     assert cfg.name.strip()
-    assert cfg.window.lookback >= 1 and cfg.window.horizon >= 1
+    assert cfg.window.lookback == "auto" or cfg.window.lookback >= 1
+    assert cfg.window.horizon >= 1
     # DESIGN: the first line of a config says how to run it
     first = path.read_text().splitlines()[0]
     assert first.startswith("#"), f"{path}: first line should be a comment saying how to run it"

@@ -1,0 +1,146 @@
+"""`auto` settings: season and lookback from the frequency and the series' lengths; batch fitting."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import auto
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+from pipeline.train import fit_batch
+from tests.conftest import cli, write_config
+
+
+@pytest.mark.parametrize(
+    ("freq", "season"),
+    [
+        ("MS", 12),
+        ("ME", 12),
+        ("BMS", 12),
+        ("QS-JAN", 4),
+        ("QE-DEC", 4),
+        ("W-FRI", 52),
+        ("W", 52),
+        ("7D", 52),
+        ("D", 7),
+        ("B", 5),
+        ("h", 24),
+        ("2h", 12),
+        ("30min", 48),
+        ("15min", 96),
+        ("5min", 288),
+        ("min", 1440),
+        ("3MS", 4),
+        ("SMS", 24),
+        ("YS-JAN", 1),  # yearly data: no season, seasonal naive is naive
+        ("7h", 1),  # 7 h steps do not tile a day
+        ("2D", 1),  # nor do 2-day steps tile a week
+        ("s", 1),  # 86,400 steps a day: too long a season to be useful
+    ],
+)
+def test_season_follows_the_calendar_cycle_of_the_frequency(freq: str, season: int):
+    assert auto.season_for(freq) == season
+
+
+@pytest.mark.parametrize(
+    ("season", "horizon", "shortest_train", "lookback"),
+    [
+        (12, 12, 142, 36),  # monthly (a10: 204 points, 70% train): three years
+        (4, 8, 152, 16),  # quarterly, long horizon: two horizons beat three seasons
+        (52, 52, 948, 156),  # weekly: three years
+        (48, 48, 14016, 144),  # half-hourly vic_elec: three days
+        (12, 12, 60, 24),  # a short series: at most half of what the train part leaves
+    ],
+)
+def test_auto_lookback(season: int, horizon: int, shortest_train: int, lookback: int):
+    assert auto.auto_lookback(season, horizon, shortest_train) == lookback
+
+
+def test_auto_lookback_with_no_room_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"window.lookback: auto: the shortest train part \(13 steps\)"):
+        auto.auto_lookback(12, 12, 13)
+
+
+def _meta(freq: str, train_ends: list[int]) -> dict:
+    return {"freq": freq, "series": [{"id": str(i), "train_end": t} for i, t in enumerate(train_ends)]}
+
+
+def test_resolve_fills_every_auto_and_keeps_explicit_values():
+    cfg = load_config(None, ["window.horizon=12"])
+    resolved = auto.resolve(cfg, _meta("MS", [300, 142]))
+    assert (resolved.window.lookback, resolved.evaluate.season_length, resolved.model.residual_season) == (36, 12, 12)
+    assert cfg.window.lookback == "auto"  # the user's config is left as written
+
+    explicit = load_config(None, ["window.lookback=20", "evaluate.season_length=6", "model.residual_season=0"])
+    assert auto.resolve(explicit, _meta("MS", [300])) is explicit
+    mixed = load_config(None, ["window.horizon=12", "window.lookback=10"])
+    out = auto.resolve(mixed, _meta("MS", [300]))
+    assert (out.window.lookback, out.evaluate.season_length, out.model.residual_season) == (10, 12, 0)
+
+
+def test_explicit_residual_season_longer_than_an_auto_lookback_is_a_config_error():
+    cfg = load_config(None, ["window.horizon=12", "model.residual_season=48"])
+    with pytest.raises(ConfigError, match=r"model.residual_season \(48\) is longer than window.lookback \(24\)"):
+        auto.resolve(cfg, _meta("MS", [60]))
+
+
+@pytest.mark.parametrize(
+    ("batch", "n_train", "world", "accum", "expected"),
+    [
+        (256, 10_000, 1, 1, 256),  # fits: unchanged
+        (256, 96, 1, 1, 64),  # a10-sized: largest power of two that fits
+        (256, 96, 2, 1, 64),  # ... the same on two processes (world-size invariance)
+        (256, 256, 2, 2, 256),
+        (256, 3, 2, 1, 2),
+    ],
+)
+def test_fit_batch(batch: int, n_train: int, world: int, accum: int, expected: int, caplog):
+    cfg = load_config(None, [f"train.batch_size={batch}", f"train.gradient_accumulation_steps={accum}"])
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        fitted = fit_batch(cfg, n_train, world)
+    assert fitted.train.batch_size == expected
+    assert ("batch is" in caplog.text) == (expected != batch)
+
+
+def test_fit_batch_that_the_world_size_does_not_divide_is_a_config_error():
+    cfg = load_config(None, ["train.batch_size=256"])
+    with pytest.raises(ConfigError, match=r"train.batch_size \(1, fitted to 1 training windows\) must be divisible"):
+        fit_batch(cfg, 1, 2)
+    with pytest.raises(ConfigError, match=r"train.batch_size \(256\) must be divisible by the number of processes"):
+        fit_batch(load_config(None, ["train.batch_size=256"]), 10_000, 3)
+
+
+@pytest.mark.slow
+def test_monthly_data_runs_with_auto_settings_end_to_end(tmp_path):
+    """A short monthly series with the library defaults (batch 256, auto lookback/season) runs through."""
+    times = pd.date_range("2000-01-01", periods=180, freq="MS")
+    t = np.arange(180)
+    values = 100 + 0.5 * t + 10 * np.sin(2 * np.pi * t / 12) + np.random.default_rng(0).normal(0, 1, 180)
+    pd.DataFrame({"time": times.strftime("%Y-%m-%d"), "value": values}).to_csv(tmp_path / "m.csv", index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {"source": str(tmp_path / "m.csv"), "target_column": "value", "val_size": 0.1, "test_size": 0.2},
+            "window": {"horizon": 12},
+            "model": {"hidden_size": 16, "num_layers": 1},
+            "train": {"max_steps": 30, "eval_every": 10, "checkpoint_every": 0, "patience": 0},
+            "evaluate": {},
+            "export": {"onnx": False},
+        },
+    )
+    done = cli("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "run"
+    window = json.loads((run / "window" / "meta.json").read_text())
+    assert window["lookback"] == 36  # 3 seasons of 12 (train part 126 leaves room for 57)
+    assert json.loads((run / "evaluate" / "metrics.json").read_text())["season_length"] == 12
+    train = json.loads((run / "train" / "meta.json").read_text())
+    assert train["model"]["residual_season"] == 12 and train["model"]["instance_norm"] is True
+    assert "batch is 64" in done.stderr  # 180 points leave 79 training windows for the default batch of 256
+    spec = json.loads((run / "export" / "forecaster.json").read_text())
+    assert spec["lookback"] == 36
