@@ -33,8 +33,8 @@ METHODS = ("model", "naive", "seasonal_naive")
 
 def run(cfg: Config, force: bool = False) -> Path:
     out = cfg.run_dir / "evaluate"
-    cfg = auto.resolve(cfg)
     train_meta = require_stage(cfg.run_dir / "train", "train", "evaluate")
+    cfg = auto.resolve(cfg)
     key = stage_key("evaluate", cfg.section_hash("evaluate"), train_meta["fingerprint"])
     state = dist_state()
     if not force and is_cached(out, key):

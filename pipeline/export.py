@@ -42,8 +42,8 @@ log = logging.getLogger("pipeline")
 
 def run(cfg: Config, force: bool = False) -> Path:
     out = cfg.run_dir / "export"
-    cfg = auto.resolve(cfg)
     train_meta = require_stage(cfg.run_dir / "train", "train", "export")
+    cfg = auto.resolve(cfg)
     eval_meta = read_meta(cfg.run_dir / "evaluate") or {}
     key = stage_key("export", cfg.section_hash("export"), train_meta["fingerprint"], eval_meta.get("key", ""))
     state = dist_state()

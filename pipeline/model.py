@@ -7,7 +7,7 @@ once (direct multi-step). Two switches make it robust on data it was not tuned f
 - `instance_norm`: each input window is standardised by its own mean and spread, and the
   output is mapped back, so level shifts between training and test periods do not matter.
 - `residual_season`: the head predicts a correction to the seasonal-naive forecast read from
-  the input window; with a zero head the model *is* seasonal naive.
+  the input window; the head starts at zero, so the untrained model *is* seasonal naive.
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class RecurrentForecaster(nn.Module):
             batch_first=True,
         )
         self.head = nn.Linear(spec.hidden_size, spec.horizon)
+        if spec.residual_season:  # start as seasonal naive: training must earn every departure from it
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         target = x[..., 0]

@@ -40,8 +40,8 @@ log = logging.getLogger("pipeline")
 
 def run(cfg: Config, force: bool = False) -> Path:
     out = cfg.run_dir / "train"
-    cfg = auto.resolve(cfg)
     window_meta = require_stage(cfg.run_dir / "window", "window", "train")
+    cfg = auto.resolve(cfg)
     key = train_key(cfg, window_meta["fingerprint"])
     if not force and is_cached(out, key):
         log.info("train: up to date (inputs unchanged), skipped; --force redoes it")
@@ -87,6 +87,8 @@ def train(cfg: Config, key: str) -> None:
     reporter = StepReporter(cfg, accelerator, metrics, tracker, progress, state.step)
 
     try:
+        if state.step == 0:  # the untrained model is a candidate too (with a residual head: seasonal naive)
+            evaluate_and_keep_best(cfg, accelerator, model, buffer, pairs["val"], state, work, metrics, tracker)
         while state.step < cfg.train.max_steps and not state.stopped_early:
             micro = local_batches(pairs["train"], cfg, state, accelerator.process_index, accelerator.num_processes)
             set_lr(optimizer, lr_at(state.step, cfg))

@@ -54,7 +54,7 @@ def test_run_writes_every_artifact(finished_run):
     assert [r["step"] for r in train_rows] == list(range(5, 41, 5))
     assert all(np.isfinite(r["loss"]) and r["windows_per_s"] > 0 for r in train_rows)
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
-    assert [r["step"] for r in rows if "val_loss" in r] == [10, 20, 30, 40]
+    assert [r["step"] for r in rows if "val_loss" in r] == [0, 10, 20, 30, 40]  # 0: the untrained model
     # nothing temporary is left behind
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
 

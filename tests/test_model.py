@@ -53,3 +53,13 @@ def test_instance_norm_is_equivariant_to_affine_input_changes():
     x = torch.randn(4, 20, 1)
     a, b = 3.5, -2.0
     torch.testing.assert_close(model(a * x + b), a * model(x) + b, rtol=1e-4, atol=1e-4)
+
+
+def test_untrained_residual_model_is_seasonal_naive():
+    """The head starts at zero, so before any step the forecast is exactly seasonal naive."""
+    model = build_model(ModelSpec(1, 6, 8, 2, residual_season=4, instance_norm=True), seed=0)
+    assert not model.head.weight.any() and not model.head.bias.any()
+    x = torch.randn(3, 12, 1)
+    torch.testing.assert_close(model(x), seasonal_naive(x[..., 0], 6, 4), rtol=0, atol=0)
+    plain = build_model(ModelSpec(1, 6, 8, 2), seed=0)  # without the residual head: a normal init
+    assert plain.head.weight.abs().sum() > 0
