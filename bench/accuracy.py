@@ -19,11 +19,11 @@ Protocol, the same for every series (only the frequency changes the numbers):
   in call-centre time: nights, weekends and the missing days are not in the series). It is the
   seasonal-naive baseline's season and the season of the MASE scale: each series' in-sample
   mean absolute seasonal-naive error on its train part (what `pipeline/evaluate.py` does);
-- lookback = 3 seasons, at most half of what the shortest train part leaves after one horizon
-  (a stand-in for `window.lookback: auto`, which does not exist yet); `model.residual_season`
-  = the season when the lookback holds a whole season, else 0;
-- `train.batch_size` is lowered to the largest power of two that fits when the config's batch
-  is larger than the number of training windows (the pipeline refuses such a batch);
+- lookback, residual head and its base are the config's (`auto` in the default recipe: three
+  seasons or two horizons, at most half of what the shortest train part leaves after one horizon;
+  the head's base averages up to three seasons);
+- `train.batch_size` is the config's; the pipeline lowers it to the largest power of two that
+  fits when a series has fewer training windows (noted in the results);
 - `tracking.backend=none`, `export.onnx=false`; every run writes under `--workdir/<series>/`.
 Everything else (model, loss, steps, strides of training and validation windows) is the
 config's: the point is to measure the recipe as it is.
@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -66,17 +65,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `pipeline` importable from the checkout
     sys.path.insert(0, str(REPO))
 
+from pipeline import auto  # noqa: E402
 from pipeline import metrics as M  # noqa: E402
 from pipeline.config import Config, DataConfig, load_config  # noqa: E402
 from pipeline.ingest import prepare_series, split_sizes  # noqa: E402
 from pipeline.sources import load_table  # noqa: E402
+from pipeline.train import fit_batch  # noqa: E402
 from pipeline.window import build_window_index  # noqa: E402
 
 DATA_DIR = REPO / "bench" / "data"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 TEST_SIZE = 0.2
 VAL_SIZE = 0.1
-LOOKBACK_SEASONS = 3
 MAX_ETS_SEASON = 24  # beyond it: STL + non-seasonal ETS
 
 
@@ -137,29 +137,18 @@ class Protocol:
     horizon: int
     test_stride: int
     season: int
-    lookback: int
-    residual_season: int
 
 
-def choose_lookback(season: int, horizon: int, shortest_length: int, seasons: int = LOOKBACK_SEASONS) -> int:
-    """`seasons` seasons, at most half of what the shortest train part leaves after one horizon."""
-    train_end, _ = split_sizes(shortest_length, VAL_SIZE, TEST_SIZE)
-    return max(1, min(seasons * season, (train_end - horizon) // 2))
-
-
-def protocol(freq: str, shortest_length: int) -> Protocol:
-    """The split, windows and season of a series of this frequency whose shortest member has this length."""
+def protocol(freq: str) -> Protocol:
+    """The split, windows and season of a series of this frequency."""
     f = FREQUENCIES[freq]
-    lookback = choose_lookback(f.season, f.horizon, shortest_length)
-    return Protocol(
-        test_size=TEST_SIZE,
-        val_size=VAL_SIZE,
-        horizon=f.horizon,
-        test_stride=f.horizon,
-        season=f.season,
-        lookback=lookback,
-        residual_season=f.season if lookback >= f.season else 0,
-    )
+    return Protocol(test_size=TEST_SIZE, val_size=VAL_SIZE, horizon=f.horizon, test_stride=f.horizon, season=f.season)
+
+
+def resolved(cfg: Config, values: list[np.ndarray]) -> Config:
+    """`cfg` with its `auto` settings resolved as the pipeline's stages will resolve them."""
+    train_ends = [{"train_end": split_sizes(len(v), cfg.data.val_size, cfg.data.test_size)[0]} for v in values]
+    return auto.resolve(cfg, {"freq": cfg.data.freq, "series": train_ends})
 
 
 def data_config(series: Series, workdir: Path) -> DataConfig:
@@ -217,10 +206,8 @@ def overrides_for(series: Series, data: DataConfig, p: Protocol, workdir: Path) 
         f"data.freq={data.freq}",
         f"data.val_size={p.val_size}",
         f"data.test_size={p.test_size}",
-        f"window.lookback={p.lookback}",
         f"window.horizon={p.horizon}",
         f"window.test_stride={p.test_stride}",
-        f"model.residual_season={p.residual_season}",
         f"evaluate.season_length={p.season}",
         "tracking.backend=none",
         "export.onnx=false",
@@ -258,13 +245,6 @@ def test_windows(ids: list[str], values: list[np.ndarray], cfg: Config) -> Windo
         origins=[test[test[:, 0] == i, 1] + w.lookback for i in keep],
         n_train_windows=int(np.isin(index["train"][:, 0], keep).sum()),
     )
-
-
-def fit_batch(batch_size: int, n_train: int) -> int | None:
-    """A smaller batch when the config's is larger than the training windows (None: keep it)."""
-    if n_train < 1 or batch_size <= n_train:
-        return None
-    return 2 ** int(math.log2(n_train))
 
 
 # ---------------------------------------------------------------- scoring
@@ -353,20 +333,19 @@ def bench_one(series: Series, args: argparse.Namespace, with_ets: bool) -> dict[
     workdir = args.workdir
     data = data_config(series, workdir)
     ids, values = load_values(data)
-    p = protocol(series.freq, min(len(v) for v in values))
+    p = protocol(series.freq)
     fixed = overrides_for(series, data, p, workdir)
     if args.max_steps is not None:
         fixed.append(f"train.max_steps={args.max_steps}")
     cfg = load_config(args.config, [*fixed, *args.overrides])
     if cfg.data != data:  # the extra overrides changed how the data is read: score what the pipeline reads
         ids, values = load_values(cfg.data)
+    cfg = resolved(cfg, values)
     windows = test_windows(ids, values, cfg)
     notes = []
-    batch = fit_batch(cfg.train.batch_size, windows.n_train_windows)
-    if batch is not None:
+    batch = fit_batch(cfg, windows.n_train_windows, 1).train.batch_size
+    if batch != cfg.train.batch_size:
         notes.append(f"train.batch_size {cfg.train.batch_size} -> {batch} ({windows.n_train_windows} training windows)")
-        fixed.append(f"train.batch_size={batch}")
-        cfg = load_config(args.config, [*fixed, *args.overrides])
     overrides = [*fixed, *args.overrides]
     row: dict[str, Any] = {
         "series": series.name,
@@ -377,7 +356,8 @@ def bench_one(series: Series, args: argparse.Namespace, with_ets: bool) -> dict[
         "season": cfg.evaluate.season_length,
         "lookback": cfg.window.lookback,
         "residual_season": cfg.model.residual_season,
-        "batch_size": cfg.train.batch_size,
+        "season_average": cfg.model.season_average,
+        "batch_size": batch,
         "n_windows": int(sum(len(o) for o in windows.origins)),
         "overrides": overrides,
         "notes": notes,

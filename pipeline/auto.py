@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from pipeline.config import Config
+from pipeline.config import Config, check_base_fits
 from pipeline.errors import ConfigError
 
 log = logging.getLogger("pipeline")
@@ -21,6 +21,7 @@ log = logging.getLogger("pipeline")
 AUTO = "auto"
 LOOKBACK_SEASONS = 3  # input windows hold this many seasons
 LOOKBACK_HORIZONS = 2  # ... and at least this many horizons
+MAX_SEASON_AVERAGE = 3  # seasons averaged into the residual head's base, when the lookback holds them
 MAX_DAILY_SEASON = 1440  # sub-daily steps: the daily cycle, down to one-minute data
 
 # calendar cycles per period of the offset's base unit, for offsets that are not fixed durations
@@ -94,7 +95,8 @@ def auto_lookback(season: int, horizon: int, shortest_train: int) -> int:
 
 
 def needs_resolving(cfg: Config) -> bool:
-    return AUTO in (cfg.window.lookback, cfg.evaluate.season_length, cfg.model.residual_season)
+    m = cfg.model
+    return AUTO in (cfg.window.lookback, cfg.evaluate.season_length, m.residual_season, m.season_average)
 
 
 def resolve(cfg: Config, ingest_meta: dict | None = None) -> Config:
@@ -115,22 +117,22 @@ def resolve(cfg: Config, ingest_meta: dict | None = None) -> Config:
     residual = cfg.model.residual_season
     if residual == AUTO:
         residual = season if 1 < season <= lookback else 0
-    elif residual > lookback:
-        raise ConfigError(
-            f"model.residual_season ({residual}) is longer than window.lookback ({lookback}); the "
-            f"seasonal-naive base is read from the input window"
-        )
+    average = cfg.model.season_average
+    if average == AUTO:
+        average = max(1, min(MAX_SEASON_AVERAGE, lookback // residual)) if residual else 1
+    check_base_fits(residual, average, lookback)
     resolved = dataclasses.replace(
         cfg,
         window=dataclasses.replace(cfg.window, lookback=lookback),
         evaluate=dataclasses.replace(cfg.evaluate, season_length=season),
-        model=dataclasses.replace(cfg.model, residual_season=residual),
+        model=dataclasses.replace(cfg.model, residual_season=residual, season_average=average),
     )
     log.debug(
-        "auto settings for freq %s: season %d, lookback %d, residual season %d",
+        "auto settings for freq %s: season %d, lookback %d, residual season %d x %d",
         ingest_meta["freq"],
         season,
         lookback,
         residual,
+        average,
     )
     return resolved

@@ -131,10 +131,15 @@ class ModelConfig:
     residual_season: int | Literal["auto"] = "auto"
     """Predict a correction to the seasonal-naive forecast of this season length (0 = off; `auto`: the
     evaluation season when the lookback holds it)."""
+    season_average: int | Literal["auto"] = "auto"
+    """Seasons averaged into the residual head's base forecast (1 = seasonal naive; `auto`: up to 3
+    that the lookback holds)."""
 
     def __post_init__(self) -> None:
         if self.residual_season != "auto" and self.residual_season < 0:
             raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
+        if self.season_average != "auto":
+            _positive("model.season_average", self.season_average)
         _positive("model.hidden_size", self.hidden_size)
         _positive("model.num_layers", self.num_layers)
         if not 0.0 <= self.dropout < 1.0:
@@ -306,12 +311,9 @@ class Config:
             raise ConfigError("name is empty")
         if self.train.init_from == "champion" and self.registry.dir is None:
             raise ConfigError("train.init_from: champion needs registry.dir (where the champion is)")
-        residual, lookback = self.model.residual_season, self.window.lookback
-        if "auto" not in (residual, lookback) and residual > lookback:
-            raise ConfigError(
-                f"model.residual_season ({self.model.residual_season}) is longer than window.lookback "
-                f"({self.window.lookback}); the seasonal-naive base is read from the input window"
-            )
+        m, lookback = self.model, self.window.lookback
+        if "auto" not in (m.residual_season, m.season_average, lookback):
+            check_base_fits(m.residual_season, m.season_average, lookback)
 
     @property
     def run_dir(self) -> Path:
@@ -324,6 +326,15 @@ class Config:
         """Stable hash of some sections: what a stage's cached output depends on."""
         payload = {s: _plain(getattr(self, s)) for s in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_base_fits(residual_season: int, season_average: int, lookback: int) -> None:
+    """The residual head's base is read from the input window: it must hold the seasons averaged."""
+    if residual_season * season_average > lookback:
+        raise ConfigError(
+            f"model.residual_season ({residual_season}) x model.season_average ({season_average}) is longer "
+            f"than window.lookback ({lookback}); the seasonal base is read from the input window"
+        )
 
 
 def _plain(value: Any) -> Any:

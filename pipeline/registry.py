@@ -66,7 +66,16 @@ LOCK = ".lock"
 DECISION = "decision.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
 # ModelSpec fields that change what the weights mean; dropout does not
-_ARCHITECTURE = ("input_size", "horizon", "hidden_size", "num_layers", "cell", "instance_norm", "residual_season")
+_ARCHITECTURE = (
+    "input_size",
+    "horizon",
+    "hidden_size",
+    "num_layers",
+    "cell",
+    "instance_norm",
+    "residual_season",
+    "season_average",
+)
 
 
 # ---------------------------------------------------------------- layout and `current`

@@ -146,7 +146,17 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     if len(pairs["val"]) == 0:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     m = cfg.model
-    spec = ModelSpec(1, w.horizon, m.hidden_size, m.num_layers, m.dropout, m.cell, m.instance_norm, m.residual_season)
+    spec = ModelSpec(
+        input_size=1,
+        horizon=w.horizon,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        dropout=m.dropout,
+        cell=m.cell,
+        instance_norm=m.instance_norm,
+        residual_season=m.residual_season,
+        season_average=m.season_average,
+    )
     info = {
         "data_fingerprint": ingest_meta["fingerprint"],
         "freq": ingest_meta["freq"],

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config import DataConfig, load_config
 from pipeline.ingest import prepare_series, split_sizes
 from pipeline.sources import load_table
 
@@ -83,32 +83,37 @@ def test_calls_file_has_real_call_centre_timestamps(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("freq", "length", "horizon", "season", "lookback"),
+    ("freq", "length", "horizon", "season", "lookback", "average"),
     [
-        ("monthly", 204, 12, 12, 36),
-        ("quarterly", 127, 8, 4, 12),
-        ("weekly", 1355, 52, 52, 156),
-        ("half-hourly", 17520, 48, 48, 144),
-        ("5-minute", 27716, 169, 169, 507),
-        ("monthly", 60, 12, 12, 15),  # bounded: half of the train part (42) left after a horizon
-        ("monthly", 40, 12, 12, 8),  # shorter than a season: no residual head
+        ("monthly", 204, 12, 12, 36, 3),
+        ("quarterly", 127, 8, 4, 16, 3),  # two horizons are longer than three seasons
+        ("weekly", 1355, 52, 52, 156, 3),
+        ("half-hourly", 17520, 48, 48, 144, 3),
+        ("5-minute", 27716, 169, 169, 507, 3),
+        ("monthly", 60, 12, 12, 15, 1),  # bounded: half of the train part (42) left after a horizon
+        ("monthly", 40, 12, 12, 8, 1),  # shorter than a season: no residual head
     ],
 )
-def test_protocol_per_frequency(freq, length, horizon, season, lookback):
-    p = acc.protocol(freq, length)
+def test_protocol_per_frequency_and_the_auto_recipe(freq, length, horizon, season, lookback, average):
+    p = acc.protocol(freq)
     assert (p.test_size, p.val_size) == (0.2, 0.1)
-    assert (p.horizon, p.test_stride, p.season, p.lookback) == (horizon, horizon, season, lookback)
-    assert p.residual_season == (season if lookback >= season else 0)
+    assert (p.horizon, p.test_stride, p.season) == (horizon, horizon, season)
+    data = DataConfig(freq=acc.FREQUENCIES[freq].alias, val_size=p.val_size, test_size=p.test_size)
+    cfg = load_config(acc.DEFAULT_CONFIG, [f"window.horizon={horizon}", f"evaluate.season_length={season}"])
+    cfg = acc.resolved(dataclasses.replace(cfg, data=data), [np.zeros(length)])
+    assert cfg.window.lookback == lookback
+    assert cfg.model.residual_season == (season if lookback >= season else 0)
+    assert cfg.model.season_average == average
     train_end, _ = split_sizes(length, p.val_size, p.test_size)
-    assert p.lookback + p.horizon <= train_end
+    assert cfg.window.lookback + horizon <= train_end
 
 
 def test_overrides_resolve_and_windows_start_at_the_test_part(tmp_path):
     series = acc.SERIES["a10"]
     data = acc.data_config(series, tmp_path)
     ids, values = acc.load_values(data)
-    p = acc.protocol(series.freq, len(values[0]))
-    cfg = load_config(acc.DEFAULT_CONFIG, acc.overrides_for(series, data, p, tmp_path))
+    p = acc.protocol(series.freq)
+    cfg = acc.resolved(load_config(acc.DEFAULT_CONFIG, acc.overrides_for(series, data, p, tmp_path)), values)
     assert (cfg.data.test_size, cfg.data.val_size, cfg.window.test_stride) == (0.2, 0.1, 12)
     assert (cfg.evaluate.season_length, cfg.model.residual_season, cfg.window.lookback) == (12, 12, 36)
     assert (cfg.tracking.backend, cfg.export.onnx, cfg.data.id_column) == ("none", False, None)
@@ -117,8 +122,6 @@ def test_overrides_resolve_and_windows_start_at_the_test_part(tmp_path):
     _, val_end = split_sizes(204, 0.1, 0.2)
     assert val_end == 163 and windows.origins[0].tolist() == [163, 175, 187]
     assert windows.n_train_windows == 143 - 36 - 12 + 1
-    assert acc.fit_batch(cfg.train.batch_size, windows.n_train_windows) == 64
-    assert acc.fit_batch(256, 1505) is None
 
 
 def _trend(n: int = 40) -> np.ndarray:

@@ -74,18 +74,24 @@ def test_resolve_fills_every_auto_and_keeps_explicit_values():
     cfg = load_config(None, ["window.horizon=12"])
     resolved = auto.resolve(cfg, _meta("MS", [300, 142]))
     assert (resolved.window.lookback, resolved.evaluate.season_length, resolved.model.residual_season) == (36, 12, 12)
+    assert resolved.model.season_average == 3  # the 36-step lookback holds three seasons
     assert cfg.window.lookback == "auto"  # the user's config is left as written
 
-    explicit = load_config(None, ["window.lookback=20", "evaluate.season_length=6", "model.residual_season=0"])
+    explicit = ["window.lookback=20", "evaluate.season_length=6", "model.residual_season=0"]
+    explicit = load_config(None, [*explicit, "model.season_average=1"])
     assert auto.resolve(explicit, _meta("MS", [300])) is explicit
     mixed = load_config(None, ["window.horizon=12", "window.lookback=10"])
     out = auto.resolve(mixed, _meta("MS", [300]))
     assert (out.window.lookback, out.evaluate.season_length, out.model.residual_season) == (10, 12, 0)
+    assert out.model.season_average == 1
 
 
 def test_explicit_residual_season_longer_than_an_auto_lookback_is_a_config_error():
     cfg = load_config(None, ["window.horizon=12", "model.residual_season=48"])
-    with pytest.raises(ConfigError, match=r"model.residual_season \(48\) is longer than window.lookback \(24\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.residual_season \(48\) x model.season_average \(1\) is longer than window.lookback \(24\)",
+    ):
         auto.resolve(cfg, _meta("MS", [60]))
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.model import ModelSpec, build_model, seasonal_naive
+from pipeline.model import ModelSpec, build_model, seasonal_naive, seasonal_profile
 
 
 def test_forward_shape_and_batch_independence():
@@ -63,3 +63,20 @@ def test_untrained_residual_model_is_seasonal_naive():
     torch.testing.assert_close(model(x), seasonal_naive(x[..., 0], 6, 4), rtol=0, atol=0)
     plain = build_model(ModelSpec(1, 6, 8, 2), seed=0)  # without the residual head: a normal init
     assert plain.head.weight.abs().sum() > 0
+
+
+def test_seasonal_profile_by_hand():
+    """Three seasons of 4: the average shape around each season's mean, at the last season's level."""
+    seasons = torch.tensor([[0.0, 2, 4, 2], [1, 1, 5, 5], [10, 12, 14, 16]])  # means 2, 3, 13
+    shape = torch.tensor([(-2 - 2 - 3) / 3, (0 - 2 - 1) / 3, (2 + 2 + 1) / 3, (0 + 2 + 3) / 3])
+    target = torch.cat([torch.tensor([7.0, 7.0]), seasons.flatten()])[None]
+    expected = 13 + shape[[0, 1, 2, 3, 0, 1]]
+    torch.testing.assert_close(seasonal_profile(target, 6, 4, 3), expected[None])
+    torch.testing.assert_close(seasonal_profile(target, 6, 4, 1), seasonal_naive(target, 6, 4), rtol=0, atol=0)
+
+
+def test_untrained_model_with_season_average_is_the_profile():
+    spec = ModelSpec(1, 5, 8, 1, residual_season=4, season_average=3, instance_norm=True)
+    model = build_model(spec, seed=0)
+    x = torch.randn(2, 14, 1)
+    torch.testing.assert_close(model(x), seasonal_profile(x[..., 0], 5, 4, 3), rtol=0, atol=1e-6)
