@@ -180,3 +180,32 @@ def test_bad_input_exits_2_with_one_line(args, words, tmp_path):
     assert words in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_step_zero_validation_scores_the_seasonal_base(finished_run):
+    """Before any step the residual model is its base: the profile of the last 2 seasons of 24.
+
+    Recomputed with plain loops on the scaled data: the mean squared error (the SMALL config's
+    loss) of every validation window, against the step-0 row of metrics.jsonl.
+    """
+    run, _, _ = finished_run
+    rows = [json.loads(line) for line in (run / "train/metrics.jsonl").read_text().splitlines()]
+    step0 = next(r for r in rows if r["step"] == 0 and "val_loss" in r)
+    spec = json.loads((run / "train/meta.json").read_text())["model"]
+    assert (spec["residual_season"], spec["season_average"]) == (24, 2)  # auto: the 48-step lookback holds 2
+    data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+    lookback, horizon, season = 48, 12, 24
+    total, count = 0.0, 0
+    for _, part in data.groupby("series", observed=True):
+        y = part["value"].to_numpy(dtype=np.float32).astype(np.float64)
+        n = len(y)
+        train_end, val_end = n - 2 * round(n * 0.15), n - round(n * 0.15)
+        z = (y - y[:train_end].mean()) / y[:train_end].std()
+        for origin in range(max(train_end, lookback), val_end - horizon + 1):  # targets inside val
+            window = z[origin - 2 * season : origin]
+            level = window[season:].mean()
+            shape = [(window[p] - window[:season].mean() + window[season + p] - level) / 2 for p in range(season)]
+            for h in range(horizon):
+                total += (z[origin + h] - (level + shape[h % season])) ** 2
+                count += 1
+    assert step0["val_loss"] == pytest.approx(total / count, rel=1e-4)
