@@ -72,8 +72,10 @@ class DataConfig:
     """Validation part at the end of each series before the test part: a fraction, or steps."""
     test_size: int | float = 0.1
     """Test part at the end of each series: a fraction, or steps."""
-    scaling: Literal["standard", "none"] = "standard"
-    """Per-series scaling, fitted on the train part only."""
+    scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
+    """Per-series scaling fitted on the train part only: mean/std, median/IQR, min/range, or none."""
+    transform: Literal["none", "log1p"] = "none"
+    """Target transform before scaling; `log1p` needs values >= 0 (outputs are mapped back to original units)."""
     split: str = "train"
     """Hub datasets only: which split to load."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
