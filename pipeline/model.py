@@ -8,6 +8,12 @@ once (direct multi-step). Two switches make it robust on data it was not tuned f
   output is mapped back, so level shifts between training and test periods do not matter.
 - `residual_season`: the head predicts a correction to the seasonal-naive forecast read from
   the input window; with a zero head the model *is* seasonal naive.
+
+With `quantiles` (sorted, including 0.5) the output is `(batch, horizon, len(quantiles))`: the
+head gives the median and, for each step away from it, a softplus increment, so the quantiles
+are cumulative sums away from the median and never cross, by construction (also in ONNX and
+under float rounding: the increments are >= 0, and scaling by a positive spread or adding the
+same base keeps the order). Without quantiles the output is `(batch, horizon)` as before.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -30,9 +37,23 @@ class ModelSpec:
     cell: str = "lstm"
     instance_norm: bool = False
     residual_season: int = 0
+    quantiles: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
+
+    @property
+    def median_index(self) -> int | None:
+        """Position of the 0.5 quantile in the output's last axis (None for a point forecast)."""
+        return self.quantiles.index(0.5) if self.quantiles else None
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's output: (horizon,) or (horizon, quantiles)."""
+        return (self.horizon, len(self.quantiles)) if self.quantiles else (self.horizon,)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "quantiles": list(self.quantiles)}
 
 
 class RecurrentForecaster(nn.Module):
@@ -47,7 +68,7 @@ class RecurrentForecaster(nn.Module):
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.head = nn.Linear(spec.hidden_size, spec.horizon)
+        self.head = nn.Linear(spec.hidden_size, spec.horizon * max(1, len(spec.quantiles)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         target = x[..., 0]
@@ -58,10 +79,28 @@ class RecurrentForecaster(nn.Module):
             spread = ((target - loc) ** 2).mean(dim=1, keepdim=True).add(1e-6).sqrt()
             x = torch.cat([((target - loc) / spread).unsqueeze(-1), x[..., 1:]], dim=-1)
         out, _ = self.rnn(x)
-        correction = self.head(out[:, -1, :]) * spread
+        raw = self.head(out[:, -1, :])
+        if self.spec.quantiles:
+            raw = monotone_quantiles(raw.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index)
+            spread = spread[:, :, None]
+            loc = loc[:, :, None]
+        correction = raw * spread
         if self.spec.residual_season:
-            return seasonal_naive(target, self.spec.horizon, self.spec.residual_season) + correction
+            base = seasonal_naive(target, self.spec.horizon, self.spec.residual_season)
+            return (base[:, :, None] if self.spec.quantiles else base) + correction
         return correction + loc
+
+
+def monotone_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:
+    """(..., Q) unconstrained values to non-decreasing quantiles around the median's slot.
+
+    `raw[..., median]` is the median; above it each quantile adds softplus(raw) to the one
+    below, beneath it each subtracts softplus(raw) from the one above.
+    """
+    centre = raw[..., median : median + 1]
+    up = torch.cumsum(F.softplus(raw[..., median + 1 :]), dim=-1)
+    down = torch.flip(torch.cumsum(torch.flip(F.softplus(raw[..., :median]), [-1]), dim=-1), [-1])
+    return torch.cat([centre - down, centre, centre + up], dim=-1)
 
 
 def seasonal_naive(target: torch.Tensor, horizon: int, season: int) -> torch.Tensor:

@@ -135,14 +135,24 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     if (window_meta["lookback"], window_meta["horizon"]) != (w.lookback, w.horizon):
         raise ConfigError("window.lookback/horizon differ from the window stage output; run 'lstm-pipeline window'")
     buffer = WindowBuffer.from_ingest(
-        raw, ingest_meta["series"], w.lookback, w.horizon, device, resident=cfg.train.device_resident
+        raw,
+        ingest_meta["series"],
+        w.lookback,
+        w.horizon,
+        device,
+        resident=cfg.train.device_resident,
+        transform=ingest_meta.get("transform", "none"),
     )
     # window indices live beside the buffer, so sampling and gathering never cross devices
     pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
     if len(pairs["val"]) == 0:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     m = cfg.model
-    spec = ModelSpec(1, w.horizon, m.hidden_size, m.num_layers, m.dropout, m.cell, m.instance_norm, m.residual_season)
+    spec = ModelSpec(
+        1, w.horizon, m.hidden_size, m.num_layers, m.dropout, m.cell, m.instance_norm, m.residual_season, m.quantiles
+    )
+    if m.quantiles:
+        log.info("train: quantile head %s, trained with the pinball loss", m.quantiles)
     info = {
         "data_fingerprint": ingest_meta["fingerprint"],
         "freq": ingest_meta["freq"],
@@ -306,7 +316,26 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def pinball_loss(forecast: torch.Tensor, target: torch.Tensor, quantiles, reduction: str = "mean") -> torch.Tensor:
+    """Pinball loss of quantile forecasts (B, horizon, Q) against targets (B, horizon).
+
+    Averaged over the quantiles, so `reduction="none"` gives (B, horizon) like the point losses.
+    """
+    q = torch.as_tensor(quantiles, dtype=forecast.dtype, device=forecast.device)
+    err = target[..., None] - forecast
+    per_point = torch.maximum(q * err, (q - 1.0) * err).mean(dim=-1)
+    return per_point.mean() if reduction == "mean" else per_point
+
+
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+
+
+def loss_function(cfg: Config):
+    """`train.loss` as a callable (forecast, target, reduction="mean")."""
+    if cfg.train.loss == "pinball":
+        quantiles = tuple(cfg.model.quantiles)
+        return lambda forecast, target, reduction="mean": pinball_loss(forecast, target, quantiles, reduction)
+    return LOSSES[cfg.train.loss]
 
 
 def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int):
@@ -321,7 +350,7 @@ def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list,
     for pairs in micro:
         with accelerator.accumulate(model):
             x, y = buffer.gather(pairs)
-            loss = LOSSES[cfg.train.loss](model(x).float(), y)
+            loss = loss_function(cfg)(model(x).float(), y)
             if not finite_everywhere(accelerator, loss):
                 skipped = _non_finite(cfg, "loss", loss.item(), step)
                 loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps DDP and accumulation in step
@@ -381,9 +410,7 @@ class StepReporter:
 
 
 @torch.no_grad()
-def validation_loss(
-    accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int, loss_name: str
-) -> float:
+def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int, loss) -> float:
     """The training loss over every validation window, each scored exactly once across ranks."""
     module = accelerator.unwrap_model(model)
     module.eval()
@@ -391,7 +418,7 @@ def validation_loss(
     sums = torch.zeros(2, dtype=torch.float64, device=buffer.values.device)
     for chunk in shard.split(batch_size):
         x, y = buffer.gather(chunk)
-        sums[0] += LOSSES[loss_name](module(x).float(), y, reduction="none").sum(dtype=torch.float64)
+        sums[0] += loss(module(x).float(), y, reduction="none").sum(dtype=torch.float64)
         sums[1] += y.numel()
     module.train()
     sums = accelerator.reduce(sums, "sum")
@@ -399,7 +426,7 @@ def validation_loss(
 
 
 def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, work, metrics, tracker) -> None:
-    val = validation_loss(accelerator, model, buffer, val_pairs, cfg.train.eval_batch_size, cfg.train.loss)
+    val = validation_loss(accelerator, model, buffer, val_pairs, cfg.train.eval_batch_size, loss_function(cfg))
     if not math.isfinite(val):
         raise DataError(f"train: validation loss became {val} at step {state.step}; lower train.lr")
     improved = val < state.best_val
