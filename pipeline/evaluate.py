@@ -380,6 +380,19 @@ def _log_result(result: dict) -> None:
         b["naive"]["mase"],
         b["seasonal_naive"]["mase"],
     )
+    if "quantiles" in result:
+        q = result["quantiles"]
+        cover = ", ".join(f"{k} {v['empirical']:.1%} (nominal {v['nominal']:.0%})" for k, v in q["coverage"].items())
+        log.info("evaluate: pinball loss %.4g; coverage %s", q["pinball"], cover or "-")
+    if "backtest" in result:
+        agg = result["backtest"]["aggregate"]
+        log.info(
+            "evaluate: backtest over %d folds, MASE model %.4f | naive %.4f | seasonal naive %.4f",
+            result["backtest"]["folds"],
+            agg["model"]["mase"],
+            agg["baselines"]["naive"]["mase"],
+            agg["baselines"]["seasonal_naive"]["mase"],
+        )
 
 
 def _track(cfg: Config, result: dict, per_series: pd.DataFrame, out: Path, plots: list[str]) -> None:

@@ -19,7 +19,7 @@ from pipeline.model import ModelSpec, build_model, monotone_quantiles
 from pipeline.synthetic import generate_synthetic
 from pipeline.train import pinball_loss
 
-from .conftest import cli, write_config
+from .conftest import cli, torchrun, write_config
 
 QUANTILES = [0.1, 0.5, 0.9]
 
@@ -179,3 +179,43 @@ def test_quantile_run_end_to_end(tmp_path):
     by_hand = np.expm1(raw * stats["scale"] + stats["mean"])
     mine = forecast[forecast["series"] == sid]
     np.testing.assert_allclose(mine[["q0.1", "forecast", "q0.9"]].to_numpy(), by_hand, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_quantile_model_under_ddp_matches_one_process(tmp_path):
+    """World-size invariance with a quantile head; 2-process evaluation (test + backtest) scores the same."""
+    from .test_distributed import ATOL, assert_same_weights, prepared
+
+    overrides = {"model.quantiles": QUANTILES, "model.instance_norm": True, "evaluate.backtest.folds": 2}
+    one, two = prepared(tmp_path, "one", **overrides), prepared(tmp_path, "two", **overrides)
+    for nproc, config in ((1, one), (2, two)):
+        result = torchrun(nproc, "train", "--config", str(config))
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(
+        tmp_path / "one/run/train/model.safetensors", tmp_path / "two/run/train/model.safetensors", ATOL
+    )
+    scores = []
+    for nproc in (1, 2):
+        result = torchrun(nproc, "evaluate", "--config", str(two), "--force")
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores.append(json.loads((tmp_path / "two/run/evaluate/metrics.json").read_text()))
+    single, double = scores
+    assert double["quantiles"]["pinball"] == pytest.approx(single["quantiles"]["pinball"], rel=1e-6)
+    assert double["quantiles"]["coverage"] == single["quantiles"]["coverage"]
+    agg = [s["backtest"]["aggregate"] for s in scores]
+    assert agg[1]["model"]["mase"] == pytest.approx(agg[0]["model"]["mase"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_quantile_model_resumes_bit_for_bit(tmp_path):
+    from .test_resume import assert_bitwise_equal, finish, kill_at_step
+    from .test_resume import prepared as prepared_for_resume
+
+    overrides = {"model.quantiles": QUANTILES, "model.residual_season": 24, "train.max_steps": 60}
+    overrides["train.checkpoint_every"] = 10
+    reference = prepared_for_resume(tmp_path / "reference", **overrides)
+    finish(reference, 1)
+    resumed = prepared_for_resume(tmp_path / "resumed", **overrides)
+    kill_at_step(resumed, 1, 23)
+    assert "resumed from" in finish(resumed, 1)
+    assert_bitwise_equal(reference.parent / "run", resumed.parent / "run")
