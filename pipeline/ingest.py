@@ -358,6 +358,7 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
     digest = hashlib.sha256(series.values.astype(np.float32).tobytes())
     digest.update(repr([(r["id"], r["start"], r["length"]) for r in records]).encode())
     digest.update(series.freq.encode())
+    digest.update(f"{cfg.scaling}/{cfg.transform}".encode())  # what the model sees: downstream stages rerun
     return {
         "fingerprint": digest.hexdigest()[:16],
         "freq": series.freq,

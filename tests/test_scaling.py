@@ -127,3 +127,14 @@ def test_log1p_on_negative_data_is_exit_2_naming_series_and_row(tmp_path):
     assert "series 'b'" in result.stderr and "(row 78)" in result.stderr and "log1p" in result.stderr
     ok = cli("ingest", "--config", str(write_config(tmp_path, overrides)), "data.transform=none")
     assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_changing_the_scaler_or_transform_changes_the_fingerprint():
+    """Window, train and evaluate are cached on the ingest fingerprint: a new scaler must retrain."""
+    a = np.arange(1.0, 51.0) ** 1.5
+    prints = {
+        split_and_scale(_series(a), DataConfig(scaling=kind, transform=t, val_size=10, test_size=10))["fingerprint"]
+        for kind in scaling.SCALINGS
+        for t in scaling.TRANSFORMS
+    }
+    assert len(prints) == len(scaling.SCALINGS) * len(scaling.TRANSFORMS)
