@@ -135,6 +135,9 @@ class ModelConfig:
     quantiles: list[float] = field(default_factory=list)
     """Quantiles to forecast (sorted, in (0, 1), with 0.5: the point forecast); sets `train.loss: pinball`."""
 
+    calibrate: bool = True
+    """With quantiles: after training, widen each central interval to its nominal coverage on the validation windows."""
+
     def __post_init__(self) -> None:
         _check_quantiles(self.quantiles)
         if self.residual_season < 0:

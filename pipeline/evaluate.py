@@ -171,6 +171,7 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
     }
     if quantiles:
         result["quantiles"] = {"levels": quantiles, "point_forecast": "median (0.5)", **result["quantiles"]}
+        result["quantiles"]["calibration"] = train_meta.get("calibration")
     if len(bt_pairs):
         rest = slice(n_test, None)
         result["backtest"] = backtest_result(
@@ -332,6 +333,14 @@ def _quantile_lines(block: dict) -> list[str]:
     ]
     for name, c in block["coverage"].items():
         lines.append(f"| {name} | {c['nominal']:.0%} | {c['empirical']:.1%} |")
+    if block.get("calibration"):
+        cal = "; ".join(
+            f"{k}: {c['val_coverage_before']:.1%} before, {c['val_coverage_after']:.1%} after"
+            for k, c in block["calibration"].items()
+        )
+        lines += ["", f"Intervals calibrated on the validation windows (model.calibrate; validation coverage {cal})."]
+    elif block.get("coverage"):
+        lines += ["", "Intervals not calibrated (model.calibrate: false)."]
     return [*lines, ""]
 
 

@@ -69,8 +69,19 @@ class RecurrentForecaster(nn.Module):
             batch_first=True,
         )
         self.head = nn.Linear(spec.hidden_size, spec.horizon * max(1, len(spec.quantiles)))
+        if spec.quantiles:  # offsets added to the quantiles after training (see pipeline.calibration)
+            self.register_buffer("calibration", torch.zeros(spec.horizon, len(spec.quantiles)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        head, spread, base = self.decompose(x)
+        return base + head * spread
+
+    def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(head, spread, base) with forecast = base + head * spread; spread > 0 (1 without instance_norm).
+
+        `head` is (B, horizon) or (B, horizon, Q) in the window's own units; spread and base
+        broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
+        """
         target = x[..., 0]
         loc = torch.zeros_like(target[:, :1])
         spread = torch.ones_like(loc)
@@ -79,16 +90,16 @@ class RecurrentForecaster(nn.Module):
             spread = ((target - loc) ** 2).mean(dim=1, keepdim=True).add(1e-6).sqrt()
             x = torch.cat([((target - loc) / spread).unsqueeze(-1), x[..., 1:]], dim=-1)
         out, _ = self.rnn(x)
-        raw = self.head(out[:, -1, :])
+        head = self.head(out[:, -1, :])
+        base = (
+            seasonal_naive(target, self.spec.horizon, self.spec.residual_season) if self.spec.residual_season else loc
+        )
         if self.spec.quantiles:
-            raw = monotone_quantiles(raw.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index)
-            spread = spread[:, :, None]
-            loc = loc[:, :, None]
-        correction = raw * spread
-        if self.spec.residual_season:
-            base = seasonal_naive(target, self.spec.horizon, self.spec.residual_season)
-            return (base[:, :, None] if self.spec.quantiles else base) + correction
-        return correction + loc
+            head = monotone_quantiles(
+                head.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index
+            )
+            return head + self.calibration, spread[:, :, None], base[:, :, None]
+        return head, spread, base
 
 
 def monotone_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:

@@ -98,7 +98,7 @@ def train(cfg: Config, key: str) -> None:
                 ckpt.save_checkpoint(
                     work / "checkpoints", state, accelerator, model, optimizer, identity, cfg.train.keep_last
                 )
-        finish(cfg, accelerator, model, state, work, key, spec, tracker, setup)
+        finish(cfg, accelerator, model, state, work, key, spec, tracker, setup, buffer, pairs["val"])
     finally:
         progress.close()
         tracker.finish()
@@ -114,6 +114,8 @@ def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
     state = warm_start_state(cfg, spec, model.state_dict())
     if state is not None:
         model.load_state_dict(state)
+        if spec.quantiles:  # training runs uncalibrated; `finish` calibrates the new best weights
+            model.calibration.zero_()
 
 
 def make_accelerator(cfg: Config):
@@ -451,10 +453,13 @@ def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, wo
     accelerator.wait_for_everyone()
 
 
-def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spec: ModelSpec, tracker, setup) -> None:
-    """Write the final weights and meta, then swap the work directory into `train/`."""
+def finish(cfg, accelerator, model, state, work: Path, key: str, spec: ModelSpec, tracker, setup, buffer, val) -> None:
+    """Write the final weights and meta (calibrating a quantile model's best weights), then swap into `train/`."""
     if accelerator.is_main_process:
         save_file(ckpt.unwrapped_state(accelerator, model), str(work / "model.safetensors"))
+        calibration = None
+        if spec.quantiles and cfg.model.calibrate:
+            calibration = calibrate_best(work / "best", spec, buffer, val, cfg.train.eval_batch_size)
         meta = {
             "stage": "train",
             "key": key,
@@ -462,12 +467,37 @@ def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spe
             "model": spec.to_dict(),
             "state": asdict(state),
             "setup": setup,
+            "calibration": calibration,
         }
         write_json_atomic(work / META, meta)
         swap_into_place(work, cfg.run_dir / "train")
         log.info("train: done at step %d; best val loss %.5f at step %d", state.step, state.best_val, state.best_step)
         tracker.summary({"val/best_loss": state.best_val, "train/steps": state.step})
     accelerator.wait_for_everyone()
+
+
+def calibrate_best(best: Path, spec: ModelSpec, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int) -> dict:
+    """Set the calibration offsets of the best weights from the validation windows (idempotent)."""
+    from safetensors.torch import load_file
+
+    from pipeline.calibration import calibrate
+
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(best / "model.safetensors")))
+    model.to(buffer.device)
+    report = calibrate(model.eval(), buffer, val_pairs, batch_size)
+    tmp = best / ".model.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(best / "model.safetensors")
+    for name, c in report.items():
+        log.info(
+            "train: interval %s covers %.1f%% of the validation points, %.1f%% after calibration (nominal %.0f%%)",
+            name,
+            100 * c["val_coverage_before"],
+            100 * c["val_coverage_after"],
+            100 * c["nominal"],
+        )
+    return report
 
 
 class MetricsLog:

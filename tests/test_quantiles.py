@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import metrics as M
+from pipeline.calibration import offsets
 from pipeline.config import SyntheticConfig
 from pipeline.forecaster import Forecaster
 from pipeline.model import ModelSpec, build_model, monotone_quantiles
@@ -79,6 +80,10 @@ def test_quantiles_never_cross(seed, quantiles, instance_norm, residual, weight_
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * weight_scale)
+        widening = {
+            pair: torch.rand(5, generator=gen).numpy() * weight_scale for pair in M.symmetric_intervals(quantiles)
+        }
+        model.calibration.copy_(torch.from_numpy(offsets(widening, len(quantiles), spec.median_index, 5)))
         y = model(torch.randn(16, 12, 1, generator=gen) * input_scale)
     assert y.shape == (16, 5, len(quantiles))
     assert bool(torch.isfinite(y).all())
