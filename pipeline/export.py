@@ -187,13 +187,14 @@ def model_card(cfg: Config, spec: dict, metrics: dict | None, parity: float | No
             "`predict` writes the median as `forecast` and the others as `q<level>` columns."
         )
     if parity is not None:
-        out = f"(batch, {spec['horizon']}, {len(quantiles)}) (last axis: the quantiles)" if quantiles else ""
-        out = out or f"(batch, {spec['horizon']})"
+        out = f"(batch, {spec['horizon']})"
+        if quantiles:
+            out = f"(batch, {spec['horizon']}, {len(quantiles)}) (the quantiles on the last axis)"
         back = "expm1(z * scale + mean)" if spec["transform"] == "log1p" else "z * scale + mean"
         lines.append(
-            f"- model.onnx: input `x` (batch, {spec['lookback']}, 1) scaled, output `forecast` {out} scaled "
-            f"(original units: {back} with the series' entry in forecaster.json); max |ONNX - PyTorch| on the "
-            f"test windows: {parity:.2e}."
+            f"- model.onnx: input `x` (batch, {spec['lookback']}, 1) and output `forecast` {out}, both in scaled "
+            f"units z (original units: {back} with the series' entry in forecaster.json); max |ONNX - PyTorch| "
+            f"on the test windows: {parity:.2e}."
         )
     if metrics:
         lines += ["", "## Test metrics (original units)", "", "| method | MAE | RMSE | sMAPE | MASE |"]
@@ -202,6 +203,9 @@ def model_card(cfg: Config, spec: dict, metrics: dict | None, parity: float | No
             lines.append(f"| {name} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.4f} |")
         if "quantiles" in metrics:
             cover = ", ".join(f"{k}: {v['empirical']:.1%}" for k, v in metrics["quantiles"]["coverage"].items())
-            lines += ["", f"Pinball loss {metrics['quantiles']['pinball']:.4g}; interval coverage {cover}."]
+            calibrated = (
+                " (intervals calibrated on the validation windows)" if metrics["quantiles"].get("calibration") else ""
+            )
+            lines += ["", f"Pinball loss {metrics['quantiles']['pinball']:.4g}; interval coverage {cover}{calibrated}."]
     lines += ["", "Limitations: trained on the series listed in forecaster.json; other series are refused."]
     return "\n".join(lines) + "\n"

@@ -184,6 +184,12 @@ def test_quantile_run_end_to_end(tmp_path):
     by_hand = np.expm1(raw * stats["scale"] + stats["mean"])
     mine = forecast[forecast["series"] == sid]
     np.testing.assert_allclose(mine[["q0.1", "forecast", "q0.9"]].to_numpy(), by_hand, rtol=1e-5)
+    # a log1p model refuses a negative history value, naming the series
+    bad = history.copy()
+    bad.loc[bad.index[-1], "value"] = -1.0
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    refused = cli("predict", "--model", str(run / "export"), "--input", str(tmp_path / "bad.csv"), "--output", str(out))
+    assert refused.returncode == 2 and "negative value" in refused.stderr and "log1p" in refused.stderr
 
 
 @pytest.mark.slow
