@@ -472,7 +472,11 @@ def finish(cfg, accelerator, model, state, work: Path, key: str, spec: ModelSpec
         write_json_atomic(work / META, meta)
         swap_into_place(work, cfg.run_dir / "train")
         log.info("train: done at step %d; best val loss %.5f at step %d", state.step, state.best_val, state.best_step)
-        tracker.summary({"val/best_loss": state.best_val, "train/steps": state.step})
+        summary = {"val/best_loss": state.best_val, "train/steps": state.step}
+        for name, c in (calibration or {}).items():
+            summary[f"val/coverage_{name}"] = c["val_coverage_before"]
+            summary[f"val/coverage_{name}_calibrated"] = c["val_coverage_after"]
+        tracker.summary(summary)
     accelerator.wait_for_everyone()
 
 
