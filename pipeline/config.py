@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import itertools
 import json
 import types
 import typing
@@ -72,8 +73,10 @@ class DataConfig:
     """Validation part at the end of each series before the test part: a fraction, or steps."""
     test_size: int | float = 0.1
     """Test part at the end of each series: a fraction, or steps."""
-    scaling: Literal["standard", "none"] = "standard"
-    """Per-series scaling, fitted on the train part only."""
+    scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
+    """Per-series scaling fitted on the train part only: mean/std, median/IQR, min/range, or none."""
+    transform: Literal["none", "log1p"] = "none"
+    """Target transform before scaling; `log1p` needs values >= 0 (outputs are mapped back to original units)."""
     split: str = "train"
     """Hub datasets only: which split to load."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -134,8 +137,14 @@ class ModelConfig:
     season_average: int | Literal["auto"] = "auto"
     """Seasons averaged into the residual head's base forecast (1 = seasonal naive; `auto`: up to 3
     that the lookback holds)."""
+    quantiles: list[float] = field(default_factory=list)
+    """Quantiles to forecast (sorted, in (0, 1), with 0.5: the point forecast); sets `train.loss: pinball`."""
+
+    calibrate: bool = True
+    """With quantiles: after training, widen each central interval to its nominal coverage on the validation windows."""
 
     def __post_init__(self) -> None:
+        _check_quantiles(self.quantiles)
         if self.residual_season != "auto" and self.residual_season < 0:
             raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
         if self.season_average != "auto":
@@ -156,8 +165,8 @@ class TrainConfig:
     """Optimizer steps to run (early stopping may end sooner)."""
     lr: float = 3e-3
     """Peak learning rate of AdamW."""
-    loss: Literal["mse", "mae", "huber"] = "mse"
-    """Training loss on the scaled targets (`mae` matches MAE/MASE; `huber` is MSE near 0, MAE beyond 1)."""
+    loss: Literal["mse", "mae", "huber", "pinball"] = "mse"
+    """Loss on scaled targets (`mae` matches MAE/MASE; `huber`: MSE near 0); always `pinball` with `model.quantiles`."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 50
@@ -217,6 +226,29 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True, slots=True)
+class BacktestConfig:
+    """Rolling-origin evaluation: the trained model forecasts from several cutoffs inside the test part."""
+
+    folds: int = 0
+    """Number of forecast origins (folds) at the end of each series (0 = off)."""
+    step: int | None = None
+    """Steps between consecutive cutoffs (default: `window.horizon`)."""
+    refit: bool = False
+    """Retrain for every fold; not supported yet (folds are scored with the one trained model)."""
+
+    def __post_init__(self) -> None:
+        if self.folds < 0:
+            raise ConfigError(f"evaluate.backtest.folds must be >= 0, got {self.folds}")
+        if self.step is not None:
+            _positive("evaluate.backtest.step", self.step)
+        if self.refit:
+            raise ConfigError(
+                "evaluate.backtest.refit: true is not supported yet; the folds are scored with the trained "
+                "model, inside the test part (refit: false)"
+            )
+
+
+@dataclass(kw_only=True, slots=True)
 class EvaluateConfig:
     """Scoring on the test split against naive baselines."""
 
@@ -227,6 +259,8 @@ class EvaluateConfig:
     """Windows per forward pass."""
     plot_series: int = 4
     """How many series get a forecast-vs-actual plot."""
+    backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    """Rolling-origin backtest over the test part."""
 
     def __post_init__(self) -> None:
         if self.season_length != "auto":
@@ -311,6 +345,10 @@ class Config:
             raise ConfigError("name is empty")
         if self.train.init_from == "champion" and self.registry.dir is None:
             raise ConfigError("train.init_from: champion needs registry.dir (where the champion is)")
+        if self.model.quantiles:  # a quantile head is trained with the pinball loss, whatever was set
+            self.train.loss = "pinball"
+        elif self.train.loss == "pinball":
+            raise ConfigError("train.loss: pinball needs model.quantiles (e.g. [0.1, 0.5, 0.9])")
         m, lookback = self.model, self.window.lookback
         if "auto" not in (m.residual_season, m.season_average, lookback):
             check_base_fits(m.residual_season, m.season_average, lookback)
@@ -339,6 +377,19 @@ def check_base_fits(residual_season: int, season_average: int, lookback: int) ->
 
 def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def _check_quantiles(quantiles: list[float]) -> None:
+    for q in quantiles:
+        if not 0.0 < q < 1.0:
+            raise ConfigError(f"model.quantiles: {q} is outside (0, 1)")
+    for a, b in itertools.pairwise(quantiles):
+        if a == b:
+            raise ConfigError(f"model.quantiles: {a} appears twice")
+        if a > b:
+            raise ConfigError(f"model.quantiles must be sorted ascending, got {a} before {b}")
+    if quantiles and 0.5 not in quantiles:
+        raise ConfigError(f"model.quantiles {quantiles} must include 0.5: the median is the point forecast")
 
 
 def _positive(key: str, value: float) -> None:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pipeline import scaling
+
 
 @dataclass
 class WindowBuffer:
@@ -41,14 +43,17 @@ class WindowBuffer:
         horizon: int,
         device: torch.device | str = "cpu",
         resident: str | bool = True,
+        transform: str = "none",
     ) -> WindowBuffer:
-        """Scale the raw buffer per series into one float32 array (no float64 copy of the data)."""
+        """Transform and scale the raw buffer per series into one float32 array (no float64 copy).
+
+        Each record's `mean` is its location and `scale` its spread (see `pipeline.scaling`).
+        """
         scaled = np.empty(len(raw), dtype=np.float32)
         start = 0
         for r in records:  # per series, vectorised inside: memory stays at one float32 buffer
             end = start + r["length"]
-            np.subtract(raw[start:end], np.float32(r["mean"]), out=scaled[start:end], dtype=np.float32)
-            scaled[start:end] /= np.float32(r["scale"])
+            scaling.forward(raw[start:end], r["mean"], r["scale"], transform, out=scaled[start:end])
             start = end
         lengths = np.array([r["length"] for r in records], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

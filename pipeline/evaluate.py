@@ -1,7 +1,10 @@
 """Stage 4, evaluate: score every test window in original units against naive baselines.
 
 The model, naive and seasonal-naive forecasts are scored on exactly the same windows. MASE
-divides by each series' in-sample seasonal-naive error on its train part.
+divides by each series' in-sample seasonal-naive error on its train part. A quantile model
+is scored by its median for the point metrics, plus the pinball loss and the coverage of its
+central intervals. With `evaluate.backtest.folds`, the same scoring runs on every fold of a
+rolling-origin backtest inside the test part (see `pipeline.backtest`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from pipeline import auto
+from pipeline import auto, scaling
 from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
+from pipeline.backtest import backtest_windows, describe_folds
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.errors import ConfigError
@@ -55,7 +59,7 @@ def load_trained_model(train_dir: Path, meta: dict) -> torch.nn.Module:
 @torch.no_grad()
 def forecast_windows(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.ndarray, batch_size: int) -> np.ndarray:
     """Scaled forecasts (W, horizon) for all windows, batched (never a loop per window)."""
-    out = np.empty((len(pairs), buffer.horizon), dtype=np.float32)
+    out = np.empty((len(pairs), *model.spec.output_shape), dtype=np.float32)
     tensor = torch.from_numpy(pairs)
     for start in range(0, len(pairs), batch_size):
         x, _ = buffer.gather(tensor[start : start + batch_size])
@@ -78,14 +82,53 @@ def forecast_sharded(model, buffer: WindowBuffer, pairs: np.ndarray, batch_size:
     return np.concatenate(gather_object([mine]))
 
 
+def to_original_units(scaled: np.ndarray, records: list[dict], series: np.ndarray, transform: str) -> np.ndarray:
+    """Model outputs (W, horizon[, Q]) in scaled space back to the data's units, in float64."""
+    shape = (-1,) + (1,) * (scaled.ndim - 1)
+    loc = np.array([r["mean"] for r in records])[series].reshape(shape)
+    spread = np.array([r["scale"] for r in records])[series].reshape(shape)
+    return scaling.inverse(scaled, loc, spread, transform)
+
+
+def point_of(output: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """The point forecast of a model output: itself, or the median of a quantile forecast."""
+    return output if spec.median_index is None else output[..., spec.median_index]
+
+
+def score(actual: np.ndarray, forecasts: dict, window_scale: np.ndarray, quantile_output, quantiles) -> tuple:
+    """(per-point terms of each method, the metrics block) on one set of windows."""
+    terms = {m: M.error_terms(actual, f, window_scale) for m, f in forecasts.items()}
+    block = {"model": M.summarise(terms["model"]), "baselines": {m: M.summarise(terms[m]) for m in METHODS[1:]}}
+    if quantiles:
+        block["quantiles"] = M.summarise_quantiles(actual, quantile_output, quantiles, window_scale)
+    return terms, block
+
+
+def plan_backtest(cfg: Config, records: list[dict], test_pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Backtest windows and their fold numbers for the series that have test windows (empty when off)."""
+    bt = cfg.evaluate.backtest
+    if not bt.folds:
+        return np.empty((0, 2), dtype=np.int64), np.empty(0, dtype=np.int64)
+    lengths = np.array([r["length"] for r in records])
+    val_end = np.array([r["val_end"] for r in records])
+    w = cfg.window
+    series = np.unique(test_pairs[:, 0])
+    ids = [r["id"] for r in records]
+    return backtest_windows(lengths, val_end, series, w.lookback, w.horizon, bt.folds, bt.step or w.horizon, ids)
+
+
 def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
     """All processes forecast their shard of the test windows; the main one scores and writes."""
     ingest_meta, raw32 = load_ingest(cfg.run_dir, "evaluate")
     _, index = load_index(cfg.run_dir, "evaluate")
     records = ingest_meta["series"]
+    transform = ingest_meta.get("transform", "none")
     pairs = index["test"]
     if len(pairs) == 0:
         raise ConfigError("evaluate: no test window; increase data.test_size or decrease window.horizon")
+    bt_pairs, bt_fold = plan_backtest(cfg, records, pairs)
+    n_test = len(pairs)
+    all_pairs = np.concatenate([pairs, bt_pairs]).astype(np.int64)
     w, season = cfg.window, cfg.evaluate.season_length
     raw = raw32.astype(np.float64)
     offsets = np.concatenate([[0], np.cumsum([r["length"] for r in records])[:-1]]).astype(np.int64)
@@ -98,47 +141,79 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
             f"evaluate.season_length ({season}): series '{bad}' has no seasonal variation on its train part "
             f"to scale MASE by (train part of {bad} too short or constant)"
         )
-    positions = M.target_positions(offsets, pairs, w.lookback, w.horizon)
-    if (positions.min(axis=1) - season * (1 + (w.horizon - 1) // season) < offsets[pairs[:, 0]]).any():
+    all_positions = M.target_positions(offsets, all_pairs, w.lookback, w.horizon)
+    if (all_positions.min(axis=1) - season * (1 + (w.horizon - 1) // season) < offsets[all_pairs[:, 0]]).any():
         raise ConfigError(f"evaluate.season_length ({season}) reaches before the start of a series")
 
-    buffer = WindowBuffer.from_ingest(raw32, records, w.lookback, w.horizon)
+    buffer = WindowBuffer.from_ingest(raw32, records, w.lookback, w.horizon, transform=transform)
     model = load_trained_model(cfg.run_dir / "train", train_meta)
-    scaled = forecast_sharded(model, buffer, pairs, cfg.evaluate.batch_size, state)
+    scaled = forecast_sharded(model, buffer, all_pairs, cfg.evaluate.batch_size, state)
     if not state.is_main_process:
         return
-    mean = np.array([r["mean"] for r in records])[pairs[:, 0]]
-    std = np.array([r["scale"] for r in records])[pairs[:, 0]]
-    forecasts = {
-        "model": scaled.astype(np.float64) * std[:, None] + mean[:, None],
-        "naive": M.naive_forecast(raw, positions),
-        "seasonal_naive": M.seasonal_naive_forecast(raw, positions, season),
+    spec, quantiles = model.spec, list(model.spec.quantiles)
+    output = to_original_units(scaled, records, all_pairs[:, 0], transform)
+    all_forecasts = {
+        "model": point_of(output, spec),
+        "naive": M.naive_forecast(raw, all_positions),
+        "seasonal_naive": M.seasonal_naive_forecast(raw, all_positions, season),
     }
-    actual = raw[positions]
-    window_scale = scale[pairs[:, 0]]
-    terms = {m: M.error_terms(actual, f, window_scale) for m, f in forecasts.items()}
+    all_actual, all_scale = raw[all_positions], scale[all_pairs[:, 0]]
+    test = slice(0, n_test)
+    positions, actual, band = all_positions[test], all_actual[test], output[test] if quantiles else None
+    forecasts = {m: f[test] for m, f in all_forecasts.items()}
+    terms, block = score(actual, forecasts, all_scale[test], band, quantiles)
     result = {
-        "model": M.summarise(terms["model"]),
-        "baselines": {m: M.summarise(terms[m]) for m in METHODS[1:]},
-        "n_windows": len(pairs),
+        **block,
+        "n_windows": n_test,
         "n_series": len(used),
         "horizon": w.horizon,
         "season_length": season,
         "mae_by_horizon": {m: terms[m]["mae"].mean(axis=0).tolist() for m in METHODS},
     }
-    per_series = per_series_table(terms, pairs[:, 0], records)
+    if quantiles:
+        result["quantiles"] = {"levels": quantiles, "point_forecast": "median (0.5)", **result["quantiles"]}
+        result["quantiles"]["calibration"] = train_meta.get("calibration")
+    if len(bt_pairs):
+        rest = slice(n_test, None)
+        result["backtest"] = backtest_result(
+            cfg, bt_fold, bt_pairs, all_actual[rest], {m: f[rest] for m, f in all_forecasts.items()},
+            all_scale[rest], output[rest] if quantiles else None, quantiles, records, ingest_meta["freq"],
+        )  # fmt: skip
+    per_series = per_series_table(terms, pairs[:, 0], records, actual, band, quantiles)
 
     with staged_dir(cfg.run_dir / "evaluate") as tmp:
         write_json_atomic(tmp / "metrics.json", result)
         per_series.to_csv(tmp / "per_series.csv", index=False)
-        plots = write_plots(tmp, cfg, records, pairs, positions, actual, forecasts, result, raw, offsets)
+        plots = write_plots(tmp, cfg, records, pairs, positions, actual, forecasts, result, band, offsets)
         (tmp / "report.md").write_text(report(cfg, result, per_series, plots))
         write_json_atomic(tmp / META, {"stage": "evaluate", "key": key, "fingerprint": key})
     _log_result(result)
     _track(cfg, result, per_series, cfg.run_dir / "evaluate", plots)
 
 
-def per_series_table(terms: dict, series: np.ndarray, records: list[dict]) -> pd.DataFrame:
+def backtest_result(cfg, fold, pairs, actual, forecasts, window_scale, band, quantiles, records, freq) -> dict:
+    """metrics.json's `backtest`: the fold layout, each fold's metrics, and all folds pooled."""
+    bt = cfg.evaluate.backtest
+    folds = describe_folds(fold, pairs, records, cfg.window.lookback, freq)
+    for entry in folds:
+        rows = fold == entry["fold"]
+        _, block = score(
+            actual[rows], {m: f[rows] for m, f in forecasts.items()}, window_scale[rows],
+            band[rows] if band is not None else None, quantiles,
+        )  # fmt: skip
+        entry.update(block)
+    _, pooled = score(actual, forecasts, window_scale, band, quantiles)
+    return {
+        "folds": bt.folds,
+        "step": bt.step or cfg.window.horizon,
+        "refit": bt.refit,
+        "placement": "inside the test part: no fold's forecast window overlaps the train or validation part",
+        "per_fold": folds,
+        "aggregate": pooled,
+    }
+
+
+def per_series_table(terms: dict, series: np.ndarray, records: list[dict], actual, band, quantiles) -> pd.DataFrame:
     n = len(records)
     by = {m: M.summarise_by_series(t, series, n) for m, t in terms.items()}
     counts = np.bincount(series, minlength=n)
@@ -148,10 +223,19 @@ def per_series_table(terms: dict, series: np.ndarray, records: list[dict]) -> pd
         table[f"model_{metric}"] = by["model"][metric]
     table["naive_mase"] = by["naive"]["mase"]
     table["seasonal_naive_mase"] = by["seasonal_naive"]["mase"]
+    if quantiles:
+        points = np.bincount(series, minlength=n) * actual.shape[1]
+        pinball = M.pinball_terms(actual, band, quantiles).mean(axis=2).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table["model_pinball"] = np.bincount(series, weights=pinball, minlength=n) / points
+            for i, j in M.symmetric_intervals(quantiles):
+                inside = M.coverage_terms(actual, band[..., i], band[..., j]).sum(axis=1)
+                name = M.interval_name(quantiles[i], quantiles[j])
+                table[f"model_coverage_{name}"] = np.bincount(series, weights=inside, minlength=n) / points
     return pd.DataFrame(table)[keep].reset_index(drop=True)
 
 
-def write_plots(tmp: Path, cfg, records, pairs, positions, actual, forecasts, result, raw, offsets) -> list[str]:
+def write_plots(tmp: Path, cfg, records, pairs, positions, actual, forecasts, result, band, offsets) -> list[str]:
     """Forecast vs actual for a few series, and MAE by horizon step; returns the file names."""
     import matplotlib
 
@@ -179,7 +263,12 @@ def write_plots(tmp: Path, cfg, records, pairs, positions, actual, forecasts, re
             rows = np.flatnonzero(pairs[:, 0] == s)[-max(1, 336 // cfg.window.horizon) :]
             t = positions[rows].ravel() - offsets[s]
             ax.plot(t, actual[rows].ravel(), color="black", lw=1, label="actual")
-            ax.plot(t, forecasts["model"][rows].ravel(), lw=1, label="model")
+            if band is not None:
+                for k, (i, j) in enumerate(M.symmetric_intervals(result["quantiles"]["levels"])):
+                    lo, hi = band[rows][..., i].ravel(), band[rows][..., j].ravel()
+                    name = M.interval_name(result["quantiles"]["levels"][i], result["quantiles"]["levels"][j])
+                    ax.fill_between(t, lo, hi, color="C0", alpha=0.15 + 0.1 * k, lw=0, label=f"model {name}")
+            ax.plot(t, forecasts["model"][rows].ravel(), lw=1, label="model" if band is None else "model (median)")
             ax.plot(t, forecasts["seasonal_naive"][rows].ravel(), lw=0.8, ls="--", label="seasonal naive")
             ax.set_title(f"series {records[s]['id']} (last test windows)", fontsize=9)
             ax.set_xlabel("step in series")
@@ -209,8 +298,88 @@ def report(cfg: Config, result: dict, per_series: pd.DataFrame, plots: list[str]
         )
     wins = int((per_series["model_mase"] < per_series["seasonal_naive_mase"]).sum())
     lines += ["", f"The model beats seasonal naive on {wins} of {len(per_series)} series (per-series MASE).", ""]
+    if len(per_series) > 1:
+        lines += _per_series_lines(per_series)
+    if "quantiles" in result:
+        lines += _quantile_lines(result["quantiles"])
+    if "backtest" in result:
+        lines += _backtest_lines(result["backtest"])
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _per_series_lines(per_series: pd.DataFrame) -> list[str]:
+    """Spread of the per-series MASE (per_series.csv has every series)."""
+    ratio = per_series["model_mase"] / per_series["seasonal_naive_mase"]
+    q = per_series["model_mase"].quantile([0.1, 0.5, 0.9])
+    worst = per_series.loc[ratio.nlargest(min(3, len(ratio))).index, "series"].tolist()
+    return [
+        f"Per-series model MASE: 10% {q[0.1]:.4f}, median {q[0.5]:.4f}, 90% {q[0.9]:.4f}; model / seasonal-naive "
+        f"MASE median {ratio.median():.3f}; largest ratios: {', '.join(map(str, worst))} (all series in "
+        "per_series.csv).",
+        "",
+    ]
+
+
+def _quantile_lines(block: dict) -> list[str]:
+    levels = ", ".join(f"{q:g}" for q in block["levels"])
+    lines = [
+        "## Quantile forecast",
+        "",
+        f"Quantiles {levels}; the point metrics above score the median. Mean pinball loss "
+        f"{block['pinball']:.4g} (original units; {block['scaled_pinball']:.4f} scaled like MASE).",
+        "",
+        "| interval | nominal coverage | empirical coverage |",
+        "| --- | ---: | ---: |",
+    ]
+    for name, c in block["coverage"].items():
+        lines.append(f"| {name} | {c['nominal']:.0%} | {c['empirical']:.1%} |")
+    if block.get("calibration"):
+        cal = "; ".join(
+            f"{k}: {c['val_coverage_before']:.1%} before, {c['val_coverage_after']:.1%} after"
+            for k, c in block["calibration"].items()
+        )
+        lines += ["", f"Intervals calibrated on the validation windows (model.calibrate; validation coverage {cal})."]
+    elif block.get("coverage"):
+        lines += ["", "Intervals not calibrated (model.calibrate: false)."]
+    return [*lines, ""]
+
+
+def _backtest_lines(bt: dict) -> list[str]:
+    lines = [
+        "## Backtest",
+        "",
+        f"{bt['folds']} rolling origins {bt['step']} steps apart, no refit; folds lie {bt['placement']}. "
+        "MASE per fold:",
+        "",
+        "| fold | cutoffs | windows | model | naive | seasonal naive |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for f in bt["per_fold"]:
+        when = (
+            f["first_cutoff"] if f["first_cutoff"] == f["last_cutoff"] else f"{f['first_cutoff']} .. {f['last_cutoff']}"
+        )
+        b = f["baselines"]
+        lines.append(
+            f"| {f['fold']} | {when} | {f['n_windows']} | {f['model']['mase']:.4f} | {b['naive']['mase']:.4f} "
+            f"| {b['seasonal_naive']['mase']:.4f} |"
+        )
+    agg = bt["aggregate"]
+    lines += [
+        "",
+        "All folds pooled:",
+        "",
+        "| method | MAE | RMSE | sMAPE | MASE |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, m in [("model", agg["model"]), *agg["baselines"].items()]:
+        lines.append(
+            f"| {name.replace('_', ' ')} | {m['mae']:.4g} | {m['rmse']:.4g} | {m['smape']:.3f} | {m['mase']:.4f} |"
+        )
+    if "quantiles" in agg:
+        cover = ", ".join(f"{k} {v['empirical']:.1%}" for k, v in agg["quantiles"]["coverage"].items())
+        lines.append(f"\nPooled pinball loss {agg['quantiles']['pinball']:.4g}; coverage {cover}.")
+    return [*lines, ""]
 
 
 def _log_result(result: dict) -> None:
@@ -221,6 +390,19 @@ def _log_result(result: dict) -> None:
         b["naive"]["mase"],
         b["seasonal_naive"]["mase"],
     )
+    if "quantiles" in result:
+        q = result["quantiles"]
+        cover = ", ".join(f"{k} {v['empirical']:.1%} (nominal {v['nominal']:.0%})" for k, v in q["coverage"].items())
+        log.info("evaluate: pinball loss %.4g; coverage %s", q["pinball"], cover or "-")
+    if "backtest" in result:
+        agg = result["backtest"]["aggregate"]
+        log.info(
+            "evaluate: backtest over %d folds, MASE model %.4f | naive %.4f | seasonal naive %.4f",
+            result["backtest"]["folds"],
+            agg["model"]["mase"],
+            agg["baselines"]["naive"]["mase"],
+            agg["baselines"]["seasonal_naive"]["mase"],
+        )
 
 
 def _track(cfg: Config, result: dict, per_series: pd.DataFrame, out: Path, plots: list[str]) -> None:
@@ -231,8 +413,25 @@ def _track(cfg: Config, result: dict, per_series: pd.DataFrame, out: Path, plots
         for name, values in result["baselines"].items():
             flat.update({f"test/{name}/{k}": v for k, v in values.items()})
         flat.update({"test/n_windows": result["n_windows"], "test/n_series": result["n_series"]})
+        flat.update(_quantile_scalars("test/model", result.get("quantiles")))
+        if "backtest" in result:
+            bt = result["backtest"]
+            blocks = [("backtest", bt["aggregate"]), *((f"backtest/fold_{f['fold']}", f) for f in bt["per_fold"])]
+            for prefix, block in blocks:
+                flat.update({f"{prefix}/model/{k}": v for k, v in block["model"].items()})
+                for name, values in block["baselines"].items():
+                    flat.update({f"{prefix}/{name}/{k}": v for k, v in values.items()})
+                flat.update(_quantile_scalars(f"{prefix}/model", block.get("quantiles")))
         tracker.summary(flat)
         tracker.table("test/per_series", per_series)
         tracker.images({f"plots/{p.removesuffix('.png')}": out / p for p in plots})
     finally:
         tracker.finish()
+
+
+def _quantile_scalars(prefix: str, block: dict | None) -> dict[str, float]:
+    if not block:
+        return {}
+    flat = {f"{prefix}/pinball": block["pinball"], f"{prefix}/scaled_pinball": block["scaled_pinball"]}
+    flat.update({f"{prefix}/coverage_{k}": v["empirical"] for k, v in block["coverage"].items()})
+    return flat

@@ -71,7 +71,8 @@ def export(cfg: Config, key: str, train_meta: dict) -> None:
         parity = None
         if cfg.export.onnx:
             w = cfg.window
-            buffer = WindowBuffer.from_ingest(raw, ingest_meta["series"], w.lookback, w.horizon)
+            transform = ingest_meta.get("transform", "none")
+            buffer = WindowBuffer.from_ingest(raw, ingest_meta["series"], w.lookback, w.horizon, transform=transform)
             pairs = index["test"] if len(index["test"]) else index["val"]
             parity = export_onnx(model, buffer, pairs, tmp / "model.onnx", cfg.export.parity_atol)
         (tmp / "README.md").write_text(model_card(cfg, spec, metrics, parity))
@@ -127,6 +128,8 @@ def forecaster_spec(cfg: Config, train_meta: dict, ingest_meta: dict, metrics: d
         "time_column": "time" if synthetic else d.time_column,
         "target_column": "value" if synthetic else d.target_column,
         "id_column": "series" if synthetic else d.id_column,
+        "transform": ingest_meta.get("transform", "none"),
+        "scaling": ingest_meta.get("scaling", d.scaling),
         "series": {r["id"]: {"mean": r["mean"], "scale": r["scale"]} for r in ingest_meta["series"]},
         "data_fingerprint": ingest_meta["fingerprint"],
         "test_metrics": metrics,
@@ -142,7 +145,7 @@ def export_onnx(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.ndarray,
         warnings.simplefilter("ignore")
         names = {"input_names": ["x"], "output_names": ["forecast"]}
         try:  # the TorchScript exporter takes 0.2 s for an LSTM, the dynamo one about 10 s
-            batch_axes = {"x": {0: "batch"}, "forecast": {0: "batch"}}
+            batch_axes = {"x": {0: "batch"}, "forecast": {0: "batch"}}  # quantiles: (batch, horizon, Q)
             torch.onnx.export(
                 model, (example,), str(path), dynamic_axes=batch_axes, opset_version=17, dynamo=False, **names
             )
@@ -173,19 +176,37 @@ def model_card(cfg: Config, spec: dict, metrics: dict | None, parity: float | No
         f"{spec['horizon']} steps ({spec['freq']}) from the last {spec['lookback']} values of each series.",
         "",
         f"- Data: `{cfg.data.source}`, {len(spec['series'])} series, fingerprint `{spec['data_fingerprint']}`.",
-        "- Inputs are scaled per series with the statistics of its train part (in forecaster.json).",
+        f"- Inputs are scaled per series ({spec['scaling']}) with the statistics of its train part (in "
+        f"forecaster.json){' after log1p' if spec['transform'] == 'log1p' else ''}.",
         "- Trained by lstm-pipeline; serve with `Forecaster.load(dir).predict(history)` or "
         "`lstm-pipeline predict --model DIR --input HISTORY.csv --output FORECAST.csv`.",
     ]
-    if parity is not None:
+    quantiles = m.get("quantiles") or []
+    if quantiles:
         lines.append(
-            f"- model.onnx: input `x` (batch, {spec['lookback']}, 1) scaled, output `forecast` (batch, "
-            f"{spec['horizon']}) scaled; max |ONNX - PyTorch| on the test windows: {parity:.2e}."
+            f"- Probabilistic: quantiles {', '.join(f'{q:g}' for q in quantiles)} (pinball loss, never crossing); "
+            "`predict` writes the median as `forecast` and the others as `q<level>` columns."
+        )
+    if parity is not None:
+        out = f"(batch, {spec['horizon']})"
+        if quantiles:
+            out = f"(batch, {spec['horizon']}, {len(quantiles)}) (the quantiles on the last axis)"
+        back = "expm1(z * scale + mean)" if spec["transform"] == "log1p" else "z * scale + mean"
+        lines.append(
+            f"- model.onnx: input `x` (batch, {spec['lookback']}, 1) and output `forecast` {out}, both in scaled "
+            f"units z (original units: {back} with the series' entry in forecaster.json); max |ONNX - PyTorch| "
+            f"on the test windows: {parity:.2e}."
         )
     if metrics:
         lines += ["", "## Test metrics (original units)", "", "| method | MAE | RMSE | sMAPE | MASE |"]
         lines.append("| --- | ---: | ---: | ---: | ---: |")
         for name, v in [("model", metrics["model"]), *metrics["baselines"].items()]:
             lines.append(f"| {name} | {v['mae']:.4g} | {v['rmse']:.4g} | {v['smape']:.3f} | {v['mase']:.4f} |")
+        if "quantiles" in metrics:
+            cover = ", ".join(f"{k}: {v['empirical']:.1%}" for k, v in metrics["quantiles"]["coverage"].items())
+            calibrated = (
+                " (intervals calibrated on the validation windows)" if metrics["quantiles"].get("calibration") else ""
+            )
+            lines += ["", f"Pinball loss {metrics['quantiles']['pinball']:.4g}; interval coverage {cover}{calibrated}."]
     lines += ["", "Limitations: trained on the series listed in forecaster.json; other series are refused."]
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
+from pipeline import scaling
 from pipeline.artifacts import sha256_file
 from pipeline.errors import DataError
 from pipeline.model import ModelSpec, build_model
@@ -66,22 +67,42 @@ class Forecaster:
     def horizon(self) -> int:
         return int(self.spec["horizon"])
 
+    @property
+    def quantiles(self) -> list[float]:
+        return list(self.spec["model"].get("quantiles") or [])
+
     def predict(self, history: pd.DataFrame, source: str = "history") -> pd.DataFrame:
-        """Forecast the next `horizon` steps after the end of each series in `history`."""
+        """Forecast the next `horizon` steps after the end of each series in `history`.
+
+        Columns: the series (when the data has several), the time, `forecast` (the median of a
+        quantile model) and, for a quantile model, `q<level>` for each other quantile.
+        """
         series = self._split_history(history, source)
         ids = list(series)
         stats = self.spec["series"]
+        transform = self.spec.get("transform", "none")
         windows = np.stack([series[i][1] for i in ids])
-        mean = np.array([stats[i]["mean"] for i in ids])
-        scale = np.array([stats[i]["scale"] for i in ids])
-        x = torch.from_numpy(((windows - mean[:, None]) / scale[:, None]).astype(np.float32))[:, :, None]
+        loc = np.array([stats[i]["mean"] for i in ids])[:, None]
+        scale = np.array([stats[i]["scale"] for i in ids])[:, None]
+        if transform == "log1p" and (windows < 0).any():
+            k, j = np.argwhere(windows < 0)[0]
+            raise DataError(f"{source}: series '{ids[k]}': negative value {windows[k, j]:.6g}; this model uses log1p")
+        x = torch.from_numpy(scaling.forward(windows, loc, scale, transform).astype(np.float32))[:, :, None]
         with torch.no_grad():
-            y = self.model(x).double().numpy() * scale[:, None] + mean[:, None]
+            out = self.model(x).double().numpy()
+        extra = (1,) * (out.ndim - 2)
+        y = scaling.inverse(out, loc.reshape(-1, 1, *extra), scale.reshape(-1, 1, *extra), transform)
+        columns = {"forecast": y}
+        if self.quantiles:
+            median = self.quantiles.index(0.5)
+            columns = {"forecast": y[..., median]}
+            columns.update({f"q{q:g}": y[..., k] for k, q in enumerate(self.quantiles) if k != median})
         step = pd.tseries.frequencies.to_offset(self.spec["freq"])
         rows = []
         for k, sid in enumerate(ids):
             future = pd.date_range(series[sid][0] + step, periods=self.horizon, freq=step)
-            rows.append(pd.DataFrame({"series": sid, self.spec["time_column"]: future, "forecast": y[k]}))
+            values = {name: v[k] for name, v in columns.items()}
+            rows.append(pd.DataFrame({"series": sid, self.spec["time_column"]: future, **values}))
         out = pd.concat(rows, ignore_index=True)
         id_col = self.spec.get("id_column")
         if id_col:

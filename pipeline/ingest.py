@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipeline import scaling
 from pipeline.artifacts import META, is_cached, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config, DataConfig
 from pipeline.errors import DataError
@@ -297,6 +298,13 @@ def _regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConf
         if filled.isna().any():
             raise DataError(f"{cfg.source}: series '{sid}': no finite target value at all")
         target = filled.to_numpy()
+    j = scaling.first_outside_domain(target, cfg.transform)
+    if j is not None:
+        row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
+        raise DataError(
+            f"{cfg.source}: series '{sid}': value {target[j]:.6g} at {grid[j]} (row {row}) is negative; "
+            f"data.transform: log1p needs values >= 0 (use data.transform: none)"
+        )
     huge = np.abs(target) > np.finfo(np.float32).max
     if huge.any():  # the buffer is float32: it would hold inf
         j = int(np.flatnonzero(huge)[0])
@@ -330,14 +338,12 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
                 f"{cfg.val_size} and data.test_size={cfg.test_size} plus a train part"
             )
         train = series.values[offsets[i] : offsets[i] + train_end]
-        mean, scale = 0.0, 1.0
-        if cfg.scaling == "standard":
-            mean, scale = float(train.mean()), float(train.std())
-            if not scale > 1e-12 * max(1.0, abs(mean)):
-                raise DataError(
-                    f"{cfg.source}: series '{sid}' is constant on its train part (zero scale); "
-                    f"remove it or set data.scaling: none"
-                )
+        mean, scale = scaling.fit(train, cfg.scaling, cfg.transform)  # `mean`: the location
+        if not scaling.has_spread(mean, scale):
+            raise DataError(
+                f"{cfg.source}: series '{sid}' is constant on its train part (zero scale); "
+                f"remove it or set data.scaling: none"
+            )
         records.append(
             {
                 "id": sid,
@@ -352,9 +358,12 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
     digest = hashlib.sha256(series.values.astype(np.float32).tobytes())
     digest.update(repr([(r["id"], r["start"], r["length"]) for r in records]).encode())
     digest.update(series.freq.encode())
+    digest.update(f"{cfg.scaling}/{cfg.transform}".encode())  # what the model sees: downstream stages rerun
     return {
         "fingerprint": digest.hexdigest()[:16],
         "freq": series.freq,
+        "scaling": cfg.scaling,
+        "transform": cfg.transform,
         "n_series": len(records),
         "n_points": int(series.lengths.sum()),
         "series": records,

@@ -62,3 +62,58 @@ def summarise_by_series(terms: dict[str, np.ndarray], series: np.ndarray, n_seri
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = {k: np.bincount(series, weights=v.sum(axis=1), minlength=n_series) / count for k, v in terms.items()}
     return {"mae": mean["mae"], "rmse": np.sqrt(mean["mse"]), "smape": mean["smape"], "mase": mean["mase"]}
+
+
+# ---------------------------------------------------------------- quantile forecasts
+
+
+def pinball_terms(actual: np.ndarray, forecast: np.ndarray, quantiles) -> np.ndarray:
+    """Pinball (quantile) loss per point and quantile, (W, horizon, Q), for forecasts (W, horizon, Q).
+
+    For quantile q and error e = actual - forecast: q * e when the actual is above, (q - 1) * e below.
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    err = actual.astype(np.float64)[..., None] - forecast.astype(np.float64)
+    return np.maximum(q * err, (q - 1.0) * err)
+
+
+def symmetric_intervals(quantiles) -> list[tuple[int, int]]:
+    """Index pairs (lower, upper) of the quantiles that bound a central interval (q and 1 - q)."""
+    q = [float(x) for x in quantiles]
+    pairs = []
+    for i, lo in enumerate(q):
+        if lo >= 0.5:
+            break
+        for j in range(len(q) - 1, i, -1):
+            if abs(lo + q[j] - 1.0) < 1e-9:
+                pairs.append((i, j))
+    return pairs
+
+
+def interval_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}"
+
+
+def coverage_terms(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """1.0 where the actual lies inside [lower, upper] (bounds included), else 0.0."""
+    return ((actual >= lower) & (actual <= upper)).astype(np.float64)
+
+
+def summarise_quantiles(actual: np.ndarray, forecast: np.ndarray, quantiles, scale: np.ndarray) -> dict:
+    """Mean pinball loss (original units, and divided by each series' MASE scale), per quantile,
+    and the empirical coverage of every symmetric interval next to its nominal level."""
+    terms = pinball_terms(actual, forecast, quantiles)
+    result = {
+        "pinball": float(terms.mean()),
+        "scaled_pinball": float((terms / scale[:, None, None]).mean()),
+        "pinball_by_quantile": {f"{q:g}": float(terms[..., k].mean()) for k, q in enumerate(quantiles)},
+        "coverage": {},
+    }
+    for i, j in symmetric_intervals(quantiles):
+        inside = coverage_terms(actual, forecast[..., i], forecast[..., j])
+        name = interval_name(quantiles[i], quantiles[j])
+        result["coverage"][name] = {
+            "nominal": round(quantiles[j] - quantiles[i], 12),
+            "empirical": float(inside.mean()),
+        }
+    return result

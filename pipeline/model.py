@@ -11,6 +11,12 @@ once (direct multi-step). Two switches make it robust on data it was not tuned f
 - `season_average`: the base is the seasonal profile averaged over the last K seasons, put at
   the level of the last season. K = 1 is seasonal naive; K = 3 halves the noise a single past
   season carries, which measured better on most of bench/accuracy.py's short series.
+
+With `quantiles` (sorted, including 0.5) the output is `(batch, horizon, len(quantiles))`: the
+head gives the median and, for each step away from it, a softplus increment, so the quantiles
+are cumulative sums away from the median and never cross, by construction (also in ONNX and
+under float rounding: the increments are >= 0, and scaling by a positive spread or adding the
+same base keeps the order). Without quantiles the output is `(batch, horizon)` as before.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -34,9 +41,23 @@ class ModelSpec:
     instance_norm: bool = False
     residual_season: int = 0
     season_average: int = 1
+    quantiles: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
+
+    @property
+    def median_index(self) -> int | None:
+        """Position of the 0.5 quantile in the output's last axis (None for a point forecast)."""
+        return self.quantiles.index(0.5) if self.quantiles else None
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's output: (horizon,) or (horizon, quantiles)."""
+        return (self.horizon, len(self.quantiles)) if self.quantiles else (self.horizon,)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "quantiles": list(self.quantiles)}
 
 
 class RecurrentForecaster(nn.Module):
@@ -51,12 +72,23 @@ class RecurrentForecaster(nn.Module):
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.head = nn.Linear(spec.hidden_size, spec.horizon)
-        if spec.residual_season:  # start as seasonal naive: training must earn every departure from it
+        self.head = nn.Linear(spec.hidden_size, spec.horizon * max(1, len(spec.quantiles)))
+        if spec.residual_season:  # start as the base: training must earn every departure from it
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        if spec.quantiles:  # offsets added to the quantiles after training (see pipeline.calibration)
+            self.register_buffer("calibration", torch.zeros(spec.horizon, len(spec.quantiles)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        head, spread, base = self.decompose(x)
+        return base + head * spread
+
+    def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(head, spread, base) with forecast = base + head * spread; spread > 0 (1 without instance_norm).
+
+        `head` is (B, horizon) or (B, horizon, Q) in the window's own units; spread and base
+        broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
+        """
         target = x[..., 0]
         loc = torch.zeros_like(target[:, :1])
         spread = torch.ones_like(loc)
@@ -65,11 +97,30 @@ class RecurrentForecaster(nn.Module):
             spread = ((target - loc) ** 2).mean(dim=1, keepdim=True).add(1e-6).sqrt()
             x = torch.cat([((target - loc) / spread).unsqueeze(-1), x[..., 1:]], dim=-1)
         out, _ = self.rnn(x)
-        correction = self.head(out[:, -1, :]) * spread
-        if self.spec.residual_season:
-            base = seasonal_profile(target, self.spec.horizon, self.spec.residual_season, self.spec.season_average)
-            return base + correction
-        return correction + loc
+        head = self.head(out[:, -1, :])
+        spec = self.spec
+        if spec.residual_season:
+            base = seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average)
+        else:
+            base = loc
+        if self.spec.quantiles:
+            head = monotone_quantiles(
+                head.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index
+            )
+            return head + self.calibration, spread[:, :, None], base[:, :, None]
+        return head, spread, base
+
+
+def monotone_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:
+    """(..., Q) unconstrained values to non-decreasing quantiles around the median's slot.
+
+    `raw[..., median]` is the median; above it each quantile adds softplus(raw) to the one
+    below, beneath it each subtracts softplus(raw) from the one above.
+    """
+    centre = raw[..., median : median + 1]
+    up = torch.cumsum(F.softplus(raw[..., median + 1 :]), dim=-1)
+    down = torch.flip(torch.cumsum(torch.flip(F.softplus(raw[..., :median]), [-1]), dim=-1), [-1])
+    return torch.cat([centre - down, centre, centre + up], dim=-1)
 
 
 def seasonal_naive(target: torch.Tensor, horizon: int, season: int) -> torch.Tensor:

@@ -75,6 +75,7 @@ _ARCHITECTURE = (
     "instance_norm",
     "residual_season",
     "season_average",
+    "quantiles",
 )
 
 
@@ -275,18 +276,17 @@ def forecast(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) 
     import numpy as np
 
     from pipeline.data import WindowBuffer
-    from pipeline.evaluate import forecast_windows
+    from pipeline.evaluate import forecast_windows, point_of, to_original_units
 
     stats = forecaster.spec["series"]
     unit = {"mean": 0.0, "scale": 1.0}
     own = [{**r, **stats.get(r["id"], unit)} for r in windows.records]
-    buffer = WindowBuffer.from_ingest(windows.raw32, own, forecaster.lookback, windows.horizon)
+    transform = forecaster.spec.get("transform", "none")
+    buffer = WindowBuffer.from_ingest(windows.raw32, own, forecaster.lookback, windows.horizon, transform=transform)
     series = windows.series[rows]
     pairs = np.stack([series, windows.target_start[rows] - forecaster.lookback], axis=1).astype(np.int64)
     scaled = forecast_windows(forecaster.model, buffer, pairs, 4096)
-    mean = np.array([r["mean"] for r in own])[series]
-    std = np.array([r["scale"] for r in own])[series]
-    return scaled.astype(np.float64) * std[:, None] + mean[:, None]
+    return point_of(to_original_units(scaled, own, series, transform), forecaster.model.spec)
 
 
 def score(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) -> dict[str, float]:
@@ -530,6 +530,7 @@ def _weights_and_spec(source: Path, choice: str) -> tuple[Path, dict | None]:
 
 def _check_architecture(label: str, saved: dict | None, spec: ModelSpec, state: dict, current: dict) -> None:
     if saved is not None:
+        saved = {"quantiles": [], **saved}  # specs written before quantile heads existed
         ours = spec.to_dict()
         diff = [f"{k}={saved.get(k)!r} (config: {ours[k]!r})" for k in _ARCHITECTURE if saved.get(k) != ours[k]]
         if diff:

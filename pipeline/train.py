@@ -102,7 +102,7 @@ def train(cfg: Config, key: str) -> None:
                 ckpt.save_checkpoint(
                     work / "checkpoints", state, accelerator, model, optimizer, identity, cfg.train.keep_last
                 )
-        finish(cfg, accelerator, model, state, work, key, spec, tracker, setup)
+        finish(cfg, accelerator, model, state, work, key, spec, tracker, setup, buffer, pairs["val"])
     finally:
         progress.close()
         tracker.finish()
@@ -118,6 +118,8 @@ def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
     state = warm_start_state(cfg, spec, model.state_dict())
     if state is not None:
         model.load_state_dict(state)
+        if spec.quantiles:  # training runs uncalibrated; `finish` calibrates the new best weights
+            model.calibration.zero_()
 
 
 def make_accelerator(cfg: Config):
@@ -139,7 +141,13 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     if (window_meta["lookback"], window_meta["horizon"]) != (w.lookback, w.horizon):
         raise ConfigError("window.lookback/horizon differ from the window stage output; run 'lstm-pipeline window'")
     buffer = WindowBuffer.from_ingest(
-        raw, ingest_meta["series"], w.lookback, w.horizon, device, resident=cfg.train.device_resident
+        raw,
+        ingest_meta["series"],
+        w.lookback,
+        w.horizon,
+        device,
+        resident=cfg.train.device_resident,
+        transform=ingest_meta.get("transform", "none"),
     )
     # window indices live beside the buffer, so sampling and gathering never cross devices
     pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
@@ -156,7 +164,10 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         instance_norm=m.instance_norm,
         residual_season=m.residual_season,
         season_average=m.season_average,
+        quantiles=m.quantiles,
     )
+    if m.quantiles:
+        log.info("train: quantile head %s, trained with the pinball loss", m.quantiles)
     info = {
         "data_fingerprint": ingest_meta["fingerprint"],
         "freq": ingest_meta["freq"],
@@ -328,7 +339,26 @@ def set_lr(optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def pinball_loss(forecast: torch.Tensor, target: torch.Tensor, quantiles, reduction: str = "mean") -> torch.Tensor:
+    """Pinball loss of quantile forecasts (B, horizon, Q) against targets (B, horizon).
+
+    Averaged over the quantiles, so `reduction="none"` gives (B, horizon) like the point losses.
+    """
+    q = torch.as_tensor(quantiles, dtype=forecast.dtype, device=forecast.device)
+    err = target[..., None] - forecast
+    per_point = torch.maximum(q * err, (q - 1.0) * err).mean(dim=-1)
+    return per_point.mean() if reduction == "mean" else per_point
+
+
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
+
+
+def loss_function(cfg: Config):
+    """`train.loss` as a callable (forecast, target, reduction="mean")."""
+    if cfg.train.loss == "pinball":
+        quantiles = tuple(cfg.model.quantiles)
+        return lambda forecast, target, reduction="mean": pinball_loss(forecast, target, quantiles, reduction)
+    return LOSSES[cfg.train.loss]
 
 
 def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int):
@@ -343,7 +373,7 @@ def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list,
     for pairs in micro:
         with accelerator.accumulate(model):
             x, y = buffer.gather(pairs)
-            loss = LOSSES[cfg.train.loss](model(x).float(), y)
+            loss = loss_function(cfg)(model(x).float(), y)
             if not finite_everywhere(accelerator, loss):
                 skipped = _non_finite(cfg, "loss", loss.item(), step)
                 loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps DDP and accumulation in step
@@ -403,9 +433,7 @@ class StepReporter:
 
 
 @torch.no_grad()
-def validation_loss(
-    accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int, loss_name: str
-) -> float:
+def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int, loss) -> float:
     """The training loss over every validation window, each scored exactly once across ranks."""
     module = accelerator.unwrap_model(model)
     module.eval()
@@ -413,7 +441,7 @@ def validation_loss(
     sums = torch.zeros(2, dtype=torch.float64, device=buffer.values.device)
     for chunk in shard.split(batch_size):
         x, y = buffer.gather(chunk)
-        sums[0] += LOSSES[loss_name](module(x).float(), y, reduction="none").sum(dtype=torch.float64)
+        sums[0] += loss(module(x).float(), y, reduction="none").sum(dtype=torch.float64)
         sums[1] += y.numel()
     module.train()
     sums = accelerator.reduce(sums, "sum")
@@ -421,7 +449,7 @@ def validation_loss(
 
 
 def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, work, metrics, tracker) -> None:
-    val = validation_loss(accelerator, model, buffer, val_pairs, cfg.train.eval_batch_size, cfg.train.loss)
+    val = validation_loss(accelerator, model, buffer, val_pairs, cfg.train.eval_batch_size, loss_function(cfg))
     if not math.isfinite(val):
         raise DataError(f"train: validation loss became {val} at step {state.step}; lower train.lr")
     improved = val < state.best_val
@@ -446,10 +474,13 @@ def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, wo
     accelerator.wait_for_everyone()
 
 
-def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spec: ModelSpec, tracker, setup) -> None:
-    """Write the final weights and meta, then swap the work directory into `train/`."""
+def finish(cfg, accelerator, model, state, work: Path, key: str, spec: ModelSpec, tracker, setup, buffer, val) -> None:
+    """Write the final weights and meta (calibrating a quantile model's best weights), then swap into `train/`."""
     if accelerator.is_main_process:
         save_file(ckpt.unwrapped_state(accelerator, model), str(work / "model.safetensors"))
+        calibration = None
+        if spec.quantiles and cfg.model.calibrate:
+            calibration = calibrate_best(work / "best", spec, buffer, val, cfg.train.eval_batch_size)
         meta = {
             "stage": "train",
             "key": key,
@@ -457,12 +488,41 @@ def finish(cfg, accelerator, model, state: TrainState, work: Path, key: str, spe
             "model": spec.to_dict(),
             "state": asdict(state),
             "setup": setup,
+            "calibration": calibration,
         }
         write_json_atomic(work / META, meta)
         swap_into_place(work, cfg.run_dir / "train")
         log.info("train: done at step %d; best val loss %.5f at step %d", state.step, state.best_val, state.best_step)
-        tracker.summary({"val/best_loss": state.best_val, "train/steps": state.step})
+        summary = {"val/best_loss": state.best_val, "train/steps": state.step}
+        for name, c in (calibration or {}).items():
+            summary[f"val/coverage_{name}"] = c["val_coverage_before"]
+            summary[f"val/coverage_{name}_calibrated"] = c["val_coverage_after"]
+        tracker.summary(summary)
     accelerator.wait_for_everyone()
+
+
+def calibrate_best(best: Path, spec: ModelSpec, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int) -> dict:
+    """Set the calibration offsets of the best weights from the validation windows (idempotent)."""
+    from safetensors.torch import load_file
+
+    from pipeline.calibration import calibrate
+
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(best / "model.safetensors")))
+    model.to(buffer.device)
+    report = calibrate(model.eval(), buffer, val_pairs, batch_size)
+    tmp = best / ".model.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(best / "model.safetensors")
+    for name, c in report.items():
+        log.info(
+            "train: interval %s covers %.1f%% of the validation points, %.1f%% after calibration (nominal %.0f%%)",
+            name,
+            100 * c["val_coverage_before"],
+            100 * c["val_coverage_after"],
+            100 * c["nominal"],
+        )
+    return report
 
 
 class MetricsLog:

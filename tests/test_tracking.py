@@ -479,3 +479,29 @@ def test_online_without_credentials_runs_offline_and_says_how_to_sync(tmp_path, 
 def test_artifact_names_are_what_wandb_accepts():
     assert artifact_name("vic_elec-model") == "vic_elec-model"
     assert artifact_name("my run/v2 (test)-model") == "my-run-v2-test-model"
+
+
+@pytest.mark.slow
+def test_wandb_gets_quantile_calibration_and_backtest_numbers(tmp_path):
+    overrides = {
+        **FAST,
+        "tracking.backend": "wandb",
+        "model.quantiles": [0.1, 0.5, 0.9],
+        "evaluate.backtest.folds": 2,
+        "export.onnx": False,
+    }
+    result = cli("run", "--config", str(write_config(tmp_path, overrides)), env=wandb_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = by_job(wandb_runs(tmp_path / "run"))
+    metrics = json.loads((tmp_path / "run/evaluate/metrics.json").read_text())
+    evaluate = jobs["evaluate"].summary
+    assert evaluate["test/model/pinball"] == metrics["quantiles"]["pinball"]
+    assert evaluate["test/model/coverage_0.1-0.9"] == metrics["quantiles"]["coverage"]["0.1-0.9"]["empirical"]
+    assert evaluate["backtest/model/mase"] == metrics["backtest"]["aggregate"]["model"]["mase"]
+    assert (
+        evaluate["backtest/fold_2/seasonal_naive/mae"]
+        == metrics["backtest"]["per_fold"][1]["baselines"]["seasonal_naive"]["mae"]
+    )
+    calibration = json.loads((tmp_path / "run/train/meta.json").read_text())["calibration"]["0.1-0.9"]
+    train = jobs["train"].summary
+    assert train["val/coverage_0.1-0.9_calibrated"] == calibration["val_coverage_after"] >= 0.8
