@@ -82,9 +82,9 @@ def test_default_yaml_values():
     assert cfg.data.source == "builtin:vic_elec"
     assert cfg.data.freq == "30min"
     assert cfg.data.target_column == "demand"
-    assert (cfg.window.lookback, cfg.window.horizon) == (168, 48)
-    assert (cfg.window.val_stride, cfg.window.test_stride) == (4, 48)
-    assert cfg.evaluate.season_length == 48
+    assert (cfg.window.lookback, cfg.window.horizon) == ("auto", 48)
+    assert (cfg.window.val_stride, cfg.window.test_stride) == (1, 48)
+    assert (cfg.evaluate.season_length, cfg.model.residual_season, cfg.model.season_average) == ("auto",) * 3
     assert cfg.train.lr == 0.003 and isinstance(cfg.train.lr, float)
     assert cfg.train.mixed_precision == "no"
 
