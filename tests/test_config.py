@@ -122,7 +122,7 @@ def test_overrides_through_cli(argv):
     assert cfg.train.lr == 0.001 and isinstance(cfg.train.lr, float)
     assert cfg.window.horizon == 24
     # untouched keys keep the file's values
-    assert cfg.window.lookback == 168 and cfg.name == "vic_elec"
+    assert cfg.window.test_stride == 48 and cfg.name == "vic_elec"
 
 
 def test_override_applies_on_top_of_file(tmp_path):
