@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from pipeline import calendar
 from pipeline.config import Config, check_base_fits
 from pipeline.errors import ConfigError
 
@@ -96,7 +97,8 @@ def auto_lookback(season: int, horizon: int, shortest_train: int) -> int:
 
 def needs_resolving(cfg: Config) -> bool:
     m = cfg.model
-    return AUTO in (cfg.window.lookback, cfg.evaluate.season_length, m.residual_season, m.season_average)
+    auto_values = (cfg.window.lookback, cfg.evaluate.season_length, m.residual_season, m.season_average)
+    return AUTO in auto_values or isinstance(cfg.data.calendar, str)
 
 
 def resolve(cfg: Config, ingest_meta: dict | None = None) -> Config:
@@ -123,6 +125,7 @@ def resolve(cfg: Config, ingest_meta: dict | None = None) -> Config:
     check_base_fits(residual, average, lookback)
     resolved = dataclasses.replace(
         cfg,
+        data=dataclasses.replace(cfg.data, calendar=list(calendar.resolve(cfg.data.calendar, ingest_meta["freq"]))),
         window=dataclasses.replace(cfg.window, lookback=lookback),
         evaluate=dataclasses.replace(cfg.evaluate, season_length=season),
         model=dataclasses.replace(cfg.model, residual_season=residual, season_average=average),

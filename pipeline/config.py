@@ -77,12 +77,22 @@ class DataConfig:
     """Per-series scaling fitted on the train part only: mean/std, median/IQR, min/range, or none."""
     transform: Literal["none", "log1p"] = "none"
     """Target transform before scaling; `log1p` needs values >= 0 (outputs are mapped back to original units)."""
+    calendar: list[str] | Literal["auto", "none"] = "none"
+    """Calendar features from the timestamps, known ahead: `day` (time of day), `week` (day of week), `year` (time
+    of year), encoded as sine and cosine; `auto`: what the frequency shows (day+week below daily, week+year
+    daily, year weekly to quarterly)."""
     split: str = "train"
     """Hub datasets only: which split to load."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Parameters of the `synthetic` source."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.calendar, list):
+            from pipeline.calendar import FEATURES
+
+            unknown = [f for f in self.calendar if f not in FEATURES]
+            if unknown:
+                raise ConfigError(f"data.calendar: unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
         if not self.source.strip():
             raise ConfigError("data.source is empty")
         for key, value in (("data.val_size", self.val_size), ("data.test_size", self.test_size)):

@@ -3,6 +3,10 @@
 A window is a `(series, start)` pair; gathering a batch is `values[offsets[series] + start +
 arange(lookback + horizon)]`, a single vectorised read. When the buffer fits on the device it
 lives there for the whole run, so a training step does no host work and no host copy.
+
+With calendar features the inputs span the horizon too: `(B, lookback + horizon, 1 + C)`,
+the target channel zero over the horizon (never the future values) and the calendar channels
+computed for every step from each series' start phase (`pipeline.calendar`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import numpy as np
 import torch
 
 from pipeline import scaling
+from pipeline.calendar import Calendar, encode
 
 
 @dataclass
@@ -28,6 +33,8 @@ class WindowBuffer:
     lookback: int
     horizon: int
     device: torch.device | None = None
+    phase0: torch.Tensor | None = None  # (n_series, F) float64 calendar phases at each series' start
+    rate: torch.Tensor | None = None  # (F,) float64 cycles per step
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device or self.values.device)
@@ -44,6 +51,7 @@ class WindowBuffer:
         device: torch.device | str = "cpu",
         resident: str | bool = True,
         transform: str = "none",
+        calendar: Calendar | None = None,
     ) -> WindowBuffer:
         """Transform and scale the raw buffer per series into one float32 array (no float64 copy).
 
@@ -62,15 +70,30 @@ class WindowBuffer:
         values = torch.from_numpy(scaled)
         if home.type == "cpu" and device.type == "cuda":
             values = values.pin_memory()
-        return cls(values.to(home), torch.from_numpy(offsets).to(home), lookback, horizon, device)
+        phase0 = rate = None
+        if calendar is not None and calendar.features:
+            p0, r = calendar.phases([rec["start"] for rec in records])
+            phase0, rate = torch.from_numpy(p0).to(home), torch.from_numpy(r).to(home)
+        return cls(values.to(home), torch.from_numpy(offsets).to(home), lookback, horizon, device, phase0, rate)
 
     def gather(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs (B, lookback, 1), targets (B, horizon)) for `pairs` (B, 2) of (series, start)."""
+        """(inputs, targets (B, horizon)) for `pairs` (B, 2) of (series, start).
+
+        Inputs are (B, lookback, 1), or with calendar features (B, lookback + horizon, 1 + C).
+        """
         pos = self.offsets[pairs[:, 0]] + pairs[:, 1]
         windows = self.values[pos[:, None] + self._span[None, :]]
+        if self.phase0 is not None:
+            cal = encode(self.phase0[pairs[:, 0]], self.rate, pairs[:, 1:2] + self._span[None, :])
+            known = torch.cat([windows[:, : self.lookback], torch.zeros_like(windows[:, self.lookback :])], dim=1)
+            windows = torch.cat(
+                [windows[..., None], known[..., None], cal], dim=-1
+            )  # the horizon's values: never an input
         if self._host_to_device:
             windows = windows.pin_memory().to(self.device, non_blocking=True)
-        return windows[:, : self.lookback, None], windows[:, self.lookback :]
+        if self.phase0 is None:
+            return windows[:, : self.lookback, None], windows[:, self.lookback :]
+        return windows[..., 1:], windows[:, self.lookback :, 0]
 
 
 def buffer_fits(nbytes: int, device: torch.device, resident: str | bool) -> bool:

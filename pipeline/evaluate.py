@@ -21,6 +21,7 @@ from pipeline import auto, scaling
 from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.backtest import backtest_windows, describe_folds
+from pipeline.calendar import Calendar
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.errors import ConfigError
@@ -145,8 +146,9 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
     if (all_positions.min(axis=1) - season * (1 + (w.horizon - 1) // season) < offsets[all_pairs[:, 0]]).any():
         raise ConfigError(f"evaluate.season_length ({season}) reaches before the start of a series")
 
-    buffer = WindowBuffer.from_ingest(raw32, records, w.lookback, w.horizon, transform=transform)
     model = load_trained_model(cfg.run_dir / "train", train_meta)
+    calendar = Calendar(model.spec.calendar, ingest_meta["freq"])
+    buffer = WindowBuffer.from_ingest(raw32, records, w.lookback, w.horizon, transform=transform, calendar=calendar)
     scaled = forecast_sharded(model, buffer, all_pairs, cfg.evaluate.batch_size, state)
     if not state.is_main_process:
         return

@@ -28,6 +28,7 @@ from pipeline.artifacts import (
     staged_dir,
     write_json_atomic,
 )
+from pipeline.calendar import Calendar
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.evaluate import forecast_windows, load_trained_model
@@ -72,7 +73,10 @@ def export(cfg: Config, key: str, train_meta: dict) -> None:
         if cfg.export.onnx:
             w = cfg.window
             transform = ingest_meta.get("transform", "none")
-            buffer = WindowBuffer.from_ingest(raw, ingest_meta["series"], w.lookback, w.horizon, transform=transform)
+            calendar = Calendar(model.spec.calendar, ingest_meta["freq"])
+            buffer = WindowBuffer.from_ingest(
+                raw, ingest_meta["series"], w.lookback, w.horizon, transform=transform, calendar=calendar
+            )
             pairs = index["test"] if len(index["test"]) else index["val"]
             parity = export_onnx(model, buffer, pairs, tmp / "model.onnx", cfg.export.parity_atol)
         (tmp / "README.md").write_text(model_card(cfg, spec, metrics, parity))
@@ -192,8 +196,15 @@ def model_card(cfg: Config, spec: dict, metrics: dict | None, parity: float | No
         if quantiles:
             out = f"(batch, {spec['horizon']}, {len(quantiles)}) (the quantiles on the last axis)"
         back = "expm1(z * scale + mean)" if spec["transform"] == "log1p" else "z * scale + mean"
+        calendar = spec["model"].get("calendar") or []
+        shape = f"(batch, {spec['lookback']}, 1)"
+        if calendar:
+            shape = (
+                f"(batch, {spec['lookback']} + {spec['horizon']}, 1 + {2 * len(calendar)}): the scaled values "
+                f"(0 over the horizon), then sin and cos of {', '.join(calendar)} for every step (pipeline.calendar)"
+            )
         lines.append(
-            f"- model.onnx: input `x` (batch, {spec['lookback']}, 1) and output `forecast` {out}, both in scaled "
+            f"- model.onnx: input `x` {shape} and output `forecast` {out}, both in scaled "
             f"units z (original units: {back} with the series' entry in forecaster.json); max |ONNX - PyTorch| "
             f"on the test windows: {parity:.2e}."
         )

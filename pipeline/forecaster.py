@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from pipeline import scaling
 from pipeline.artifacts import sha256_file
+from pipeline.calendar import Calendar, encode
 from pipeline.errors import DataError
 from pipeline.model import ModelSpec, build_model
 
@@ -88,6 +89,7 @@ class Forecaster:
             k, j = np.argwhere(windows < 0)[0]
             raise DataError(f"{source}: series '{ids[k]}': negative value {windows[k, j]:.6g}; this model uses log1p")
         x = torch.from_numpy(scaling.forward(windows, loc, scale, transform).astype(np.float32))[:, :, None]
+        x = self._with_calendar(x, [series[i][0] for i in ids])
         with torch.no_grad():
             out = self.model(x).double().numpy()
         extra = (1,) * (out.ndim - 2)
@@ -110,6 +112,19 @@ class Forecaster:
         if self.spec.get("format") == "wide":
             return out
         return out.drop(columns="series")
+
+    def _with_calendar(self, x: torch.Tensor, last_times: list[pd.Timestamp]) -> torch.Tensor:
+        """The inputs the model was trained on: with calendar features, over the horizon too."""
+        features = tuple(self.spec["model"].get("calendar") or ())
+        if not features:
+            return x
+        step = pd.tseries.frequencies.to_offset(self.spec["freq"])
+        firsts = [pd.date_range(end=t, periods=self.lookback, freq=step)[0] for t in last_times]
+        phase0, rate = Calendar(features, self.spec["freq"]).phases(firsts)
+        positions = torch.arange(self.lookback + self.horizon).expand(len(firsts), -1)
+        cal = encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions)
+        known = torch.cat([x, torch.zeros(len(firsts), self.horizon, 1)], dim=1)
+        return torch.cat([known, cal], dim=-1)
 
     def _split_history(self, history: pd.DataFrame, source: str) -> dict[str, tuple[pd.Timestamp, np.ndarray]]:
         """Per series: (last timestamp, last `lookback` values), after checking the history."""

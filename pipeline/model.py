@@ -2,7 +2,10 @@
 
 Inputs are `(batch, lookback, features)` (`batch_first`; feature 0 is the scaled target), the
 last hidden state of the top layer goes through one linear head to all `horizon` outputs at
-once (direct multi-step). Two switches make it robust on data it was not tuned for:
+once (direct multi-step). With calendar features the inputs span `lookback + horizon` steps
+(target channel zero over the horizon) and the head also reads the horizon's calendar.
+
+Switches that make it robust on data it was not tuned for:
 
 - `instance_norm`: each input window is standardised by its own mean and spread, and the
   output is mapped back, so level shifts between training and test periods do not matter.
@@ -42,9 +45,16 @@ class ModelSpec:
     residual_season: int = 0
     season_average: int = 1
     quantiles: tuple[float, ...] = ()
+    calendar: tuple[str, ...] = ()  # calendar features (pipeline.calendar), known over the horizon too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
+        object.__setattr__(self, "calendar", tuple(self.calendar))
+
+    @property
+    def future_size(self) -> int:
+        """Known-ahead input channels (a sine and a cosine per calendar feature)."""
+        return 2 * len(self.calendar)
 
     @property
     def median_index(self) -> int | None:
@@ -57,7 +67,7 @@ class ModelSpec:
         return (self.horizon, len(self.quantiles)) if self.quantiles else (self.horizon,)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "quantiles": list(self.quantiles)}
+        return {**asdict(self), "quantiles": list(self.quantiles), "calendar": list(self.calendar)}
 
 
 class RecurrentForecaster(nn.Module):
@@ -72,7 +82,8 @@ class RecurrentForecaster(nn.Module):
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,
             batch_first=True,
         )
-        self.head = nn.Linear(spec.hidden_size, spec.horizon * max(1, len(spec.quantiles)))
+        head_in = spec.hidden_size + spec.horizon * spec.future_size
+        self.head = nn.Linear(head_in, spec.horizon * max(1, len(spec.quantiles)))
         if spec.residual_season:  # start as the base: training must earn every departure from it
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
@@ -88,7 +99,14 @@ class RecurrentForecaster(nn.Module):
 
         `head` is (B, horizon) or (B, horizon, Q) in the window's own units; spread and base
         broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
+        With known-ahead channels, `x` spans lookback + horizon and the head also reads the
+        horizon's channels (the target channel there is ignored).
         """
+        future = None
+        if self.spec.future_size:
+            lookback = x.shape[1] - self.spec.horizon
+            future = x[:, lookback:, 1:].flatten(1)
+            x = x[:, :lookback]
         target = x[..., 0]
         loc = torch.zeros_like(target[:, :1])
         spread = torch.ones_like(loc)
@@ -97,7 +115,8 @@ class RecurrentForecaster(nn.Module):
             spread = ((target - loc) ** 2).mean(dim=1, keepdim=True).add(1e-6).sqrt()
             x = torch.cat([((target - loc) / spread).unsqueeze(-1), x[..., 1:]], dim=-1)
         out, _ = self.rnn(x)
-        head = self.head(out[:, -1, :])
+        last = out[:, -1, :] if future is None else torch.cat([out[:, -1, :], future], dim=1)
+        head = self.head(last)
         spec = self.spec
         if spec.residual_season:
             base = seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average)

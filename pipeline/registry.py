@@ -275,6 +275,7 @@ def forecast(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) 
     """Forecasts in original units (len(rows), horizon), each series scaled with the model's own scaler."""
     import numpy as np
 
+    from pipeline.calendar import Calendar
     from pipeline.data import WindowBuffer
     from pipeline.evaluate import forecast_windows, point_of, to_original_units
 
@@ -282,7 +283,10 @@ def forecast(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) 
     unit = {"mean": 0.0, "scale": 1.0}
     own = [{**r, **stats.get(r["id"], unit)} for r in windows.records]
     transform = forecaster.spec.get("transform", "none")
-    buffer = WindowBuffer.from_ingest(windows.raw32, own, forecaster.lookback, windows.horizon, transform=transform)
+    calendar = Calendar(forecaster.model.spec.calendar, forecaster.spec["freq"])
+    buffer = WindowBuffer.from_ingest(
+        windows.raw32, own, forecaster.lookback, windows.horizon, transform=transform, calendar=calendar
+    )
     series = windows.series[rows]
     pairs = np.stack([series, windows.target_start[rows] - forecaster.lookback], axis=1).astype(np.int64)
     scaled = forecast_windows(forecaster.model, buffer, pairs, 4096)

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from pipeline import auto
 from pipeline import checkpoint as ckpt
 from pipeline.artifacts import META, is_cached, recover, require_stage, stage_key, swap_into_place, write_json_atomic
+from pipeline.calendar import Calendar
 from pipeline.checkpoint import TrainState
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
@@ -59,7 +60,8 @@ def train_key(cfg: Config, window_fingerprint: str) -> str:
     from pipeline.registry import warm_start_identity
 
     settings = {k: v for k, v in asdict(cfg.train).items() if k not in OPERATIONAL}
-    parts = (cfg.section_hash("model"), repr(sorted(settings.items())), str(cfg.seed), window_fingerprint)
+    calendar = repr(cfg.data.calendar)  # model inputs, though set in the data section
+    parts = (cfg.section_hash("model"), repr(sorted(settings.items())), str(cfg.seed), window_fingerprint, calendar)
     return stage_key("train", *parts, warm_start_identity(cfg))
 
 
@@ -148,6 +150,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         device,
         resident=cfg.train.device_resident,
         transform=ingest_meta.get("transform", "none"),
+        calendar=Calendar(tuple(cfg.data.calendar), ingest_meta["freq"]),
     )
     # window indices live beside the buffer, so sampling and gathering never cross devices
     pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
@@ -155,7 +158,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     m = cfg.model
     spec = ModelSpec(
-        input_size=1,
+        input_size=1 + 2 * len(cfg.data.calendar),
         horizon=w.horizon,
         hidden_size=m.hidden_size,
         num_layers=m.num_layers,
@@ -165,6 +168,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         residual_season=m.residual_season,
         season_average=m.season_average,
         quantiles=m.quantiles,
+        calendar=tuple(cfg.data.calendar),
     )
     if m.quantiles:
         log.info("train: quantile head %s, trained with the pinball loss", m.quantiles)

@@ -1,0 +1,128 @@
+"""Calendar features: phases on known dates, auto choice per frequency, no leakage, predict = training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import calendar
+from pipeline.calendar import Calendar, encode
+from pipeline.config import load_config
+from pipeline.data import WindowBuffer
+from pipeline.errors import ConfigError
+from pipeline.forecaster import Forecaster
+from tests.conftest import cli, write_config
+
+
+def _angles(features: tuple[str, ...], freq: str, start: str, positions: list[int]) -> np.ndarray:
+    """Cycle fractions (T, F) recovered from the (sin, cos) encoding."""
+    phase0, rate = Calendar(features, freq).phases([start])
+    enc = encode(torch.from_numpy(phase0), torch.from_numpy(rate), torch.tensor([positions]))[0].double().numpy()
+    f = len(features)
+    return np.mod(np.arctan2(enc[:, :f], enc[:, f:]) / (2 * math.pi), 1.0)
+
+
+def _same_cycle(got, expected) -> None:
+    """Equal as points on the circle: 0.9999999 and 0 are the same phase."""
+    gap = np.mod(np.asarray(got) - np.asarray(expected) + 0.5, 1.0) - 0.5
+    np.testing.assert_allclose(gap, 0.0, atol=1e-6)
+
+
+def test_phases_on_known_dates():
+    # 2024-01-01 is a Monday: hourly steps, time of day and day of week
+    got = _angles(("day", "week"), "h", "2024-01-01 00:00", [0, 6, 12, 24, 36, 24 * 7])
+    expected = [[0, 0], [0.25, 0.25 / 7], [0.5, 0.5 / 7], [0, 1 / 7], [0.5, 1.5 / 7], [0, 0]]
+    _same_cycle(got, expected)
+    # monthly from March: month of year; ten steps later it is January
+    _same_cycle(_angles(("year",), "MS", "2020-03-01", [0, 10, 12]).ravel(), [2 / 12, 0, 2 / 12])
+    # quarterly from Q3
+    _same_cycle(_angles(("year",), "QS-JAN", "2001-07-01", [0, 1, 2]).ravel(), [0.5, 0.75, 0])
+    # half-hourly from 07:30 on a Wednesday, far into the data (float64 phases stay exact)
+    far = 10**8
+    got = _angles(("day",), "30min", "2014-01-01 07:30", [0, far])
+    _same_cycle(got[:, 0], [7.5 / 24, ((7.5 + far * 0.5) % 24) / 24])
+
+
+@pytest.mark.parametrize(
+    ("freq", "features"),
+    [
+        ("30min", ("day", "week")),
+        ("h", ("day", "week")),
+        ("D", ("week", "year")),
+        ("B", ("week", "year")),
+        ("W-FRI", ("year",)),
+        ("MS", ("year",)),
+        ("QS-JAN", ("year",)),
+        ("YS-JAN", ()),
+    ],
+)
+def test_auto_features_per_frequency(freq, features):
+    assert calendar.resolve("auto", freq) == features
+    assert calendar.resolve("none", freq) == ()
+
+
+def test_features_the_frequency_cannot_show_are_config_errors():
+    with pytest.raises(
+        ConfigError, match=r"data.calendar: 'day' needs steps shorter than a day; the data's step is MS"
+    ):
+        calendar.resolve(["day"], "MS")
+    with pytest.raises(ConfigError, match=r"'week' needs steps shorter than a week"):
+        calendar.resolve(["week"], "W-FRI")
+    with pytest.raises(ConfigError, match=r"data.calendar: unknown feature 'hour' \(choose from day, week, year\)"):
+        load_config(None, ["data.calendar=[hour]"])
+    with pytest.raises(ConfigError, match="listed twice"):
+        calendar.resolve(["year", "year"], "MS")
+
+
+def _buffer(values: np.ndarray, start: str, freq: str, lookback: int, horizon: int) -> WindowBuffer:
+    records = [{"id": "a", "start": start, "length": len(values), "mean": 0.0, "scale": 1.0}]
+    cal = Calendar(calendar.resolve("auto", freq), freq)
+    return WindowBuffer.from_ingest(values.astype(np.float32), records, lookback, horizon, calendar=cal)
+
+
+def test_inputs_never_carry_the_values_being_forecast():
+    values = np.arange(100, dtype=np.float64)
+    buffer = _buffer(values, "2024-01-01", "h", lookback=10, horizon=5)
+    x, y = buffer.gather(torch.tensor([[0, 20]]))
+    assert x.shape == (1, 15, 5) and y.shape == (1, 5)
+    assert x[0, :10, 0].tolist() == list(range(20, 30)) and y[0].tolist() == list(range(30, 35))
+    assert not x[0, 10:, 0].any()  # the horizon's target channel is zero
+    changed = values.copy()
+    changed[30:35] = -1e6
+    x2, _ = _buffer(changed, "2024-01-01", "h", 10, 5).gather(torch.tensor([[0, 20]]))
+    assert torch.equal(x, x2)
+
+
+@pytest.mark.slow
+def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path):
+    config = write_config(
+        tmp_path,
+        {"data.calendar": "auto", "train.max_steps": 20, "train.checkpoint_every": 0, "evaluate.plot_series": 0},
+    )
+    done = cli("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "run"
+    spec = json.loads((run / "export" / "forecaster.json").read_text())
+    assert spec["model"]["calendar"] == ["day", "week"] and spec["model"]["input_size"] == 5
+    assert "1 + 4" in (run / "export" / "README.md").read_text()  # the ONNX input documented
+
+    # predict's inputs for a history ending at some step = the training buffer's window ending there
+    forecaster = Forecaster.load(run / "export")
+    meta = json.loads((run / "ingest" / "meta.json").read_text())
+    from pipeline.ingest import read_values
+
+    raw = read_values(run / "ingest")
+    rec = meta["series"][0]
+    cal = Calendar(("day", "week"), meta["freq"])
+    buffer = WindowBuffer.from_ingest(raw, meta["series"], 48, 12, calendar=cal)
+    start = 100
+    x_train, _ = buffer.gather(torch.tensor([[0, start]]))
+    times = pd.date_range(rec["start"], periods=rec["length"], freq=meta["freq"])
+    window = (raw[start : start + 48].astype(np.float64) - rec["mean"]) / rec["scale"]
+    x_pred = forecaster._with_calendar(torch.tensor(window, dtype=torch.float32)[None, :, None], [times[start + 47]])
+    torch.testing.assert_close(x_pred, x_train, rtol=0, atol=1e-5)
