@@ -77,10 +77,10 @@ class DataConfig:
     """Per-series scaling fitted on the train part only: mean/std, median/IQR, min/range, or none."""
     transform: Literal["none", "log1p"] = "none"
     """Target transform before scaling; `log1p` needs values >= 0 (outputs are mapped back to original units)."""
-    calendar: list[str] | Literal["auto", "none"] = "none"
+    calendar: list[str] | Literal["auto", "none"] = "auto"
     """Calendar features from the timestamps, known ahead: `day` (time of day), `week` (day of week), `year` (time
-    of year), encoded as sine and cosine; `auto`: what the frequency shows (day+week below daily, week+year
-    daily, year weekly to quarterly)."""
+    of year), encoded as sine and cosine; `auto`: the cycles the seasonal base lacks (day+week below daily,
+    week+year daily, none from weekly on)."""
     split: str = "train"
     """Hub datasets only: which split to load."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
