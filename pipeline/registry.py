@@ -76,6 +76,7 @@ _ARCHITECTURE = (
     "residual_season",
     "season_average",
     "quantiles",
+    "calendar",
 )
 
 
@@ -534,7 +535,7 @@ def _weights_and_spec(source: Path, choice: str) -> tuple[Path, dict | None]:
 
 def _check_architecture(label: str, saved: dict | None, spec: ModelSpec, state: dict, current: dict) -> None:
     if saved is not None:
-        saved = {"quantiles": [], **saved}  # specs written before quantile heads existed
+        saved = {"quantiles": [], "season_average": 1, "calendar": [], **saved}  # specs from before these existed
         ours = spec.to_dict()
         diff = [f"{k}={saved.get(k)!r} (config: {ours[k]!r})" for k in _ARCHITECTURE if saved.get(k) != ours[k]]
         if diff:
