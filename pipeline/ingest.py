@@ -3,6 +3,10 @@
 Output (`<output_dir>/ingest/`): `values.arrow` (one float32 column holding every series
 back to back, in original units) and `meta.json` (fingerprint, frequency, and per series its
 id, first timestamp, length, split boundaries and the scaling statistics of its train part).
+
+Two readers give the same output: local parquet files with typed columns stream through
+`pipeline.ingest_stream` in record batches (memory: the output buffer plus one batch); every
+other source is loaded whole into a pandas frame and cleaned here (`prepare_series`).
 """
 
 from __future__ import annotations
@@ -53,8 +57,7 @@ def _run(cfg: Config, force: bool) -> None:
     if not force and is_cached(out, key):
         log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
         return
-    table = load_table(cfg.data)
-    series = prepare_series(table, cfg.data)
+    series = read_series(cfg.data)
     meta = split_and_scale(series, cfg.data)
     meta.update(key=key, stage="ingest", source=cfg.data.source)
     with staged_dir(out) as tmp:
@@ -70,6 +73,16 @@ def _run(cfg: Config, force: bool) -> None:
 
 
 # ---------------------------------------------------------------- reading and cleaning
+
+
+def read_series(cfg: DataConfig) -> SeriesSet:
+    """The source as clean regular series: streamed when it is typed parquet, else through pandas."""
+    from pipeline.ingest_stream import stream_series
+    from pipeline.sources import parquet_batches
+
+    batches = parquet_batches(cfg)
+    series = stream_series(batches, cfg) if batches is not None else None
+    return series if series is not None else prepare_series(load_table(cfg), cfg)
 
 
 def columns_of(columns: list, cfg: DataConfig) -> tuple[str | None, str, list[str]]:
