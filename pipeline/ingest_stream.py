@@ -234,6 +234,8 @@ def _out_of_order(codes: np.ndarray, times: np.ndarray, latest: np.ndarray) -> b
 
     Updates `latest` to each series' time in its last row of this batch.
     """
+    if not len(codes):
+        return False
     if np.any(np.diff(codes) < 0):  # rows of a series are not together: group them, keeping file order
         order = np.argsort(codes, kind="stable")
         codes, times = codes[order], times[order]

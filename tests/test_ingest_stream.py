@@ -258,6 +258,23 @@ def test_error_names_series_and_row_of_a_duplicate(tmp_path, batch_rows):
     assert str(info.value) == f"{source}: series 's3': duplicate timestamp {t} (row {len(df)})"
 
 
+def test_several_files_are_numbered_on(tmp_path, batch_rows):
+    """Files are read in name order and their rows numbered on, as the pandas path concatenates them."""
+    df = frame(shuffle=False)
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_parquet(df.iloc[:150], folder / "a.parquet")
+    write_parquet(df.iloc[150:], folder / "c.parquet")
+    streamed, pandas_path = both(folder)
+    assert_identical(streamed, pandas_path, cfg_for(folder))
+    # a file without rows changes nothing (datasets' non-streaming parquet reader fails on it)
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False).schema.empty_table(), folder / "b.parquet")
+    assert read_series(cfg_for(folder)).values.tobytes() == streamed.values.tobytes()
+    write_parquet(pd.concat([df.iloc[150:], df.iloc[[3]]]), folder / "c.parquet")  # row 4 again, at the end
+    with pytest.raises(DataError, match=rf"duplicate timestamp .* \(row {len(df) + 1}\)"):
+        read_series(cfg_for(folder))
+
+
 def test_no_rows_and_a_missing_column(tmp_path):
     empty = tmp_path / "empty.parquet"
     pq.write_table(pa.Table.from_pandas(frame(), preserve_index=False).schema.empty_table(), empty)
