@@ -87,6 +87,7 @@ def main() -> None:
 
     # time from starting `train` to its first logged step; the run is stopped there
     metrics = root / "run" / ".train.work" / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)  # left by an earlier bench run, which was stopped at its first step
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "train", "--config", str(cfg_path), "--force"])
     while not (metrics.exists() and metrics.stat().st_size > 0):

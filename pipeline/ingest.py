@@ -3,6 +3,10 @@
 Output (`<output_dir>/ingest/`): `values.arrow` (one float32 column holding every series
 back to back, in original units) and `meta.json` (fingerprint, frequency, and per series its
 id, first timestamp, length, split boundaries and the scaling statistics of its train part).
+
+Two readers give the same output: local parquet files with typed columns stream through
+`pipeline.ingest_stream` in record batches (memory: the output buffer plus one batch); every
+other source is loaded whole into a pandas frame and cleaned here (`prepare_series`).
 """
 
 from __future__ import annotations
@@ -54,8 +58,7 @@ def _run(cfg: Config, force: bool) -> None:
     if not force and is_cached(out, key):
         log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
         return
-    table = load_table(cfg.data)
-    series = prepare_series(table, cfg.data)
+    series = read_series(cfg.data)
     meta = split_and_scale(series, cfg.data)
     meta.update(key=key, stage="ingest", source=cfg.data.source)
     with staged_dir(out) as tmp:
@@ -73,30 +76,40 @@ def _run(cfg: Config, force: bool) -> None:
 # ---------------------------------------------------------------- reading and cleaning
 
 
-def _columns(table: pd.DataFrame, cfg: DataConfig) -> tuple[str | None, str, list[str]]:
-    """(id column, time column, target columns) checked against what the table has."""
-    found = ", ".join(map(str, table.columns))
+def read_series(cfg: DataConfig) -> SeriesSet:
+    """The source as clean regular series: streamed when it is typed parquet, else through pandas."""
+    from pipeline.ingest_stream import stream_series
+    from pipeline.sources import parquet_batches
+
+    batches = parquet_batches(cfg)
+    series = stream_series(batches, cfg) if batches is not None else None
+    return series if series is not None else prepare_series(load_table(cfg), cfg)
+
+
+def columns_of(columns: list, cfg: DataConfig) -> tuple[str | None, str, list[str]]:
+    """(id column, time column, target columns) checked against the columns a table has."""
+    found = ", ".join(map(str, columns))
     if cfg.source == "synthetic":
         return "series", "time", ["value"]
-    if cfg.time_column not in table.columns:
+    if cfg.time_column not in columns:
         raise DataError(f"{cfg.source}: time column '{cfg.time_column}' (data.time_column) not found; columns: {found}")
     if cfg.format == "wide":
-        targets = [c for c in table.columns if c != cfg.time_column]
+        targets = [c for c in columns if c != cfg.time_column]
         if not targets:
             raise DataError(f"{cfg.source}: wide format needs at least one series column besides '{cfg.time_column}'")
         return None, cfg.time_column, targets
-    if cfg.target_column not in table.columns:
+    if cfg.target_column not in columns:
         raise DataError(
             f"{cfg.source}: target column '{cfg.target_column}' (data.target_column) not found; columns: {found}"
         )
-    if cfg.id_column is not None and cfg.id_column not in table.columns:
+    if cfg.id_column is not None and cfg.id_column not in columns:
         raise DataError(f"{cfg.source}: id column '{cfg.id_column}' (data.id_column) not found; columns: {found}")
     return cfg.id_column, cfg.time_column, [cfg.target_column]
 
 
 def to_long(table: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
     """Canonical long frame: series (str), time (datetime64), target (float64), row (1-based)."""
-    id_col, time_col, targets = _columns(table, cfg)
+    id_col, time_col, targets = columns_of(list(table.columns), cfg)
     times = _parse_times(table[time_col], cfg.source)
     rows = np.arange(1, len(table) + 1)
     if cfg.format == "wide" and cfg.source != "synthetic":
@@ -141,6 +154,8 @@ def _hhmm(delta) -> str:
 
 def _parse_times(col: pd.Series, source: str) -> pd.Series:
     if pd.api.types.is_datetime64_any_dtype(col):
+        if col.isna().any():  # a null in a typed (parquet) timestamp column
+            raise DataError(f"{source}: row {int(np.flatnonzero(col.isna().to_numpy())[0]) + 1}: missing timestamp")
         return col
     try:
         parsed = pd.to_datetime(col, errors="coerce", format="mixed")
@@ -177,12 +192,20 @@ def _numeric(col: pd.Series, name: str, cfg: DataConfig) -> np.ndarray:
 def infer_freq(frame: pd.DataFrame, given: str | None, source: str) -> pd.DateOffset:
     """The series' common step: `data.freq` when given, else inferred from the longest series."""
     if given is not None:
-        try:
-            return pd.tseries.frequencies.to_offset(given)
-        except ValueError:
-            raise DataError(f"data.freq: '{given}' is not a pandas frequency alias (e.g. 30min, h, D, MS)") from None
+        return parse_freq(given)
     sizes = frame.groupby("series", sort=False, observed=True).size()
-    longest = frame.loc[frame["series"] == sizes.idxmax(), "time"]
+    return freq_of(frame.loc[frame["series"] == sizes.idxmax(), "time"], source)
+
+
+def parse_freq(given: str) -> pd.DateOffset:
+    try:
+        return pd.tseries.frequencies.to_offset(given)
+    except ValueError:
+        raise DataError(f"data.freq: '{given}' is not a pandas frequency alias (e.g. 30min, h, D, MS)") from None
+
+
+def freq_of(longest: pd.Series, source: str) -> pd.DateOffset:
+    """The step of one series' sorted timestamps: pandas' alias, else the most common difference."""
     if len(longest) < 3:
         raise DataError(f"{source}: cannot infer the frequency from {len(longest)} timestamps; set data.freq")
     alias = pd.infer_freq(pd.DatetimeIndex(longest.iloc[: min(len(longest), 10_000)]))
@@ -210,32 +233,41 @@ def prepare_series(table: pd.DataFrame, cfg: DataConfig) -> SeriesSet:
         )
         unsorted = not ordered_before.all()
         frame = frame.iloc[order].reset_index(drop=True)
-    dup = frame.duplicated(["series", "time"], keep="first")
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        r = frame.iloc[i]
-        raise DataError(f"{cfg.source}: series '{r.series}': duplicate timestamp {r.time} (row {r.row})")
+    check_duplicates(frame, cfg.source)
     step = infer_freq(frame, cfg.freq, cfg.source)
 
     ids, starts, chunks = [], [], []
     dropped = []
     for sid, part in frame.groupby("series", sort=True, observed=True):
-        values = _regularise(str(sid), part, step, cfg)
+        values = regularise(str(sid), part, step, cfg)
         if values is None:
             dropped.append(str(sid))
             continue
         ids.append(str(sid))
         starts.append(part["time"].iloc[0])
         chunks.append(values)
+    accepted(cfg, ids, unsorted, dropped)
+    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
+    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr)
+
+
+def check_duplicates(frame: pd.DataFrame, source: str) -> None:
+    """The first repeated (series, time) of a frame sorted by series then time (stable: file order)."""
+    dup = frame.duplicated(["series", "time"], keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        r = frame.iloc[i]
+        raise DataError(f"{source}: series '{r.series}': duplicate timestamp {r.time} (row {r.row})")
+
+
+def accepted(cfg: DataConfig, ids: list[str], unsorted: bool, dropped: list[str]) -> None:
+    """What is said once the data is accepted, so that a rejected file gets its one error line only."""
     if not ids:
         raise DataError(f"{cfg.source}: no series left after data.missing=drop")
-    # said once the data is accepted, so that a rejected file gets its one error line only
     if unsorted:
         log.info("ingest: input was not sorted by time; sorted it")
     if dropped:
         log.warning("ingest: dropped %d series by data.missing=drop: %s", len(dropped), ", ".join(dropped[:10]))
-    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
-    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr)
 
 
 MAX_GRID = 1_000_000
@@ -259,7 +291,7 @@ def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.
     )
 
 
-def _regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConfig) -> np.ndarray | None:
+def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConfig) -> np.ndarray | None:
     """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
     times = pd.DatetimeIndex(part["time"].to_numpy())
     _check_span(sid, part, times, step, cfg.source)
@@ -293,11 +325,7 @@ def _regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConf
             )
         if cfg.missing == "drop":
             return None
-        filled = pd.Series(np.where(bad, np.nan, target))
-        filled = filled.interpolate(limit_direction="both") if cfg.missing == "interpolate" else filled.ffill().bfill()
-        if filled.isna().any():
-            raise DataError(f"{cfg.source}: series '{sid}': no finite target value at all")
-        target = filled.to_numpy()
+        target = fill_missing(target, bad, sid, cfg)
     j = scaling.first_outside_domain(target, cfg.transform)
     if j is not None:
         row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
@@ -315,6 +343,15 @@ def _regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, cfg: DataConf
     return target
 
 
+def fill_missing(target: np.ndarray, bad: np.ndarray, sid: str, cfg: DataConfig) -> np.ndarray:
+    """`data.missing` interpolate or ffill over the positions `bad` (float64 in, float64 out)."""
+    filled = pd.Series(np.where(bad, np.nan, target))
+    filled = filled.interpolate(limit_direction="both") if cfg.missing == "interpolate" else filled.ffill().bfill()
+    if filled.isna().any():
+        raise DataError(f"{cfg.source}: series '{sid}': no finite target value at all")
+    return filled.to_numpy()
+
+
 # ---------------------------------------------------------------- splitting and scaling
 
 
@@ -323,6 +360,14 @@ def split_sizes(length: int, val_size: int | float, test_size: int | float) -> t
     val = val_size if isinstance(val_size, int) else max(1, round(length * val_size))
     test = test_size if isinstance(test_size, int) else max(1, round(length * test_size))
     return length - val - test, length - test
+
+
+def train_statistics(train: np.ndarray, scaling_name: str, transform: str = "none") -> tuple[float, float]:
+    """(location, scale) of one series' train part after the transform, in float64 whatever the buffer's dtype."""
+    return scaling.fit(np.asarray(train, dtype=np.float64), scaling_name, transform)
+
+
+HASH_CHUNK = 1 << 22
 
 
 def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
@@ -337,8 +382,7 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
                 f"{cfg.source}: series '{sid}' has {length} points, too few for data.val_size="
                 f"{cfg.val_size} and data.test_size={cfg.test_size} plus a train part"
             )
-        train = series.values[offsets[i] : offsets[i] + train_end]
-        mean, scale = scaling.fit(train, cfg.scaling, cfg.transform)  # `mean`: the location
+        mean, scale = train_statistics(series.values[offsets[i] : offsets[i] + train_end], cfg.scaling, cfg.transform)
         if not scaling.has_spread(mean, scale):
             raise DataError(
                 f"{cfg.source}: series '{sid}' is constant on its train part (zero scale); "
@@ -355,7 +399,9 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
                 "scale": scale,
             }
         )
-    digest = hashlib.sha256(series.values.astype(np.float32).tobytes())
+    digest = hashlib.sha256()
+    for start in range(0, len(series.values), HASH_CHUNK):  # no float32 copy of the whole buffer
+        digest.update(np.ascontiguousarray(series.values[start : start + HASH_CHUNK], dtype=np.float32))
     digest.update(repr([(r["id"], r["start"], r["length"]) for r in records]).encode())
     digest.update(series.freq.encode())
     digest.update(f"{cfg.scaling}/{cfg.transform}".encode())  # what the model sees: downstream stages rerun
@@ -374,7 +420,7 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
 
 
 def write_values(path: Path, values: np.ndarray) -> None:
-    table = pa.table({"target": pa.array(values.astype(np.float32))})
+    table = pa.table({"target": pa.array(np.asarray(values, dtype=np.float32))})  # float32 in: no copy
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
