@@ -50,7 +50,7 @@ def test_fold_metrics_equal_a_hand_computation(tmp_path):
     config = write_config(
         tmp_path,
         {
-            "data": {"source": str(path), "target_column": "y", "val_size": 40, "test_size": 30},
+            "data": {"source": str(path), "target_column": "y", "val_size": 40, "test_size": 30, "calendar": "none"},
             "window": {"lookback": lookback, "horizon": horizon, "stride": 1},
             "train.batch_size": 16,
             "train.max_steps": 6,
