@@ -227,6 +227,7 @@ ERRORS = {
     "missing-time": (_cell("time", 70, pd.NaT), {}, ("row 70", "missing timestamp")),
     "span": (_far_away, {"freq": "h"}, ("largest gap", "row 31", "2262-01-01")),
     "constant": (_constant, {}, ("series 's4' is constant",)),
+    "negative-under-log1p": (_cell("y", 60, np.float32(-3.0)), {"transform": "log1p"}, ("(row 60) is negative",)),
 }
 
 
