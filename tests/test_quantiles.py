@@ -154,7 +154,7 @@ def test_quantile_run_end_to_end(tmp_path):
 
     forecaster = Forecaster.load(run / "export")
     session = ort.InferenceSession(str(run / "export/model.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).normal(size=(7, 48, 1)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(7, 48 + 12, 1 + 4)).astype(np.float32)  # lookback + horizon, calendar
     onnx_out = session.run(None, {"x": x})[0]
     assert onnx_out.shape == (7, 12, 3) and (np.diff(onnx_out, axis=-1) >= 0).all()
     with torch.no_grad():
@@ -179,8 +179,10 @@ def test_quantile_run_end_to_end(tmp_path):
     window = history[history["series"] == sid]["value"].to_numpy()[-48:]
     stats = spec["series"][sid]
     z = ((np.log1p(window) - stats["mean"]) / stats["scale"]).astype(np.float32)
+    last_time = pd.Timestamp(history[history["series"] == sid]["time"].iloc[-1])
+    x = forecaster._with_calendar(torch.from_numpy(z)[None, :, None], [last_time])  # + the calendar channels
     with torch.no_grad():
-        raw = forecaster.model(torch.from_numpy(z)[None, :, None]).double().numpy()[0]
+        raw = forecaster.model(x).double().numpy()[0]
     by_hand = np.expm1(raw * stats["scale"] + stats["mean"])
     mine = forecast[forecast["series"] == sid]
     np.testing.assert_allclose(mine[["q0.1", "forecast", "q0.9"]].to_numpy(), by_hand, rtol=1e-5)

@@ -8,6 +8,7 @@ lengths, the new rows appended to the file), with a tiny model so the whole file
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -367,15 +368,19 @@ def test_init_from_a_different_architecture_is_exit_2(schedule, tmp_path):
 def test_init_from_a_path_checks_shapes(schedule):
     version = schedule["tmp"] / "registry" / NAME / "v0001"
     cfg = load_config(schedule["config"], [f"train.init_from={version}"])
-    spec = ModelSpec(1, 6, hidden_size=8, num_layers=1)
+    spec = ModelSpec(**json.loads((version / "forecaster.json").read_text())["model"])
+    assert (spec.hidden_size, spec.num_layers) == (8, 1)
     state = registry.warm_start_state(cfg, spec, build_model(spec).state_dict())
     assert set(state) == set(build_model(spec).state_dict())
-    other = ModelSpec(1, 6, hidden_size=8, num_layers=2)
+    other = dataclasses.replace(spec, num_layers=2)
     with pytest.raises(ConfigError, match="num_layers=1 \\(config: 2\\)"):
         registry.warm_start_state(cfg, other, build_model(other).state_dict())
+    no_calendar = dataclasses.replace(spec, calendar=(), input_size=1)
+    with pytest.raises(ConfigError, match=r"calendar=\['day', 'week'\] \(config: \[\]\)"):
+        registry.warm_start_state(cfg, no_calendar, build_model(no_calendar).state_dict())
     # a bare weights file has no spec: the shapes decide
     cfg = load_config(schedule["config"], [f"train.init_from={version / 'model.safetensors'}"])
-    wider = ModelSpec(1, 6, hidden_size=16, num_layers=1)
+    wider = dataclasses.replace(spec, hidden_size=16)
     with pytest.raises(ConfigError, match="shape"):
         registry.warm_start_state(cfg, wider, build_model(wider).state_dict())
     cfg = load_config(schedule["config"], ["train.init_from=/nonexistent/dir"])

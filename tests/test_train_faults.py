@@ -71,7 +71,13 @@ def test_bf16_on_cpu_trains_and_is_recorded(tmp_path):
         for r in map(json.loads, (tmp_path / "run/train/metrics.jsonl").read_text().splitlines())
         if "loss" in r
     ]
-    assert losses[-1] < 0.8 * losses[0]
+    assert losses[-1] < 0.9 * losses[0]
+    val = [
+        r["val_loss"]
+        for r in map(json.loads, (tmp_path / "run/train/metrics.jsonl").read_text().splitlines())
+        if "val_loss" in r
+    ]
+    assert min(val[1:]) < val[0]  # training beat the untrained model (the seasonal base) on validation
     assert "precision bf16" in result.stderr
 
 
