@@ -18,6 +18,7 @@ import torch
 
 from pipeline import scaling
 from pipeline.calendar import Calendar, encode
+from pipeline.chunks import series_chunks
 
 
 @dataclass
@@ -58,13 +59,15 @@ class WindowBuffer:
         Each record's `mean` is its location and `scale` its spread (see `pipeline.scaling`).
         """
         scaled = np.empty(len(raw), dtype=np.float32)
-        start = 0
-        for r in records:  # per series, vectorised inside: memory stays at one float32 buffer
-            end = start + r["length"]
-            scaling.forward(raw[start:end], r["mean"], r["scale"], transform, out=scaled[start:end])
-            start = end
         lengths = np.array([r["length"] for r in records], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        locs = np.array([r["mean"] for r in records], dtype=np.float32)
+        spreads = np.array([r["scale"] for r in records], dtype=np.float32)
+        for first, stop in series_chunks(offsets):  # chunks of series: memory stays at one float32 buffer
+            part = slice(offsets[first], offsets[stop - 1] + lengths[stop - 1])
+            per_point = lengths[first:stop]
+            loc, spread = np.repeat(locs[first:stop], per_point), np.repeat(spreads[first:stop], per_point)
+            scaling.forward(raw[part], loc, spread, transform, out=scaled[part])
         device = torch.device(device)
         home = device if buffer_fits(scaled.nbytes, device, resident) else torch.device("cpu")
         values = torch.from_numpy(scaled)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.chunks import series_chunks
+
 METRICS = ("mae", "rmse", "smape", "mase")
 
 
@@ -31,11 +33,23 @@ def seasonal_naive_forecast(raw: np.ndarray, positions: np.ndarray, season: int)
 
 
 def mase_scale(raw: np.ndarray, offsets: np.ndarray, train_end: np.ndarray, season: int) -> np.ndarray:
-    """Per series, the mean absolute seasonal-naive error on its train part (in original units)."""
-    scales = np.empty(len(offsets))
-    for i, (off, end) in enumerate(zip(offsets, train_end)):
-        part = raw[off : off + end]
-        scales[i] = np.mean(np.abs(part[season:] - part[:-season])) if end > season else np.nan
+    """Per series, the mean absolute seasonal-naive error on its train part (in original units).
+
+    NaN where the train part is not longer than a season. Vectorised over chunks of series:
+    `|y[t] - y[t - season]|` over a chunk, summed per series with one `reduceat`.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    train_end = np.asarray(train_end, dtype=np.int64)
+    scales = np.full(len(offsets), np.nan)
+    for first, stop in series_chunks(offsets):
+        base = offsets[first]
+        segment = np.asarray(raw[base : offsets[stop - 1] + train_end[stop - 1]], dtype=np.float64)
+        diffs = np.append(np.abs(segment[season:] - segment[:-season]), 0.0)  # diffs[j]: t = base + season + j
+        count = train_end[first:stop] - season
+        lo = offsets[first:stop] - base
+        bounds = np.stack([lo, lo + np.maximum(count, 0)], axis=1).ravel()
+        sums = np.add.reduceat(diffs, np.minimum(bounds, len(diffs) - 1))[::2]
+        scales[first:stop] = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
     return scales
 
 

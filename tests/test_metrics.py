@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline import metrics as M
+from pipeline.chunks import series_chunks
 
 ACTUAL = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 FORECAST = np.array([[2.0, 2.0, 1.0], [4.0, 7.0, 6.0]])
@@ -151,3 +152,56 @@ def test_summarise_by_series_by_hand():
     np.testing.assert_allclose(by["rmse"], [math.sqrt(4 / 3), math.sqrt(5 / 3)], rtol=1e-15)
     np.testing.assert_allclose(by["mase"], [4 / 3, 0.5], rtol=1e-15)
     np.testing.assert_allclose(by["smape"], [(200 * 2 / 12) / 3, (200 / 3 + 100) / 3], rtol=1e-15)
+
+
+# ---------------------------------------------------------------- chunked per-series work
+
+
+def _mase_scale_by_loop(raw, offsets, train_end, season):
+    out = np.empty(len(offsets))
+    for i, (o, e) in enumerate(zip(offsets, train_end)):
+        part = raw[o : o + e]
+        out[i] = np.mean(np.abs(part[season:] - part[:-season])) if e > season else np.nan
+    return out
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 50, 1 << 22])
+@pytest.mark.parametrize("season", [1, 4, 12])
+def test_mase_scale_in_chunks_equals_a_loop_per_series(monkeypatch, chunk, season):
+    rng = np.random.default_rng(season)
+    lengths = rng.integers(1, 40, 150)  # many shorter than a season: NaN
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    train_end = np.maximum(1, (lengths * 0.7).astype(int))
+    raw = rng.normal(10, 3, lengths.sum())
+    monkeypatch.setattr(M, "series_chunks", lambda o: series_chunks(o, chunk))
+    got, expected = M.mase_scale(raw, offsets, train_end, season), _mase_scale_by_loop(raw, offsets, train_end, season)
+    assert np.array_equal(np.isnan(got), np.isnan(expected)) and np.isnan(got).any() and not np.isnan(got).all()
+    np.testing.assert_allclose(got[~np.isnan(got)], expected[~np.isnan(expected)], rtol=1e-12)
+
+
+def test_series_chunks_cover_every_series_once_in_order():
+    offsets = np.array([0, 3, 10, 11, 30, 31, 32])
+    chunks = series_chunks(offsets, 10)
+    assert chunks == [(0, 2), (2, 4), (4, 7)]  # a chunk starts at the first series at or past 0, 10, 20, 30
+    assert series_chunks(np.array([], dtype=np.int64)) == []
+    assert series_chunks(offsets) == [(0, 7)]
+
+
+def test_buffer_scaling_in_chunks_is_bit_identical_to_per_series(monkeypatch):
+    from pipeline import data, scaling
+    from pipeline.data import WindowBuffer
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(5, 30, 40)
+    raw = rng.normal(100, 20, lengths.sum()).astype(np.float32)
+    records = [
+        {"length": int(n), "mean": float(rng.normal(100, 5)), "scale": float(rng.uniform(1, 30))} for n in lengths
+    ]
+    monkeypatch.setattr(data, "series_chunks", lambda o: series_chunks(o, 64))
+    got = WindowBuffer.from_ingest(raw, records, 2, 1).values.numpy()
+    start = 0
+    for r in records:
+        end = start + r["length"]
+        expected = scaling.forward(raw[start:end], r["mean"], r["scale"], out=np.empty(end - start, np.float32))
+        assert np.array_equal(got[start:end], expected)
+        start = end
