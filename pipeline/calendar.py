@@ -52,7 +52,8 @@ class Calendar:
         if stamps.tz is not None:
             stamps = stamps.tz_localize(None)  # local wall-clock time is what the cycles follow
         ns = stamps.asi8.astype(np.int64)
-        since_midnight = (ns - stamps.normalize().asi8) / DAY_NS
+        since_midnight = np.mod(ns, DAY_NS) / DAY_NS  # wall-clock days start at multiples of a day (no overflow
+        # at the ends of the datetime64 range, where normalize() fails)
         for k, name in enumerate(self.features):
             if name == "day":
                 phase0[:, k], rate[k] = since_midnight, step_ns / DAY_NS

@@ -126,3 +126,10 @@ def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path
     window = (raw[start : start + 48].astype(np.float64) - rec["mean"]) / rec["scale"]
     x_pred = forecaster._with_calendar(torch.tensor(window, dtype=torch.float32)[None, :, None], [times[start + 47]])
     torch.testing.assert_close(x_pred, x_train, rtol=0, atol=1e-5)
+
+
+def test_phases_at_the_ends_of_the_datetime_range():
+    """Found by the predict fuzzer: normalize() overflowed on a history in September 1677."""
+    got = _angles(("day", "week"), "h", "1677-09-21 17:00:00", [0, 1])
+    _same_cycle(got[:, 0], [17 / 24, 18 / 24])
+    _same_cycle(_angles(("day",), "h", "2262-04-11 20:00:00", [0]).ravel(), [20 / 24])
