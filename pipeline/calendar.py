@@ -48,7 +48,7 @@ class Calendar:
         step_ns = _fixed_ns(offset)
         phase0 = np.zeros((len(starts), len(self.features)))
         rate = np.zeros(len(self.features))
-        stamps = pd.DatetimeIndex([pd.Timestamp(s) for s in starts]).as_unit("ns")  # pandas 3 may pick seconds
+        stamps = pd.DatetimeIndex(starts).as_unit("ns")  # pandas 3 may pick seconds
         if stamps.tz is not None:
             stamps = stamps.tz_localize(None)  # local wall-clock time is what the cycles follow
         ns = stamps.asi8.astype(np.int64)

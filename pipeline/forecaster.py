@@ -78,18 +78,16 @@ class Forecaster:
         Columns: the series (when the data has several), the time, `forecast` (the median of a
         quantile model) and, for a quantile model, `q<level>` for each other quantile.
         """
-        series = self._split_history(history, source)
-        ids = list(series)
+        ids, last, windows = self._split_history(history, source)
         stats = self.spec["series"]
         transform = self.spec.get("transform", "none")
-        windows = np.stack([series[i][1] for i in ids])
         loc = np.array([stats[i]["mean"] for i in ids])[:, None]
         scale = np.array([stats[i]["scale"] for i in ids])[:, None]
         if transform == "log1p" and (windows < 0).any():
             k, j = np.argwhere(windows < 0)[0]
             raise DataError(f"{source}: series '{ids[k]}': negative value {windows[k, j]:.6g}; this model uses log1p")
         x = torch.from_numpy(scaling.forward(windows, loc, scale, transform).astype(np.float32))[:, :, None]
-        x = self._with_calendar(x, [series[i][0] for i in ids])
+        x = self._with_calendar(x, last)
         with torch.no_grad():
             out = self.model(x).double().numpy()
         extra = (1,) * (out.ndim - 2)
@@ -99,13 +97,14 @@ class Forecaster:
             median = self.quantiles.index(0.5)
             columns = {"forecast": y[..., median]}
             columns.update({f"q{q:g}": y[..., k] for k, q in enumerate(self.quantiles) if k != median})
-        step = pd.tseries.frequencies.to_offset(self.spec["freq"])
-        rows = []
-        for k, sid in enumerate(ids):
-            future = pd.date_range(series[sid][0] + step, periods=self.horizon, freq=step)
-            values = {name: v[k] for name, v in columns.items()}
-            rows.append(pd.DataFrame({"series": sid, self.spec["time_column"]: future, **values}))
-        out = pd.concat(rows, ignore_index=True)
+        future = self._future_times(last)
+        out = pd.DataFrame(
+            {
+                "series": np.repeat(np.asarray(ids, dtype=object), self.horizon),
+                self.spec["time_column"]: future.ravel(),
+                **{name: v.reshape(-1) for name, v in columns.items()},
+            }
+        )
         id_col = self.spec.get("id_column")
         if id_col:
             return out.rename(columns={"series": id_col})
@@ -113,20 +112,107 @@ class Forecaster:
             return out
         return out.drop(columns="series")
 
-    def _with_calendar(self, x: torch.Tensor, last_times: list[pd.Timestamp]) -> torch.Tensor:
+    def _step_ns(self) -> int | None:
+        """Nanoseconds per step for fixed-duration frequencies (minutes, hours, days), else None."""
+        try:
+            return int(pd.Timedelta(pd.tseries.frequencies.to_offset(self.spec["freq"])).value)
+        except (ValueError, TypeError):
+            return None
+
+    def _shifted(self, last: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """(series, len(steps)) datetime64[ns]: each series' last timestamp moved by `steps` steps.
+
+        Array arithmetic for fixed-duration steps; calendar offsets (months, quarters, business
+        days) move the whole column at once, one offset multiple at a time.
+        """
+        last = np.asarray(last, dtype="datetime64[ns]")
+        step_ns = self._step_ns()
+        if step_ns:
+            return (last.view(np.int64)[:, None] + steps.astype(np.int64) * step_ns).view("datetime64[ns]")
+        step = pd.tseries.frequencies.to_offset(self.spec["freq"])
+        index = pd.DatetimeIndex(last)
+        return np.stack([(index + int(k) * step).to_numpy(dtype="datetime64[ns]") for k in steps], axis=1)
+
+    def _future_times(self, last: np.ndarray) -> np.ndarray:
+        """(series, horizon) datetime64[ns]: the steps after each series' last timestamp."""
+        return self._shifted(last, np.arange(1, self.horizon + 1))
+
+    def _with_calendar(self, x: torch.Tensor, last_times) -> torch.Tensor:
         """The inputs the model was trained on: with calendar features, over the horizon too."""
         features = tuple(self.spec["model"].get("calendar") or ())
         if not features:
             return x
-        step = pd.tseries.frequencies.to_offset(self.spec["freq"])
-        firsts = [pd.date_range(end=t, periods=self.lookback, freq=step)[0] for t in last_times]
+        last = pd.DatetimeIndex(last_times).as_unit("ns").to_numpy()
+        firsts = self._shifted(last, np.array([1 - self.lookback]))[:, 0]
         phase0, rate = Calendar(features, self.spec["freq"]).phases(firsts)
         positions = torch.arange(self.lookback + self.horizon).expand(len(firsts), -1)
         cal = encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions)
         known = torch.cat([x, torch.zeros(len(firsts), self.horizon, 1)], dim=1)
         return torch.cat([known, cal], dim=-1)
 
-    def _split_history(self, history: pd.DataFrame, source: str) -> dict[str, tuple[pd.Timestamp, np.ndarray]]:
+    def _split_history(self, history: pd.DataFrame, source: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(series ids, last timestamps (S,) datetime64[ns], last `lookback` values (S, lookback)).
+
+        The common case (long format, a fixed-duration step, every series clean) is checked and
+        cut in array ops over the whole history; anything else, or any problem, goes through the
+        per-series checks, which name the series and what is wrong.
+        """
+        fast = self._split_history_fast(history)
+        if fast is not None:
+            return fast
+        series = self._split_history_per_series(history, source)
+        ids = list(series)
+        last = np.array([series[i][0].to_datetime64() for i in ids], dtype="datetime64[ns]")
+        return ids, last, np.stack([series[i][1] for i in ids])
+
+    def _split_history_fast(self, history: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        s = self.spec
+        time_col, target_col, id_col = s["time_column"], s["target_column"], s.get("id_column")
+        n = self.lookback
+        needed = [time_col, target_col, *([id_col] if id_col else [])]
+        if s.get("format") == "wide" or len(history) == 0 or any(c not in history for c in needed):
+            return None
+        try:
+            times = pd.to_datetime(history[time_col], errors="coerce", format="mixed")
+        except (ValueError, TypeError, OverflowError):
+            return None
+        if not pd.api.types.is_datetime64_any_dtype(times):
+            return None
+        if times.dt.tz is not None:
+            times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+        stamps = times.to_numpy(dtype="datetime64[ns]")
+        values = pd.to_numeric(history[target_col], errors="coerce").to_numpy(dtype=np.float64)
+        if id_col:
+            try:
+                codes, keys = pd.factorize(history[id_col], sort=True)  # the order of groupby(sort=True)
+            except TypeError:  # ids of mixed types that do not sort
+                return None
+            ids = [str(k) for k in keys]
+        else:
+            codes, ids = np.zeros(len(history), dtype=np.int64), ["series"]
+        known = s["series"]
+        if np.isnat(stamps).any() or (codes < 0).any() or not all(i in known for i in ids) or len(set(ids)) < len(ids):
+            return None
+        ns = stamps.view(np.int64)
+        order = np.lexsort((ns, codes))
+        codes, ns, values = codes[order], ns[order], values[order]
+        counts = np.bincount(codes, minlength=len(ids))
+        if (counts < n).any() or ((codes[1:] == codes[:-1]) & (ns[1:] == ns[:-1])).any():
+            return None
+        rows = np.cumsum(counts)[:, None] - n + np.arange(n)
+        window_ns, windows = ns[rows], values[rows]
+        last = window_ns[:, -1].view("datetime64[ns]")
+        try:
+            expected = self._shifted(last, np.arange(1 - n, 1)).view(np.int64)
+        except (ValueError, OverflowError):  # out of the datetime64 range: the per-series checks say so
+            return None
+        if (window_ns != expected).any() or not np.isfinite(windows).all():
+            return None
+        return ids, last, windows
+
+    def _split_history_per_series(
+        self, history: pd.DataFrame, source: str
+    ) -> dict[str, tuple[pd.Timestamp, np.ndarray]]:
         """Per series: (last timestamp, last `lookback` values), after checking the history."""
         s = self.spec
         time_col, target_col, id_col = s["time_column"], s["target_column"], s.get("id_column")

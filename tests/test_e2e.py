@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline.config import SyntheticConfig
+from pipeline.errors import DataError
 from pipeline.forecaster import Forecaster
 from pipeline.synthetic import generate_synthetic
 
@@ -138,6 +139,28 @@ def test_predict_cli_forecasts_the_next_horizon(finished_run, tmp_path):
     actual = data.set_index(["series", "time"])["value"]
     truth = np.array([actual[(s, t)] for s, t in zip(forecast["series"], forecast["time"])])
     assert np.mean(np.abs(forecast["forecast"] - truth)) < np.mean(np.abs(truth)) * 0.5
+
+
+def test_predict_checks_the_history_in_array_ops_and_agrees_with_the_per_series_checks(finished_run):
+    """The whole-history fast path gives what the per-series path gives, in any row order; any
+    problem falls back to the per-series checks, which name it."""
+    run, _, _ = finished_run
+    forecaster = Forecaster.load(run / "export")
+    data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+    shuffled = data.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    fast = forecaster._split_history_fast(shuffled)
+    assert fast is not None
+    per_series = forecaster._split_history_per_series(shuffled, "history")
+    ids, last, windows = fast
+    assert ids == list(per_series)
+    for k, sid in enumerate(ids):
+        assert pd.Timestamp(last[k]) == per_series[sid][0]
+        np.testing.assert_array_equal(windows[k], per_series[sid][1])
+    pd.testing.assert_frame_equal(forecaster.predict(shuffled), forecaster.predict(data))
+    gap = data.drop(index=data.index[data["series"] == "s0002"][-5])  # a hole in one series' last window
+    assert forecaster._split_history_fast(gap) is None
+    with pytest.raises(DataError, match="series 's0002': the last 48 steps are not a regular h sequence"):
+        forecaster.predict(gap)
 
 
 def test_unchanged_rerun_skips_every_stage_and_force_redoes(finished_run):
