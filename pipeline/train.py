@@ -17,6 +17,7 @@ from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate.utils import set_seed
@@ -153,9 +154,10 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         calendar=Calendar(tuple(cfg.data.calendar), ingest_meta["freq"]),
     )
     # window indices live beside the buffer, so sampling and gathering never cross devices
-    pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
-    if len(pairs["val"]) == 0:
+    if len(index["val"]) == 0:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
+    index = {**index, "val": spread_subset(index["val"], cfg.train.val_windows)}
+    pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
     m = cfg.model
     spec = ModelSpec(
         input_size=1 + 2 * len(cfg.data.calendar),
@@ -179,6 +181,14 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         "windows": window_meta["counts"],
     }
     return buffer, pairs, spec, info
+
+
+def spread_subset(windows: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` rows, evenly spaced (all of them for limit 0): the same rows for any world size."""
+    if not limit or len(windows) <= limit:
+        return windows
+    log.info("train: validating on %d of %d validation windows (train.val_windows)", limit, len(windows))
+    return windows[np.linspace(0, len(windows) - 1, limit).round().astype(np.int64)]
 
 
 def fit_batch(cfg: Config, n_train: int, world_size: int) -> Config:

@@ -150,3 +150,12 @@ def test_monthly_data_runs_with_auto_settings_end_to_end(tmp_path):
     assert "batch is 64" in done.stderr  # 180 points leave 79 training windows for the default batch of 256
     spec = json.loads((run / "export" / "forecaster.json").read_text())
     assert spec["lookback"] == 36
+
+
+def test_validation_windows_are_capped_evenly_and_the_same_for_any_world_size():
+    from pipeline.train import spread_subset
+
+    windows = np.stack([np.zeros(100, dtype=np.int64), np.arange(100)], axis=1)
+    picked = spread_subset(windows, 5)
+    assert picked[:, 1].tolist() == [0, 25, 50, 74, 99]  # evenly spread, first and last kept
+    assert spread_subset(windows, 0) is windows and spread_subset(windows, 100) is windows
