@@ -5,7 +5,8 @@ A user who leaves `window.lookback`, `evaluate.season_length` or `model.residual
 not silently carry a half-hourly season to monthly data. The rules are plain on purpose (the
 season is the calendar cycle of the frequency; the lookback is a few seasons, bounded by the
 shortest train part) and every stage after ingest resolves them the same way from
-`ingest/meta.json`, so the window, the model and the scores always agree.
+`ingest/meta.json`, so the window, the model and the scores always agree. `data.calendar` is
+resolved the same way (`pipeline.calendar`: the cycles the frequency shows).
 """
 
 from __future__ import annotations
@@ -50,11 +51,8 @@ def season_for(freq: str) -> int:
 
     offset = pd.tseries.frequencies.to_offset(freq)
     n = max(1, int(getattr(offset, "n", 1)))
-    try:
-        step_ns = int(pd.Timedelta(offset).value)  # fixed-duration offsets (Day, Hour, Minute, ...)
-    except (ValueError, TypeError):
-        step_ns = 0
-    day_ns = 86_400 * 10**9
+    step_ns = calendar.fixed_step_ns(offset) or 0
+    day_ns = calendar.DAY_NS
     if 0 < step_ns < day_ns:
         per_day, rest = divmod(day_ns, step_ns)
         return per_day if rest == 0 and per_day <= MAX_DAILY_SEASON else 1

@@ -113,9 +113,7 @@ def resolve(setting: str | list[str], freq: str) -> tuple[str, ...]:
 
     offset = pd.tseries.frequencies.to_offset(freq)
     step_ns = _fixed_ns(offset)
-    for name in setting:
-        if name not in FEATURES:
-            raise ConfigError(f"data.calendar: unknown feature '{name}' (choose from {', '.join(FEATURES)})")
+    for name in setting:  # names are checked when the config loads (DataConfig)
         too_coarse = {"day": not 0 < step_ns < DAY_NS, "week": not (0 < step_ns < WEEK_NS or offset.name == "B")}
         if too_coarse.get(name, False):
             raise ConfigError(f"data.calendar: '{name}' needs steps shorter than a {name}; the data's step is {freq}")
@@ -126,16 +124,26 @@ def resolve(setting: str | list[str], freq: str) -> tuple[str, ...]:
     return tuple(setting)
 
 
-def _fixed_ns(offset) -> int:
-    """Nanoseconds per step for fixed-duration offsets (hours, days, weeks), else 0."""
+def fixed_step_ns(step) -> int | None:
+    """The step in nanoseconds when it is a fixed duration (seconds to days), else None.
+
+    Shared by ingest's streamed reader, the auto settings and predict: one answer to "is this
+    frequency plain arithmetic on nanoseconds" everywhere.
+    """
     import pandas as pd
 
-    if offset.name.split("-")[0] in ("W",):
+    if isinstance(step, pd.offsets.Tick):
+        return int(pd.Timedelta(step).value)
+    if type(step) is pd.offsets.Day:  # not a Tick in pandas 3; 24 h on naive (UTC) timestamps
+        return int(step.n) * DAY_NS
+    return None
+
+
+def _fixed_ns(offset) -> int:
+    """Nanoseconds per step for the cycles' arithmetic: fixed steps, and weeks (anchored or not), else 0."""
+    if offset.name.split("-")[0] == "W":
         return offset.n * WEEK_NS
-    try:
-        return int(pd.Timedelta(offset).value)
-    except (ValueError, TypeError):
-        return 0
+    return fixed_step_ns(offset) or 0
 
 
 def _months_per_step(offset) -> int:

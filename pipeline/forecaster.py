@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from pipeline import scaling
 from pipeline.artifacts import sha256_file
-from pipeline.calendar import Calendar, encode
+from pipeline.calendar import Calendar, encode, fixed_step_ns
 from pipeline.errors import DataError
 from pipeline.model import ModelSpec, build_model
 
@@ -114,10 +114,7 @@ class Forecaster:
 
     def _step_ns(self) -> int | None:
         """Nanoseconds per step for fixed-duration frequencies (minutes, hours, days), else None."""
-        try:
-            return int(pd.Timedelta(pd.tseries.frequencies.to_offset(self.spec["freq"])).value)
-        except (ValueError, TypeError):
-            return None
+        return fixed_step_ns(pd.tseries.frequencies.to_offset(self.spec["freq"]))
 
     def _shifted(self, last: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """(series, len(steps)) datetime64[ns]: each series' last timestamp moved by `steps` steps.

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.calendar import fixed_step_ns
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
 from pipeline.ingest import (
@@ -199,15 +200,6 @@ def stream_series(batches: ParquetBatches, cfg: DataConfig) -> SeriesSet | None:
     accepted(cfg, kept, unsorted, [names[i] for i in np.flatnonzero(~keep)])
     starts = [pd.Timestamp(int(t)) for t in first[keep]]
     return SeriesSet(kept, starts, lengths, values, step.freqstr)
-
-
-def fixed_step_ns(step: pd.DateOffset) -> int | None:
-    """The step in nanoseconds when it is a fixed duration (seconds to days), else None."""
-    if isinstance(step, pd.offsets.Tick):
-        return int(pd.Timedelta(step).value)
-    if type(step) is pd.offsets.Day:  # not a Tick in pandas 3; 24 h on naive (UTC) timestamps
-        return int(step.n) * 86_400 * 10**9
-    return None
 
 
 def _survey(reader: Reader) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
