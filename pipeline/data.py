@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline import scaling
 from pipeline.calendar import Calendar, encode
@@ -86,17 +87,17 @@ class WindowBuffer:
         """
         pos = self.offsets[pairs[:, 0]] + pairs[:, 1]
         windows = self.values[pos[:, None] + self._span[None, :]]
-        if self.phase0 is not None:
-            cal = encode(self.phase0[pairs[:, 0]], self.rate, pairs[:, 1:2] + self._span[None, :])
-            known = torch.cat([windows[:, : self.lookback], torch.zeros_like(windows[:, self.lookback :])], dim=1)
-            windows = torch.cat(
-                [windows[..., None], known[..., None], cal], dim=-1
-            )  # the horizon's values: never an input
-        if self._host_to_device:
-            windows = windows.pin_memory().to(self.device, non_blocking=True)
         if self.phase0 is None:
+            if self._host_to_device:
+                windows = windows.pin_memory().to(self.device, non_blocking=True)
             return windows[:, : self.lookback, None], windows[:, self.lookback :]
-        return windows[..., 1:], windows[:, self.lookback :, 0]
+        known = F.pad(windows[:, : self.lookback], (0, self.horizon))  # the horizon's values: never an input
+        cal = encode(self.phase0[pairs[:, 0]], self.rate, pairs[:, 1:2] + self._span[None, :])
+        inputs, targets = torch.cat([known[..., None], cal], dim=-1), windows[:, self.lookback :]
+        if self._host_to_device:
+            inputs = inputs.pin_memory().to(self.device, non_blocking=True)
+            targets = targets.pin_memory().to(self.device, non_blocking=True)
+        return inputs, targets
 
 
 def buffer_fits(nbytes: int, device: torch.device, resident: str | bool) -> bool:

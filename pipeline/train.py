@@ -90,7 +90,7 @@ def train(cfg: Config, key: str) -> None:
     reporter = StepReporter(cfg, accelerator, metrics, tracker, progress, state.step)
 
     try:
-        if state.step == 0:  # the untrained model is a candidate too (with a residual head: seasonal naive)
+        if state.step == 0:  # the untrained model is a candidate too (with a residual head: its seasonal base)
             evaluate_and_keep_best(cfg, accelerator, model, buffer, pairs["val"], state, work, metrics, tracker)
         while state.step < cfg.train.max_steps and not state.stopped_early:
             micro = local_batches(pairs["train"], cfg, state, accelerator.process_index, accelerator.num_processes)
@@ -143,6 +143,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     w = cfg.window
     if (window_meta["lookback"], window_meta["horizon"]) != (w.lookback, w.horizon):
         raise ConfigError("window.lookback/horizon differ from the window stage output; run 'lstm-pipeline window'")
+    calendar = Calendar(tuple(cfg.data.calendar), ingest_meta["freq"])
     buffer = WindowBuffer.from_ingest(
         raw,
         ingest_meta["series"],
@@ -151,7 +152,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         device,
         resident=cfg.train.device_resident,
         transform=ingest_meta.get("transform", "none"),
-        calendar=Calendar(tuple(cfg.data.calendar), ingest_meta["freq"]),
+        calendar=calendar,
     )
     # window indices live beside the buffer, so sampling and gathering never cross devices
     if len(index["val"]) == 0:
@@ -160,7 +161,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
     m = cfg.model
     spec = ModelSpec(
-        input_size=1 + 2 * len(cfg.data.calendar),
+        input_size=1 + calendar.size,
         horizon=w.horizon,
         hidden_size=m.hidden_size,
         num_layers=m.num_layers,
@@ -170,7 +171,7 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         residual_season=m.residual_season,
         season_average=m.season_average,
         quantiles=m.quantiles,
-        calendar=tuple(cfg.data.calendar),
+        calendar=calendar.features,
     )
     if m.quantiles:
         log.info("train: quantile head %s, trained with the pinball loss", m.quantiles)
