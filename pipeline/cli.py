@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="export directory (or a registry's <dir>/<name>/current)")
     p.add_argument("--input", required=True, help="history csv/parquet/json")
     p.add_argument("--output", required=True, help="forecast csv to write")
+    p.add_argument("--future", help="future covariates for the horizon (models trained with data.future_covariates)")
     return parser
 
 
@@ -64,7 +65,7 @@ def run_command(args: argparse.Namespace) -> None:
     if args.command == "predict":
         setup_logging()
         configure_process()
-        predict(Path(args.model), Path(args.input), Path(args.output))
+        predict(Path(args.model), Path(args.input), Path(args.output), Path(args.future) if args.future else None)
         return
     from pipeline.config import load_config, save_config
 
@@ -92,13 +93,16 @@ def stage_function(name: str) -> Callable:
     return importlib.import_module(f"pipeline.{name}").run
 
 
-def predict(model_dir: Path, history_path: Path, output: Path) -> None:
+def predict(model_dir: Path, history_path: Path, output: Path, future_path: Path | None = None) -> None:
     from pipeline.artifacts import write_text_atomic
     from pipeline.forecaster import Forecaster, read_history
     from pipeline.registry import resolve_model_dir
 
     forecaster = Forecaster.load(resolve_model_dir(model_dir))
-    forecast = forecaster.predict(read_history(history_path), source=str(history_path))
+    future = read_history(future_path, "future covariates") if future_path else None
+    forecast = forecaster.predict(
+        read_history(history_path), source=str(history_path), future=future, future_source=str(future_path)
+    )
     write_text_atomic(output, forecast.to_csv(index=False))
     log.info("predict: wrote %d rows to %s", len(forecast), output)
 

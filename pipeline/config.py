@@ -81,6 +81,15 @@ class DataConfig:
     """Calendar features from the timestamps, known ahead: `day` (time of day), `week` (day of week), `year` (time
     of year), encoded as sine and cosine; `auto`: the cycles the seasonal base lacks (day+week below daily,
     week+year daily, none from weekly on)."""
+    past_covariates: list[str] = field(default_factory=list)
+    """Numeric columns known only up to the forecast time (e.g. a measured temperature): inputs over the lookback;
+    scaled per series from the train part."""
+    future_covariates: list[str] = field(default_factory=list)
+    """Numeric columns known ahead (e.g. a work-day flag): inputs over the lookback and the horizon; `predict` needs
+    their horizon values (`--future`). Scaled per series from the train part."""
+    static_covariates: list[str] = field(default_factory=list)
+    """Long format: numeric per-series columns, constant within each series (e.g. a store's size); standardised
+    across series."""
     split: str = "train"
     """Hub datasets only: which split to load."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -95,11 +104,39 @@ class DataConfig:
                 raise ConfigError(f"data.calendar: unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
         if not self.source.strip():
             raise ConfigError("data.source is empty")
+        self._check_covariates()
         for key, value in (("data.val_size", self.val_size), ("data.test_size", self.test_size)):
             if isinstance(value, float) and not 0.0 < value < 1.0:
                 raise ConfigError(f"{key} must be a fraction in (0, 1) or a whole number of steps, got {value}")
             if isinstance(value, int) and value < 1:
                 raise ConfigError(f"{key} must be at least 1 step, got {value}")
+
+    def _check_covariates(self) -> None:
+        """Covariates are distinct columns other than the time, id and target columns."""
+        seen: dict[str, str] = {}
+        reserved = {self.time_column: "data.time_column", self.target_column: "data.target_column"}
+        if self.id_column is not None:
+            reserved[self.id_column] = "data.id_column"
+        for kind in ("past_covariates", "future_covariates", "static_covariates"):
+            for name in getattr(self, kind):
+                if not isinstance(name, str) or not name.strip():
+                    raise ConfigError(f"data.{kind}: column names must be non-empty strings, got {name!r}")
+                if self.format == "long" and name in reserved:
+                    raise ConfigError(f"data.{kind}: '{name}' is already {reserved[name]}")
+                if self.format == "wide" and name == self.time_column:
+                    raise ConfigError(f"data.{kind}: '{name}' is already data.time_column")
+                if name in seen:
+                    raise ConfigError(f"data.{kind}: '{name}' is also listed in data.{seen[name]}")
+                seen[name] = kind
+        if self.static_covariates and self.format == "wide":
+            raise ConfigError("data.static_covariates needs long format (in wide format a series is one column)")
+        if seen and self.source == "synthetic":
+            raise ConfigError("data: the synthetic source has no covariate columns; remove data.*_covariates")
+
+    @property
+    def covariates(self) -> list[str]:
+        """The time-varying covariate columns in the order the buffer and the model keep them: past, then future."""
+        return [*self.past_covariates, *self.future_covariates]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -152,9 +189,14 @@ class ModelConfig:
 
     calibrate: bool = True
     """With quantiles: after training, widen each central interval to its nominal coverage on the validation windows."""
+    series_embedding: int = 0
+    """Global models: a learned vector of this size per series, fed to the recurrent layers beside the inputs
+    (0 = off); `predict` then serves only the series it was trained on (as it does anyway)."""
 
     def __post_init__(self) -> None:
         _check_quantiles(self.quantiles)
+        if self.series_embedding < 0:
+            raise ConfigError(f"model.series_embedding must be >= 0, got {self.series_embedding}")
         if self.residual_season != "auto" and self.residual_season < 0:
             raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
         if self.season_average != "auto":

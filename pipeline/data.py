@@ -4,9 +4,12 @@ A window is a `(series, start)` pair; gathering a batch is `values[offsets[serie
 arange(lookback + horizon)]`, a single vectorised read. When the buffer fits on the device it
 lives there for the whole run, so a training step does no host work and no host copy.
 
-With calendar features the inputs span the horizon too: `(B, lookback + horizon, 1 + C)`,
-the target channel zero over the horizon (never the future values) and the calendar channels
-computed for every step from each series' start phase (`pipeline.calendar`).
+Inputs are `(B, T, channels)` in the order `pipeline.model` documents: the scaled target, past
+covariates, future covariates, calendar features, static covariates, the series' index. With
+anything known ahead (future covariates or calendar features) T = lookback + horizon, the
+target and past-covariate channels zero over the horizon (never the future values); else T =
+lookback. Calendar channels are computed for every step from each series' start phase
+(`pipeline.calendar`), covariates gathered from their own buffer by the same index op.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import covariates as cov
 from pipeline import scaling
 from pipeline.calendar import Calendar, encode
 from pipeline.chunks import series_chunks
+from pipeline.model import ModelSpec
 
 
 @dataclass
@@ -37,11 +42,20 @@ class WindowBuffer:
     device: torch.device | None = None
     phase0: torch.Tensor | None = None  # (n_series, F) float64 calendar phases at each series' start
     rate: torch.Tensor | None = None  # (F,) float64 cycles per step
+    covariates: torch.Tensor | None = None  # (n_points, K) float32 scaled covariates, past ones first
+    n_past: int = 0  # how many of the covariates are past covariates
+    n_future_covariates: int = 0
+    static: torch.Tensor | None = None  # (n_series, S) float32 standardised static covariates
+    series_index: torch.Tensor | None = None  # (n_series,) float32: the embedding row of each series
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device or self.values.device)
         self._span = torch.arange(self.lookback + self.horizon, device=self.values.device)
         self._host_to_device = self.values.device.type != self.device.type  # cpu vs cpu:0 is no copy
+        self._plain = all(
+            t is None for t in (self.phase0, self.covariates, self.static, self.series_index)
+        )  # inputs are just the lookback's values
+        self._ahead = self.phase0 is not None or self.n_future_covariates > 0
 
     @classmethod
     def from_ingest(
@@ -54,10 +68,15 @@ class WindowBuffer:
         resident: str | bool = True,
         transform: str = "none",
         calendar: Calendar | None = None,
+        covariates: np.ndarray | None = None,
+        spec: ModelSpec | None = None,
     ) -> WindowBuffer:
         """Transform and scale the raw buffer per series into one float32 array (no float64 copy).
 
         Each record's `mean` is its location and `scale` its spread (see `pipeline.scaling`).
+        `covariates` (n_points, K) are the raw time-varying covariates `spec` names (past ones
+        first); `spec` also says whether the model reads static covariates and a series index
+        (a record's `index`, else its position: a served model keeps its training positions).
         """
         scaled = np.empty(len(raw), dtype=np.float32)
         lengths = np.array([r["length"] for r in records], dtype=np.int64)
@@ -78,26 +97,75 @@ class WindowBuffer:
         if calendar is not None and calendar.features:
             p0, r = calendar.phases([rec["start"] for rec in records])
             phase0, rate = torch.from_numpy(p0).to(home), torch.from_numpy(r).to(home)
-        return cls(values.to(home), torch.from_numpy(offsets).to(home), lookback, horizon, device, phase0, rate)
+        extra = {}
+        if spec is not None and spec.past_covariates + spec.future_covariates:
+            scaled_cov = torch.from_numpy(cov.scale(covariates, records))
+            extra.update(
+                covariates=scaled_cov.to(home),
+                n_past=len(spec.past_covariates),
+                n_future_covariates=len(spec.future_covariates),
+            )
+        if spec is not None and spec.static_covariates:
+            extra["static"] = torch.from_numpy(cov.scaled_static(records)).to(home)
+        if spec is not None and spec.series_embedding:
+            index = [r.get("index", i) for i, r in enumerate(records)]
+            extra["series_index"] = torch.tensor(index, dtype=torch.float32, device=home)
+        offsets_t = torch.from_numpy(offsets).to(home)
+        return cls(values.to(home), offsets_t, lookback, horizon, device, phase0, rate, **extra)
+
+    @classmethod
+    def for_model(
+        cls, spec: ModelSpec, ingest_dir, raw: np.ndarray, records: list[dict], freq: str, lookback: int, transform: str
+    ) -> WindowBuffer:
+        """The inputs a trained model reads, built from an ingest output (evaluate, export, the registry)."""
+        return cls.from_ingest(
+            raw,
+            records,
+            lookback,
+            spec.horizon,
+            transform=transform,
+            calendar=Calendar(spec.calendar, freq),
+            covariates=cov.read(ingest_dir, [*spec.past_covariates, *spec.future_covariates]),
+            spec=spec,
+        )
 
     def gather(self, pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets (B, horizon)) for `pairs` (B, 2) of (series, start).
 
-        Inputs are (B, lookback, 1), or with calendar features (B, lookback + horizon, 1 + C).
+        Inputs are (B, lookback, 1) for the target alone, else (B, T, channels) as the module says.
         """
         pos = self.offsets[pairs[:, 0]] + pairs[:, 1]
         windows = self.values[pos[:, None] + self._span[None, :]]
-        if self.phase0 is None:
+        if self._plain:
             if self._host_to_device:
                 windows = windows.pin_memory().to(self.device, non_blocking=True)
             return windows[:, : self.lookback, None], windows[:, self.lookback :]
-        known = F.pad(windows[:, : self.lookback], (0, self.horizon))  # the horizon's values: never an input
-        cal = encode(self.phase0[pairs[:, 0]], self.rate, pairs[:, 1:2] + self._span[None, :])
-        inputs, targets = torch.cat([known[..., None], cal], dim=-1), windows[:, self.lookback :]
+        inputs, targets = self._inputs(pairs, pos, windows), windows[:, self.lookback :]
         if self._host_to_device:
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
             targets = targets.pin_memory().to(self.device, non_blocking=True)
         return inputs, targets
+
+    def _inputs(self, pairs: torch.Tensor, pos: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """(B, T, channels): every input channel of the windows, nothing of the horizon's past-only values."""
+        steps = self.lookback + self.horizon if self._ahead else self.lookback
+        hidden = steps - self.lookback  # horizon steps whose target and past covariates stay zero
+        channels = [F.pad(windows[:, : self.lookback], (0, hidden))[..., None]]
+        if self.covariates is not None:
+            covs = self.covariates[pos[:, None] + self._span[None, :steps]]
+            if hidden and self.n_past:
+                covs[:, self.lookback :, : self.n_past] = 0.0
+            channels.append(covs)
+        if self.phase0 is not None:
+            channels.append(encode(self.phase0[pairs[:, 0]], self.rate, pairs[:, 1:2] + self._span[None, :]))
+        per_series = []
+        if self.static is not None:
+            per_series.append(self.static[pairs[:, 0]])
+        if self.series_index is not None:
+            per_series.append(self.series_index[pairs[:, 0], None])
+        if per_series:
+            channels.append(torch.cat(per_series, dim=1)[:, None, :].expand(-1, steps, -1))
+        return torch.cat(channels, dim=-1)
 
 
 def buffer_fits(nbytes: int, device: torch.device, resident: str | bool) -> bool:

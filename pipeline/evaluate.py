@@ -21,7 +21,6 @@ from pipeline import auto, scaling
 from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.backtest import backtest_windows, describe_folds
-from pipeline.calendar import Calendar
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.errors import ConfigError
@@ -147,8 +146,9 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
         raise ConfigError(f"evaluate.season_length ({season}) reaches before the start of a series")
 
     model = load_trained_model(cfg.run_dir / "train", train_meta)
-    calendar = Calendar(model.spec.calendar, ingest_meta["freq"])
-    buffer = WindowBuffer.from_ingest(raw32, records, w.lookback, w.horizon, transform=transform, calendar=calendar)
+    buffer = WindowBuffer.for_model(
+        model.spec, cfg.run_dir / "ingest", raw32, records, ingest_meta["freq"], w.lookback, transform
+    )
     scaled = forecast_sharded(model, buffer, all_pairs, cfg.evaluate.batch_size, state)
     if not state.is_main_process:
         return

@@ -28,7 +28,6 @@ from pipeline.artifacts import (
     staged_dir,
     write_json_atomic,
 )
-from pipeline.calendar import Calendar
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.evaluate import forecast_windows, load_trained_model
@@ -72,10 +71,9 @@ def export(cfg: Config, key: str, train_meta: dict) -> None:
         parity = None
         if cfg.export.onnx:
             w = cfg.window
-            transform = ingest_meta.get("transform", "none")
-            calendar = Calendar(model.spec.calendar, ingest_meta["freq"])
-            buffer = WindowBuffer.from_ingest(
-                raw, ingest_meta["series"], w.lookback, w.horizon, transform=transform, calendar=calendar
+            records, transform = ingest_meta["series"], ingest_meta.get("transform", "none")
+            buffer = WindowBuffer.for_model(
+                model.spec, cfg.run_dir / "ingest", raw, records, ingest_meta["freq"], w.lookback, transform
             )
             pairs = index["test"] if len(index["test"]) else index["val"]
             parity = export_onnx(model, buffer, pairs, tmp / "model.onnx", cfg.export.parity_atol)
@@ -134,10 +132,18 @@ def forecaster_spec(cfg: Config, train_meta: dict, ingest_meta: dict, metrics: d
         "id_column": "series" if synthetic else d.id_column,
         "transform": ingest_meta.get("transform", "none"),
         "scaling": ingest_meta.get("scaling", d.scaling),
-        "series": {r["id"]: {"mean": r["mean"], "scale": r["scale"]} for r in ingest_meta["series"]},
+        "series": {r["id"]: served_record(r, i) for i, r in enumerate(ingest_meta["series"])},
         "data_fingerprint": ingest_meta["fingerprint"],
         "test_metrics": metrics,
     }
+
+
+SERVED = ("mean", "scale", "covariate_mean", "covariate_scale", "static")
+
+
+def served_record(record: dict, index: int) -> dict:
+    """What predict needs of a series: its scalers, static covariates, and its row in the embedding table."""
+    return {**{k: record[k] for k in SERVED if k in record}, "index": index}
 
 
 def export_onnx(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.ndarray, path: Path, atol: float) -> float:

@@ -72,22 +72,43 @@ class Forecaster:
     def quantiles(self) -> list[float]:
         return list(self.spec["model"].get("quantiles") or [])
 
-    def predict(self, history: pd.DataFrame, source: str = "history") -> pd.DataFrame:
+    @property
+    def covariates(self) -> list[str]:
+        """Time-varying covariate columns the history must carry: past ones, then future ones."""
+        m = self.spec["model"]
+        return [*(m.get("past_covariates") or []), *(m.get("future_covariates") or [])]
+
+    @property
+    def future_covariates(self) -> list[str]:
+        return list(self.spec["model"].get("future_covariates") or [])
+
+    def predict(
+        self,
+        history: pd.DataFrame,
+        source: str = "history",
+        future: pd.DataFrame | None = None,
+        future_source: str = "future",
+    ) -> pd.DataFrame:
         """Forecast the next `horizon` steps after the end of each series in `history`.
 
         Columns: the series (when the data has several), the time, `forecast` (the median of a
-        quantile model) and, for a quantile model, `q<level>` for each other quantile.
+        quantile model) and, for a quantile model, `q<level>` for each other quantile. A model
+        with covariates reads them from `history` (its last `lookback` rows); one with future
+        covariates also needs `future`: their values for the `horizon` steps after each
+        series' history (columns: the id column where the data has one, the time, the names).
         """
         ids, last, windows = self._split_history(history, source)
+        ahead = self._future_values(future, ids, last, future_source)
         stats = self.spec["series"]
         transform = self.spec.get("transform", "none")
+        target = windows[..., 0]
         loc = np.array([stats[i]["mean"] for i in ids])[:, None]
         scale = np.array([stats[i]["scale"] for i in ids])[:, None]
-        if transform == "log1p" and (windows < 0).any():
-            k, j = np.argwhere(windows < 0)[0]
-            raise DataError(f"{source}: series '{ids[k]}': negative value {windows[k, j]:.6g}; this model uses log1p")
-        x = torch.from_numpy(scaling.forward(windows, loc, scale, transform).astype(np.float32))[:, :, None]
-        x = self._with_calendar(x, last)
+        if transform == "log1p" and (target < 0).any():
+            k, j = np.argwhere(target < 0)[0]
+            raise DataError(f"{source}: series '{ids[k]}': negative value {target[k, j]:.6g}; this model uses log1p")
+        z = scaling.forward(target, loc, scale, transform)
+        x = self._inputs(z, windows[..., 1:], ahead, ids, last)
         with torch.no_grad():
             out = self.model(x).double().numpy()
         extra = (1,) * (out.ndim - 2)
@@ -134,21 +155,93 @@ class Forecaster:
         """(series, horizon) datetime64[ns]: the steps after each series' last timestamp."""
         return self._shifted(last, np.arange(1, self.horizon + 1))
 
-    def _with_calendar(self, x: torch.Tensor, last_times) -> torch.Tensor:
-        """The inputs the model was trained on: with calendar features, over the horizon too."""
-        features = tuple(self.spec["model"].get("calendar") or ())
-        if not features:
-            return x
-        last = pd.DatetimeIndex(last_times).as_unit("ns").to_numpy()
-        firsts = self._shifted(last, np.array([1 - self.lookback]))[:, 0]
-        phase0, rate = Calendar(features, self.spec["freq"]).phases(firsts)
-        positions = torch.arange(self.lookback + self.horizon).expand(len(firsts), -1)
-        cal = encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions)
-        known = torch.cat([x, torch.zeros(len(firsts), self.horizon, 1)], dim=1)
-        return torch.cat([known, cal], dim=-1)
+    def _inputs(self, z: np.ndarray, covs: np.ndarray, ahead: np.ndarray | None, ids: list[str], last) -> torch.Tensor:
+        """The model's input tensor, channel by channel as `pipeline.model` lays it out.
+
+        `z` (S, lookback) scaled targets, `covs` (S, lookback, K) covariates from the history,
+        `ahead` (S, horizon, F) the future covariates' horizon values (original units).
+        """
+        spec = self.model.spec
+        stats = self.spec["series"]
+        n, lookback, horizon = len(ids), self.lookback, self.horizon
+        steps = lookback + horizon if spec.future_size else lookback
+        channels = [np.pad(z, ((0, 0), (0, steps - lookback)))[..., None]]
+        if covs.shape[-1]:
+            mean = np.array([stats[i]["covariate_mean"] for i in ids])[:, None, :]
+            spread = np.array([stats[i]["covariate_scale"] for i in ids])[:, None, :]
+            past = (covs[..., : spec.past_size] - mean[..., : spec.past_size]) / spread[..., : spec.past_size]
+            channels.append(np.pad(past, ((0, 0), (0, steps - lookback), (0, 0))))
+            if ahead is not None:
+                known = np.concatenate([covs[..., spec.past_size :], ahead], axis=1)
+                channels.append((known - mean[..., spec.past_size :]) / spread[..., spec.past_size :])
+        x = torch.from_numpy(np.concatenate(channels, axis=-1).astype(np.float32))
+        if spec.calendar:
+            firsts = self._shifted(pd.DatetimeIndex(last).as_unit("ns").to_numpy(), np.array([1 - lookback]))[:, 0]
+            phase0, rate = Calendar(spec.calendar, self.spec["freq"]).phases(firsts)
+            positions = torch.arange(steps).expand(n, -1)
+            x = torch.cat([x, encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions)], dim=-1)
+        per_series = []
+        if spec.static_covariates:
+            per_series.append(np.array([stats[i]["static"] for i in ids], dtype=np.float32))
+        if spec.series_embedding:
+            per_series.append(np.array([[stats[i]["index"]] for i in ids], dtype=np.float32))
+        if per_series:
+            fixed = torch.from_numpy(np.concatenate(per_series, axis=1))
+            x = torch.cat([x, fixed[:, None, :].expand(-1, steps, -1)], dim=-1)
+        return x
+
+    def _future_values(
+        self, future: pd.DataFrame | None, ids: list[str], last: np.ndarray, source: str
+    ) -> np.ndarray | None:
+        """(S, horizon, F) future covariate values for the steps after each series' history, checked."""
+        names = self.future_covariates
+        if not names:
+            return None
+        s = self.spec
+        time_col, id_col = s["time_column"], s.get("id_column")
+        if future is None:
+            keys = ", ".join([*([id_col] if id_col else []), time_col, *names])
+            raise DataError(
+                f"this model needs the future covariates {', '.join(names)} for the {self.horizon} steps after each "
+                f"series' history: pass them with --future FILE (columns {keys})"
+            )
+        keyed = id_col and s.get("format") != "wide"
+        for col in [*([id_col] if keyed else []), time_col, *names]:
+            if col not in future.columns:
+                found = ", ".join(map(str, future.columns))
+                raise DataError(f"{source}: column '{col}' not found; columns: {found}")
+        times = _parse_times(future[time_col], "all", source)
+        if times.isna().any():
+            row = int(np.flatnonzero(times.isna().to_numpy())[0]) + 1
+            raise DataError(f"{source}: row {row}: unparseable timestamp")
+        frame = pd.DataFrame({"id": future[id_col].astype(str) if keyed else "series", "time": times.to_numpy()})
+        for name in names:
+            frame[name] = pd.to_numeric(future[name], errors="coerce").to_numpy(dtype=np.float64)
+        dup = frame.duplicated(["id", "time"])
+        if dup.any():
+            r = frame[dup].iloc[0]
+            raise DataError(f"{source}: duplicate row for series '{r['id']}' at {r['time']}")
+        wanted = self._future_times(last)
+        index = pd.MultiIndex.from_arrays(
+            [np.repeat(np.asarray(ids if keyed else ["series"] * len(ids), dtype=object), self.horizon), wanted.ravel()]
+        )
+        values = frame.set_index(["id", "time"])[names].reindex(index).to_numpy()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row, k = np.argwhere(bad)[0]
+            sid, when = ids[row // self.horizon], wanted.ravel()[row]
+            present = (frame["id"] == index[row][0]) & (frame["time"] == when)
+            what = f"a missing or non-numeric '{names[k]}'" if present.any() else "no row"
+            raise DataError(
+                f"{source}: series '{sid}': {what} at {pd.Timestamp(when)}; the future covariates are needed for the "
+                f"{self.horizon} steps after the history's last timestamp {pd.Timestamp(last[row // self.horizon])}"
+            )
+        return values.reshape(len(ids), self.horizon, len(names))
 
     def _split_history(self, history: pd.DataFrame, source: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(series ids, last timestamps (S,) datetime64[ns], last `lookback` values (S, lookback)).
+        """(series ids, last timestamps (S,) datetime64[ns], last `lookback` rows (S, lookback, 1 + K)).
+
+        The rows hold the target, then the K time-varying covariates.
 
         The common case (long format, a fixed-duration step, every series clean) is checked and
         cut in array ops over the whole history; anything else, or any problem, goes through the
@@ -166,7 +259,8 @@ class Forecaster:
         s = self.spec
         time_col, target_col, id_col = s["time_column"], s["target_column"], s.get("id_column")
         n = self.lookback
-        needed = [time_col, target_col, *([id_col] if id_col else [])]
+        value_cols = [target_col, *self.covariates]
+        needed = [time_col, *value_cols, *([id_col] if id_col else [])]
         if s.get("format") == "wide" or len(history) == 0 or any(c not in history for c in needed):
             return None
         try:
@@ -178,7 +272,9 @@ class Forecaster:
         if times.dt.tz is not None:
             times = times.dt.tz_convert("UTC").dt.tz_localize(None)
         stamps = times.to_numpy(dtype="datetime64[ns]")
-        values = pd.to_numeric(history[target_col], errors="coerce").to_numpy(dtype=np.float64)
+        values = np.stack(
+            [pd.to_numeric(history[c], errors="coerce").to_numpy(dtype=np.float64) for c in value_cols], axis=1
+        )
         if id_col:
             try:
                 codes, keys = pd.factorize(history[id_col], sort=True)  # the order of groupby(sort=True)
@@ -210,15 +306,20 @@ class Forecaster:
     def _split_history_per_series(
         self, history: pd.DataFrame, source: str
     ) -> dict[str, tuple[pd.Timestamp, np.ndarray]]:
-        """Per series: (last timestamp, last `lookback` values), after checking the history."""
+        """Per series: (last timestamp, last `lookback` rows of target and covariates), after checking the history."""
         s = self.spec
+        covs = self.covariates
+        for col in covs:
+            if col not in history.columns:
+                found = ", ".join(map(str, history.columns))
+                raise DataError(f"{source}: covariate column '{col}' not found; columns: {found}")
         time_col, target_col, id_col = s["time_column"], s["target_column"], s.get("id_column")
         found = ", ".join(map(str, history.columns))
         if time_col not in history.columns:
             raise DataError(f"{source}: time column '{time_col}' not found; columns: {found}")
         if s.get("format") == "wide":
-            value_cols = [c for c in history.columns if c != time_col]
-            frames = {str(c): history[[time_col, c]].rename(columns={c: "y"}) for c in value_cols}
+            value_cols = [c for c in history.columns if c != time_col and c not in covs]
+            frames = {str(c): history[[time_col, c, *covs]].rename(columns={c: "y"}) for c in value_cols}
         else:
             if target_col not in history.columns:
                 raise DataError(f"{source}: target column '{target_col}' not found; columns: {found}")
@@ -226,11 +327,11 @@ class Forecaster:
                 if id_col not in history.columns:
                     raise DataError(f"{source}: id column '{id_col}' not found; columns: {found}")
                 frames = {
-                    str(k): g[[time_col, target_col]].rename(columns={target_col: "y"})
+                    str(k): g[[time_col, target_col, *covs]].rename(columns={target_col: "y"})
                     for k, g in history.groupby(id_col, sort=True)
                 }
             else:
-                frames = {"series": history[[time_col, target_col]].rename(columns={target_col: "y"})}
+                frames = {"series": history[[time_col, target_col, *covs]].rename(columns={target_col: "y"})}
         if not frames:
             raise DataError(f"{source}: no rows")
         step = pd.tseries.frequencies.to_offset(s["freq"])
@@ -246,7 +347,10 @@ class Forecaster:
         if times.isna().any():
             row = _row(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
             raise DataError(f"{source}: series '{sid}': unparseable timestamp in row {row}")
-        values = pd.to_numeric(frame["y"], errors="coerce").to_numpy(dtype=np.float64)
+        columns = ["y", *self.covariates]
+        values = np.stack(
+            [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in columns], axis=1
+        )
         order = np.argsort(times.to_numpy(), kind="stable")
         times, values = pd.DatetimeIndex(times.to_numpy()[order]), values[order]
         if times.has_duplicates:
@@ -266,8 +370,9 @@ class Forecaster:
             )
         window = values[-self.lookback :]
         if not np.isfinite(window).all():
-            bad = last[int(np.flatnonzero(~np.isfinite(window))[0])]
-            raise DataError(f"{source}: series '{sid}': missing or non-numeric value at {bad}")
+            j, k = np.argwhere(~np.isfinite(window))[0]
+            what = f"covariate '{columns[k]}'" if k else "value"
+            raise DataError(f"{source}: series '{sid}': missing or non-numeric {what} at {last[j]}")
         return last[-1], window
 
 
@@ -293,11 +398,11 @@ def _row(frame: pd.DataFrame, position: int) -> object:
     return label + 1 if isinstance(label, (int, np.integer)) else position + 1
 
 
-def read_history(path: str | Path) -> pd.DataFrame:
-    """The history file for `predict` (csv, parquet or json), with a clear error when unreadable."""
+def read_history(path: str | Path, what: str = "history") -> pd.DataFrame:
+    """A file for `predict` (csv, parquet or json), with a clear error when unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"history file not found: {path}")
+        raise DataError(f"{what} file not found: {path}")
     try:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
@@ -306,4 +411,4 @@ def read_history(path: str | Path) -> pd.DataFrame:
         return pd.read_csv(path)
     except Exception as exc:  # pandas raises many kinds for malformed files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"{path}: cannot read history: {first[:200]}") from None
+        raise DataError(f"{path}: cannot read {what}: {first[:200]}") from None

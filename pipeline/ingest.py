@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline import scaling
+from pipeline import covariates, scaling
 from pipeline.artifacts import META, is_cached, stage_key, staged_dir, write_json_atomic
 from pipeline.config import Config, DataConfig
 from pipeline.errors import DataError
@@ -41,6 +41,8 @@ class SeriesSet:
     lengths: np.ndarray
     values: np.ndarray
     freq: str
+    covariates: np.ndarray | None = None  # (n_points, K) time-varying covariates beside `values`
+    static: np.ndarray | None = None  # (n_series, S) static covariates
 
     @property
     def offsets(self) -> np.ndarray:
@@ -62,7 +64,7 @@ def _run(cfg: Config, force: bool) -> None:
     meta = split_and_scale(series, cfg.data)
     meta.update(key=key, stage="ingest", source=cfg.data.source)
     with staged_dir(out) as tmp:
-        write_values(tmp / VALUES_FILE, series.values)
+        write_values(tmp / VALUES_FILE, series.values, cfg.data.covariates, series.covariates)
         write_json_atomic(tmp / META, meta)
     log.info(
         "ingest: %d series, %d points, freq %s, fingerprint %s",
@@ -97,7 +99,7 @@ def columns_of(columns: list, cfg: DataConfig) -> tuple[str | None, str, list[st
         targets = [c for c in columns if c != cfg.time_column]
         if not targets:
             raise DataError(f"{cfg.source}: wide format needs at least one series column besides '{cfg.time_column}'")
-        return None, cfg.time_column, targets
+        return None, cfg.time_column, [c for c in targets if c not in cfg.covariates]
     if cfg.target_column not in columns:
         raise DataError(
             f"{cfg.source}: target column '{cfg.target_column}' (data.target_column) not found; columns: {found}"
@@ -118,14 +120,33 @@ def to_long(table: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
             parts.append(
                 pd.DataFrame({"series": str(col), "time": times, "target": _numeric(table[col], col, cfg), "row": rows})
             )
-        return pd.concat(parts, ignore_index=True)
+        return _with_covariates(pd.concat(parts, ignore_index=True), table, cfg)
     if id_col is not None and table[id_col].isna().any():  # grouping would silently drop these rows
         i = int(np.flatnonzero(table[id_col].isna().to_numpy())[0])
         raise DataError(f"{cfg.source}: row {i + 1}: missing series id in column '{id_col}' (data.id_column)")
     ids = table[id_col].astype(str) if id_col is not None else pd.Series("series", index=table.index)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {"series": ids.values, "time": times, "target": _numeric(table[targets[0]], targets[0], cfg), "row": rows}
     )
+    return _with_covariates(frame, table, cfg)
+
+
+def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    """The long frame with a numeric column per covariate (wide format: shared by every series)."""
+    names = [*cfg.covariates, *cfg.static_covariates]
+    if not names:
+        return frame
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        kind = next(k for k in ("past", "future", "static") if missing[0] in getattr(cfg, f"{k}_covariates"))
+        found = ", ".join(map(str, table.columns))
+        raise DataError(
+            f"{cfg.source}: covariate column '{missing[0]}' (data.{kind}_covariates) not found; columns: {found}"
+        )
+    repeats = len(frame) // len(table)  # wide format: each series repeats the table's rows
+    for name in names:
+        frame[name] = np.tile(_numeric(table[name], name, cfg), repeats)
+    return frame
 
 
 ONE_ZONE = "write all timestamps in one zone (or all with the same UTC offset)"
@@ -236,19 +257,27 @@ def prepare_series(table: pd.DataFrame, cfg: DataConfig) -> SeriesSet:
     check_duplicates(frame, cfg.source)
     step = infer_freq(frame, cfg.freq, cfg.source)
 
-    ids, starts, chunks = [], [], []
+    ids, starts, chunks, covs, statics = [], [], [], [], []
     dropped = []
     for sid, part in frame.groupby("series", sort=True, observed=True):
         values = regularise(str(sid), part, step, cfg)
+        if values is not None and cfg.covariates:
+            grid = pd.date_range(part["time"].iloc[0], part["time"].iloc[-1], freq=step)
+            covs.append(covariates.on_grid(str(sid), part, cfg.covariates, grid, cfg))
+            values = None if covs[-1] is None else values
         if values is None:
             dropped.append(str(sid))
             continue
+        if cfg.static_covariates:
+            statics.append(covariates.static_row(str(sid), part, cfg.static_covariates, cfg.source))
         ids.append(str(sid))
         starts.append(part["time"].iloc[0])
         chunks.append(values)
     accepted(cfg, ids, unsorted, dropped)
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
-    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr)
+    cov = np.concatenate([c for c in covs if c is not None]) if cfg.covariates else None
+    static = np.array(statics, dtype=np.float64) if cfg.static_covariates else None
+    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static)
 
 
 def check_duplicates(frame: pd.DataFrame, source: str) -> None:
@@ -374,6 +403,9 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
     """Per-series split boundaries and train-part statistics, plus the content fingerprint."""
     offsets = series.offsets
     records = []
+    if series.static is not None:
+        static_mean, static_scale = covariates.train_stats(series.static)
+        static = (series.static - np.array(static_mean)) / np.array(static_scale)
     for i, sid in enumerate(series.ids):
         length = int(series.lengths[i])
         train_end, val_end = split_sizes(length, cfg.val_size, cfg.test_size)
@@ -388,24 +420,40 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
                 f"{cfg.source}: series '{sid}' is constant on its train part (zero scale); "
                 f"remove it or set data.scaling: none"
             )
-        records.append(
-            {
-                "id": sid,
-                "start": series.starts[i].isoformat(),
-                "length": length,
-                "train_end": train_end,
-                "val_end": val_end,
-                "mean": mean,
-                "scale": scale,
-            }
-        )
+        record = {
+            "id": sid,
+            "start": series.starts[i].isoformat(),
+            "length": length,
+            "train_end": train_end,
+            "val_end": val_end,
+            "mean": mean,
+            "scale": scale,
+        }
+        if series.covariates is not None:
+            part = series.covariates[offsets[i] : offsets[i] + train_end]
+            record["covariate_mean"], record["covariate_scale"] = covariates.train_stats(part)
+        if series.static is not None:
+            record["static"] = static[i].tolist()
+        records.append(record)
     digest = hashlib.sha256()
     for start in range(0, len(series.values), HASH_CHUNK):  # no float32 copy of the whole buffer
         digest.update(np.ascontiguousarray(series.values[start : start + HASH_CHUNK], dtype=np.float32))
+    if series.covariates is not None:
+        digest.update(repr(cfg.covariates).encode())
+        digest.update(np.ascontiguousarray(series.covariates, dtype=np.float32))
+    if series.static is not None:
+        digest.update(repr(cfg.static_covariates).encode())
+        digest.update(np.ascontiguousarray(series.static))
     digest.update(repr([(r["id"], r["start"], r["length"]) for r in records]).encode())
     digest.update(series.freq.encode())
     digest.update(f"{cfg.scaling}/{cfg.transform}".encode())  # what the model sees: downstream stages rerun
+    extra = {}
+    if series.static is not None:
+        extra["static_covariates"] = {"names": cfg.static_covariates, "mean": static_mean, "scale": static_scale}
+    if series.covariates is not None:
+        extra["covariates"] = {"past": cfg.past_covariates, "future": cfg.future_covariates}
     return {
+        **extra,
         "fingerprint": digest.hexdigest()[:16],
         "freq": series.freq,
         "scaling": cfg.scaling,
@@ -419,8 +467,12 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
 # ---------------------------------------------------------------- the Arrow buffer
 
 
-def write_values(path: Path, values: np.ndarray) -> None:
-    table = pa.table({"target": pa.array(np.asarray(values, dtype=np.float32))})  # float32 in: no copy
+def write_values(path: Path, values: np.ndarray, names: list[str] = (), covs: np.ndarray | None = None) -> None:
+    """The target (and time-varying covariates, one column each) as float32 Arrow columns."""
+    columns = {"target": pa.array(np.asarray(values, dtype=np.float32))}  # float32 in: no copy
+    if names:
+        columns.update(covariates.columns(names, covs))
+    table = pa.table(columns)
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 

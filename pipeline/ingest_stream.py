@@ -50,7 +50,7 @@ SINGLE = "series"  # the id of the one series when there is no id column
 
 def streamable(batches: ParquetBatches, cfg: DataConfig) -> bool:
     """Long format; in every file a timestamp time column, a numeric target, a string/integer id (or none)."""
-    if cfg.format != "long":
+    if cfg.format != "long" or cfg.covariates or cfg.static_covariates:  # covariates: through pandas
         return False
     id_col, time_col, targets = columns_of(batches.schemas[0].names, cfg)  # fails here on a missing column
     return all(_typed(schema, id_col, time_col, targets[0]) for schema in batches.schemas)

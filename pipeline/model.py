@@ -1,9 +1,14 @@
 """The forecaster network: the tutorial's LSTM done right.
 
-Inputs are `(batch, lookback, features)` (`batch_first`; feature 0 is the scaled target), the
-last hidden state of the top layer goes through one linear head to all `horizon` outputs at
-once (direct multi-step). With calendar features the inputs span `lookback + horizon` steps
-(target channel zero over the horizon) and the head also reads the horizon's calendar.
+Inputs are `(batch, steps, channels)` (`batch_first`), the last hidden state of the top layer
+goes through one linear head to all `horizon` outputs at once (direct multi-step). Channels, in
+this order: the scaled target; past covariates (`past_size`); known-ahead channels
+(`future_size`: future covariates, then a sine and a cosine per calendar feature); static
+covariates; with `series_embedding`, the series' row in the embedding table (a float holding an
+integer). With known-ahead channels the inputs span `lookback + horizon` steps (target and
+past covariates zero over the horizon) and the head also reads the horizon's known-ahead
+channels; else they span `lookback`. Static covariates and the series' embedding vector go to
+the recurrent layers at every step, beside the other inputs.
 
 Switches that make it robust on data it was not tuned for:
 
@@ -46,15 +51,30 @@ class ModelSpec:
     season_average: int = 1
     quantiles: tuple[float, ...] = ()
     calendar: tuple[str, ...] = ()  # calendar features (pipeline.calendar), known over the horizon too
+    past_covariates: tuple[str, ...] = ()
+    future_covariates: tuple[str, ...] = ()
+    static_covariates: tuple[str, ...] = ()
+    series_embedding: int = 0  # size of the learned per-series vector (0 = none)
+    n_series: int = 0  # rows of the embedding table
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
-        object.__setattr__(self, "calendar", tuple(self.calendar))
+        for name in ("calendar", "past_covariates", "future_covariates", "static_covariates"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def past_size(self) -> int:
+        return len(self.past_covariates)
 
     @property
     def future_size(self) -> int:
-        """Known-ahead input channels (a sine and a cosine per calendar feature)."""
-        return 2 * len(self.calendar)
+        """Known-ahead input channels: future covariates, and a sine and a cosine per calendar feature."""
+        return len(self.future_covariates) + 2 * len(self.calendar)
+
+    @property
+    def channels(self) -> int:
+        """Input channels: 1 + past + known-ahead + static, and the series index with an embedding."""
+        return 1 + self.past_size + self.future_size + len(self.static_covariates) + (self.series_embedding > 0)
 
     @property
     def median_index(self) -> int | None:
@@ -67,7 +87,8 @@ class ModelSpec:
         return (self.horizon, len(self.quantiles)) if self.quantiles else (self.horizon,)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "quantiles": list(self.quantiles), "calendar": list(self.calendar)}
+        lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates")
+        return {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
 
 
 class RecurrentForecaster(nn.Module):
@@ -75,8 +96,10 @@ class RecurrentForecaster(nn.Module):
         super().__init__()
         self.spec = spec
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[spec.cell]
+        if spec.series_embedding:
+            self.embedding = nn.Embedding(spec.n_series, spec.series_embedding)
         self.rnn = rnn(
-            input_size=spec.input_size,
+            input_size=spec.input_size + spec.series_embedding,
             hidden_size=spec.hidden_size,
             num_layers=spec.num_layers,
             dropout=spec.dropout if spec.num_layers > 1 else 0.0,
@@ -100,13 +123,20 @@ class RecurrentForecaster(nn.Module):
         `head` is (B, horizon) or (B, horizon, Q) in the window's own units; spread and base
         broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
         With known-ahead channels, `x` spans lookback + horizon and the head also reads the
-        horizon's channels (the target channel there is ignored).
+        horizon's known-ahead channels (the other channels there are ignored).
         """
-        future = None
-        if self.spec.future_size:
-            lookback = x.shape[1] - self.spec.horizon
-            future = x[:, lookback:, 1:].flatten(1)
+        spec = self.spec
+        future = series = None
+        if spec.series_embedding:
+            series = x[:, 0, -1].round().long()
+        if spec.future_size:
+            lookback = x.shape[1] - spec.horizon
+            ahead = 1 + spec.past_size
+            future = x[:, lookback:, ahead : ahead + spec.future_size].flatten(1)
             x = x[:, :lookback]
+        x = x[..., : spec.input_size]
+        if series is not None:
+            x = torch.cat([x, self.embedding(series)[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)
         target = x[..., 0]
         loc = torch.zeros_like(target[:, :1])
         spread = torch.ones_like(loc)
@@ -117,7 +147,6 @@ class RecurrentForecaster(nn.Module):
         out, _ = self.rnn(x)
         last = out[:, -1, :] if future is None else torch.cat([out[:, -1, :], future], dim=1)
         head = self.head(last)
-        spec = self.spec
         if spec.residual_season:
             base = seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average)
         else:

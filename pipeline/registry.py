@@ -221,6 +221,7 @@ class ScoringWindows:
     horizon: int
     mase_scale: np.ndarray  # (W,) MASE denominator of each window's series
     freq: str
+    ingest_dir: Path | None = None  # where the covariate columns are read from
 
 
 def scoring_windows(cfg: Config) -> ScoringWindows:
@@ -252,6 +253,7 @@ def scoring_windows(cfg: Config) -> ScoringWindows:
         horizon=window_meta["horizon"],
         mase_scale=scale[pairs[:, 0]],
         freq=ingest_meta["freq"],
+        ingest_dir=cfg.run_dir / "ingest",
     )
 
 
@@ -276,17 +278,24 @@ def forecast(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) 
     """Forecasts in original units (len(rows), horizon), each series scaled with the model's own scaler."""
     import numpy as np
 
-    from pipeline.calendar import Calendar
     from pipeline.data import WindowBuffer
     from pipeline.evaluate import forecast_windows, point_of, to_original_units
 
+    spec = forecaster.model.spec
     stats = forecaster.spec["series"]
-    unit = {"mean": 0.0, "scale": 1.0}
+    k = len(spec.past_covariates) + len(spec.future_covariates)
+    unit = {  # series the model does not know are not scored; these only fill their slots
+        "mean": 0.0,
+        "scale": 1.0,
+        "covariate_mean": [0.0] * k,
+        "covariate_scale": [1.0] * k,
+        "static": [0.0] * len(spec.static_covariates),
+        "index": 0,
+    }
     own = [{**r, **stats.get(r["id"], unit)} for r in windows.records]
     transform = forecaster.spec.get("transform", "none")
-    calendar = Calendar(forecaster.model.spec.calendar, forecaster.spec["freq"])
-    buffer = WindowBuffer.from_ingest(
-        windows.raw32, own, forecaster.lookback, windows.horizon, transform=transform, calendar=calendar
+    buffer = WindowBuffer.for_model(
+        spec, windows.ingest_dir, windows.raw32, own, forecaster.spec["freq"], forecaster.lookback, transform
     )
     series = windows.series[rows]
     pairs = np.stack([series, windows.target_start[rows] - forecaster.lookback], axis=1).astype(np.int64)

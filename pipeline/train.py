@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 
-from pipeline import auto
+from pipeline import auto, covariates
 from pipeline import checkpoint as ckpt
 from pipeline.artifacts import META, is_cached, recover, require_stage, stage_key, swap_into_place, write_json_atomic
 from pipeline.calendar import Calendar
@@ -144,24 +144,9 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
     if (window_meta["lookback"], window_meta["horizon"]) != (w.lookback, w.horizon):
         raise ConfigError("window.lookback/horizon differ from the window stage output; run 'lstm-pipeline window'")
     calendar = Calendar(tuple(cfg.data.calendar), ingest_meta["freq"])
-    buffer = WindowBuffer.from_ingest(
-        raw,
-        ingest_meta["series"],
-        w.lookback,
-        w.horizon,
-        device,
-        resident=cfg.train.device_resident,
-        transform=ingest_meta.get("transform", "none"),
-        calendar=calendar,
-    )
-    # window indices live beside the buffer, so sampling and gathering never cross devices
-    if len(index["val"]) == 0:
-        raise DataError("no validation window: increase data.val_size or decrease window.horizon")
-    index = {**index, "val": spread_subset(index["val"], cfg.train.val_windows)}
-    pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
-    m = cfg.model
+    d, m = cfg.data, cfg.model
     spec = ModelSpec(
-        input_size=1 + calendar.size,
+        input_size=1 + len(d.past_covariates) + len(d.future_covariates) + calendar.size + len(d.static_covariates),
         horizon=w.horizon,
         hidden_size=m.hidden_size,
         num_layers=m.num_layers,
@@ -172,7 +157,29 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         season_average=m.season_average,
         quantiles=m.quantiles,
         calendar=calendar.features,
+        past_covariates=d.past_covariates,
+        future_covariates=d.future_covariates,
+        static_covariates=d.static_covariates,
+        series_embedding=m.series_embedding,
+        n_series=ingest_meta["n_series"] if m.series_embedding else 0,
     )
+    buffer = WindowBuffer.from_ingest(
+        raw,
+        ingest_meta["series"],
+        w.lookback,
+        w.horizon,
+        device,
+        resident=cfg.train.device_resident,
+        transform=ingest_meta.get("transform", "none"),
+        calendar=calendar,
+        covariates=covariates.read(cfg.run_dir / "ingest", d.covariates),
+        spec=spec,
+    )
+    # window indices live beside the buffer, so sampling and gathering never cross devices
+    if len(index["val"]) == 0:
+        raise DataError("no validation window: increase data.val_size or decrease window.horizon")
+    index = {**index, "val": spread_subset(index["val"], cfg.train.val_windows)}
+    pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
     if m.quantiles:
         log.info("train: quantile head %s, trained with the pinball loss", m.quantiles)
     info = {

@@ -1,0 +1,301 @@
+"""Covariates: through ingest, into the model's inputs without leakage, and served by predict."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+import torch
+
+from pipeline import covariates
+from pipeline.config import DataConfig, load_config
+from pipeline.data import WindowBuffer
+from pipeline.errors import ConfigError, DataError
+from pipeline.forecaster import Forecaster
+from pipeline.ingest import prepare_series, read_values, split_and_scale
+from pipeline.model import ModelSpec, build_model
+from tests.conftest import cli, write_config
+
+LENGTH = 300
+
+
+def _frame(n_series: int = 3, length: int = LENGTH, seed: int = 0) -> pd.DataFrame:
+    """Hourly series whose level follows a flag known ahead and a temperature known after the fact."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for k in range(n_series):
+        time = pd.date_range("2024-01-01", periods=length, freq="h")
+        flag = ((time.dayofweek < 5) & (time.hour >= 8) & (time.hour < 18)).astype(float)
+        temp = 15 + 8 * np.sin(2 * np.pi * np.arange(length) / 24 + k) + rng.normal(0, 0.5, length)
+        y = 10 * (k + 1) + 5 * flag + 0.3 * temp + rng.normal(0, 0.2, length)
+        parts.append(pd.DataFrame({"id": f"s{k}", "time": time, "y": y, "temp": temp, "flag": flag, "size": k + 1.0}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _data_cfg(**kw) -> DataConfig:
+    base = {
+        "source": "mem.csv",
+        "id_column": "id",
+        "target_column": "y",
+        "past_covariates": ["temp"],
+        "future_covariates": ["flag"],
+        "static_covariates": ["size"],
+        "val_size": 0.15,
+        "test_size": 0.15,
+    }
+    return DataConfig(**{**base, **kw})
+
+
+def test_ingest_keeps_covariates_on_the_grid_with_train_part_statistics():
+    frame = _frame()
+    cfg = _data_cfg()
+    series = prepare_series(frame.sample(frac=1.0, random_state=0), cfg)  # order of rows must not matter
+    assert series.covariates.shape == (3 * LENGTH, 2)
+    np.testing.assert_array_equal(series.covariates[:LENGTH, 0], frame["temp"].to_numpy()[:LENGTH])
+    np.testing.assert_array_equal(series.covariates[LENGTH:, 1], frame["flag"].to_numpy()[LENGTH:])
+    meta = split_and_scale(series, cfg)
+    rec = meta["series"][1]
+    train = frame[frame["id"] == "s1"].iloc[: rec["train_end"]]
+    np.testing.assert_allclose(rec["covariate_mean"], [train["temp"].mean(), train["flag"].mean()])
+    np.testing.assert_allclose(rec["covariate_scale"], [train["temp"].std(ddof=0), train["flag"].std(ddof=0)])
+    # static covariates are standardised across series: sizes 1, 2, 3
+    np.testing.assert_allclose([r["static"][0] for r in meta["series"]], [-1.2247449, 0.0, 1.2247449], atol=1e-6)
+    assert meta["covariates"] == {"past": ["temp"], "future": ["flag"]}
+    # the fingerprint follows the covariates' values
+    changed = frame.copy()
+    changed.loc[5, "temp"] += 1.0
+    assert split_and_scale(prepare_series(changed, cfg), cfg)["fingerprint"] != meta["fingerprint"]
+
+
+def test_a_covariate_constant_on_the_train_part_keeps_scale_one():
+    frame = _frame(n_series=1)
+    frame["flag"] = 0.0
+    cfg = _data_cfg(static_covariates=[])
+    rec = split_and_scale(prepare_series(frame, cfg), cfg)["series"][0]
+    assert rec["covariate_scale"][1] == 1.0 and rec["covariate_mean"][1] == 0.0
+
+
+def test_wide_format_shares_the_covariate_columns_between_series():
+    time = pd.date_range("2024-01-01", periods=100, freq="h")
+    table = pd.DataFrame(
+        {"time": time, "a": np.arange(100.0), "b": np.arange(100.0) * 2, "temp": np.sin(np.arange(100))}
+    )
+    cfg = DataConfig(source="mem.csv", format="wide", past_covariates=["temp"])
+    series = prepare_series(table, cfg)
+    assert series.ids == ["a", "b"]  # the covariate is not a series
+    np.testing.assert_array_equal(series.covariates[:, 0], np.tile(table["temp"].to_numpy(), 2))
+
+
+@pytest.mark.parametrize(
+    ("change", "kw", "message"),
+    [
+        (lambda f: f.drop(columns="temp"), {}, "covariate column 'temp' (data.past_covariates) not found"),
+        (lambda f: f.assign(flag=f["flag"].astype(object).where(f.index != 7, "x")), {}, "row 8: non-numeric"),
+        (lambda f: f.assign(temp=f["temp"].where(f.index != 9)), {}, "series 's0': missing or non-finite value of "),
+        (lambda f: f.assign(size=f["size"].where(f.index != 310, 9.0)), {}, "static covariate 'size' changes"),
+        (lambda f: f.assign(size=f["size"].where(f.index != 3)), {}, "missing or non-finite static covariate 'size'"),
+    ],
+)
+def test_bad_covariates_are_one_line_errors_naming_the_place(change, kw, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
+        prepare_series(change(_frame()), _data_cfg(**kw))
+    assert "\n" not in str(info.value)
+
+
+def test_missing_covariate_values_follow_data_missing():
+    frame = _frame(n_series=1)
+    frame.loc[10:12, "temp"] = np.nan
+    cfg = _data_cfg(missing="interpolate", static_covariates=[])
+    temp = prepare_series(frame, cfg).covariates[:, 0]
+    np.testing.assert_allclose(temp[10:13], np.linspace(frame["temp"][9], frame["temp"][13], 5)[1:4])
+    with pytest.raises(DataError, match="no series left"):
+        prepare_series(frame, _data_cfg(missing="drop", static_covariates=[]))
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"past_covariates": ["y"]}, "data.past_covariates: 'y' is already data.target_column"),
+        ({"future_covariates": ["temp"]}, "data.future_covariates: 'temp' is also listed in data.past_covariates"),
+        ({"format": "wide", "id_column": None}, "data.static_covariates needs long format"),
+    ],
+)
+def test_covariate_config_errors(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        _data_cfg(**kw)
+
+
+def _buffer(frame: pd.DataFrame, spec: ModelSpec, lookback: int, horizon: int) -> tuple[WindowBuffer, dict]:
+    cfg = _data_cfg()
+    series = prepare_series(frame, cfg)
+    meta = split_and_scale(series, cfg)
+    buffer = WindowBuffer.from_ingest(
+        series.values.astype(np.float32),
+        meta["series"],
+        lookback,
+        horizon,
+        covariates=series.covariates.astype(np.float32),
+        spec=spec,
+    )
+    return buffer, meta
+
+
+SPEC = ModelSpec(
+    input_size=1 + 1 + 1 + 1,
+    horizon=6,
+    hidden_size=8,
+    num_layers=1,
+    past_covariates=("temp",),
+    future_covariates=("flag",),
+    static_covariates=("size",),
+    series_embedding=3,
+    n_series=3,
+)
+
+
+def test_inputs_lay_out_every_channel_and_never_the_horizons_past_only_values():
+    frame = _frame()
+    buffer, meta = _buffer(frame, SPEC, lookback=24, horizon=6)
+    pair = torch.tensor([[1, 250]])  # series s1, inputs from step 250 (targets in the test part)
+    x, y = buffer.gather(pair)
+    assert x.shape == (1, 30, SPEC.channels) == (1, 30, 5)
+    rec, s1 = meta["series"][1], frame[frame["id"] == "s1"].reset_index(drop=True)
+    z = (s1["y"].to_numpy() - rec["mean"]) / rec["scale"]
+    temp = (s1["temp"].to_numpy() - rec["covariate_mean"][0]) / rec["covariate_scale"][0]
+    flag = (s1["flag"].to_numpy() - rec["covariate_mean"][1]) / rec["covariate_scale"][1]
+    np.testing.assert_allclose(x[0, :24, 0], z[250:274], atol=1e-5)
+    np.testing.assert_allclose(x[0, :24, 1], temp[250:274], atol=1e-5)
+    np.testing.assert_allclose(x[0, :, 2], flag[250:280], atol=1e-5)  # known ahead: over the horizon too
+    assert not x[0, 24:, :2].any()  # target and temperature: nothing of the horizon
+    np.testing.assert_allclose(x[0, :, 3], rec["static"][0], atol=1e-6)
+    assert (x[0, :, 4] == 1.0).all()  # the series' row in the embedding table
+    np.testing.assert_allclose(y[0], z[274:280], atol=1e-5)
+
+    # the horizon's target and temperature can change without changing the inputs; its flag cannot
+    leaky = frame.copy()
+    rows = leaky.index[(leaky["id"] == "s1")][274:280]
+    leaky.loc[rows, ["y", "temp"]] = 1e3
+    x2, _ = _buffer(leaky, SPEC, 24, 6)[0].gather(pair)
+    assert torch.equal(x, x2)
+    leaky.loc[rows, "flag"] = 1.0 - leaky.loc[rows, "flag"]
+    x3, _ = _buffer(leaky, SPEC, 24, 6)[0].gather(pair)
+    assert not torch.equal(x3[0, 24:, 2], x[0, 24:, 2])
+
+
+def test_only_past_covariates_keep_inputs_to_the_lookback():
+    spec = ModelSpec(input_size=2, horizon=6, hidden_size=8, num_layers=1, past_covariates=("temp",))
+    frame = _frame(n_series=1)
+    cfg = _data_cfg(future_covariates=[], static_covariates=[])
+    series = prepare_series(frame, cfg)
+    meta = split_and_scale(series, cfg)
+    buffer = WindowBuffer.from_ingest(
+        series.values.astype(np.float32), meta["series"], 24, 6, covariates=series.covariates, spec=spec
+    )
+    x, _ = buffer.gather(torch.tensor([[0, 10]]))
+    assert x.shape == (1, 24, 2)
+    assert build_model(spec, seed=0)(x).shape == (1, 6)
+
+
+def test_model_reads_embedding_and_statics_and_starts_at_its_base():
+    model = build_model(SPEC, seed=0)
+    assert model.rnn.input_size == SPEC.input_size + 3
+    buffer, _ = _buffer(_frame(), SPEC, 24, 6)
+    x, _ = buffer.gather(torch.tensor([[0, 50], [2, 60]]))
+    out = model(x)
+    assert out.shape == (2, 6)
+    # the embedding is read: a different series index changes the hidden state (the head is zero at init)
+    model.head.weight.data.normal_()
+    other = x.clone()
+    other[..., -1] = 2.0 - other[..., -1]
+    assert not torch.allclose(model(x), model(other))
+
+
+def test_values_arrow_holds_the_covariate_columns(tmp_path):
+    from pipeline.ingest import write_values
+
+    covs = np.arange(12, dtype=np.float32).reshape(6, 2)
+    write_values(tmp_path / "values.arrow", np.zeros(6), ["temp", "flag"], covs)
+    names = pa.ipc.open_file(pa.memory_map(str(tmp_path / "values.arrow"))).read_all().column_names
+    assert names == ["target", "covariate:temp", "covariate:flag"]
+    np.testing.assert_array_equal(covariates.read(tmp_path, ["flag", "temp"]), covs[:, ::-1])
+    with pytest.raises(DataError, match="no covariate 'wind'"):
+        covariates.read(tmp_path, ["wind"])
+
+
+@pytest.mark.slow
+def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
+    data = tmp_path / "shop.csv"
+    _frame().to_csv(data, index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {
+                "source": str(data),
+                "id_column": "id",
+                "target_column": "y",
+                "freq": "h",
+                "val_size": 0.15,
+                "test_size": 0.15,
+                "calendar": "none",
+                "past_covariates": ["temp"],
+                "future_covariates": ["flag"],
+                "static_covariates": ["size"],
+            },
+            "model.series_embedding": 3,
+            "window.lookback": 24,
+            "window.horizon": 6,
+            "train.max_steps": 30,
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+        },
+    )
+    done = cli("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "run"
+    spec = json.loads((run / "export" / "forecaster.json").read_text())
+    m = spec["model"]
+    assert (m["past_covariates"], m["future_covariates"], m["static_covariates"]) == (["temp"], ["flag"], ["size"])
+    assert m["series_embedding"] == 3 and m["n_series"] == 3 and spec["series"]["s2"]["index"] == 2
+    assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
+
+    frame = _frame()
+    history = frame.groupby("id").head(200)
+    future = frame.groupby("id").nth(list(range(200, 206)))[["id", "time", "flag"]]
+    history.to_csv(tmp_path / "history.csv", index=False)
+    future.to_csv(tmp_path / "future.csv", index=False)
+    out = tmp_path / "forecast.csv"
+    base = ["predict", "--model", str(run / "export"), "--input", str(tmp_path / "history.csv"), "--output", str(out)]
+    missing = cli(*base)
+    assert missing.returncode == 2 and "--future" in missing.stderr and not out.exists()
+    short = tmp_path / "short.csv"
+    future.drop(index=future.index[-1]).to_csv(short, index=False)
+    bad = cli(*base, "--future", str(short))
+    assert bad.returncode == 2 and "series 's2': no row at 2024-01-09 13:00:00" in bad.stderr
+    ok = cli(*base, "--future", str(tmp_path / "future.csv"))
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    got = pd.read_csv(out)
+    assert len(got) == 18 and list(got.columns) == ["id", "time", "forecast"]
+
+    # predict's inputs = the training buffer's window ending at the same step
+    forecaster = Forecaster.load(run / "export")
+    meta = json.loads((run / "ingest" / "meta.json").read_text())
+    buffer = WindowBuffer.for_model(
+        forecaster.model.spec, run / "ingest", read_values(run / "ingest"), meta["series"], "h", 24, "none"
+    )
+    x_train, _ = buffer.gather(torch.tensor([[1, 200 - 24]]))
+    ids, last, windows = forecaster._split_history(history, "history")
+    ahead = forecaster._future_values(future, ids, last, "future")
+    rec = spec["series"]["s1"]
+    z = (windows[1:2, :, 0] - rec["mean"]) / rec["scale"]
+    x_pred = forecaster._inputs(z, windows[1:2, :, 1:], ahead[1:2], ids[1:2], last[1:2])
+    torch.testing.assert_close(x_pred, x_train, rtol=0, atol=1e-5)
+    expected = forecaster.model(x_train)[0].detach().double().numpy() * rec["scale"] + rec["mean"]
+    np.testing.assert_allclose(got.loc[got["id"] == "s1", "forecast"], expected, rtol=1e-5)
+
+
+def test_the_covariates_config_loads():
+    cfg = load_config("configs/vic_elec_covariates.yaml")
+    assert cfg.data.past_covariates == ["temperature"] and cfg.data.future_covariates == ["workday"]
