@@ -21,6 +21,7 @@ from pipeline import auto, scaling
 from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.backtest import backtest_windows, describe_folds
+from pipeline.calendar import fixed_step_ns
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.errors import ConfigError
@@ -186,11 +187,62 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
     with staged_dir(cfg.run_dir / "evaluate") as tmp:
         write_json_atomic(tmp / "metrics.json", result)
         per_series.to_csv(tmp / "per_series.csv", index=False)
+        steps = positions - offsets[pairs[:, 0], None]
+        table = forecast_table(records, ingest_meta["freq"], pairs, steps, actual, forecasts, band, quantiles)
+        table.to_csv(tmp / "forecasts.csv", index=False)
         plots = write_plots(tmp, cfg, records, pairs, positions, actual, forecasts, result, band, offsets)
         (tmp / "report.md").write_text(report(cfg, result, per_series, plots))
         write_json_atomic(tmp / META, {"stage": "evaluate", "key": key, "fingerprint": key})
     _log_result(result)
     _track(cfg, result, per_series, cfg.run_dir / "evaluate", plots)
+
+
+def forecast_table(
+    records: list[dict],
+    freq: str,
+    pairs: np.ndarray,
+    steps: np.ndarray,
+    actual: np.ndarray,
+    forecasts: dict[str, np.ndarray],
+    band: np.ndarray | None,
+    quantiles: list[float],
+) -> pd.DataFrame:
+    """forecasts.csv: a row per scored test point, so anyone can recompute the metrics and the coverage.
+
+    Columns: series, origin (the time of the window's first forecast step), time, step (1 ahead
+    to horizon ahead), actual, forecast (the median of a quantile model), `q<level>` for the
+    other quantiles, naive, seasonal_naive. `steps` (W, horizon) are the points' positions
+    within their series.
+    """
+    step_ns = fixed_step_ns(pd.tseries.frequencies.to_offset(freq))
+    starts = pd.DatetimeIndex([r["start"] for r in records]).as_unit("ns").to_numpy()
+    series = pairs[:, 0]
+    if step_ns:
+        times = (starts[series].view(np.int64)[:, None] + steps * step_ns).view("datetime64[ns]")
+    else:  # calendar steps (months, quarters): each series' grid, once
+        grids = {s: pd.date_range(starts[s], periods=int(steps[series == s].max()) + 1, freq=freq) for s in set(series)}
+        times = np.stack([grids[s][row].to_numpy() for s, row in zip(series, steps, strict=True)])
+    horizon = steps.shape[1]
+    return pd.DataFrame(
+        {
+            "series": np.repeat(np.array([r["id"] for r in records], dtype=object)[series], horizon),
+            "origin": np.repeat(times[:, 0], horizon),
+            "time": times.ravel(),
+            "step": np.tile(np.arange(1, horizon + 1), len(series)),
+            "actual": actual.ravel(),
+            "forecast": forecasts["model"].ravel(),
+            **{name: values.ravel() for name, values in quantile_columns(band, quantiles).items()},
+            "naive": forecasts["naive"].ravel(),
+            "seasonal_naive": forecasts["seasonal_naive"].ravel(),
+        }
+    )
+
+
+def quantile_columns(band: np.ndarray | None, quantiles: list[float]) -> dict[str, np.ndarray]:
+    """`q<level>` columns of a quantile model's band (the median is the `model` column)."""
+    if band is None:
+        return {}
+    return {f"q{q:g}": band[..., k] for k, q in enumerate(quantiles) if q != 0.5}
 
 
 def backtest_result(cfg, fold, pairs, actual, forecasts, window_scale, band, quantiles, records, freq) -> dict:

@@ -177,6 +177,25 @@ def export_onnx(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.ndarray,
     return diff
 
 
+def onnx_input_description(spec: dict) -> str:
+    """The ONNX input's shape and channels in words, as `pipeline.model` lays them out."""
+    m = spec["model"]
+    calendar = m.get("calendar") or []
+    past, future, static = (m.get(k) or [] for k in ("past_covariates", "future_covariates", "static_covariates"))
+    parts = ["the scaled values"]
+    parts += [f"past covariates {', '.join(past)}"] if past else []
+    parts += [f"future covariates {', '.join(future)}"] if future else []
+    parts += [f"sin and cos of {', '.join(calendar)} (pipeline.calendar)"] if calendar else []
+    parts += [f"static covariates {', '.join(static)}"] if static else []
+    parts += ["the series' index (forecaster.json)"] if m.get("series_embedding") else []
+    channels = 1 + len(past) + len(future) + 2 * len(calendar) + len(static) + bool(m.get("series_embedding"))
+    if len(parts) == 1:
+        return f"(batch, {spec['lookback']}, 1)"
+    steps = f"{spec['lookback']} + {spec['horizon']}" if future or calendar else f"{spec['lookback']}"
+    ahead = "; values and past covariates are 0 over the horizon" if future or calendar else ""
+    return f"(batch, {steps}, {channels}): {'; '.join(parts)}{ahead}"
+
+
 def model_card(cfg: Config, spec: dict, metrics: dict | None, parity: float | None) -> str:
     m = spec["model"]
     lines = [
@@ -202,13 +221,7 @@ def model_card(cfg: Config, spec: dict, metrics: dict | None, parity: float | No
         if quantiles:
             out = f"(batch, {spec['horizon']}, {len(quantiles)}) (the quantiles on the last axis)"
         back = "expm1(z * scale + mean)" if spec["transform"] == "log1p" else "z * scale + mean"
-        calendar = spec["model"].get("calendar") or []
-        shape = f"(batch, {spec['lookback']}, 1)"
-        if calendar:
-            shape = (
-                f"(batch, {spec['lookback']} + {spec['horizon']}, 1 + {2 * len(calendar)}): the scaled values "
-                f"(0 over the horizon), then sin and cos of {', '.join(calendar)} for every step (pipeline.calendar)"
-            )
+        shape = onnx_input_description(spec)
         lines.append(
             f"- model.onnx: input `x` {shape} and output `forecast` {out}, both in scaled "
             f"units z (original units: {back} with the series' entry in forecaster.json); max |ONNX - PyTorch| "

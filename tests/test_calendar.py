@@ -109,7 +109,7 @@ def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path
     run = tmp_path / "run"
     spec = json.loads((run / "export" / "forecaster.json").read_text())
     assert spec["model"]["calendar"] == ["day", "week"] and spec["model"]["input_size"] == 5
-    assert "1 + 4" in (run / "export" / "README.md").read_text()  # the ONNX input documented
+    assert "(batch, 48 + 12, 5)" in (run / "export" / "README.md").read_text()  # the ONNX input documented
 
     # predict's inputs for a history ending at some step = the training buffer's window ending there
     forecaster = Forecaster.load(run / "export")

@@ -260,6 +260,8 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
     assert (m["past_covariates"], m["future_covariates"], m["static_covariates"]) == (["temp"], ["flag"], ["size"])
     assert m["series_embedding"] == 3 and m["n_series"] == 3 and spec["series"]["s2"]["index"] == 2
     assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
+    card = (run / "export" / "README.md").read_text()
+    assert "(batch, 24 + 6, 5): the scaled values; past covariates temp; future covariates flag" in card
 
     frame = _frame()
     history = frame.groupby("id").head(200)
@@ -299,3 +301,12 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
 def test_the_covariates_config_loads():
     cfg = load_config("configs/vic_elec_covariates.yaml")
     assert cfg.data.past_covariates == ["temperature"] and cfg.data.future_covariates == ["workday"]
+
+
+def test_typed_parquet_with_covariates_is_read_whole(tmp_path):
+    from pipeline.ingest import read_series
+
+    frame = _frame()
+    frame.to_parquet(tmp_path / "data.parquet")
+    series = read_series(_data_cfg(source=str(tmp_path / "data.parquet")))
+    assert series.covariates.shape == (3 * LENGTH, 2) and series.static.ravel().tolist() == [1.0, 2.0, 3.0]

@@ -150,6 +150,15 @@ def test_quantile_run_end_to_end(tmp_path):
     per_series = pd.read_csv(run / "evaluate/per_series.csv")
     assert {"model_pinball", "model_coverage_0.1-0.9"} <= set(per_series.columns)
     assert "## Quantile forecast" in (run / "evaluate/report.md").read_text()
+    # forecasts.csv holds every scored point: the coverage and MAE recomputed from it match metrics.json
+    points = pd.read_csv(run / "evaluate/forecasts.csv")
+    assert len(points) == metrics["n_windows"] * 12 and (points["step"].between(1, 12)).all()
+    inside = (points["actual"] >= points["q0.1"]) & (points["actual"] <= points["q0.9"])
+    assert inside.mean() == pytest.approx(q["coverage"]["0.1-0.9"]["empirical"], abs=1e-12)
+    assert (points["actual"] - points["forecast"]).abs().mean() == pytest.approx(metrics["model"]["mae"], rel=1e-9)
+    assert (points["actual"] - points["seasonal_naive"]).abs().mean() == pytest.approx(
+        metrics["baselines"]["seasonal_naive"]["mae"], rel=1e-9
+    )
     assert json.loads((run / "export/meta.json").read_text())["onnx_parity"] <= 1e-4
 
     forecaster = Forecaster.load(run / "export")
@@ -180,7 +189,7 @@ def test_quantile_run_end_to_end(tmp_path):
     stats = spec["series"][sid]
     z = ((np.log1p(window) - stats["mean"]) / stats["scale"]).astype(np.float32)
     last_time = pd.Timestamp(history[history["series"] == sid]["time"].iloc[-1])
-    x = forecaster._with_calendar(torch.from_numpy(z)[None, :, None], [last_time])  # + the calendar channels
+    x = forecaster._inputs(z[None], np.zeros((1, 48, 0)), None, [sid], [last_time])  # + the calendar channels
     with torch.no_grad():
         raw = forecaster.model(x).double().numpy()[0]
     by_hand = np.expm1(raw * stats["scale"] + stats["mean"])
