@@ -77,6 +77,11 @@ _ARCHITECTURE = (
     "season_average",
     "quantiles",
     "calendar",
+    "past_covariates",
+    "future_covariates",
+    "static_covariates",
+    "series_embedding",
+    "n_series",
 )
 
 
@@ -544,7 +549,9 @@ def _weights_and_spec(source: Path, choice: str) -> tuple[Path, dict | None]:
 
 def _check_architecture(label: str, saved: dict | None, spec: ModelSpec, state: dict, current: dict) -> None:
     if saved is not None:
-        saved = {"quantiles": [], "season_average": 1, "calendar": [], **saved}  # specs from before these existed
+        before = {"quantiles": [], "season_average": 1, "calendar": [], "series_embedding": 0, "n_series": 0}
+        before.update({f"{kind}_covariates": [] for kind in ("past", "future", "static")})
+        saved = {**before, **saved}  # specs from before these existed
         ours = spec.to_dict()
         diff = [f"{k}={saved.get(k)!r} (config: {ours[k]!r})" for k in _ARCHITECTURE if saved.get(k) != ours[k]]
         if diff:
