@@ -43,6 +43,8 @@ def run(cfg: Config, force: bool = False) -> Path:
     train_meta = require_stage(cfg.run_dir / "train", "train", "evaluate")
     cfg = auto.resolve(cfg)
     key = stage_key("evaluate", cfg.section_hash("evaluate"), train_meta["fingerprint"])
+    if bt_refit(cfg):  # the folds' own splits use the data section (data.val_size) directly
+        key = stage_key(key, cfg.section_hash("data"))
     state = dist_state()
     if not force and is_cached(out, key):
         log.info("evaluate: up to date (inputs unchanged), skipped; --force redoes it")

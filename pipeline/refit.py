@@ -125,7 +125,6 @@ def run_folds(
     """
     records = ingest_meta["series"]
     n_folds = cfg.evaluate.backtest.folds
-    raw = raw32.astype(np.float64)
     offsets = np.concatenate([[0], np.cumsum([r["length"] for r in records])[:-1]]).astype(np.int64)
     main_process_only(partial(_drop_other_folds, cfg.run_dir / WORK, n_folds))
     output, window_scale, summaries = None, np.empty(len(pairs)), []
@@ -148,7 +147,7 @@ def run_folds(
         output[rows] = scaled
         train_end = np.array([r["train_end"] for r in records], dtype=np.int64)
         train_end[series] = [r["train_end"] for r in fold_ingest["series"]]
-        window_scale[rows] = fold_mase_scale(raw, offsets, train_end, cfg.evaluate.season_length, series, records, k)
+        window_scale[rows] = fold_mase_scale(raw32, offsets, train_end, cfg.evaluate.season_length, series, records, k)
         summaries.append(fold_summary(k, fold_ingest, train_meta))
         s = train_meta["state"]
         log.info(
@@ -193,7 +192,7 @@ def forecast_fold(cfg, ingest_meta, raw32, fold_ingest, train_meta, fold_dir, pa
 def fold_mase_scale(
     raw, offsets, train_end, season: int, series: np.ndarray, records: list[dict], k: int
 ) -> np.ndarray:
-    """The MASE scale of each listed series on fold k's train part (`train_end` per series)."""
+    """The MASE scale of each listed series on fold k's train part (`train_end` per series; float64 sums)."""
     scale = M.mase_scale(raw, offsets, train_end, season)[series]
     bad = np.isnan(scale) | (scale == 0)
     if bad.any():
