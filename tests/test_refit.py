@@ -16,7 +16,7 @@ from pipeline.errors import ConfigError
 from pipeline.model import ModelSpec, build_model
 from pipeline.refit import cut_table, refit_windows, with_fold_statistics
 
-from .conftest import cli, write_config
+from .conftest import cli, torchrun, write_config
 
 
 def test_refit_folds_may_reach_before_the_test_part():
@@ -179,3 +179,30 @@ def test_refit_end_to_end_no_leakage_and_cached_folds(tmp_path):
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "refit fold" not in plain.stderr and not (run / "evaluate/refit").exists()
     assert json.loads((run / "evaluate/metrics.json").read_text())["backtest"]["refit"] is False
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_fold_models_like_one(tmp_path):
+    """evaluate under torchrun trains every fold with DDP (world size 2) and scores the folds as 1 process does."""
+    config = write_config(
+        tmp_path,
+        {
+            "train.max_steps": 8,
+            "train.checkpoint_every": 0,
+            "train.num_threads": 1,
+            "evaluate.backtest": {"folds": 2, "refit": True},
+            "export.onnx": False,
+        },
+    )
+    single = cli("run", "--config", str(config))
+    assert single.returncode == 0, single.stderr[-3000:]
+    one = json.loads((tmp_path / "run/evaluate/metrics.json").read_text())["backtest"]
+    double = torchrun(2, "evaluate", "--config", str(config), "--force")
+    assert double.returncode == 0, double.stderr[-3000:]
+    two = json.loads((tmp_path / "run/evaluate/metrics.json").read_text())["backtest"]
+    for k in (1, 2):
+        meta = json.loads((tmp_path / f"run/evaluate/refit/fold_{k}/train_meta.json").read_text())
+        assert meta["setup"]["world_size"] == 2
+    for a, b in zip(one["per_fold"], two["per_fold"], strict=True):
+        assert b["model"]["mase"] == pytest.approx(a["model"]["mase"], rel=1e-4)
+        assert b["baselines"] == a["baselines"]
