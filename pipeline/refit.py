@@ -249,7 +249,9 @@ def fold_series(table: pa.Table, ingest_meta: dict, data: DataConfig, series: np
         lengths=np.asarray(cutoffs, dtype=np.int64),
         values=_numpy(table.column(TARGET)),
         freq=ingest_meta["freq"],
-        covariates=np.stack([_numpy(table.column(cov.PREFIX + n)) for n in names], axis=1) if names else None,
+        covariates=np.stack([_numpy(table.column(cov.PREFIX + n)) for n in names], axis=1, dtype=np.float64)
+        if names
+        else None,  # float64, as ingest hands them to split_and_scale (float32 sums would drift)
         static=static,
     )
 

@@ -61,6 +61,7 @@ def test_fold_statistics_replace_the_scalers_but_not_the_full_series_splits():
         "mean": 5.0,
         "scale": 6.0,
         "temp_mean": 7.0,
+        "index": 0,  # its row in the fold model's series embedding
     }
 
 
@@ -206,3 +207,48 @@ def test_two_processes_train_the_fold_models_like_one(tmp_path):
     for a, b in zip(one["per_fold"], two["per_fold"], strict=True):
         assert b["model"]["mase"] == pytest.approx(a["model"]["mase"], rel=1e-4)
         assert b["baselines"] == a["baselines"]
+
+
+@pytest.mark.slow
+def test_refit_with_covariates_slices_every_column_and_rescales_them_on_the_fold(tmp_path):
+    """Past, future and static covariates and a series embedding: the fold ingest carries them, cut and rescaled."""
+    from .test_covariates import _frame
+
+    frame = _frame()
+    frame.to_csv(tmp_path / "shop.csv", index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {
+                "source": str(tmp_path / "shop.csv"), "id_column": "id", "target_column": "y", "freq": "h",
+                "val_size": 0.15, "test_size": 0.15, "calendar": "none",
+                "past_covariates": ["temp"], "future_covariates": ["flag"], "static_covariates": ["size"],
+            },
+            "model.series_embedding": 3,
+            "window": {"lookback": 24, "horizon": 6},
+            "train.max_steps": 6,
+            "train.checkpoint_every": 0,
+            "train.num_threads": 1,
+            "evaluate": {"plot_series": 0, "backtest": {"folds": 2, "step": 30, "refit": True}},
+            "export.onnx": False,
+        },
+    )  # fmt: skip
+    done = cli("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    bt = json.loads((run / "evaluate/metrics.json").read_text())["backtest"]
+    assert [f["steps_before_end"] for f in bt["per_fold"]] == [36, 6] and bt["refit"] is True
+    meta = json.loads((run / ".refit/fold_1/ingest/meta.json").read_text())
+    table = pa.ipc.open_file(pa.memory_map(str(run / ".refit/fold_1/ingest/values.arrow"))).read_all()
+    assert table.column_names == ["target", "covariate:temp", "covariate:flag"]
+    assert table.num_rows == sum(r["length"] for r in meta["series"]) == 3 * (300 - 36)
+    start = 0
+    for r in meta["series"]:
+        rows = frame[frame["id"] == r["id"]].iloc[: r["train_end"]]
+        temp = table.column("covariate:temp").to_numpy()[start : start + r["train_end"]]
+        np.testing.assert_array_equal(temp, rows["temp"].to_numpy(dtype=np.float32))
+        assert r["covariate_mean"][0] == pytest.approx(temp.astype(np.float64).mean(), rel=1e-9)
+        assert r["static"] is not None
+        start += r["length"]
+    assert meta["static_covariates"]["names"] == ["size"]
+    assert meta["static_covariates"]["mean"] == pytest.approx([2.0])
