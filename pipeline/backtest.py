@@ -2,10 +2,13 @@
 
 Fold k of N (k = 1 is the earliest) forecasts the `horizon` steps starting at
 `length - horizon - (N - k) * step` of every series, so fold N ends at the last observation and
-earlier folds move back by `step` (folds overlap when `step < horizon`). There is no refit:
-the one trained model scores every fold, so every fold's forecast window must lie inside the
-test part (after the train and validation parts); a series whose test part is too short is a
-config error naming it. Inputs reach back into earlier parts, as they would in production.
+earlier folds move back by `step` (folds overlap when `step < horizon`). By default there is
+no refit: the one trained model scores every fold, so every fold's forecast window must lie
+inside the test part (after the train and validation parts); a series whose test part is too
+short is a config error naming it. Inputs reach back into earlier parts, as they would in
+production. With `evaluate.backtest.refit: true` the same origins are forecast by a model per
+fold trained only on the data before its cutoff, so the folds may reach before the test part
+(`pipeline.refit`: fold planning, fold runs, and the fold's own MASE scale).
 
 Each fold is scored like the test split (model, naive, seasonal naive; MASE scaled by the
 train part), and the aggregate pools every fold's points: each series contributes one window

@@ -282,25 +282,25 @@ class TrainConfig:
 
 @dataclass(kw_only=True, slots=True)
 class BacktestConfig:
-    """Rolling-origin evaluation: the trained model forecasts from several cutoffs inside the test part."""
+    """Rolling-origin evaluation: forecasts from several cutoffs at the end of each series, with the trained
+    model inside the test part, or (`refit`) with a model retrained per fold."""
 
     folds: int = 0
     """Number of forecast origins (folds) at the end of each series (0 = off)."""
     step: int | None = None
     """Steps between consecutive cutoffs (default: `window.horizon`)."""
     refit: bool = False
-    """Retrain for every fold; not supported yet (folds are scored with the one trained model)."""
+    """Train a fresh model per fold on the data before its cutoff (validation part from its end, scaling from the
+    rest); the folds may then reach before the test part. `false`: the trained model scores every fold, and the
+    folds must lie inside the test part."""
 
     def __post_init__(self) -> None:
         if self.folds < 0:
             raise ConfigError(f"evaluate.backtest.folds must be >= 0, got {self.folds}")
         if self.step is not None:
             _positive("evaluate.backtest.step", self.step)
-        if self.refit:
-            raise ConfigError(
-                "evaluate.backtest.refit: true is not supported yet; the folds are scored with the trained "
-                "model, inside the test part (refit: false)"
-            )
+        if self.refit and not self.folds:
+            raise ConfigError("evaluate.backtest.refit: true needs evaluate.backtest.folds (the number of folds) > 0")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -315,7 +315,7 @@ class EvaluateConfig:
     plot_series: int = 4
     """How many series get a forecast-vs-actual plot."""
     backtest: BacktestConfig = field(default_factory=BacktestConfig)
-    """Rolling-origin backtest over the test part."""
+    """Rolling-origin backtest at the end of each series."""
 
     def __post_init__(self) -> None:
         if self.season_length != "auto":

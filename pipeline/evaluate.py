@@ -4,7 +4,9 @@ The model, naive and seasonal-naive forecasts are scored on exactly the same win
 divides by each series' in-sample seasonal-naive error on its train part. A quantile model
 is scored by its median for the point metrics, plus the pinball loss and the coverage of its
 central intervals. With `evaluate.backtest.folds`, the same scoring runs on every fold of a
-rolling-origin backtest inside the test part (see `pipeline.backtest`).
+rolling-origin backtest: inside the test part with the trained model (`pipeline.backtest`), or,
+with `refit: true`, with a model retrained per fold on the data before its cutoff
+(`pipeline.refit`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from pipeline import auto, scaling
+from pipeline import auto, refit, scaling
 from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.backtest import backtest_windows, describe_folds
@@ -41,11 +43,13 @@ def run(cfg: Config, force: bool = False) -> Path:
     train_meta = require_stage(cfg.run_dir / "train", "train", "evaluate")
     cfg = auto.resolve(cfg)
     key = stage_key("evaluate", cfg.section_hash("evaluate"), train_meta["fingerprint"])
+    if bt_refit(cfg):  # the folds' own splits use the data section (data.val_size) directly
+        key = stage_key(key, cfg.section_hash("data"))
     state = dist_state()
     if not force and is_cached(out, key):
         log.info("evaluate: up to date (inputs unchanged), skipped; --force redoes it")
         return out
-    evaluate(cfg, key, train_meta, state)
+    evaluate(cfg, key, train_meta, state, force)
     state.wait_for_everyone()
     return out
 
@@ -115,11 +119,19 @@ def plan_backtest(cfg: Config, records: list[dict], test_pairs: np.ndarray) -> t
     w = cfg.window
     series = np.unique(test_pairs[:, 0])
     ids = [r["id"] for r in records]
-    return backtest_windows(lengths, val_end, series, w.lookback, w.horizon, bt.folds, bt.step or w.horizon, ids)
+    step, season = bt.step or w.horizon, cfg.evaluate.season_length
+    if bt.refit:
+        return refit.refit_windows(
+            lengths, series, cfg.data.val_size, w.lookback, w.horizon, bt.folds, step, season, ids
+        )
+    return backtest_windows(lengths, val_end, series, w.lookback, w.horizon, bt.folds, step, ids)
 
 
-def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
-    """All processes forecast their shard of the test windows; the main one scores and writes."""
+def evaluate(cfg: Config, key: str, train_meta: dict, state, force: bool = False) -> None:
+    """All processes forecast their shard of the test windows; the main one scores and writes.
+
+    With a refit backtest, all processes first train (or reuse) the fold models; `force` retrains them.
+    """
     ingest_meta, raw32 = load_ingest(cfg.run_dir, "evaluate")
     _, index = load_index(cfg.run_dir, "evaluate")
     records = ingest_meta["series"]
@@ -146,21 +158,27 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
     if (all_positions.min(axis=1) - season * (1 + (w.horizon - 1) // season) < offsets[all_pairs[:, 0]]).any():
         raise ConfigError(f"evaluate.season_length ({season}) reaches before the start of a series")
 
+    refitted = refit.run_folds(cfg, ingest_meta, raw32, bt_pairs, bt_fold, force, state) if bt_refit(cfg) else None
     model = load_trained_model(cfg.run_dir / "train", train_meta)
     buffer = WindowBuffer.for_model(
         model.spec, cfg.run_dir / "ingest", raw32, records, ingest_meta["freq"], w.lookback, transform
     )
-    scaled = forecast_sharded(model, buffer, all_pairs, cfg.evaluate.batch_size, state)
+    by_main_model = all_pairs if refitted is None else pairs  # refit: fold models forecast the folds
+    scaled = forecast_sharded(model, buffer, by_main_model, cfg.evaluate.batch_size, state)
     if not state.is_main_process:
         return
     spec, quantiles = model.spec, list(model.spec.quantiles)
-    output = to_original_units(scaled, records, all_pairs[:, 0], transform)
+    output = to_original_units(scaled, records, by_main_model[:, 0], transform)
+    if refitted is not None:
+        output = np.concatenate([output, refitted.output])
     all_forecasts = {
         "model": point_of(output, spec),
         "naive": M.naive_forecast(raw, all_positions),
         "seasonal_naive": M.seasonal_naive_forecast(raw, all_positions, season),
     }
     all_actual, all_scale = raw[all_positions], scale[all_pairs[:, 0]]
+    if refitted is not None:  # a fold's MASE scale: the train part its model learnt from
+        all_scale[n_test:] = refitted.window_scale
     test = slice(0, n_test)
     positions, actual, band = all_positions[test], all_actual[test], output[test] if quantiles else None
     forecasts = {m: f[test] for m, f in all_forecasts.items()}
@@ -181,11 +199,14 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state) -> None:
         result["backtest"] = backtest_result(
             cfg, bt_fold, bt_pairs, all_actual[rest], {m: f[rest] for m, f in all_forecasts.items()},
             all_scale[rest], output[rest] if quantiles else None, quantiles, records, ingest_meta["freq"],
+            refitted.folds if refitted is not None else None,
         )  # fmt: skip
     per_series = per_series_table(terms, pairs[:, 0], records, actual, band, quantiles)
 
     with staged_dir(cfg.run_dir / "evaluate") as tmp:
         write_json_atomic(tmp / "metrics.json", result)
+        if refitted is not None:
+            refit.record(tmp, cfg.run_dir, cfg.evaluate.backtest.folds)
         per_series.to_csv(tmp / "per_series.csv", index=False)
         steps = positions - offsets[pairs[:, 0], None]
         table = forecast_table(records, ingest_meta["freq"], pairs, steps, actual, forecasts, band, quantiles)
@@ -245,11 +266,18 @@ def quantile_columns(band: np.ndarray | None, quantiles: list[float]) -> dict[st
     return {f"q{q:g}": band[..., k] for k, q in enumerate(quantiles) if q != 0.5}
 
 
-def backtest_result(cfg, fold, pairs, actual, forecasts, window_scale, band, quantiles, records, freq) -> dict:
-    """metrics.json's `backtest`: the fold layout, each fold's metrics, and all folds pooled."""
+def bt_refit(cfg: Config) -> bool:
+    """Whether the backtest retrains a model per fold."""
+    return bool(cfg.evaluate.backtest.folds) and cfg.evaluate.backtest.refit
+
+
+def backtest_result(cfg, fold, pairs, actual, forecasts, window_scale, band, quantiles, records, freq, refitted=None):
+    """metrics.json's `backtest`: the fold layout, each fold's metrics (and model, with refit), all folds pooled."""
     bt = cfg.evaluate.backtest
     folds = describe_folds(fold, pairs, records, cfg.window.lookback, freq)
-    for entry in folds:
+    for entry, trained in zip(folds, refitted or [None] * len(folds), strict=True):
+        if trained is not None:
+            entry["refit"] = trained
         rows = fold == entry["fold"]
         _, block = score(
             actual[rows], {m: f[rows] for m, f in forecasts.items()}, window_scale[rows],
@@ -261,10 +289,18 @@ def backtest_result(cfg, fold, pairs, actual, forecasts, window_scale, band, qua
         "folds": bt.folds,
         "step": bt.step or cfg.window.horizon,
         "refit": bt.refit,
-        "placement": "inside the test part: no fold's forecast window overlaps the train or validation part",
+        "placement": REFIT_PLACEMENT if bt.refit else NO_REFIT_PLACEMENT,
         "per_fold": folds,
         "aggregate": pooled,
     }
+
+
+NO_REFIT_PLACEMENT = "inside the test part: no fold's forecast window overlaps the train or validation part"
+REFIT_PLACEMENT = (
+    "anywhere that leaves each series a train and a validation part before the fold's cutoff: each fold is "
+    "forecast by a model trained only on the data before its cutoff (validation part carved from its end; "
+    "scaling statistics and the fold's MASE scale from the rest, its train part)"
+)
 
 
 def per_series_table(terms: dict, series: np.ndarray, records: list[dict], actual, band, quantiles) -> pd.DataFrame:
@@ -403,8 +439,9 @@ def _backtest_lines(bt: dict) -> list[str]:
     lines = [
         "## Backtest",
         "",
-        f"{bt['folds']} rolling origins {bt['step']} steps apart, no refit; folds lie {bt['placement']}. "
-        "MASE per fold:",
+        f"{bt['folds']} rolling origins {bt['step']} steps apart, "
+        + ("refit: folds lie " if bt["refit"] else "no refit; folds lie ")
+        + f"{bt['placement']}. MASE per fold:",
         "",
         "| fold | cutoffs | windows | model | naive | seasonal naive |",
         "| ---: | --- | ---: | ---: | ---: | ---: |",

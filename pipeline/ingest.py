@@ -399,16 +399,21 @@ def train_statistics(train: np.ndarray, scaling_name: str, transform: str = "non
 HASH_CHUNK = 1 << 22
 
 
-def split_and_scale(series: SeriesSet, cfg: DataConfig) -> dict:
-    """Per-series split boundaries and train-part statistics, plus the content fingerprint."""
+def split_and_scale(series: SeriesSet, cfg: DataConfig, test_size: int | float | None = None) -> dict:
+    """Per-series split boundaries and train-part statistics, plus the content fingerprint.
+
+    `test_size` replaces `cfg.test_size` when given: a refit fold (`pipeline.refit`) passes 0,
+    its series already end at the fold's cutoff.
+    """
     offsets = series.offsets
+    test_size = cfg.test_size if test_size is None else test_size
     records = []
     if series.static is not None:
         static_mean, static_scale = covariates.train_stats(series.static)
         static = (series.static - np.array(static_mean)) / np.array(static_scale)
     for i, sid in enumerate(series.ids):
         length = int(series.lengths[i])
-        train_end, val_end = split_sizes(length, cfg.val_size, cfg.test_size)
+        train_end, val_end = split_sizes(length, cfg.val_size, test_size)
         if train_end < 2:
             raise DataError(
                 f"{cfg.source}: series '{sid}' has {length} points, too few for data.val_size="

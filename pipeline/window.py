@@ -107,10 +107,15 @@ def _run(cfg: Config, force: bool) -> None:
 def _apply_short_series_policy(
     index: dict[str, np.ndarray], records: list[dict], cfg: Config
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Series without a window in every split are dropped with a warning, or fail, by policy."""
+    """Series without a window in every split are dropped with a warning, or fail, by policy.
+
+    An ingest without a test part (a refit fold's, cut at its cutoff: `pipeline.refit`) needs
+    train and validation windows only.
+    """
     n = len(records)
-    has = [np.bincount(index[s][:, 0], minlength=n) > 0 for s in SPLITS]
-    short = np.flatnonzero(~(has[0] & has[1] & has[2]))
+    splits = SPLITS if any(r["val_end"] < r["length"] for r in records) else SPLITS[:2]
+    has = np.logical_and.reduce([np.bincount(index[s][:, 0], minlength=n) > 0 for s in splits])
+    short = np.flatnonzero(~has)
     w = cfg.window
     need = f"window.lookback + window.horizon = {w.lookback + w.horizon}"
     if len(short) == n:

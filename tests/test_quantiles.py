@@ -117,10 +117,10 @@ def test_bad_quantiles_are_exit_2_with_one_line(value, words):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_pinball_without_quantiles_and_refit_are_config_errors():
+def test_pinball_without_quantiles_and_refit_without_folds_are_config_errors():
     for override, words in [
         ("train.loss=pinball", "train.loss: pinball needs model.quantiles"),
-        ("evaluate.backtest.refit=true", "evaluate.backtest.refit: true is not supported yet"),
+        ("evaluate.backtest.refit=true", "evaluate.backtest.refit: true needs evaluate.backtest.folds"),
     ]:
         result = cli("train", "--config", "configs/default.yaml", override)
         assert result.returncode == 2 and words in result.stderr
