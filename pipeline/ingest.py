@@ -449,7 +449,8 @@ def split_and_scale(series: SeriesSet, cfg: DataConfig, test_size: int | float |
     if series.static is not None:
         digest.update(repr(cfg.static_covariates).encode())
         digest.update(np.ascontiguousarray(series.static))
-    digest.update(repr([(r["id"], r["start"], r["length"]) for r in records]).encode())
+    # the split boundaries too: a new data.val_size/test_size must rerun window, train and evaluate
+    digest.update(repr([(r["id"], r["start"], r["length"], r["train_end"], r["val_end"]) for r in records]).encode())
     digest.update(series.freq.encode())
     digest.update(f"{cfg.scaling}/{cfg.transform}".encode())  # what the model sees: downstream stages rerun
     extra = {}

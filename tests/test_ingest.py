@@ -366,6 +366,11 @@ def test_scaling_statistics_come_from_the_train_part_only():
         assert (r2["mean"], r2["scale"]) == (r1["mean"], r1["scale"])
         assert (r2["train_end"], r2["val_end"]) == (r1["train_end"], r1["val_end"])
     assert meta2["fingerprint"] != meta["fingerprint"]  # the content changed, though
+    # the same data split differently is another fingerprint: downstream stages must not be reused
+    from dataclasses import replace
+
+    resplit = split_and_scale(_two_series(a, b), replace(cfg, val_size=0.2))
+    assert resplit["fingerprint"] != meta["fingerprint"]
 
     # changing one train value does move them
     a3 = a.copy()
