@@ -301,6 +301,8 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
 def test_the_covariates_config_loads():
     cfg = load_config("configs/vic_elec_covariates.yaml")
     assert cfg.data.past_covariates == ["temperature"] and cfg.data.future_covariates == ["workday"]
+    quantile = load_config("configs/vic_elec_quantiles.yaml")
+    assert quantile.model.quantiles == [0.1, 0.5, 0.9] and quantile.data.covariates == cfg.data.covariates
 
 
 def test_typed_parquet_with_covariates_is_read_whole(tmp_path):
