@@ -312,3 +312,40 @@ def test_typed_parquet_with_covariates_is_read_whole(tmp_path):
     frame.to_parquet(tmp_path / "data.parquet")
     series = read_series(_data_cfg(source=str(tmp_path / "data.parquet")))
     assert series.covariates.shape == (3 * LENGTH, 2) and series.static.ravel().tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_covariate_model_as_one(tmp_path):
+    """World-size invariance holds with every input kind: covariates, statics and the embedding."""
+    from tests.conftest import torchrun
+    from tests.test_distributed import ATOL, assert_same_weights
+
+    data = tmp_path / "shop.csv"
+    _frame().to_csv(data, index=False)
+    overrides = {
+        "data": {
+            "source": str(data),
+            "id_column": "id",
+            "target_column": "y",
+            "val_size": 0.15,
+            "test_size": 0.15,
+            "past_covariates": ["temp"],
+            "future_covariates": ["flag"],
+            "static_covariates": ["size"],
+        },
+        "model.series_embedding": 2,
+        "window.lookback": 24,
+        "window.horizon": 6,
+        "train.max_steps": 20,
+        "train.checkpoint_every": 0,
+        "train.num_threads": 1,
+    }
+    runs = {}
+    for n in (1, 2):
+        config = write_config(tmp_path / str(n), overrides)
+        for stage in ("ingest", "window"):
+            assert cli(stage, "--config", str(config)).returncode == 0
+        done = torchrun(n, "train", "--config", str(config))
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[n] = tmp_path / str(n) / "run/train/model.safetensors"
+    assert_same_weights(runs[1], runs[2], ATOL)
