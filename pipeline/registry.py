@@ -77,6 +77,9 @@ _ARCHITECTURE = (
     "season_average",
     "quantiles",
     "calendar",
+    "ensemble",
+    "base_level",
+    "blend",
 )
 
 
@@ -535,7 +538,15 @@ def _weights_and_spec(source: Path, choice: str) -> tuple[Path, dict | None]:
 
 def _check_architecture(label: str, saved: dict | None, spec: ModelSpec, state: dict, current: dict) -> None:
     if saved is not None:
-        saved = {"quantiles": [], "season_average": 1, "calendar": [], **saved}  # specs from before these existed
+        saved = {
+            "quantiles": [],
+            "season_average": 1,
+            "calendar": [],
+            "ensemble": 1,
+            "base_level": "season",
+            "blend": False,
+            **saved,
+        }  # specs from before these existed
         ours = spec.to_dict()
         diff = [f"{k}={saved.get(k)!r} (config: {ours[k]!r})" for k in _ARCHITECTURE if saved.get(k) != ours[k]]
         if diff:
