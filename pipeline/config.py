@@ -152,10 +152,10 @@ class ModelConfig:
 
     calibrate: bool = True
     """With quantiles: after training, widen each central interval to its nominal coverage on the validation windows."""
-    blend: float | Literal["validation"] = 1.0
+    blend: float | Literal["validation"] = "validation"
     """Share of the trained correction kept over the residual base after training, in [0, 1] (1 = all of it), or
     `validation`: the share on a grid of 0.05 steps with the lowest loss on the validation windows."""
-    base_level: Literal["season", "half_season"] = "season"
+    base_level: Literal["season", "half_season"] = "half_season"
     """The residual base's level (with season_average > 1): the last season's mean, or the mean of the last half
     season with the seasonal shape taken out (half the lag behind a trend, a little more noise)."""
     ensemble: int = 1
