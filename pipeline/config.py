@@ -192,11 +192,23 @@ class ModelConfig:
     series_embedding: int = 0
     """Global models: a learned vector of this size per series, fed to the recurrent layers beside the inputs
     (0 = off); `predict` then serves only the series it was trained on (as it does anyway)."""
+    blend: float | Literal["validation"] = "validation"
+    """Share of the trained correction kept over the residual base after training, in [0, 1] (1 = all of it), or
+    `validation`: the share on a grid of 0.05 steps with the lowest loss on the validation windows."""
+    base_level: Literal["season", "half_season"] = "half_season"
+    """The residual base's level (with season_average > 1): the last season's mean, or the mean of the last half
+    season with the seasonal shape taken out (half the lag behind a trend, a little more noise)."""
+    ensemble: int = 1
+    """Independently initialised recurrent networks and heads in one model, each trained on its own loss over the
+    same batches; the forecast uses their mean correction (one graph in ONNX)."""
 
     def __post_init__(self) -> None:
         _check_quantiles(self.quantiles)
         if self.series_embedding < 0:
             raise ConfigError(f"model.series_embedding must be >= 0, got {self.series_embedding}")
+        _positive("model.ensemble", self.ensemble)
+        if self.blend != "validation" and not 0.0 <= self.blend <= 1.0:
+            raise ConfigError(f"model.blend must be in [0, 1] or validation, got {self.blend}")
         if self.residual_season != "auto" and self.residual_season < 0:
             raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
         if self.season_average != "auto":

@@ -56,6 +56,9 @@ class ModelSpec:
     static_covariates: tuple[str, ...] = ()
     series_embedding: int = 0  # size of the learned per-series vector (0 = none)
     n_series: int = 0  # rows of the embedding table
+    base_level: str = "season"  # the base's level: the last season's mean, or (half_season) the last half's
+    blend: bool = False  # a `blend` buffer: the share of the correction kept (pipeline.blend)
+    ensemble: int = 1  # independently initialised (rnn, head) members; the correction is their mean
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
@@ -95,29 +98,25 @@ class RecurrentForecaster(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
-        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[spec.cell]
         if spec.series_embedding:
             self.embedding = nn.Embedding(spec.n_series, spec.series_embedding)
-        self.rnn = rnn(
-            input_size=spec.input_size + spec.series_embedding,
-            hidden_size=spec.hidden_size,
-            num_layers=spec.num_layers,
-            dropout=spec.dropout if spec.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
-        head_in = spec.hidden_size + spec.horizon * spec.future_size
-        self.head = nn.Linear(head_in, spec.horizon * max(1, len(spec.quantiles)))
-        if spec.residual_season:  # start as the base: training must earn every departure from it
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        members = [_member(spec) for _ in range(spec.ensemble)]
+        if spec.ensemble == 1:  # the plain model keeps its state-dict keys (rnn.*, head.*)
+            self.rnn, self.head = members[0]
+        else:
+            self.rnn = nn.ModuleList(rnn for rnn, _ in members)
+            self.head = nn.ModuleList(head for _, head in members)
+        if spec.blend:  # the share of the trained correction kept, set after training (pipeline.blend)
+            self.register_buffer("blend", torch.ones(()))
         if spec.quantiles:  # offsets added to the quantiles after training (see pipeline.calibration)
             self.register_buffer("calibration", torch.zeros(spec.horizon, len(spec.quantiles)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        head, spread, base = self.decompose(x)
+    def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
+        """The forecast; with `members`, each ensemble member's forecast stacked first (ensemble, ...)."""
+        head, spread, base = self.decompose(x, members)
         return base + head * spread
 
-    def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decompose(self, x: torch.Tensor, members: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(head, spread, base) with forecast = base + head * spread; spread > 0 (1 without instance_norm).
 
         `head` is (B, horizon) or (B, horizon, Q) in the window's own units; spread and base
@@ -144,19 +143,57 @@ class RecurrentForecaster(nn.Module):
             loc = target.mean(dim=1, keepdim=True)
             spread = ((target - loc) ** 2).mean(dim=1, keepdim=True).add(1e-6).sqrt()
             x = torch.cat([((target - loc) / spread).unsqueeze(-1), x[..., 1:]], dim=-1)
-        out, _ = self.rnn(x)
-        last = out[:, -1, :] if future is None else torch.cat([out[:, -1, :], future], dim=1)
-        head = self.head(last)
+        head = self.correction(x, future, members)
+        if self.spec.blend:
+            head = head * self.blend
         if spec.residual_season:
-            base = seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average)
+            level_steps = spec.residual_season // 2 if spec.base_level == "half_season" else None
+            base = seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps)
         else:
             base = loc
         if self.spec.quantiles:
-            head = monotone_quantiles(
-                head.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index
-            )
             return head + self.calibration, spread[:, :, None], base[:, :, None]
         return head, spread, base
+
+    def correction(self, x: torch.Tensor, future: torch.Tensor | None, members: bool = False) -> torch.Tensor:
+        """The head's output (B, horizon) or (B, horizon, Q) for inputs `x` (B, lookback, features).
+
+        With `ensemble` k > 1 it is the mean of the k members' outputs (with `members`, all of
+        them, stacked first: what training fits, each member on its own loss).
+        """
+        out = self._members(x, future)
+        return out if members else out.mean(dim=0)
+
+    def _members(self, x: torch.Tensor, future: torch.Tensor | None) -> torch.Tensor:
+        """Each member's head output, stacked: (ensemble, B, horizon[, Q])."""
+        pairs = [(self.rnn, self.head)] if self.spec.ensemble == 1 else zip(self.rnn, self.head)
+        outs = []
+        for rnn, linear in pairs:
+            out, _ = rnn(x)
+            last = out[:, -1, :] if future is None else torch.cat([out[:, -1, :], future], dim=1)
+            head = linear(last)
+            if self.spec.quantiles:
+                head = monotone_quantiles(
+                    head.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index
+                )
+            outs.append(head)
+        return torch.stack(outs)
+
+
+def _member(spec: ModelSpec) -> tuple[nn.Module, nn.Linear]:
+    """One (recurrent network, linear head) pair; the head starts at zero with a residual base."""
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[spec.cell](
+        input_size=spec.input_size + spec.series_embedding,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        dropout=spec.dropout if spec.num_layers > 1 else 0.0,
+        batch_first=True,
+    )
+    head = nn.Linear(spec.hidden_size + spec.horizon * spec.future_size, spec.horizon * max(1, len(spec.quantiles)))
+    if spec.residual_season:  # start as the base: training must earn every departure from it
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return rnn, head
 
 
 def monotone_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:
@@ -179,17 +216,23 @@ def seasonal_naive(target: torch.Tensor, horizon: int, season: int) -> torch.Ten
     return target[:, index]
 
 
-def seasonal_profile(target: torch.Tensor, horizon: int, season: int, seasons: int) -> torch.Tensor:
+def seasonal_profile(
+    target: torch.Tensor, horizon: int, season: int, seasons: int, level_steps: int | None = None
+) -> torch.Tensor:
     """The last `seasons` seasons' average shape, at the last season's level (batch, horizon).
 
     With one season this is exactly seasonal naive; with more, each phase is the mean of its
-    deviations from their season's mean, so a single noisy or unusual year weighs less.
+    deviations from their season's mean, so a single noisy or unusual year weighs less. With
+    `level_steps` (fewer than a season), the level is the mean of the last `level_steps` values
+    with the shape taken out: a fresher level (it lags a trend by half as much for half a season).
     """
     if seasons == 1:
         return seasonal_naive(target, horizon, season)  # the same values, without rounding
     block = target[:, target.shape[1] - seasons * season :].reshape(target.shape[0], seasons, season)
     level = block[:, -1].mean(dim=1, keepdim=True)
     shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)
+    if level_steps and level_steps < season:
+        level = (block[:, -1, -level_steps:] - shape[:, -level_steps:]).mean(dim=1, keepdim=True)
     phase = torch.arange(horizon, device=target.device) % season
     return level + shape[:, phase]
 

@@ -82,6 +82,9 @@ _ARCHITECTURE = (
     "static_covariates",
     "series_embedding",
     "n_series",
+    "ensemble",
+    "base_level",
+    "blend",
 )
 
 
@@ -551,6 +554,7 @@ def _check_architecture(label: str, saved: dict | None, spec: ModelSpec, state: 
     if saved is not None:
         before = {"quantiles": [], "season_average": 1, "calendar": [], "series_embedding": 0, "n_series": 0}
         before.update({f"{kind}_covariates": [] for kind in ("past", "future", "static")})
+        before.update({"ensemble": 1, "base_level": "season", "blend": False})
         saved = {**before, **saved}  # specs from before these existed
         ours = spec.to_dict()
         diff = [f"{k}={saved.get(k)!r} (config: {ours[k]!r})" for k in _ARCHITECTURE if saved.get(k) != ours[k]]

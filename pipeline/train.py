@@ -123,6 +123,8 @@ def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
         model.load_state_dict(state)
         if spec.quantiles:  # training runs uncalibrated; `finish` calibrates the new best weights
             model.calibration.zero_()
+        if spec.blend:  # training runs with all of the correction; `finish` sets the share
+            model.blend.fill_(1.0)
 
 
 def make_accelerator(cfg: Config):
@@ -162,6 +164,9 @@ def load_training_data(cfg: Config, device: torch.device) -> tuple[WindowBuffer,
         static_covariates=d.static_covariates,
         series_embedding=m.series_embedding,
         n_series=ingest_meta["n_series"] if m.series_embedding else 0,
+        ensemble=m.ensemble,
+        base_level=m.base_level,
+        blend=m.blend != 1.0,
     )
     buffer = WindowBuffer.from_ingest(
         raw,
@@ -383,6 +388,14 @@ def loss_function(cfg: Config):
     return LOSSES[cfg.train.loss]
 
 
+def training_loss(cfg: Config, model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of a batch; with `model.ensemble` > 1, the mean of each member's own loss."""
+    if cfg.model.ensemble == 1:
+        return loss_function(cfg)(model(x).float(), y)
+    forecasts = model(x, members=True).float()  # (ensemble, B, horizon[, Q])
+    return loss_function(cfg)(forecasts, y.expand(forecasts.shape[: y.dim() + 1]))
+
+
 def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int):
     """One optimizer step over the micro-batches; returns (mean local loss, gradient norm, skipped).
 
@@ -395,7 +408,7 @@ def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list,
     for pairs in micro:
         with accelerator.accumulate(model):
             x, y = buffer.gather(pairs)
-            loss = loss_function(cfg)(model(x).float(), y)
+            loss = training_loss(cfg, model, x, y)
             if not finite_everywhere(accelerator, loss):
                 skipped = _non_finite(cfg, "loss", loss.item(), step)
                 loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps DDP and accumulation in step
@@ -500,7 +513,9 @@ def finish(cfg, accelerator, model, state, work: Path, key: str, spec: ModelSpec
     """Write the final weights and meta (calibrating a quantile model's best weights), then swap into `train/`."""
     if accelerator.is_main_process:
         save_file(ckpt.unwrapped_state(accelerator, model), str(work / "model.safetensors"))
-        calibration = None
+        calibration = blend = None
+        if spec.blend:
+            blend = blend_best(work / "best", spec, buffer, val, cfg)
         if spec.quantiles and cfg.model.calibrate:
             calibration = calibrate_best(work / "best", spec, buffer, val, cfg.train.eval_batch_size)
         meta = {
@@ -511,6 +526,7 @@ def finish(cfg, accelerator, model, state, work: Path, key: str, spec: ModelSpec
             "state": asdict(state),
             "setup": setup,
             "calibration": calibration,
+            "blend": blend,
         }
         write_json_atomic(work / META, meta)
         swap_into_place(work, cfg.run_dir / "train")
@@ -521,6 +537,31 @@ def finish(cfg, accelerator, model, state, work: Path, key: str, spec: ModelSpec
             summary[f"val/coverage_{name}_calibrated"] = c["val_coverage_after"]
         tracker.summary(summary)
     accelerator.wait_for_everyone()
+
+
+def blend_best(best: Path, spec: ModelSpec, buffer: WindowBuffer, val_pairs: torch.Tensor, cfg: Config) -> dict:
+    """Set the `blend` share of the best weights (`model.blend`: fixed or chosen on validation; idempotent)."""
+    from safetensors.torch import load_file
+
+    from pipeline import blend
+
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(best / "model.safetensors")))
+    model.to(buffer.device).eval()
+    losses = blend.validation_losses(model, buffer, val_pairs, cfg.train.eval_batch_size, loss_function(cfg))
+    weight = blend.choose(losses) if cfg.model.blend == "validation" else float(cfg.model.blend)
+    model.blend.fill_(weight)
+    tmp = best / ".model.safetensors.tmp"
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(best / "model.safetensors")
+    log.info(
+        "train: the forecast keeps %.2f of the trained correction (validation loss %.5f; all of it %.5f, none %.5f)",
+        weight,
+        losses.get(weight, float("nan")),
+        losses[1.0],
+        losses[0.0],
+    )
+    return {"weight": weight, "val_loss": {str(w): v for w, v in losses.items()}}
 
 
 def calibrate_best(best: Path, spec: ModelSpec, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int) -> dict:

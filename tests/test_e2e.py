@@ -208,7 +208,8 @@ def test_bad_input_exits_2_with_one_line(args, words, tmp_path):
 
 
 def test_step_zero_validation_scores_the_seasonal_base(finished_run):
-    """Before any step the residual model is its base: the profile of the last 2 seasons of 24.
+    """Before any step the residual model is its base: the profile of the last 2 seasons of 24, at
+    the level of the last 12 steps with the profile taken out (the default `model.base_level`).
 
     Recomputed with plain loops on the scaled data: the mean squared error (the SMALL config's
     loss) of every validation window, against the step-0 row of metrics.jsonl.
@@ -228,8 +229,9 @@ def test_step_zero_validation_scores_the_seasonal_base(finished_run):
         z = (y - y[:train_end].mean()) / y[:train_end].std()
         for origin in range(max(train_end, lookback), val_end - horizon + 1):  # targets inside val
             window = z[origin - 2 * season : origin]
-            level = window[season:].mean()
-            shape = [(window[p] - window[:season].mean() + window[season + p] - level) / 2 for p in range(season)]
+            last = window[season:].mean()
+            shape = [(window[p] - window[:season].mean() + window[season + p] - last) / 2 for p in range(season)]
+            level = np.mean([window[season + p] - shape[p] for p in range(season // 2, season)])  # half_season
             for h in range(horizon):
                 total += (z[origin + h] - (level + shape[h % season])) ** 2
                 count += 1

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -80,3 +82,57 @@ def test_untrained_model_with_season_average_is_the_profile():
     model = build_model(spec, seed=0)
     x = torch.randn(2, 14, 1)
     torch.testing.assert_close(model(x), seasonal_profile(x[..., 0], 5, 4, 3), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("quantiles", [(), (0.1, 0.5, 0.9)])
+def test_ensemble_forecast_is_the_members_mean(quantiles):
+    spec = ModelSpec(1, 6, 8, 2, residual_season=4, instance_norm=True, quantiles=quantiles, ensemble=3)
+    model = build_model(spec, seed=0).eval()
+    assert len(model.rnn) == len(model.head) == 3
+    x = torch.randn(5, 12, 1)
+    point = model(x)[..., 1] if quantiles else model(x)
+    torch.testing.assert_close(point, seasonal_naive(x[..., 0], 6, 4), rtol=0, atol=0)  # untrained: the base
+    for head in model.head:
+        torch.nn.init.normal_(head.weight)
+    members = model(x, members=True)
+    assert members.shape == (3, *model(x).shape)
+    assert all(not torch.allclose(members[0], m) for m in members[1:])  # independently initialised
+    torch.testing.assert_close(model(x), members.mean(dim=0), rtol=0, atol=1e-6)
+    one = build_model(replace(spec, ensemble=1), seed=0)
+    assert set(one.state_dict()) == {k.replace(".0.", ".", 1) for k in model.state_dict() if ".0." in k} | (
+        {"calibration"} if quantiles else set()
+    )
+
+
+def test_plain_model_weights_do_not_change_with_the_ensemble_code():
+    """ensemble=1 builds exactly the weights and keys the model always had (old exports load)."""
+    model = build_model(ModelSpec(1, 4, 8, 2), seed=5)
+    torch.manual_seed(5)
+    rnn = torch.nn.LSTM(1, 8, 2, batch_first=True)
+    head = torch.nn.Linear(8, 4)
+    expected = {
+        **{f"rnn.{k}": v for k, v in rnn.state_dict().items()},
+        **{f"head.{k}": v for k, v in head.state_dict().items()},
+    }
+    assert model.state_dict().keys() == expected.keys()
+    for k, v in expected.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_half_season_level_by_hand():
+    """Level = the mean of the last half season's values minus their phases' shape."""
+    seasons = torch.tensor([[0.0, 2, 4, 2], [1, 1, 5, 5], [10, 12, 14, 16]])  # means 2, 3, 13
+    shape = torch.tensor([(-2 - 2 - 3) / 3, (0 - 2 - 1) / 3, (2 + 2 + 1) / 3, (0 + 2 + 3) / 3])
+    target = seasons.flatten()[None]
+    level = ((14 - shape[2]) + (16 - shape[3])) / 2  # 13.33: fresher than the season's mean 13 on a rise
+    expected = level + shape[[0, 1, 2, 3, 0]]
+    torch.testing.assert_close(seasonal_profile(target, 5, 4, 3, level_steps=2), expected[None])
+    torch.testing.assert_close(seasonal_profile(target, 5, 4, 3, level_steps=4), seasonal_profile(target, 5, 4, 3))
+
+
+def test_untrained_model_with_half_season_level_is_that_base():
+    spec = ModelSpec(1, 5, 8, 1, residual_season=4, season_average=3, instance_norm=True, base_level="half_season")
+    x = torch.randn(2, 14, 1)
+    expected = seasonal_profile(x[..., 0], 5, 4, 3, level_steps=2)
+    torch.testing.assert_close(build_model(spec, seed=0)(x), expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(expected, seasonal_profile(x[..., 0], 5, 4, 3))

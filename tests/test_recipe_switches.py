@@ -1,0 +1,114 @@
+"""The recipe switches of issue 9 through training and export: ensemble members, the blend."""
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline import blend
+from pipeline.config import ModelConfig, load_config
+from pipeline.data import WindowBuffer
+from pipeline.errors import ConfigError
+from pipeline.export import export_onnx
+from pipeline.model import ModelSpec, build_model, seasonal_profile
+from pipeline.train import training_loss
+
+
+def _buffer(lookback: int = 16, horizon: int = 4) -> WindowBuffer:
+    t = np.arange(400)
+    raw = (np.sin(2 * np.pi * t / 4) + 0.01 * t + np.random.default_rng(0).normal(0, 0.1, 400)).astype(np.float32)
+    return WindowBuffer.from_ingest(raw, [{"length": 400, "mean": 0.0, "scale": 1.0}], lookback, horizon)
+
+
+def _cfg(ensemble: int, loss: str = "mae"):
+    return SimpleNamespace(model=SimpleNamespace(ensemble=ensemble, quantiles=[]), train=SimpleNamespace(loss=loss))
+
+
+def test_ensemble_loss_is_the_mean_of_the_members_own_losses():
+    buffer = _buffer()
+    model = build_model(ModelSpec(1, 4, 8, 1, residual_season=4, instance_norm=True, ensemble=3), seed=0)
+    torch.manual_seed(0)
+    for head in model.head:  # members far apart: their errors differ in sign somewhere
+        torch.nn.init.normal_(head.weight, std=3.0)
+    x, y = buffer.gather(torch.tensor([[0, 0], [0, 7], [0, 100]]))
+    members = model(x, members=True)
+    expected = torch.stack([(m - y).abs().mean() for m in members]).mean()
+    torch.testing.assert_close(training_loss(_cfg(3), model, x, y), expected)
+    # not the loss of the mean forecast: members are fitted each on its own, as separate models would be
+    assert expected > (model(x) - y).abs().mean() + 1e-3  # |mean error| <= mean |error|, strictly here
+    loss = training_loss(_cfg(3), model, x, y)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(1, 4, 8, 2, residual_season=4, season_average=2, instance_norm=True, ensemble=3),
+        ModelSpec(1, 4, 8, 1, residual_season=4, season_average=2, base_level="half_season", blend=True),
+        ModelSpec(1, 4, 8, 1, residual_season=4, instance_norm=True, ensemble=2, quantiles=(0.1, 0.5, 0.9)),
+    ],
+)
+def test_switches_export_to_one_onnx_graph_that_matches_pytorch(spec, tmp_path):
+    buffer = _buffer()
+    model = build_model(spec, seed=0).eval()
+    heads = model.head if spec.ensemble > 1 else [model.head]
+    for head in heads:
+        torch.nn.init.normal_(head.weight, std=0.3)
+    if spec.blend:
+        model.blend.fill_(0.4)
+    pairs = np.stack([np.zeros(50, dtype=np.int64), np.arange(0, 350, 7)], axis=1)
+    diff = export_onnx(model, buffer, pairs, tmp_path / "model.onnx", atol=1e-4)
+    assert diff <= 1e-4
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    x, _ = buffer.gather(torch.from_numpy(pairs[:3]))
+    got = session.run(None, {"x": x.numpy()})[0]
+    assert got.shape == (3, *spec.output_shape)
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)
+
+
+def test_blend_zero_is_the_base_and_one_is_the_trained_model():
+    spec = ModelSpec(1, 4, 8, 1, residual_season=4, season_average=2, instance_norm=True)
+    trained = build_model(spec, seed=0).eval()
+    torch.nn.init.normal_(trained.head.weight)
+    blended = build_model(replace(spec, blend=True), seed=0).eval()
+    blended.load_state_dict({**trained.state_dict(), "blend": torch.tensor(1.0)})
+    x, _ = _buffer().gather(torch.tensor([[0, 3], [0, 50]]))
+    torch.testing.assert_close(blended(x), trained(x), rtol=0, atol=0)
+    blended.blend.fill_(0.0)
+    torch.testing.assert_close(blended(x), seasonal_profile(x[..., 0], 4, 4, 2), rtol=0, atol=0)
+    blended.blend.fill_(0.25)
+    base = seasonal_profile(x[..., 0], 4, 4, 2)
+    torch.testing.assert_close(blended(x), base + 0.25 * (trained(x) - base), rtol=0, atol=1e-6)
+    assert "blend" in blended.state_dict() and "blend" not in trained.state_dict()
+
+
+def test_blend_chosen_on_validation_by_hand():
+    """The grid's losses are those of base + w * correction; the lowest wins, the smaller on a tie."""
+    buffer = _buffer()
+    spec = ModelSpec(1, 4, 8, 1, residual_season=4, instance_norm=True, blend=True)
+    model = build_model(spec, seed=0).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.2)
+    pairs = torch.tensor([[0, s] for s in range(300, 380, 3)])
+    losses = blend.validation_losses(model, buffer, pairs, 7, F.l1_loss)
+    assert list(losses) == [round(0.05 * i, 2) for i in range(21)]
+    x, y = buffer.gather(pairs)
+    with torch.no_grad():
+        head, spread, base = model.decompose(x)
+    for w in (0.0, 0.35, 1.0):
+        assert losses[w] == pytest.approx(float((base + w * head * spread - y).abs().mean()), rel=1e-5)
+    assert blend.choose(losses) == min(losses, key=losses.get)
+    assert blend.choose({0.0: 1.0, 0.5: 0.5, 1.0: 0.5}) == 0.5
+    untrained = build_model(spec, seed=0).eval()  # no correction: every weight ties, the smallest wins
+    assert blend.choose(blend.validation_losses(untrained, buffer, pairs, 64, F.l1_loss)) == 0.0
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, "often"])
+def test_blend_config_values(value):
+    with pytest.raises(ConfigError, match=r"model\.blend"):
+        ModelConfig(blend=value) if not isinstance(value, str) else load_config(None, [f"model.blend={value}"])
+    assert ModelConfig(blend="validation").blend == "validation"
