@@ -225,8 +225,9 @@ class TrainConfig:
 
     batch_size: int = 256
     """Global batch size per optimizer step, across all processes and accumulation steps."""
-    max_steps: int = 1000
-    """Optimizer steps to run (early stopping may end sooner)."""
+    max_steps: int | Literal["auto"] = "auto"
+    """Optimizer steps to run (early stopping may end sooner); `auto`: 400, or one pass over the training windows
+    when that is more, so the budget grows with the data."""
     lr: float = 3e-3
     """Peak learning rate of AdamW."""
     loss: Literal["mse", "mae", "huber", "pinball"] = "mse"
@@ -270,8 +271,10 @@ class TrainConfig:
     """Keep the whole training buffer on the accelerator (`auto`: when it takes under half its free memory)."""
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "max_steps", "gradient_accumulation_steps", "eval_every", "keep_last"):
+        for key in ("batch_size", "gradient_accumulation_steps", "eval_every", "keep_last"):
             _positive(f"train.{key}", getattr(self, key))
+        if self.max_steps != "auto":
+            _positive("train.max_steps", self.max_steps)
         _positive("train.lr", self.lr)
         _positive("train.eval_batch_size", self.eval_batch_size)
         for key in ("warmup_steps", "patience", "checkpoint_every", "num_threads", "val_windows"):

@@ -204,12 +204,19 @@ def spread_subset(windows: np.ndarray, limit: int) -> np.ndarray:
     return windows[np.linspace(0, len(windows) - 1, limit).round().astype(np.int64)]
 
 
+AUTO_MIN_STEPS = 400
+"""`train.max_steps: auto` trains at least this many steps (early stopping may end sooner)."""
+
+
 def fit_batch(cfg: Config, n_train: int, world_size: int) -> Config:
-    """`cfg` with a global batch that fits the training windows, checked against the world size.
+    """`cfg` with a global batch that fits the training windows, checked against the world size, and
+    `train.max_steps: auto` resolved.
 
     Short series (a few hundred monthly points) have fewer windows than the default batch: the
     batch becomes the largest power of two that fits, the same for any world size, so a config
-    written for long series still trains (with a warning) instead of failing.
+    written for long series still trains (with a warning) instead of failing. An `auto` budget
+    is 400 steps, or one pass over the training windows when that is more: large data gets
+    at least one look at every window, early stopping on validation ends it when it stops paying.
     """
     t = cfg.train
     batch = t.batch_size
@@ -223,7 +230,13 @@ def fit_batch(cfg: Config, n_train: int, world_size: int) -> Config:
             f"train.batch_size ({batch}{fitted}) must be divisible by the number of processes ({world_size}) times "
             f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps})"
         )
-    return cfg if batch == t.batch_size else replace(cfg, train=replace(t, batch_size=batch))
+    steps = t.max_steps
+    if steps == "auto":
+        steps = max(AUTO_MIN_STEPS, math.ceil(n_train / batch))
+        log.info("train: max_steps auto = %d (%d training windows, batch %d)", steps, n_train, batch)
+    if (batch, steps) == (t.batch_size, t.max_steps):
+        return cfg
+    return replace(cfg, train=replace(t, batch_size=batch, max_steps=steps))
 
 
 def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict) -> TrainState:

@@ -113,6 +113,23 @@ def test_fit_batch(batch: int, n_train: int, world: int, accum: int, expected: i
     assert ("batch is" in caplog.text) == (expected != batch)
 
 
+@pytest.mark.parametrize(
+    ("max_steps", "batch", "n_train", "world", "expected"),
+    [
+        ("auto", 256, 13_825, 1, 400),  # vic_elec: 54 steps a pass, so the floor of 400
+        ("auto", 256, 96, 1, 400),  # a10: fitted batch 64, still 400
+        ("auto", 256, 256_000, 1, 1000),  # large data: one pass over its windows
+        ("auto", 256, 256_000, 2, 1000),  # the same on two processes (the batch is global)
+        ("auto", 256, 256_001, 1, 1001),
+        (50, 256, 256_000, 1, 50),  # a number is kept
+    ],
+)
+def test_auto_training_budget_grows_with_the_data(max_steps, batch: int, n_train: int, world: int, expected: int):
+    cfg = load_config(None, [f"train.max_steps={max_steps}", f"train.batch_size={batch}"])
+    assert fit_batch(cfg, n_train, world).train.max_steps == expected
+    assert load_config("configs/default.yaml").train.max_steps == "auto"
+
+
 def test_fit_batch_that_the_world_size_does_not_divide_is_a_config_error():
     cfg = load_config(None, ["train.batch_size=256"])
     with pytest.raises(ConfigError, match=r"train.batch_size \(1, fitted to 1 training windows\) must be divisible"):
