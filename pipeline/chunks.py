@@ -15,6 +15,17 @@ import numpy as np
 CHUNK_POINTS = 1 << 22  # 4 M points: 32 MB in float64
 
 
+def offsets_of(lengths) -> np.ndarray:
+    """(n,) int64 start of each series in a buffer holding the series back to back, in order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def record_offsets(records: list[dict]) -> np.ndarray:
+    """`offsets_of` the lengths of ingest's per-series records."""
+    return offsets_of([r["length"] for r in records])
+
+
 def series_chunks(offsets: np.ndarray, chunk_points: int = CHUNK_POINTS) -> list[tuple[int, int]]:
     """(first, stop) series index ranges whose first offsets lie within one chunk of points."""
     n = len(offsets)

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.chunks import series_chunks
+from pipeline.chunks import offsets_of, series_chunks
 from pipeline.errors import DataError
 
 PREFIX = "covariate:"  # values.arrow column of a time-varying covariate
@@ -96,7 +96,7 @@ def scale(raw: np.ndarray, records: list[dict]) -> np.ndarray:
     """(n_points, K) float32: each series' covariates standardised with its train-part statistics."""
     out = np.empty(raw.shape, dtype=np.float32)
     lengths = np.array([r["length"] for r in records], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    offsets = offsets_of(lengths)
     locs = np.array([r["covariate_mean"] for r in records], dtype=np.float64)
     spreads = np.array([r["covariate_scale"] for r in records], dtype=np.float64)
     for first, stop in series_chunks(offsets):

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pipeline import covariates as cov
 from pipeline import scaling
 from pipeline.calendar import Calendar, encode
-from pipeline.chunks import series_chunks
+from pipeline.chunks import offsets_of, series_chunks
 from pipeline.model import ModelSpec
 
 
@@ -80,7 +80,7 @@ class WindowBuffer:
         """
         scaled = np.empty(len(raw), dtype=np.float32)
         lengths = np.array([r["length"] for r in records], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        offsets = offsets_of(lengths)
         locs = np.array([r["mean"] for r in records], dtype=np.float32)
         spreads = np.array([r["scale"] for r in records], dtype=np.float32)
         for first, stop in series_chunks(offsets):  # chunks of series: memory stays at one float32 buffer

@@ -24,6 +24,7 @@ from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.backtest import backtest_windows, describe_folds
 from pipeline.calendar import fixed_step_ns
+from pipeline.chunks import record_offsets
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.errors import ConfigError
@@ -144,7 +145,7 @@ def evaluate(cfg: Config, key: str, train_meta: dict, state, force: bool = False
     all_pairs = np.concatenate([pairs, bt_pairs]).astype(np.int64)
     w, season = cfg.window, cfg.evaluate.season_length
     raw = raw32.astype(np.float64)
-    offsets = np.concatenate([[0], np.cumsum([r["length"] for r in records])[:-1]]).astype(np.int64)
+    offsets = record_offsets(records)
     train_end = np.array([r["train_end"] for r in records])
     scale = M.mase_scale(raw, offsets, train_end, season)
     used = np.unique(pairs[:, 0])

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from pipeline import covariates, scaling
 from pipeline.artifacts import META, is_cached, stage_key, staged_dir, write_json_atomic
+from pipeline.chunks import offsets_of
 from pipeline.config import Config, DataConfig
 from pipeline.errors import DataError
 from pipeline.runtime import main_process_only
@@ -46,7 +47,7 @@ class SeriesSet:
 
     @property
     def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
+        return offsets_of(self.lengths)
 
 
 def run(cfg: Config, force: bool = False) -> Path:

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.calendar import fixed_step_ns
+from pipeline.chunks import offsets_of
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
 from pipeline.ingest import (
@@ -165,7 +166,7 @@ def stream_series(batches: ParquetBatches, cfg: DataConfig) -> SeriesSet | None:
     points = (last - first) // step_ns + 1
     too_long = points > np.maximum(MAX_GRID, 10 * counts)  # the pandas path's _check_span
     lengths = np.where(too_long, 0, points)
-    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    offsets = offsets_of(lengths)
     grid = Grid(np.full(int(lengths.sum()), np.nan, dtype=np.float32), offsets, first, step_ns, too_long)
     for batch in reader:
         grid.scatter(batch)

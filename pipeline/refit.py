@@ -51,6 +51,7 @@ from pipeline import ingest
 from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, read_meta, stage_key, staged_dir, write_json_atomic
 from pipeline.backtest import backtest_windows
+from pipeline.chunks import record_offsets
 from pipeline.config import Config, DataConfig, RegistryConfig
 from pipeline.errors import ConfigError
 from pipeline.runtime import main_process_only
@@ -125,7 +126,7 @@ def run_folds(
     """
     records = ingest_meta["series"]
     n_folds = cfg.evaluate.backtest.folds
-    offsets = np.concatenate([[0], np.cumsum([r["length"] for r in records])[:-1]]).astype(np.int64)
+    offsets = record_offsets(records)
     main_process_only(partial(_drop_other_folds, cfg.run_dir / WORK, n_folds))
     output, window_scale, summaries = None, np.empty(len(pairs)), []
     for k in range(1, n_folds + 1):
@@ -265,7 +266,7 @@ def write_fold_ingest(
 ) -> None:
     """The fold's ingest directory: the series cut at their cutoffs, split and scaled on their own."""
     records = ingest_meta["series"]
-    offsets = np.concatenate([[0], np.cumsum([r["length"] for r in records])[:-1]]).astype(np.int64)
+    offsets = record_offsets(records)
     table = cut_table(read_table(cfg.run_dir / "ingest"), offsets, series, cutoffs)
     data = dataclasses.replace(
         cfg.data, scaling=ingest_meta.get("scaling", cfg.data.scaling), transform=ingest_meta.get("transform", "none")

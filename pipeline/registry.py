@@ -241,6 +241,7 @@ def scoring_windows(cfg: Config) -> ScoringWindows:
     cfg = auto.resolve(cfg)
 
     from pipeline import metrics as M
+    from pipeline.chunks import record_offsets
     from pipeline.ingest import load_ingest
     from pipeline.window import load_index
 
@@ -250,7 +251,7 @@ def scoring_windows(cfg: Config) -> ScoringWindows:
     if len(pairs) == 0:
         raise ConfigError("registry: no test window to score on; increase data.test_size")
     records = ingest_meta["series"]
-    offsets = np.concatenate([[0], np.cumsum([r["length"] for r in records])[:-1]]).astype(np.int64)
+    offsets = record_offsets(records)
     train_end = np.array([r["train_end"] for r in records])
     scale = M.mase_scale(raw32.astype(np.float64), offsets, train_end, cfg.evaluate.season_length)
     return ScoringWindows(
@@ -316,8 +317,9 @@ def score(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) -> 
     import numpy as np
 
     from pipeline import metrics as M
+    from pipeline.chunks import record_offsets
 
-    offsets = np.concatenate([[0], np.cumsum([r["length"] for r in windows.records])[:-1]]).astype(np.int64)
+    offsets = record_offsets(windows.records)
     positions = offsets[windows.series[rows], None] + windows.target_start[rows, None] + np.arange(windows.horizon)
     actual = windows.raw32.astype(np.float64)[positions]
     terms = M.error_terms(actual, forecast(forecaster, windows, rows), windows.mase_scale[rows])
