@@ -116,10 +116,10 @@ def read(ingest_dir: Path, names: list[str]) -> np.ndarray | None:
     """(n_points, K) float32 covariates in original units from values.arrow, or None for no names."""
     if not names:
         return None
-    from pipeline.ingest import VALUES_FILE
+    from pipeline.ingest import VALUES_FILE, column_values, read_table
 
-    table = pa.ipc.open_file(pa.memory_map(str(ingest_dir / VALUES_FILE), "r")).read_all()
+    table = read_table(ingest_dir)
     missing = [n for n in names if PREFIX + n not in table.column_names]
     if missing:
         raise DataError(f"{ingest_dir}: no covariate '{missing[0]}' in {VALUES_FILE}; run 'lstm-pipeline ingest'")
-    return np.stack([table.column(PREFIX + n).to_numpy() for n in names], axis=1).astype(np.float32, copy=False)
+    return np.stack([column_values(table.column(PREFIX + n)) for n in names], axis=1).astype(np.float32, copy=False)

@@ -479,16 +479,28 @@ def write_values(path: Path, values: np.ndarray, names: list[str] = (), covs: np
     columns = {"target": pa.array(np.asarray(values, dtype=np.float32))}  # float32 in: no copy
     if names:
         columns.update(covariates.columns(names, covs))
-    table = pa.table(columns)
+    write_table(path, pa.table(columns))
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """An Arrow IPC file (values.arrow's format) holding `table`."""
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
 
 
-def read_values(ingest_dir: Path) -> np.ndarray:
-    """The float32 buffer, memory-mapped (zero-copy while it is one Arrow chunk)."""
-    source = pa.memory_map(str(ingest_dir / VALUES_FILE), "r")
-    column = pa.ipc.open_file(source).read_all().column("target")
+def read_table(ingest_dir: Path) -> pa.Table:
+    """Every column of values.arrow, memory-mapped."""
+    return pa.ipc.open_file(pa.memory_map(str(ingest_dir / VALUES_FILE), "r")).read_all()
+
+
+def column_values(column: pa.ChunkedArray) -> np.ndarray:
+    """A column as numpy: zero-copy while it is one Arrow chunk."""
     return column.to_numpy() if column.num_chunks == 1 else column.combine_chunks().to_numpy()
+
+
+def read_values(ingest_dir: Path) -> np.ndarray:
+    """The float32 target buffer, memory-mapped."""
+    return column_values(read_table(ingest_dir).column("target"))
 
 
 def load_ingest(run_dir: Path, needed_by: str) -> tuple[dict, np.ndarray]:

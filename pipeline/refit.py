@@ -215,16 +215,6 @@ def fold_config(cfg: Config, fold_dir: Path) -> Config:
     )
 
 
-def read_table(ingest_dir: Path) -> pa.Table:
-    """Every column of values.arrow, memory-mapped."""
-    return pa.ipc.open_file(pa.memory_map(str(ingest_dir / ingest.VALUES_FILE), "r")).read_all()
-
-
-def write_table(path: Path, table: pa.Table) -> None:
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-
-
 def cut_table(table: pa.Table, offsets: np.ndarray, series: np.ndarray, cutoffs: np.ndarray) -> pa.Table:
     """The rows of each listed series before its cutoff, every column, as one contiguous chunk."""
     parts = [table.slice(int(offsets[s]), int(c)) for s, c in zip(series, cutoffs, strict=True)]
@@ -244,21 +234,18 @@ def fold_series(table: pa.Table, ingest_meta: dict, data: DataConfig, series: np
         stats = ingest_meta["static_covariates"]
         standardised = np.array([records[s]["static"] for s in series], dtype=np.float64)
         static = standardised * np.array(stats["scale"]) + np.array(stats["mean"])
+    covs = None
+    if names:  # float64, as ingest hands them to split_and_scale (float32 sums would drift)
+        covs = np.stack([ingest.column_values(table.column(cov.PREFIX + n)) for n in names], axis=1, dtype=np.float64)
     return ingest.SeriesSet(
         ids=[records[s]["id"] for s in series],
         starts=[pd.Timestamp(records[s]["start"]) for s in series],
         lengths=np.asarray(cutoffs, dtype=np.int64),
-        values=_numpy(table.column(TARGET)),
+        values=ingest.column_values(table.column(TARGET)),
         freq=ingest_meta["freq"],
-        covariates=np.stack([_numpy(table.column(cov.PREFIX + n)) for n in names], axis=1, dtype=np.float64)
-        if names
-        else None,  # float64, as ingest hands them to split_and_scale (float32 sums would drift)
+        covariates=covs,
         static=static,
     )
-
-
-def _numpy(column: pa.ChunkedArray) -> np.ndarray:
-    return column.to_numpy() if column.num_chunks == 1 else column.combine_chunks().to_numpy()
 
 
 def write_fold_ingest(
@@ -267,7 +254,7 @@ def write_fold_ingest(
     """The fold's ingest directory: the series cut at their cutoffs, split and scaled on their own."""
     records = ingest_meta["series"]
     offsets = record_offsets(records)
-    table = cut_table(read_table(cfg.run_dir / "ingest"), offsets, series, cutoffs)
+    table = cut_table(ingest.read_table(cfg.run_dir / "ingest"), offsets, series, cutoffs)
     data = dataclasses.replace(
         cfg.data, scaling=ingest_meta.get("scaling", cfg.data.scaling), transform=ingest_meta.get("transform", "none")
     )
@@ -284,7 +271,7 @@ def write_fold_ingest(
         refit_fold=k,
     )
     with staged_dir(out) as tmp:
-        write_table(tmp / ingest.VALUES_FILE, table)
+        ingest.write_table(tmp / ingest.VALUES_FILE, table)
         write_json_atomic(tmp / META, meta)
 
 
