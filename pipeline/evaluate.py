@@ -24,7 +24,7 @@ from pipeline import metrics as M
 from pipeline.artifacts import META, is_cached, require_stage, stage_key, staged_dir, write_json_atomic
 from pipeline.backtest import backtest_windows, describe_folds
 from pipeline.calendar import fixed_step_ns
-from pipeline.chunks import record_offsets
+from pipeline.chunks import offsets_of, record_offsets
 from pipeline.config import Config
 from pipeline.data import WindowBuffer
 from pipeline.errors import ConfigError
@@ -241,9 +241,12 @@ def forecast_table(
     series = pairs[:, 0]
     if step_ns:
         times = (starts[series].view(np.int64)[:, None] + steps * step_ns).view("datetime64[ns]")
-    else:  # calendar steps (months, quarters): each series' grid, once
-        grids = {s: pd.date_range(starts[s], periods=int(steps[series == s].max()) + 1, freq=freq) for s in set(series)}
-        times = np.stack([grids[s][row].to_numpy() for s, row in zip(series, steps, strict=True)])
+    else:  # calendar steps (months, quarters): each series' grid once, then one gather for every window
+        used, slot = np.unique(series, return_inverse=True)
+        longest = np.zeros(len(used), dtype=np.int64)
+        np.maximum.at(longest, slot, steps.max(axis=1))
+        grids = [pd.date_range(starts[s], periods=int(n) + 1, freq=freq).to_numpy() for s, n in zip(used, longest)]
+        times = np.concatenate(grids)[offsets_of(longest + 1)[slot, None] + steps]
     horizon = steps.shape[1]
     return pd.DataFrame(
         {

@@ -211,14 +211,15 @@ def test_forecast_table_times_for_fixed_and_calendar_steps():
     from pipeline.evaluate import forecast_table
 
     records = [{"id": "a", "start": "2020-01-01T00:00:00"}, {"id": "b", "start": "2021-03-01T00:00:00"}]
-    pairs = np.array([[1, 0], [0, 5]])
-    steps = np.array([[10, 11], [20, 21]])  # positions of the forecast points within their series
-    actual = np.array([[1.0, 2.0], [3.0, 4.0]])
+    pairs = np.array([[1, 0], [0, 5], [1, 3]])
+    steps = np.array([[10, 11], [20, 21], [13, 14]])  # positions of the forecast points within their series
+    actual = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     forecasts = {"model": actual + 0.5, "naive": actual - 1, "seasonal_naive": actual * 2}
     monthly = forecast_table(records, "MS", pairs, steps, actual, forecasts, None, [])
-    assert monthly["time"].astype(str).tolist() == ["2022-01-01", "2022-02-01", "2021-09-01", "2021-10-01"]
-    assert monthly["origin"].astype(str).tolist() == ["2022-01-01", "2022-01-01", "2021-09-01", "2021-09-01"]
-    assert monthly["series"].tolist() == ["b", "b", "a", "a"] and monthly["step"].tolist() == [1, 2, 1, 2]
+    times = ["2022-01-01", "2022-02-01", "2021-09-01", "2021-10-01", "2022-04-01", "2022-05-01"]
+    assert monthly["time"].astype(str).tolist() == times
+    assert monthly["origin"].astype(str).tolist() == [times[0]] * 2 + [times[2]] * 2 + [times[4]] * 2
+    assert monthly["series"].tolist() == ["b", "b", "a", "a", "b", "b"] and monthly["step"].tolist() == [1, 2] * 3
     hourly = forecast_table(records, "h", pairs, steps, actual, forecasts, None, [])
     assert str(hourly["time"].iloc[0]) == "2021-03-01 10:00:00" and str(hourly["time"].iloc[3]) == "2020-01-01 21:00:00"
     band = np.stack([actual - 1, actual, actual + 1], axis=-1)
@@ -226,4 +227,4 @@ def test_forecast_table_times_for_fixed_and_calendar_steps():
     assert list(q.columns) == [
         "series", "origin", "time", "step", "actual", "forecast", "q0.1", "q0.9", "naive", "seasonal_naive"
     ]  # fmt: skip
-    assert q["q0.9"].tolist() == [2.0, 3.0, 4.0, 5.0]
+    assert q["q0.9"].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
