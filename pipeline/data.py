@@ -98,7 +98,7 @@ class WindowBuffer:
             p0, r = calendar.phases([rec["start"] for rec in records])
             phase0, rate = torch.from_numpy(p0).to(home), torch.from_numpy(r).to(home)
         extra = {}
-        if spec is not None and spec.past_covariates + spec.future_covariates:
+        if spec is not None and spec.covariates:
             scaled_cov = torch.from_numpy(cov.scale(covariates, records))
             extra.update(
                 covariates=scaled_cov.to(home),
@@ -125,7 +125,7 @@ class WindowBuffer:
             spec.horizon,
             transform=transform,
             calendar=Calendar(spec.calendar, freq),
-            covariates=cov.read(ingest_dir, [*spec.past_covariates, *spec.future_covariates]),
+            covariates=cov.read(ingest_dir, list(spec.covariates)),
             spec=spec,
         )
 

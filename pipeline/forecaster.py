@@ -75,12 +75,11 @@ class Forecaster:
     @property
     def covariates(self) -> list[str]:
         """Time-varying covariate columns the history must carry: past ones, then future ones."""
-        m = self.spec["model"]
-        return [*(m.get("past_covariates") or []), *(m.get("future_covariates") or [])]
+        return list(self.model.spec.covariates)
 
     @property
     def future_covariates(self) -> list[str]:
-        return list(self.spec["model"].get("future_covariates") or [])
+        return list(self.model.spec.future_covariates)
 
     def predict(
         self,

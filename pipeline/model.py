@@ -66,6 +66,11 @@ class ModelSpec:
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
+    def covariates(self) -> tuple[str, ...]:
+        """Time-varying covariates in the buffer's order: past ones, then future ones."""
+        return self.past_covariates + self.future_covariates
+
+    @property
     def past_size(self) -> int:
         return len(self.past_covariates)
 

@@ -292,12 +292,11 @@ def forecast(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) 
 
     spec = forecaster.model.spec
     stats = forecaster.spec["series"]
-    k = len(spec.past_covariates) + len(spec.future_covariates)
     unit = {  # series the model does not know are not scored; these only fill their slots
         "mean": 0.0,
         "scale": 1.0,
-        "covariate_mean": [0.0] * k,
-        "covariate_scale": [1.0] * k,
+        "covariate_mean": [0.0] * len(spec.covariates),
+        "covariate_scale": [1.0] * len(spec.covariates),
         "static": [0.0] * len(spec.static_covariates),
         "index": 0,
     }
