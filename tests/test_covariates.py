@@ -90,18 +90,18 @@ def test_wide_format_shares_the_covariate_columns_between_series():
 
 
 @pytest.mark.parametrize(
-    ("change", "kw", "message"),
+    ("change", "message"),
     [
-        (lambda f: f.drop(columns="temp"), {}, "covariate column 'temp' (data.past_covariates) not found"),
-        (lambda f: f.assign(flag=f["flag"].astype(object).where(f.index != 7, "x")), {}, "row 8: non-numeric"),
-        (lambda f: f.assign(temp=f["temp"].where(f.index != 9)), {}, "series 's0': missing or non-finite value of "),
-        (lambda f: f.assign(size=f["size"].where(f.index != 310, 9.0)), {}, "static covariate 'size' changes"),
-        (lambda f: f.assign(size=f["size"].where(f.index != 3)), {}, "missing or non-finite static covariate 'size'"),
+        (lambda f: f.drop(columns="temp"), "covariate column 'temp' (data.past_covariates) not found"),
+        (lambda f: f.assign(flag=f["flag"].astype(object).where(f.index != 7, "x")), "row 8: non-numeric"),
+        (lambda f: f.assign(temp=f["temp"].where(f.index != 9)), "series 's0': missing or non-finite value of "),
+        (lambda f: f.assign(size=f["size"].where(f.index != 310, 9.0)), "static covariate 'size' changes"),
+        (lambda f: f.assign(size=f["size"].where(f.index != 3)), "missing or non-finite static covariate 'size'"),
     ],
 )
-def test_bad_covariates_are_one_line_errors_naming_the_place(change, kw, message):
+def test_bad_covariates_are_one_line_errors_naming_the_place(change, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as info:
-        prepare_series(change(_frame()), _data_cfg(**kw))
+        prepare_series(change(_frame()), _data_cfg())
     assert "\n" not in str(info.value)
 
 
