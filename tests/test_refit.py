@@ -19,6 +19,14 @@ from pipeline.refit import cut_table, refit_windows, with_fold_statistics
 from .conftest import cli, torchrun, write_config
 
 
+def _run_backtest(config) -> tuple:
+    """(the finished process, run dir, metrics.json's backtest) of `lstm-pipeline run`, which must succeed."""
+    done = cli("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = config.parent / "run"
+    return done, run, json.loads((run / "evaluate/metrics.json").read_text())["backtest"]
+
+
 def test_refit_folds_may_reach_before_the_test_part():
     # length 100, validation 10 steps, lookback 10, horizon 6, 3 folds 20 apart: fold 1 starts 46 steps before the end
     pairs, fold = refit_windows(np.array([100]), np.array([0]), 10, 10, 6, 3, 20, 12, ["a"])
@@ -105,10 +113,7 @@ def test_refit_end_to_end_no_leakage_and_cached_folds(tmp_path):
             "export.onnx": False,
         },
     )  # fmt: skip
-    first = cli("run", "--config", str(config))
-    assert first.returncode == 0, first.stderr[-3000:]
-    run = tmp_path / "run"
-    bt = json.loads((run / "evaluate/metrics.json").read_text())["backtest"]
+    first, run, bt = _run_backtest(config)
     assert (bt["folds"], bt["step"], bt["refit"]) == (folds, step, True)
     assert [f["steps_before_end"] for f in bt["per_fold"]] == [26, 16, 6]  # fold 1 reaches before the test part
     for entry in bt["per_fold"]:
@@ -233,10 +238,7 @@ def test_refit_with_covariates_slices_every_column_and_rescales_them_on_the_fold
             "export.onnx": False,
         },
     )  # fmt: skip
-    done = cli("run", "--config", str(config))
-    assert done.returncode == 0, done.stderr[-3000:]
-    run = tmp_path / "run"
-    bt = json.loads((run / "evaluate/metrics.json").read_text())["backtest"]
+    _, run, bt = _run_backtest(config)
     assert [f["steps_before_end"] for f in bt["per_fold"]] == [36, 6] and bt["refit"] is True
     meta = json.loads((run / ".refit/fold_1/ingest/meta.json").read_text())
     table = pa.ipc.open_file(pa.memory_map(str(run / ".refit/fold_1/ingest/values.arrow"))).read_all()
