@@ -44,7 +44,8 @@ class TrainState:
 
 
 def unwrapped_state(accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    module = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    # keep_fp32_wrapper=False would strip Accelerate's autocast wrapper off the live model for the rest of the run
+    module = accelerator.unwrap_model(model)
     return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
 
 
@@ -127,7 +128,7 @@ def latest_valid(root: Path) -> Path | None:
 def load_checkpoint(path: Path, accelerator, model, optimizer) -> TrainState:
     """Restore model, optimizer, scaler and this rank's RNG; returns the saved TrainState."""
     saved = read_state(path)
-    module = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    module = accelerator.unwrap_model(model)
     module.load_state_dict(load_file(str(path / "model.safetensors")))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     if accelerator.scaler is not None and (path / "scaler.pt").exists():

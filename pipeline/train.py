@@ -428,10 +428,12 @@ def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list,
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
-                if not torch.isfinite(grad_norm):  # already global: gradients were all-reduced
+                # already global: gradients were all-reduced; under fp16 an overflow is the grad scaler's to skip
+                if not torch.isfinite(grad_norm) and accelerator.scaler is None:
                     skipped = _non_finite(cfg, "gradient norm", float(grad_norm), step)
                 if not skipped:
                     optimizer.step()
+                    skipped = bool(getattr(optimizer, "step_was_skipped", False))  # the scaler's skip
             optimizer.zero_grad(set_to_none=True)
         total += loss.detach()
     return total / len(micro), grad_norm, skipped
@@ -482,18 +484,27 @@ class StepReporter:
 
 @torch.no_grad()
 def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int, loss) -> float:
-    """The training loss over every validation window, each scored exactly once across ranks."""
+    """The training loss over every validation window, each scored exactly once across ranks.
+
+    Always in float32, whatever `train.mixed_precision`: validation picks the weights that are
+    exported and served, and those run in float32 (evaluate, ONNX, predict).
+    """
     module = accelerator.unwrap_model(model)
     module.eval()
     shard = val_pairs[accelerator.process_index :: accelerator.num_processes]
     sums = torch.zeros(2, dtype=torch.float64, device=buffer.values.device)
     for chunk in shard.split(batch_size):
         x, y = buffer.gather(chunk)
-        sums[0] += loss(module(x).float(), y, reduction="none").sum(dtype=torch.float64)
+        sums[0] += loss(float32_forward(module, x), y, reduction="none").sum(dtype=torch.float64)
         sums[1] += y.numel()
     module.train()
     sums = accelerator.reduce(sums, "sum")
     return float(sums[0] / sums[1])
+
+
+def float32_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """The module's own forward, without the autocast wrapper `Accelerator.prepare` sets on the instance."""
+    return type(module).forward(module, x).float()
 
 
 def evaluate_and_keep_best(cfg, accelerator, model, buffer, val_pairs, state, work, metrics, tracker) -> None:

@@ -1,0 +1,93 @@
+"""Mixed precision is really applied: the recurrent kernels of a real `lstm-pipeline train` run in bf16.
+
+The rule checked here: the training forward and backward run under autocast in the configured
+precision; every forecast that is scored or served (validation, evaluate, export, predict) runs
+in float32 on the float32 master weights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from pipeline.cli import main
+
+from .conftest import cli, write_config
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {"train.max_steps": 20, "train.eval_every": 10, "train.log_every": 5, "train.num_threads": 1}
+
+
+class RecurrentKernels(TorchDispatchMode):
+    """Counts the recurrent kernels (LSTM layers, forward and backward) by the dtype of their input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if "rnn" in name or "lstm" in name:
+            first = next(a for a in args if isinstance(a, torch.Tensor))
+            backward = "backward" in name
+            phase = "train" if backward or torch.is_grad_enabled() else "no_grad"  # backward runs without grad mode
+            self.seen[(phase, backward, first.dtype)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def prepared(root: Path, precision: str) -> Path:
+    config = write_config(root, {**SETTINGS, "train.mixed_precision": precision, "export.onnx": False})
+    for stage in ("ingest", "window"):
+        assert cli(stage, "--config", str(config)).returncode == 0
+    return config
+
+
+def losses(run: Path) -> list[float]:
+    rows = map(json.loads, (run / "train/metrics.jsonl").read_text().splitlines())
+    return [r["loss"] for r in rows if "loss" in r]
+
+
+def test_bf16_training_runs_the_lstm_in_bf16_and_validates_in_float32(tmp_path):
+    config = prepared(tmp_path / "bf16", "bf16")
+    kernels = RecurrentKernels()
+    saved_threads = torch.get_num_threads()
+    try:
+        with kernels:
+            assert main(["train", "--config", str(config)]) == 0
+    finally:
+        torch.set_num_threads(saved_threads)
+    seen = kernels.seen
+    forward_bf16 = seen[("train", False, torch.bfloat16)]
+    backward_bf16 = seen[("train", True, torch.bfloat16)]
+    assert forward_bf16 >= SETTINGS["train.max_steps"], seen  # every training step's LSTM forward
+    assert backward_bf16 >= SETTINGS["train.max_steps"], seen
+    assert seen[("train", False, torch.float32)] == 0, seen  # nothing trained in float32
+    assert seen[("no_grad", False, torch.float32)] > 0, seen  # validation: float32
+    assert seen[("no_grad", False, torch.bfloat16)] == 0, seen
+
+    reference = prepared(tmp_path / "fp32", "no")
+    assert cli("train", "--config", str(reference)).returncode == 0
+    bf16, fp32 = losses(tmp_path / "bf16/run"), losses(tmp_path / "fp32/run")
+    assert len(bf16) == len(fp32) == 4
+    assert bf16 != fp32  # the precision changes the numbers...
+    assert bf16[0] == pytest.approx(fp32[0], rel=0.05)  # ...not what is learnt
+
+
+def test_bf16_training_killed_and_resumed_ends_bit_for_bit(tmp_path):
+    from .test_resume import assert_bitwise_equal, finish, kill_at_step
+    from .test_resume import prepared as prepared_for_resume
+
+    settings = {"train.mixed_precision": "bf16", "train.max_steps": 100}
+    reference = prepared_for_resume(tmp_path / "reference", **settings)
+    finish(reference, 1)
+    config = prepared_for_resume(tmp_path / "killed", **settings)
+    kill_at_step(config, 1, 60)
+    stderr = finish(config, 1)
+    assert "resumed from" in stderr and "precision bf16" in stderr
+    assert_bitwise_equal(tmp_path / "killed/run", tmp_path / "reference/run")
