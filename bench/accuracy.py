@@ -65,13 +65,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make `pipeline` importable from the checkout
     sys.path.insert(0, str(REPO))
 
-from pipeline import auto  # noqa: E402
-from pipeline import metrics as M  # noqa: E402
-from pipeline.config import Config, DataConfig, load_config  # noqa: E402
-from pipeline.ingest import prepare_series, split_sizes  # noqa: E402
-from pipeline.sources import load_table  # noqa: E402
-from pipeline.train import fit_batch  # noqa: E402
-from pipeline.window import build_window_index  # noqa: E402
+from pipeline.config import (  # noqa: E402
+    Config,
+    DataConfig,
+    auto,
+    load_config,
+)
+from pipeline.library import metrics as M  # noqa: E402
+from pipeline.library.series import prepare_series  # noqa: E402
+from pipeline.library.sources import load_table  # noqa: E402
+from pipeline.library.splits import split_sizes  # noqa: E402
+from pipeline.library.windows import build_window_index  # noqa: E402
+from pipeline.stages.train import fit_batch  # noqa: E402
 
 DATA_DIR = REPO / "bench" / "data"
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
@@ -147,8 +152,8 @@ def protocol(freq: str) -> Protocol:
 
 def resolved(cfg: Config, values: list[np.ndarray]) -> Config:
     """`cfg` with its `auto` settings resolved as the pipeline's stages will resolve them."""
-    train_ends = [{"train_end": split_sizes(len(v), cfg.data.val_size, cfg.data.test_size)[0]} for v in values]
-    return auto.resolve(cfg, {"freq": cfg.data.freq, "series": train_ends})
+    shortest = min(split_sizes(len(v), cfg.data.val_size, cfg.data.test_size)[0] for v in values)
+    return auto.resolve_for(cfg, cfg.data.freq, shortest)
 
 
 def data_config(series: Series, workdir: Path) -> DataConfig:

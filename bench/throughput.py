@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import SyntheticConfig, load_config
-from pipeline.data import WindowBuffer
-from pipeline.model import ModelSpec, build_model
-from pipeline.synthetic import generate_synthetic
-from pipeline.window import build_window_index
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.model import ModelSpec, build_model
+from pipeline.library.synthetic import generate_synthetic
+from pipeline.library.windows import build_window_index
 
 
 def parse() -> argparse.Namespace:
@@ -104,8 +104,9 @@ def bare_step(args, spec: ModelSpec):
 
 
 def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, records: list[dict], pairs: np.ndarray):
-    from pipeline.checkpoint import TrainState
-    from pipeline.train import advance, local_batches, make_accelerator, train_step
+    from pipeline.library.records import TrainState
+    from pipeline.library.schedule import advance, local_batches
+    from pipeline.stages.train import make_accelerator, train_step
 
     overrides = [
         f"train.batch_size={args.batch_size}",
@@ -186,7 +187,7 @@ def main() -> None:
     if args.only == "bare":
         print(json.dumps({"bare": interleaved_rates({"bare": bare_step(args, spec)}, args)["bare"]}))
         return
-    from pipeline.runtime import configure_process
+    from pipeline.library.runtime import configure_process
 
     settings = configure_process()
     data = generate_synthetic(SyntheticConfig(n_series=args.series, length=args.length, freq="h"))

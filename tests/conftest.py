@@ -24,6 +24,7 @@ SMALL = {
     "window": {"lookback": 48, "horizon": 12, "stride": 1, "val_stride": 1},
     "model": {"hidden_size": 16, "num_layers": 1},
     "train": {
+        "loss": "mse",
         "batch_size": 64,
         "max_steps": 40,
         "lr": 0.01,
@@ -87,6 +88,18 @@ def torchrun(nproc: int, *args: str, env: dict | None = None, timeout: int = 300
     if popen:
         return subprocess.Popen(command, cwd=REPO, env=full_env, text=True, **popen)
     return subprocess.run(command, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def series_table(rows: list[dict]):
+    """A `SeriesTable` from per-series dicts in meta.json's layout; fields a test leaves out get neutral values
+    (id s<i>, a start in 2024, no validation or test part, location 0 and scale 1)."""
+    from pipeline.library.records import SeriesTable
+
+    defaults = {"start": "2024-01-01T00:00:00", "mean": 0.0, "scale": 1.0}
+    full = [
+        {"id": f"s{i}", "train_end": r["length"], "val_end": r["length"], **defaults, **r} for i, r in enumerate(rows)
+    ]
+    return SeriesTable.from_json(full)
 
 
 def load_weights(path: Path) -> dict:

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from pipeline.config import DataConfig, load_config
-from pipeline.ingest import prepare_series, split_sizes
-from pipeline.sources import load_table
+from pipeline.library.series import prepare_series
+from pipeline.library.sources import load_table
+from pipeline.library.splits import split_sizes
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import auto
-from pipeline.config import load_config
-from pipeline.errors import ConfigError
-from pipeline.train import fit_batch
-from tests.conftest import cli, write_config
+from pipeline.config import auto, load_config
+from pipeline.library.errors import ConfigError
+from pipeline.library.records import IngestRecord
+from pipeline.stages.train import fit_batch
+from tests.conftest import cli, series_table, write_config
 
 
 @pytest.mark.parametrize(
@@ -66,8 +66,9 @@ def test_auto_lookback_with_no_room_is_a_config_error():
         auto.auto_lookback(12, 12, 13)
 
 
-def _meta(freq: str, train_ends: list[int]) -> dict:
-    return {"freq": freq, "series": [{"id": str(i), "train_end": t} for i, t in enumerate(train_ends)]}
+def _meta(freq: str, train_ends: list[int]) -> IngestRecord:
+    table = series_table([{"id": str(i), "length": t + 20, "train_end": t} for i, t in enumerate(train_ends)])
+    return IngestRecord("fingerprint", freq, "standard", "none", int(table.lengths.sum()), table)
 
 
 def test_resolve_fills_every_auto_and_keeps_explicit_values():
@@ -170,7 +171,7 @@ def test_monthly_data_runs_with_auto_settings_end_to_end(tmp_path):
 
 
 def test_validation_windows_are_capped_evenly_and_the_same_for_any_world_size():
-    from pipeline.train import spread_subset
+    from pipeline.stages.train import spread_subset
 
     windows = np.stack([np.zeros(100, dtype=np.int64), np.arange(100)], axis=1)
     picked = spread_subset(windows, 5)

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.backtest import backtest_windows
-from pipeline.errors import ConfigError
-from pipeline.model import ModelSpec, build_model
+from pipeline.library.backtest import backtest_windows
+from pipeline.library.errors import ConfigError
+from pipeline.library.model import ModelSpec, build_model
 
 from .conftest import cli, write_config
 

@@ -615,7 +615,7 @@ def _kill(proc: subprocess.Popen) -> int:
 
 
 def _assert_stage_intact(ws: Workspace, stage: str, before: dict[str, str], note: str) -> None:
-    from pipeline.artifacts import read_meta
+    from pipeline.library.artifacts import read_meta
 
     assert read_meta(ws.run / stage) is not None, note  # what every reader does first: recovers a swap
     after = tree_hashes(ws.run)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline import blend
-from pipeline.forecaster import Forecaster
+from pipeline.library import blend
+from pipeline.library.forecaster import Forecaster
 
 from .conftest import cli, write_config
 

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import calendar
-from pipeline.calendar import Calendar, encode
 from pipeline.config import load_config
-from pipeline.data import WindowBuffer
-from pipeline.errors import ConfigError
-from pipeline.forecaster import Forecaster
-from tests.conftest import cli, write_config
+from pipeline.library import calendar
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.calendar import Calendar, encode
+from pipeline.library.errors import ConfigError
+from pipeline.library.forecaster import Forecaster
+from tests.conftest import cli, series_table, write_config
 
 
 def _angles(features: tuple[str, ...], freq: str, start: str, positions: list[int]) -> np.ndarray:
@@ -82,7 +82,7 @@ def test_features_the_frequency_cannot_show_are_config_errors():
 def _buffer(values: np.ndarray, start: str, freq: str, lookback: int, horizon: int) -> WindowBuffer:
     records = [{"id": "a", "start": start, "length": len(values), "mean": 0.0, "scale": 1.0}]
     cal = Calendar(calendar.resolve("auto", freq), freq)
-    return WindowBuffer.from_ingest(values.astype(np.float32), records, lookback, horizon, calendar=cal)
+    return WindowBuffer.from_ingest(values.astype(np.float32), series_table(records), lookback, horizon, calendar=cal)
 
 
 def test_inputs_never_carry_the_values_being_forecast():
@@ -114,12 +114,12 @@ def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path
     # predict's inputs for a history ending at some step = the training buffer's window ending there
     forecaster = Forecaster.load(run / "export")
     meta = json.loads((run / "ingest" / "meta.json").read_text())
-    from pipeline.ingest import read_values
+    from pipeline.library.store import read_values
 
     raw = read_values(run / "ingest")
     rec = meta["series"][0]
     cal = Calendar(("day", "week"), meta["freq"])
-    buffer = WindowBuffer.from_ingest(raw, meta["series"], 48, 12, calendar=cal)
+    buffer = WindowBuffer.from_ingest(raw, series_table(meta["series"]), 48, 12, calendar=cal)
     start = 100
     x_train, _ = buffer.gather(torch.tensor([[0, start]]))
     times = pd.date_range(rec["start"], periods=rec["length"], freq=meta["freq"])

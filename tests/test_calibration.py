@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.calibration import calibrate, conformal_widening, offsets
-from pipeline.data import WindowBuffer
-from pipeline.model import ModelSpec, build_model
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.calibration import calibrate, conformal_widening, offsets
+from pipeline.library.model import ModelSpec, build_model
+
+from .conftest import series_table
 
 
 def test_widening_by_hand():
@@ -38,7 +40,7 @@ def test_offsets_grow_outwards_and_reach_unpaired_outer_quantiles():
 def test_calibrated_intervals_cover_the_calibration_windows(instance_norm):
     rng = np.random.default_rng(0)
     raw = (np.sin(np.arange(600) / 5.0) + rng.normal(0, 4.0, 600)).astype(np.float32)
-    buffer = WindowBuffer.from_ingest(raw, [{"length": 600, "mean": 0.0, "scale": 1.0}], lookback=20, horizon=4)
+    buffer = WindowBuffer.from_ingest(raw, series_table([{"length": 600}]), lookback=20, horizon=4)
     pairs = torch.stack([torch.zeros(500, dtype=torch.long), torch.arange(500)], dim=1)
     spec = ModelSpec(1, 4, 8, 1, instance_norm=instance_norm, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
     model = build_model(spec, seed=0).eval()

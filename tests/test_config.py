@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import parse_args
 from pipeline.config import Config, DataConfig, load_config, parse_override, save_config
-from pipeline.errors import ConfigError
+from pipeline.library.errors import ConfigError
+from pipeline.orchestrators.cli import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "configs" / "default.yaml"

@@ -10,14 +10,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline import covariates
 from pipeline.config import DataConfig, load_config
-from pipeline.data import WindowBuffer
-from pipeline.errors import ConfigError, DataError
-from pipeline.forecaster import Forecaster
-from pipeline.ingest import prepare_series, read_values, split_and_scale
-from pipeline.model import ModelSpec, build_model
-from tests.conftest import cli, write_config
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.errors import ConfigError, DataError
+from pipeline.library.forecaster import Forecaster
+from pipeline.library.model import ModelSpec, build_model
+from pipeline.library.series import prepare_series
+from pipeline.library.splits import split_and_scale
+from pipeline.library.store import read_values
+from tests.conftest import cli, series_table, write_config
 
 LENGTH = 300
 
@@ -56,7 +57,7 @@ def test_ingest_keeps_covariates_on_the_grid_with_train_part_statistics():
     assert series.covariates.shape == (3 * LENGTH, 2)
     np.testing.assert_array_equal(series.covariates[:LENGTH, 0], frame["temp"].to_numpy()[:LENGTH])
     np.testing.assert_array_equal(series.covariates[LENGTH:, 1], frame["flag"].to_numpy()[LENGTH:])
-    meta = split_and_scale(series, cfg)
+    meta = split_and_scale(series, cfg).to_json()
     rec = meta["series"][1]
     train = frame[frame["id"] == "s1"].iloc[: rec["train_end"]]
     np.testing.assert_allclose(rec["covariate_mean"], [train["temp"].mean(), train["flag"].mean()])
@@ -67,14 +68,14 @@ def test_ingest_keeps_covariates_on_the_grid_with_train_part_statistics():
     # the fingerprint follows the covariates' values
     changed = frame.copy()
     changed.loc[5, "temp"] += 1.0
-    assert split_and_scale(prepare_series(changed, cfg), cfg)["fingerprint"] != meta["fingerprint"]
+    assert split_and_scale(prepare_series(changed, cfg), cfg).fingerprint != meta["fingerprint"]
 
 
 def test_a_covariate_constant_on_the_train_part_keeps_scale_one():
     frame = _frame(n_series=1)
     frame["flag"] = 0.0
     cfg = _data_cfg(static_covariates=[])
-    rec = split_and_scale(prepare_series(frame, cfg), cfg)["series"][0]
+    rec = split_and_scale(prepare_series(frame, cfg), cfg).to_json()["series"][0]
     assert rec["covariate_scale"][1] == 1.0 and rec["covariate_mean"][1] == 0.0
 
 
@@ -131,10 +132,11 @@ def test_covariate_config_errors(kw, message):
 def _buffer(frame: pd.DataFrame, spec: ModelSpec, lookback: int, horizon: int) -> tuple[WindowBuffer, dict]:
     cfg = _data_cfg()
     series = prepare_series(frame, cfg)
-    meta = split_and_scale(series, cfg)
+    record = split_and_scale(series, cfg)
+    meta = record.to_json()
     buffer = WindowBuffer.from_ingest(
         series.values.astype(np.float32),
-        meta["series"],
+        record.series,
         lookback,
         horizon,
         covariates=series.covariates.astype(np.float32),
@@ -190,9 +192,9 @@ def test_only_past_covariates_keep_inputs_to_the_lookback():
     frame = _frame(n_series=1)
     cfg = _data_cfg(future_covariates=[], static_covariates=[])
     series = prepare_series(frame, cfg)
-    meta = split_and_scale(series, cfg)
+    record = split_and_scale(series, cfg)
     buffer = WindowBuffer.from_ingest(
-        series.values.astype(np.float32), meta["series"], 24, 6, covariates=series.covariates, spec=spec
+        series.values.astype(np.float32), record.series, 24, 6, covariates=series.covariates, spec=spec
     )
     x, _ = buffer.gather(torch.tensor([[0, 10]]))
     assert x.shape == (1, 24, 2)
@@ -214,15 +216,15 @@ def test_model_reads_embedding_and_statics_and_starts_at_its_base():
 
 
 def test_values_arrow_holds_the_covariate_columns(tmp_path):
-    from pipeline.ingest import write_values
+    from pipeline.library.store import read_covariates, write_values
 
     covs = np.arange(12, dtype=np.float32).reshape(6, 2)
     write_values(tmp_path / "values.arrow", np.zeros(6), ["temp", "flag"], covs)
     names = pa.ipc.open_file(pa.memory_map(str(tmp_path / "values.arrow"))).read_all().column_names
     assert names == ["target", "covariate:temp", "covariate:flag"]
-    np.testing.assert_array_equal(covariates.read(tmp_path, ["flag", "temp"]), covs[:, ::-1])
+    np.testing.assert_array_equal(read_covariates(tmp_path, ["flag", "temp"]), covs[:, ::-1])
     with pytest.raises(DataError, match="no covariate 'wind'"):
-        covariates.read(tmp_path, ["wind"])
+        read_covariates(tmp_path, ["wind"])
 
 
 @pytest.mark.slow
@@ -285,7 +287,13 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
     forecaster = Forecaster.load(run / "export")
     meta = json.loads((run / "ingest" / "meta.json").read_text())
     buffer = WindowBuffer.for_model(
-        forecaster.model.spec, run / "ingest", read_values(run / "ingest"), meta["series"], "h", 24, "none"
+        forecaster.model.spec,
+        run / "ingest",
+        read_values(run / "ingest"),
+        series_table(meta["series"]),
+        "h",
+        24,
+        "none",
     )
     x_train, _ = buffer.gather(torch.tensor([[1, 200 - 24]]))
     ids, last, windows = forecaster._split_history(history, "history")
@@ -306,7 +314,7 @@ def test_the_covariates_config_loads():
 
 
 def test_typed_parquet_with_covariates_is_read_whole(tmp_path):
-    from pipeline.ingest import read_series
+    from pipeline.stages.ingest import read_series
 
     frame = _frame()
     frame.to_parquet(tmp_path / "data.parquet")

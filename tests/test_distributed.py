@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipeline.model import ModelSpec, build_model
+from pipeline.library.model import ModelSpec, build_model
 
 from .conftest import cli, load_weights, torchrun, write_config
 

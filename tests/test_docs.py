@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pipeline.config_reference import embedded, markdown
+from pipeline.config.reference import embedded, markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ def test_readme_opens_with_the_two_commands():
 
 def test_config_reference_is_current():
     readme = (REPO / "README.md").read_text()
-    assert embedded(readme) == markdown(), "run: python -m pipeline.config_reference --update README.md"
+    assert embedded(readme) == markdown(), "run: python -m pipeline.config.reference --update README.md"
     for key in ["data.source", "window.lookback", "train.mixed_precision", "tracking.mode", "evaluate.season_length"]:
         assert f"`{key}`" in readme
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pipeline.config import SyntheticConfig
-from pipeline.errors import DataError
-from pipeline.forecaster import Forecaster
-from pipeline.synthetic import generate_synthetic
+from pipeline.library.errors import DataError
+from pipeline.library.forecaster import Forecaster
+from pipeline.library.synthetic import generate_synthetic
 
 from .conftest import cli, write_config
 
@@ -108,7 +108,7 @@ def test_export_is_self_contained_and_onnx_matches(finished_run, tmp_path):
     assert meta["onnx_parity"] <= 1e-4
 
     forecaster = Forecaster.load(export)
-    assert forecaster.spec["model"]["calendar"] == ["day", "week"]  # hourly data: auto calendar
+    assert forecaster.spec.model.calendar == ("day", "week")  # hourly data: auto calendar
     session = ort.InferenceSession(str(export / "model.onnx"), providers=["CPUExecutionProvider"])
     # the documented input: lookback + horizon steps, the target then sin/cos of day and week
     x = np.random.default_rng(0).normal(size=(7, 48 + 12, 1 + 4)).astype(np.float32)  # batch 7: dynamic axis

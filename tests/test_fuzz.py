@@ -1,7 +1,7 @@
 """Fuzzing the readers: whatever bytes a user hands in, the CLI ends with 0 or 2, never a crash.
 
 (a) ingest through the real loaders (`datasets`) and (b) predict's history reader plus
-`Forecaster.predict`, both through `pipeline.cli.main`, the function the console script runs.
+`Forecaster.predict`, both through `pipeline.orchestrators.cli.main`, the function the console script runs.
 An exit code of 2 must come with exactly one `error: ` line on stderr and no traceback.
 """
 
@@ -17,7 +17,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import main
+from pipeline.orchestrators.cli import main
 
 from .conftest import cli, write_config
 

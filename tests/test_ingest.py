@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import ingest
-from pipeline.artifacts import read_meta
 from pipeline.config import Config, DataConfig
-from pipeline.errors import DataError
-from pipeline.ingest import SeriesSet, prepare_series, read_values, split_and_scale, split_sizes
-from pipeline.sources import load_table, resolve_files
+from pipeline.library.artifacts import read_meta
+from pipeline.library.errors import DataError
+from pipeline.library.series import SeriesSet, prepare_series
+from pipeline.library.sources import load_table, resolve_files
+from pipeline.library.splits import split_and_scale, split_sizes
+from pipeline.library.store import read_values
+from pipeline.stages import ingest
 
 T0 = pd.Timestamp("2022-01-01 00:00")
 
@@ -347,7 +349,7 @@ def test_scaling_statistics_come_from_the_train_part_only():
     rng = np.random.default_rng(0)
     a, b = rng.normal(5, 2, 50), rng.normal(-3, 0.5, 40)
     cfg = _cfg(val_size=0.1, test_size=0.2)
-    meta = split_and_scale(_two_series(a, b), cfg)
+    meta = split_and_scale(_two_series(a, b), cfg).to_json()
     ra, rb = meta["series"]
     assert (ra["train_end"], ra["val_end"], ra["length"]) == (35, 40, 50)
     assert (rb["train_end"], rb["val_end"], rb["length"]) == (28, 32, 40)
@@ -361,7 +363,7 @@ def test_scaling_statistics_come_from_the_train_part_only():
     a2, b2 = a.copy(), b.copy()
     a2[35:] *= 1000
     b2[28:] = 1e6
-    meta2 = split_and_scale(_two_series(a2, b2), cfg)
+    meta2 = split_and_scale(_two_series(a2, b2), cfg).to_json()
     for r1, r2 in zip(meta["series"], meta2["series"]):
         assert (r2["mean"], r2["scale"]) == (r1["mean"], r1["scale"])
         assert (r2["train_end"], r2["val_end"]) == (r1["train_end"], r1["val_end"])
@@ -369,17 +371,17 @@ def test_scaling_statistics_come_from_the_train_part_only():
     # the same data split differently is another fingerprint: downstream stages must not be reused
     from dataclasses import replace
 
-    resplit = split_and_scale(_two_series(a, b), replace(cfg, val_size=0.2))
+    resplit = split_and_scale(_two_series(a, b), replace(cfg, val_size=0.2)).to_json()
     assert resplit["fingerprint"] != meta["fingerprint"]
 
     # changing one train value does move them
     a3 = a.copy()
     a3[0] += 10
-    assert split_and_scale(_two_series(a3, b), cfg)["series"][0]["mean"] != ra["mean"]
+    assert split_and_scale(_two_series(a3, b), cfg).to_json()["series"][0]["mean"] != ra["mean"]
 
 
 def test_meta_layout():
-    meta = split_and_scale(_two_series(np.arange(20.0), np.arange(10.0) ** 2), _cfg(val_size=2, test_size=3))
+    meta = split_and_scale(_two_series(np.arange(20.0), np.arange(10.0) ** 2), _cfg(val_size=2, test_size=3)).to_json()
     assert meta["freq"] == "h" and meta["n_series"] == 2 and meta["n_points"] == 30
     assert [r["id"] for r in meta["series"]] == ["a", "b"]
     assert [r["start"] for r in meta["series"]] == ["2022-01-01T00:00:00", "2022-01-01T01:00:00"]
@@ -389,7 +391,7 @@ def test_meta_layout():
 
 
 def test_scaling_none_keeps_units():
-    meta = split_and_scale(_two_series(np.arange(20.0), np.arange(10.0)), _cfg(scaling="none"))
+    meta = split_and_scale(_two_series(np.arange(20.0), np.arange(10.0)), _cfg(scaling="none")).to_json()
     assert all((r["mean"], r["scale"]) == (0.0, 1.0) for r in meta["series"])
 
 

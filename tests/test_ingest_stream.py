@@ -18,12 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import ingest, sources
 from pipeline.config import Config, DataConfig
-from pipeline.errors import DataError
-from pipeline.ingest import prepare_series, read_series, split_and_scale
-from pipeline.ingest_stream import stream_series
-from pipeline.sources import load_table, parquet_batches
+from pipeline.library import sources
+from pipeline.library.errors import DataError
+from pipeline.library.series import prepare_series
+from pipeline.library.series_stream import stream_series
+from pipeline.library.sources import load_table, parquet_batches
+from pipeline.library.splits import split_and_scale
+from pipeline.stages import ingest
+from pipeline.stages.ingest import read_series
 
 from .conftest import REPO
 
@@ -68,7 +71,7 @@ def assert_identical(streamed, pandas_path, cfg: DataConfig) -> None:
     assert [s.isoformat() for s in streamed.starts] == [pd.Timestamp(s).isoformat() for s in pandas_path.starts]
     np.testing.assert_array_equal(streamed.lengths, pandas_path.lengths)
     assert streamed.values.tobytes() == pandas_path.values.astype(np.float32).tobytes()
-    a, b = split_and_scale(streamed, cfg), split_and_scale(pandas_path, cfg)
+    a, b = split_and_scale(streamed, cfg).to_json(), split_and_scale(pandas_path, cfg).to_json()
     if cfg.missing != "interpolate":
         assert a == b  # statistics and fingerprint, exactly
         return
@@ -291,7 +294,8 @@ def test_no_rows_and_a_missing_column(tmp_path):
 CHILD = """
 import resource, sys
 from pipeline.config import DataConfig
-from pipeline.ingest import read_series, split_and_scale
+from pipeline.stages.ingest import read_series
+from pipeline.library.splits import split_and_scale
 cfg = DataConfig(source=sys.argv[1], id_column="series", target_column="value", freq="h")
 split_and_scale(read_series(cfg), cfg)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import metrics as M
-from pipeline.chunks import series_chunks
+from pipeline.library import metrics as M
+from pipeline.library.chunks import series_chunks
+
+from .conftest import series_table
 
 ACTUAL = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 FORECAST = np.array([[2.0, 2.0, 1.0], [4.0, 7.0, 6.0]])
@@ -188,8 +190,9 @@ def test_series_chunks_cover_every_series_once_in_order():
 
 
 def test_buffer_scaling_in_chunks_is_bit_identical_to_per_series(monkeypatch):
-    from pipeline import data, scaling
-    from pipeline.data import WindowBuffer
+    from pipeline.library import buffer as data
+    from pipeline.library import scaling
+    from pipeline.library.buffer import WindowBuffer
 
     rng = np.random.default_rng(1)
     lengths = rng.integers(5, 30, 40)
@@ -198,7 +201,7 @@ def test_buffer_scaling_in_chunks_is_bit_identical_to_per_series(monkeypatch):
         {"length": int(n), "mean": float(rng.normal(100, 5)), "scale": float(rng.uniform(1, 30))} for n in lengths
     ]
     monkeypatch.setattr(data, "series_chunks", lambda o: series_chunks(o, 64))
-    got = WindowBuffer.from_ingest(raw, records, 2, 1).values.numpy()
+    got = WindowBuffer.from_ingest(raw, series_table(records), 2, 1).values.numpy()
     start = 0
     for r in records:
         end = start + r["length"]
@@ -208,22 +211,28 @@ def test_buffer_scaling_in_chunks_is_bit_identical_to_per_series(monkeypatch):
 
 
 def test_forecast_table_times_for_fixed_and_calendar_steps():
-    from pipeline.evaluate import forecast_table
+    from pipeline.library.scoring import ScoredWindows, forecast_table
 
     records = [{"id": "a", "start": "2020-01-01T00:00:00"}, {"id": "b", "start": "2021-03-01T00:00:00"}]
+    series = series_table([{**r, "length": 30} for r in records])
     pairs = np.array([[1, 0], [0, 5], [1, 3]])
     steps = np.array([[10, 11], [20, 21], [13, 14]])  # positions of the forecast points within their series
     actual = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     forecasts = {"model": actual + 0.5, "naive": actual - 1, "seasonal_naive": actual * 2}
-    monthly = forecast_table(records, "MS", pairs, steps, actual, forecasts, None, [])
+    positions = series.offsets[pairs[:, 0], None] + steps
+
+    def windows(band=None, quantiles=()):
+        return ScoredWindows(pairs, positions, actual, forecasts, np.ones(3), list(quantiles), band)
+
+    monthly = forecast_table(windows(), series, "MS")
     times = ["2022-01-01", "2022-02-01", "2021-09-01", "2021-10-01", "2022-04-01", "2022-05-01"]
     assert monthly["time"].astype(str).tolist() == times
     assert monthly["origin"].astype(str).tolist() == [times[0]] * 2 + [times[2]] * 2 + [times[4]] * 2
     assert monthly["series"].tolist() == ["b", "b", "a", "a", "b", "b"] and monthly["step"].tolist() == [1, 2] * 3
-    hourly = forecast_table(records, "h", pairs, steps, actual, forecasts, None, [])
+    hourly = forecast_table(windows(), series, "h")
     assert str(hourly["time"].iloc[0]) == "2021-03-01 10:00:00" and str(hourly["time"].iloc[3]) == "2020-01-01 21:00:00"
     band = np.stack([actual - 1, actual, actual + 1], axis=-1)
-    q = forecast_table(records, "h", pairs, steps, actual, forecasts, band, [0.1, 0.5, 0.9])
+    q = forecast_table(windows(band, [0.1, 0.5, 0.9]), series, "h")
     assert list(q.columns) == [
         "series", "origin", "time", "step", "actual", "forecast", "q0.1", "q0.9", "naive", "seasonal_naive"
     ]  # fmt: skip

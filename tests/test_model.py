@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.model import ModelSpec, build_model, seasonal_naive, seasonal_profile
+from pipeline.library.model import ModelSpec, build_model, seasonal_naive, seasonal_profile
 
 
 def test_forward_shape_and_batch_independence():

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pipeline.cli import main
+from pipeline.orchestrators.cli import main
 
 from .conftest import cli, write_config
 

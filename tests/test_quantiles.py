@@ -12,13 +12,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import metrics as M
-from pipeline.calibration import offsets
 from pipeline.config import SyntheticConfig
-from pipeline.forecaster import Forecaster
-from pipeline.model import ModelSpec, build_model, monotone_quantiles
-from pipeline.synthetic import generate_synthetic
-from pipeline.train import pinball_loss
+from pipeline.library import metrics as M
+from pipeline.library.calibration import offsets
+from pipeline.library.forecaster import Forecaster
+from pipeline.library.losses import pinball_loss
+from pipeline.library.model import ModelSpec, build_model, monotone_quantiles
+from pipeline.library.synthetic import generate_synthetic
 
 from .conftest import cli, torchrun, write_config
 

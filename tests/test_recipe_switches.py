@@ -1,7 +1,6 @@
 """The recipe switches of issue 9 through training and export: ensemble members, the blend."""
 
 from dataclasses import replace
-from types import SimpleNamespace
 
 import numpy as np
 import onnxruntime as ort
@@ -9,23 +8,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import blend
 from pipeline.config import ModelConfig, load_config
-from pipeline.data import WindowBuffer
-from pipeline.errors import ConfigError
-from pipeline.export import export_onnx
-from pipeline.model import ModelSpec, build_model, seasonal_profile
-from pipeline.train import training_loss
+from pipeline.library import blend
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.errors import ConfigError
+from pipeline.library.losses import loss_function, training_loss
+from pipeline.library.model import ModelSpec, build_model, seasonal_profile
+from pipeline.library.onnx_export import export_onnx
+
+from .conftest import series_table
 
 
 def _buffer(lookback: int = 16, horizon: int = 4) -> WindowBuffer:
     t = np.arange(400)
     raw = (np.sin(2 * np.pi * t / 4) + 0.01 * t + np.random.default_rng(0).normal(0, 0.1, 400)).astype(np.float32)
-    return WindowBuffer.from_ingest(raw, [{"length": 400, "mean": 0.0, "scale": 1.0}], lookback, horizon)
-
-
-def _cfg(ensemble: int, loss: str = "mae"):
-    return SimpleNamespace(model=SimpleNamespace(ensemble=ensemble, quantiles=[]), train=SimpleNamespace(loss=loss))
+    return WindowBuffer.from_ingest(raw, series_table([{"length": 400}]), lookback, horizon)
 
 
 def test_ensemble_loss_is_the_mean_of_the_members_own_losses():
@@ -37,10 +34,10 @@ def test_ensemble_loss_is_the_mean_of_the_members_own_losses():
     x, y = buffer.gather(torch.tensor([[0, 0], [0, 7], [0, 100]]))
     members = model(x, members=True)
     expected = torch.stack([(m - y).abs().mean() for m in members]).mean()
-    torch.testing.assert_close(training_loss(_cfg(3), model, x, y), expected)
+    torch.testing.assert_close(training_loss(loss_function("mae"), model, x, y, ensemble=3), expected)
     # not the loss of the mean forecast: members are fitted each on its own, as separate models would be
     assert expected > (model(x) - y).abs().mean() + 1e-3  # |mean error| <= mean |error|, strictly here
-    loss = training_loss(_cfg(3), model, x, y)
+    loss = training_loss(loss_function("mae"), model, x, y, ensemble=3)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
 

@@ -12,11 +12,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.errors import ConfigError
-from pipeline.model import ModelSpec, build_model
-from pipeline.refit import cut_table, refit_windows, with_fold_statistics
+from pipeline.library.backtest import refit_windows
+from pipeline.library.errors import ConfigError
+from pipeline.library.model import ModelSpec, build_model
+from pipeline.library.store import cut_table
 
-from .conftest import cli, torchrun, write_config
+from .conftest import cli, series_table, torchrun, write_config
 
 
 def _run_backtest(config) -> tuple:
@@ -58,19 +59,25 @@ def test_fold_statistics_replace_the_scalers_but_not_the_full_series_splits():
         {"id": "a", "length": 50, "train_end": 30, "val_end": 40, "mean": 1.0, "scale": 2.0},
         {"id": "b", "length": 60, "train_end": 40, "val_end": 50, "mean": 3.0, "scale": 4.0},
     ]
-    fold = [{"id": "b", "length": 45, "train_end": 35, "val_end": 45, "mean": 5.0, "scale": 6.0, "temp_mean": 7.0}]
-    out = with_fold_statistics(records, np.array([1]), fold)
-    assert out[0] == records[0]
-    assert out[1] == {
+    cov = {"covariate_mean": [0.0], "covariate_scale": [1.0]}
+    main = series_table([{**r, **cov} for r in records])
+    fold = series_table(
+        [{"id": "b", "length": 45, "train_end": 35, "val_end": 45, "mean": 5.0, "scale": 6.0, "covariate_mean": [7.0],
+          "covariate_scale": [1.0]}]
+    )  # fmt: skip
+    out = main.with_stats(main.stats.with_rows([1], fold.stats)).to_json()
+    assert out[0] == main.to_json()[0]
+    assert {k: v for k, v in out[1].items() if k != "start"} == {
         "id": "b",
         "length": 60,
         "train_end": 40,
         "val_end": 50,
         "mean": 5.0,
         "scale": 6.0,
-        "temp_mean": 7.0,
-        "index": 0,  # its row in the fold model's series embedding
+        "covariate_mean": [7.0],
+        "covariate_scale": [1.0],
     }
+    assert main.stats.with_rows([1], fold.stats).index.tolist() == [0, 0]  # b: its row in the fold model's embedding
 
 
 def _fold_block(stderr: str, k: int) -> str:

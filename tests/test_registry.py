@@ -28,12 +28,14 @@ import pytest
 import torch
 import yaml
 
-from pipeline import registry
 from pipeline.config import SyntheticConfig, load_config
-from pipeline.errors import ConfigError, UserError
-from pipeline.forecaster import Forecaster
-from pipeline.model import ModelSpec, build_model
-from pipeline.synthetic import generate_synthetic
+from pipeline.library import registry_store
+from pipeline.library.errors import ConfigError, UserError
+from pipeline.library.forecaster import Forecaster
+from pipeline.library.model import ModelSpec, build_model
+from pipeline.library.synthetic import generate_synthetic
+from pipeline.library.warm_start import warm_start_state
+from pipeline.orchestrators import registry
 
 from .conftest import REPO, cli, load_weights
 
@@ -113,7 +115,7 @@ def tree_hash(root: Path) -> str:
 
 
 def history(tmp: Path) -> list[dict]:
-    return registry.read_history(tmp / "registry" / NAME)
+    return registry_store.read_history(tmp / "registry" / NAME)
 
 
 def ingest_fingerprint(tmp: Path) -> str:
@@ -125,7 +127,7 @@ def evaluate_mase(tmp: Path) -> float:
 
 
 def registry_cli(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pipeline.registry", *args]
+    command = [sys.executable, "-m", "pipeline", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
 
 
@@ -183,10 +185,10 @@ def schedule(tmp_path_factory):
     out["mase"]["sabotaged"] = evaluate_mase(tmp)
 
     root = tmp / "registry" / NAME
-    out["before_kill"] = (tree_hash(root), registry.current_version(root))
+    out["before_kill"] = (tree_hash(root), registry_store.current_version(root))
     grow(csv, data, LENGTHS[2])
     kill_during_training(config, tmp / "run", "train.max_steps=100000", "train.log_every=1")
-    out["after_kill"] = (tree_hash(root), registry.current_version(root))
+    out["after_kill"] = (tree_hash(root), registry_store.current_version(root))
     return out
 
 
@@ -251,7 +253,7 @@ def test_a_sabotaged_challenger_is_not_promoted(schedule):
     assert record["version"] == "v0004" and record["decision"] == "rejected", record
     assert record["champion_version"] == record["current"] == "v0003"
     assert record["challenger_mase"] >= record["champion_mase"]
-    assert registry.current_version(tmp / "registry" / NAME) == "v0003"
+    assert registry_store.current_version(tmp / "registry" / NAME) == "v0003"
     assert (tmp / "registry" / NAME / "v0004/model.safetensors").is_file()  # kept, but not serving
     assert "v0004 rejected" in schedule["sabotaged"].stderr  # and the CLI exited 0 (run_promote checks)
 
@@ -345,13 +347,13 @@ def test_a_new_champion_makes_a_warm_started_train_run_again(schedule, tmp_path)
     assert cli(*args).returncode == 0
     assert "train: up to date" in cli(*args).stderr
     root = schedule["tmp"] / "registry" / NAME
-    serving = registry.current_version(root)
-    other = next(v for v in registry.versions(root) if v != serving)
-    registry.switch_current(root, other)
+    serving = registry_store.current_version(root)
+    other = next(v for v in registry_store.versions(root) if v != serving)
+    registry_store.switch_current(root, other)
     try:
         again = cli(*args)
     finally:
-        registry.switch_current(root, serving)
+        registry_store.switch_current(root, serving)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "train: up to date" not in again.stderr
     assert f"starting from the weights of champion {other}" in again.stderr
@@ -370,22 +372,22 @@ def test_init_from_a_path_checks_shapes(schedule):
     cfg = load_config(schedule["config"], [f"train.init_from={version}"])
     spec = ModelSpec(**json.loads((version / "forecaster.json").read_text())["model"])
     assert (spec.hidden_size, spec.num_layers) == (8, 1)
-    state = registry.warm_start_state(cfg, spec, build_model(spec).state_dict())
+    state = warm_start_state(cfg.train.init_from, cfg.registry_root, spec, build_model(spec).state_dict())
     assert set(state) == set(build_model(spec).state_dict())
     other = dataclasses.replace(spec, num_layers=2)
     with pytest.raises(ConfigError, match="num_layers=1 \\(config: 2\\)"):
-        registry.warm_start_state(cfg, other, build_model(other).state_dict())
+        warm_start_state(cfg.train.init_from, cfg.registry_root, other, build_model(other).state_dict())
     no_calendar = dataclasses.replace(spec, calendar=(), input_size=1)
     with pytest.raises(ConfigError, match=r"calendar=\['day', 'week'\] \(config: \[\]\)"):
-        registry.warm_start_state(cfg, no_calendar, build_model(no_calendar).state_dict())
+        warm_start_state(cfg.train.init_from, cfg.registry_root, no_calendar, build_model(no_calendar).state_dict())
     # a bare weights file has no spec: the shapes decide
     cfg = load_config(schedule["config"], [f"train.init_from={version / 'model.safetensors'}"])
     wider = dataclasses.replace(spec, hidden_size=16)
     with pytest.raises(ConfigError, match="shape"):
-        registry.warm_start_state(cfg, wider, build_model(wider).state_dict())
+        warm_start_state(cfg.train.init_from, cfg.registry_root, wider, build_model(wider).state_dict())
     cfg = load_config(schedule["config"], ["train.init_from=/nonexistent/dir"])
     with pytest.raises(ConfigError, match="not none, champion"):
-        registry.warm_start_state(cfg, spec, build_model(spec).state_dict())
+        warm_start_state(cfg.train.init_from, cfg.registry_root, spec, build_model(spec).state_dict())
 
 
 # ---------------------------------------------------------------- registry pieces
@@ -433,19 +435,19 @@ def test_switch_current_and_a_pointer_file(tmp_path):
     for v in ("v0001", "v0002"):
         (root / v).mkdir(parents=True)
         (root / v / "model.safetensors").write_bytes(b"x")
-    registry.switch_current(root, "v0001")
-    registry.switch_current(root, "v0002")
+    registry_store.switch_current(root, "v0001")
+    registry_store.switch_current(root, "v0002")
     assert (root / "current").is_symlink() and os.readlink(root / "current") == "v0002"
-    assert registry.resolve_model_dir(root / "current") == root / "v0002"
+    assert registry_store.resolve_model_dir(root / "current") == root / "v0002"
     assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []
     (root / "current").unlink()
     (root / "current").write_text("v0001\n")  # a file system without symlinks
-    assert registry.current_version(root) == "v0001"
-    assert registry.resolve_model_dir(root / "current") == root / "v0001"
+    assert registry_store.current_version(root) == "v0001"
+    assert registry_store.resolve_model_dir(root / "current") == root / "v0001"
     (root / "current").write_text("v0007\n")
     with pytest.raises(UserError, match="v0007"):
-        registry.resolve_model_dir(root / "current")
-    assert registry.resolve_model_dir(tmp_path / "export") == tmp_path / "export"  # not a registry
+        registry_store.resolve_model_dir(root / "current")
+    assert registry_store.resolve_model_dir(tmp_path / "export") == tmp_path / "export"  # not a registry
 
 
 def test_recover_after_a_kill_inside_the_registry_step(tmp_path):
@@ -456,14 +458,14 @@ def test_recover_after_a_kill_inside_the_registry_step(tmp_path):
         (root / version / "model.safetensors").write_bytes(b"x")
         (root / version / "decision.json").write_text(json.dumps({"version": version, "decision": decision}))
     registry.append_history(root, {"version": "v0001", "decision": "promoted"})
-    registry.switch_current(root, "v0001")  # v0002 was renamed into place, then the run was killed
+    registry_store.switch_current(root, "v0001")  # v0002 was renamed into place, then the run was killed
     registry.recover(root)
     assert not (root / ".v0003.tmp").exists()
-    records = registry.read_history(root)
+    records = registry_store.read_history(root)
     assert [(r["version"], r["decision"]) for r in records] == [("v0001", "promoted"), ("v0002", "interrupted")]
-    assert registry.current_version(root) == "v0001"
+    assert registry_store.current_version(root) == "v0001"
     registry.recover(root)
-    assert len(registry.read_history(root)) == 2  # idempotent
+    assert len(registry_store.read_history(root)) == 2  # idempotent
 
 
 # ---------------------------------------------------------------- cron, Kubernetes, SLURM
@@ -567,7 +569,7 @@ def test_crontab_line_runs_the_wrapper_with_a_valid_config():
 
 
 def test_kubernetes_cronjob():
-    from pipeline.cli import parse_args
+    from pipeline.orchestrators.cli import parse_args
 
     docs = {d["kind"]: d for d in yaml.safe_load_all(CRONJOB.read_text())}
     job = docs["CronJob"]["spec"]

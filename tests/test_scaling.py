@@ -8,13 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import scaling
 from pipeline.config import DataConfig
-from pipeline.data import WindowBuffer
-from pipeline.errors import DataError
-from pipeline.ingest import SeriesSet, split_and_scale
+from pipeline.library import scaling
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.errors import DataError
+from pipeline.library.series import SeriesSet
+from pipeline.library.splits import split_and_scale
 
-from .conftest import cli, write_config
+from .conftest import cli, series_table, write_config
 
 
 def test_statistics_by_hand():
@@ -77,7 +78,7 @@ def test_inverse_is_increasing_so_quantiles_stay_ordered():
 def test_log1p_buffer_matches_float64_maps():
     raw = np.array([0.0, 1.0, 9.0, 99.0, 0.5, 3.0], dtype=np.float32)
     records = [{"length": 4, "mean": 1.0, "scale": 2.0}, {"length": 2, "mean": 0.5, "scale": 0.25}]
-    buffer = WindowBuffer.from_ingest(raw, records, lookback=1, horizon=1, transform="log1p")
+    buffer = WindowBuffer.from_ingest(raw, series_table(records), lookback=1, horizon=1, transform="log1p")
     expected = np.concatenate(
         [(np.log1p(raw[:4].astype(np.float64)) - 1.0) / 2.0, (np.log1p(raw[4:].astype(np.float64)) - 0.5) / 0.25]
     )
@@ -95,7 +96,7 @@ def _series(a: np.ndarray) -> SeriesSet:
 @pytest.mark.parametrize("kind", ["robust", "minmax"])
 def test_ingest_statistics_come_from_the_train_part_only(kind):
     a = np.arange(50.0) ** 1.5
-    meta = split_and_scale(_series(a), DataConfig(scaling=kind, val_size=10, test_size=10))
+    meta = split_and_scale(_series(a), DataConfig(scaling=kind, val_size=10, test_size=10)).to_json()
     r = meta["series"][0]
     assert (r["mean"], r["scale"]) == scaling.fit(a[:30], kind)
     assert meta["scaling"] == kind and meta["transform"] == "none"
@@ -133,7 +134,7 @@ def test_changing_the_scaler_or_transform_changes_the_fingerprint():
     """Window, train and evaluate are cached on the ingest fingerprint: a new scaler must retrain."""
     a = np.arange(1.0, 51.0) ** 1.5
     prints = {
-        split_and_scale(_series(a), DataConfig(scaling=kind, transform=t, val_size=10, test_size=10))["fingerprint"]
+        split_and_scale(_series(a), DataConfig(scaling=kind, transform=t, val_size=10, test_size=10)).fingerprint
         for kind in scaling.SCALINGS
         for t in scaling.TRANSFORMS
     }

@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
-from pipeline.runtime import dist_state
-from pipeline.tracking import Tracker, artifact_name, open_tracker
+from pipeline.library.runtime import dist_state
+from pipeline.stages.tracking import Tracker, artifact_name, open_tracker
 
 from .conftest import REPO, cli, write_config
 from .test_resume import kill_group, logged_step

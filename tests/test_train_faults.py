@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pipeline.config import load_config
-from pipeline.data import WindowBuffer
-from pipeline.errors import DataError
-from pipeline.model import ModelSpec, build_model
-from pipeline.train import make_accelerator, train_step
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.errors import DataError
+from pipeline.library.model import ModelSpec, build_model
+from pipeline.stages.train import make_accelerator, train_step
 
 from .conftest import cli, write_config
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from pipeline.checkpoint import TrainState
 from pipeline.config import load_config
-from pipeline.train import advance, epoch_order, local_batches, lr_at
+from pipeline.library.records import TrainState
+from pipeline.library.schedule import advance, epoch_order, local_batches, lr_at
 
 
 def cfg_with(**train):
@@ -16,13 +16,17 @@ def cfg_with(**train):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = cfg_with(lr=0.01, warmup_steps=10, max_steps=110, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(0.001)
-    assert lr_at(9, cfg) == pytest.approx(0.01)
-    assert lr_at(10, cfg) == pytest.approx(0.01)
-    assert lr_at(60, cfg) == pytest.approx(0.001 + 0.009 * 0.5)  # half way: cosine at pi/2
-    assert lr_at(110, cfg) == pytest.approx(0.001)
-    values = [lr_at(s, cfg) for s in range(10, 111)]
+    t = cfg_with(lr=0.01, warmup_steps=10, max_steps=110, min_lr_ratio=0.1).train
+
+    def lr(step: int) -> float:
+        return lr_at(step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+
+    assert lr(0) == pytest.approx(0.001)
+    assert lr(9) == pytest.approx(0.01)
+    assert lr(10) == pytest.approx(0.01)
+    assert lr(60) == pytest.approx(0.001 + 0.009 * 0.5)  # half way: cosine at pi/2
+    assert lr(110) == pytest.approx(0.001)
+    values = [lr(s) for s in range(10, 111)]
     assert all(a >= b for a, b in itertools.pairwise(values))
 
 
@@ -42,7 +46,11 @@ def test_ranks_split_the_same_global_batch(world, accum):
     pairs = torch.stack([torch.arange(100), torch.arange(100) * 10], dim=1)
     state = TrainState(epoch=3, batch_in_epoch=2)
     expected = pairs[epoch_order(cfg.seed, 3, 100, pairs.device)[32:48]]
-    parts = [local_batches(pairs, cfg, state, rank, world) for rank in range(world)]
+    t = cfg.train
+    parts = [
+        local_batches(pairs, t.batch_size, t.gradient_accumulation_steps, cfg.seed, state, rank, world)
+        for rank in range(world)
+    ]
     assert all(len(p) == accum for p in parts)
     assert all(m.shape == (16 // (world * accum), 2) for p in parts for m in p)
     # micro-batch a of every rank, in rank order, is the a-th slice of the global batch

@@ -8,8 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.data import WindowBuffer
-from pipeline.window import SPLITS, build_window_index, window_starts
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.windows import SPLITS, build_window_index, window_starts
+
+from .conftest import series_table
 
 # ---------------------------------------------------------------- hand-checked cases
 
@@ -245,7 +247,7 @@ def test_no_leakage_property(lay):
 def test_from_ingest_scales_per_series():
     raw = np.array([1.0, 3.0, 5.0, 10.0, 20.0, 30.0, 40.0], dtype=np.float32)
     records = [{"length": 3, "mean": 3.0, "scale": 2.0}, {"length": 4, "mean": 20.0, "scale": 10.0}]
-    buffer = WindowBuffer.from_ingest(raw, records, lookback=2, horizon=1)
+    buffer = WindowBuffer.from_ingest(raw, series_table(records), lookback=2, horizon=1)
     torch.testing.assert_close(buffer.values, torch.tensor([-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, 2.0]))
     assert buffer.values.dtype == torch.float32
     np.testing.assert_array_equal(buffer.offsets.numpy(), [0, 3])
@@ -284,7 +286,7 @@ def test_scaling_round_trips(lengths, seed, log_scale):
         part = raw[start : start + n].astype(np.float64)
         records.append({"length": n, "mean": float(part.mean()), "scale": float(part.std()) or 1.0})
         start += n
-    buffer = WindowBuffer.from_ingest(raw, records, lookback=1, horizon=1)
+    buffer = WindowBuffer.from_ingest(raw, series_table(records), lookback=1, horizon=1)
     mean = np.repeat([r["mean"] for r in records], lengths)
     scale = np.repeat([r["scale"] for r in records], lengths)
     restored = buffer.values.numpy().astype(np.float64) * scale + mean

@@ -15,7 +15,7 @@
 #   1   internal error, or the run was killed
 #   75  another retraining of this config holds the lock; nothing was done
 # The run itself exits 0 whatever the decision; the decision is read back from the last line of
-# <registry.dir>/<name>/history.jsonl (`python -m pipeline.registry decision`), which is this run's
+# <registry.dir>/<name>/history.jsonl (`lstm-pipeline decision`), which is this run's
 # because the lock keeps runs from overlapping.
 #
 # Environment: LOCK_FILE (default: /tmp/lstm-pipeline-retrain-<config name>.lock), PYTHON (the
@@ -51,4 +51,4 @@ if [[ $rc -ne 0 ]]; then
   exit 1
 fi
 
-"$PYTHON" -m pipeline.registry decision --config "$CONFIG" "$@"
+"$PYTHON" -m pipeline decision --config "$CONFIG" "$@"

@@ -1,0 +1,169 @@
+"""Loading a config: YAML (safe_load only) plus `key.sub=value` overrides, checked key by key.
+
+Unknown keys are errors with a suggestion, never silently ignored; every value is coerced to
+its field's type here, so a bad value fails before any work starts and the message names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.config.sections import Config
+from pipeline.library.errors import ConfigError
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (or the defaults when `path` is None) and apply `key.sub=value` overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path is not None:
+        where = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{path}: YAML syntax error{line}: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    for item in overrides:
+        _apply_override(raw, item)
+    return build(Config, raw, "", where)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`train.lr=0.001` or `--train.lr=0.001` (the form W&B sweep agents pass) into key and value."""
+    text = item[2:] if item.startswith("--") else item
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override '{item}' must look like key.sub=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, value = parse_override(item)
+    node = raw
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if child is None:  # a section left empty in the YAML (all its keys commented out)
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override '{item}': '{'.'.join(parts[: i + 1])}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build(cls: type, data: Any, prefix: str, where: str) -> Any:
+    """Turn a mapping into dataclass `cls`, checking every key and type."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix or 'config'}' must be a mapping, got {_describe(data)}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown config key '{full}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, full, where)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value if value is not None else {}, key, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        choices = [a for a in args if a is not type(None)]
+        for arg in choices:
+            try:
+                return _coerce(arg, value, key, where)
+            except ConfigError:
+                pass
+        kinds = [a for a in choices if not (a is int and float in choices)]  # int | float: "a number"
+        wanted = " or ".join(_kind(a) for a in kinds) + (" or null" if type(None) in args else "")
+        raise ConfigError(f"{where}: {key} must be {wanted}, got {_describe(value)}")
+    if origin is Literal:
+        if value is False and "no" in args:  # YAML 1.1 reads an unquoted `no` as false
+            value = "no"
+        elif isinstance(value, bool) and str(value).lower() in args:  # `true`/`false` choices
+            value = str(value).lower()
+        if value not in args:
+            choices = "|".join(map(str, args))
+            raise ConfigError(f"{where}: {key} must be one of {choices}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {_describe(value)}")
+        return [_coerce(args[0], v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: {key} must be an integer, got {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+def _kind(tp: Any) -> str:
+    """How a type reads in an error message."""
+    if typing.get_origin(tp) is Literal:
+        return "|".join(map(str, typing.get_args(tp)))
+    kinds = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    return kinds.get(tp, "a list" if typing.get_origin(tp) is list else getattr(tp, "__name__", str(tp)))
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing (null)"
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Write the resolved config so a run can be reproduced from its directory alone."""
+    from pipeline.library.artifacts import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

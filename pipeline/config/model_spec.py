@@ -1,0 +1,40 @@
+"""The model section of the config, as the network's spec: the one place the two meet.
+
+Every reader of a model (the registry's warm start and comparison, export's model card, the
+`Forecaster`) reads the `ModelSpec` this function made and the train stage saved; nothing else
+translates config fields into network fields.
+"""
+
+from __future__ import annotations
+
+from pipeline.config.sections import Config
+from pipeline.library.calendar import Calendar
+from pipeline.library.model_spec import ModelSpec
+from pipeline.library.records import IngestRecord
+
+
+def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
+    """The spec of the network `cfg` trains on this ingest (`cfg` resolved: no `auto` left)."""
+    d, m = cfg.data, cfg.model
+    calendar = Calendar(tuple(d.calendar), ingest.freq)
+    return ModelSpec(
+        input_size=1 + len(d.past_covariates) + len(d.future_covariates) + calendar.size + len(d.static_covariates),
+        horizon=cfg.window.horizon,
+        hidden_size=m.hidden_size,
+        num_layers=m.num_layers,
+        dropout=m.dropout,
+        cell=m.cell,
+        instance_norm=m.instance_norm,
+        residual_season=m.residual_season,
+        season_average=m.season_average,
+        quantiles=tuple(m.quantiles),
+        calendar=calendar.features,
+        past_covariates=tuple(d.past_covariates),
+        future_covariates=tuple(d.future_covariates),
+        static_covariates=tuple(d.static_covariates),
+        series_embedding=m.series_embedding,
+        n_series=ingest.n_series if m.series_embedding else 0,
+        base_level=m.base_level,
+        blend=m.blend != 1.0,
+        ensemble=m.ensemble,
+    )

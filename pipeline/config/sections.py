@@ -1,0 +1,483 @@
+"""The experiment config: one dataclass per section, a docstring per field, checks in `__post_init__`.
+
+The defaults are the measured recipe (what `make demo` runs): a YAML that names only its data
+gets it. docs/config.md is generated from these docstrings (`pipeline.config.reference`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pipeline.library.errors import ConfigError
+
+
+def operational(f: dataclasses.Field) -> bool:
+    """A field that changes how a run is operated, not what it computes (kept out of cache keys)."""
+    return bool(f.metadata.get("operational"))
+
+
+def _operational(default: Any) -> Any:
+    return field(default=default, metadata={"operational": True})
+
+
+@dataclass(kw_only=True, slots=True)
+class SyntheticConfig:
+    """Size of the seeded `synthetic` source (used when `data.source: synthetic`)."""
+
+    n_series: int = 20
+    """Number of series to generate."""
+    length: int = 2000
+    """Length of the longest series; lengths vary down to `min_length`."""
+    min_length: int | None = None
+    """Length of the shortest series (default: `length`, all series equally long)."""
+    freq: str = "h"
+    """Pandas frequency alias of the generated timestamps."""
+    seed: int = 0
+    """Seed of the generator (independent of the training seed)."""
+
+    def __post_init__(self) -> None:
+        _positive("data.synthetic.n_series", self.n_series)
+        _positive("data.synthetic.length", self.length)
+        if self.min_length is not None:
+            _positive("data.synthetic.min_length", self.min_length)
+            if self.min_length > self.length:
+                raise ConfigError(
+                    f"data.synthetic.min_length ({self.min_length}) is larger than "
+                    f"data.synthetic.length ({self.length})"
+                )
+
+
+@dataclass(kw_only=True, slots=True)
+class DataConfig:
+    """Where the data comes from and how it is cleaned and split."""
+
+    source: str = "builtin:vic_elec"
+    """Path or glob of csv/parquet/json files, `builtin:<name>`, `synthetic`, or a Hub dataset id."""
+    format: Literal["long", "wide"] = "long"
+    """`long`: one row per (series, time); `wide`: one column per series."""
+    id_column: str | None = None
+    """Long format: column naming the series (absent = a single series)."""
+    time_column: str = "time"
+    """Column holding the timestamps."""
+    target_column: str = "demand"
+    """Long format: column holding the values to forecast."""
+    freq: str | None = None
+    """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent."""
+    missing: Literal["error", "interpolate", "ffill", "drop"] = "error"
+    """Missing timestamps or NaN/inf targets: fail, fill linearly, carry forward, or drop the series."""
+    short_series: Literal["drop", "error"] = "drop"
+    """A series too short for one training window: drop it with a warning, or fail."""
+    val_size: int | float = 0.1
+    """Validation part at the end of each series before the test part: a fraction, or steps."""
+    test_size: int | float = 0.1
+    """Test part at the end of each series: a fraction, or steps."""
+    scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
+    """Per-series scaling fitted on the train part only: mean/std, median/IQR, min/range, or none."""
+    transform: Literal["none", "log1p"] = "none"
+    """Target transform before scaling; `log1p` needs values >= 0 (outputs are mapped back to original units)."""
+    calendar: list[str] | Literal["auto", "none"] = "auto"
+    """Calendar features from the timestamps, known ahead: `day` (time of day), `week` (day of week), `year` (time
+    of year), encoded as sine and cosine; `auto`: the cycles the seasonal base lacks (day+week below daily,
+    week+year daily, none from weekly on)."""
+    past_covariates: list[str] = field(default_factory=list)
+    """Numeric columns known only up to the forecast time (e.g. a measured temperature): inputs over the lookback;
+    scaled per series from the train part."""
+    future_covariates: list[str] = field(default_factory=list)
+    """Numeric columns known ahead (e.g. a work-day flag): inputs over the lookback and the horizon; `predict` needs
+    their horizon values (`--future`). Scaled per series from the train part."""
+    static_covariates: list[str] = field(default_factory=list)
+    """Long format: numeric per-series columns, constant within each series (e.g. a store's size); standardised
+    across series."""
+    split: str = "train"
+    """Hub datasets only: which split to load."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Parameters of the `synthetic` source."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.calendar, list):
+            from pipeline.library.calendar import FEATURES
+
+            unknown = [f for f in self.calendar if f not in FEATURES]
+            if unknown:
+                raise ConfigError(f"data.calendar: unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
+        if not self.source.strip():
+            raise ConfigError("data.source is empty")
+        self._check_covariates()
+        for key, value in (("data.val_size", self.val_size), ("data.test_size", self.test_size)):
+            if isinstance(value, float) and not 0.0 < value < 1.0:
+                raise ConfigError(f"{key} must be a fraction in (0, 1) or a whole number of steps, got {value}")
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"{key} must be at least 1 step, got {value}")
+
+    def _check_covariates(self) -> None:
+        """Covariates are distinct columns other than the time, id and target columns."""
+        seen: dict[str, str] = {}
+        reserved = {self.time_column: "data.time_column", self.target_column: "data.target_column"}
+        if self.id_column is not None:
+            reserved[self.id_column] = "data.id_column"
+        for kind in ("past_covariates", "future_covariates", "static_covariates"):
+            for name in getattr(self, kind):
+                if not isinstance(name, str) or not name.strip():
+                    raise ConfigError(f"data.{kind}: column names must be non-empty strings, got {name!r}")
+                if self.format == "long" and name in reserved:
+                    raise ConfigError(f"data.{kind}: '{name}' is already {reserved[name]}")
+                if self.format == "wide" and name == self.time_column:
+                    raise ConfigError(f"data.{kind}: '{name}' is already data.time_column")
+                if name in seen:
+                    raise ConfigError(f"data.{kind}: '{name}' is also listed in data.{seen[name]}")
+                seen[name] = kind
+        if self.static_covariates and self.format == "wide":
+            raise ConfigError("data.static_covariates needs long format (in wide format a series is one column)")
+        if seen and self.source == "synthetic":
+            raise ConfigError("data: the synthetic source has no covariate columns; remove data.*_covariates")
+
+    @property
+    def covariates(self) -> list[str]:
+        """The time-varying covariate columns in the order the buffer and the model keep them: past, then future."""
+        return [*self.past_covariates, *self.future_covariates]
+
+
+@dataclass(kw_only=True, slots=True)
+class WindowConfig:
+    """How each series is cut into (input, target) windows."""
+
+    lookback: int | Literal["auto"] = "auto"
+    """Input length in steps; `auto`: three seasons (at least two horizons), at most half the shortest train part."""
+    horizon: int = 48
+    """Forecast length in steps."""
+    stride: int = 1
+    """Step between consecutive training windows."""
+    val_stride: int | None = None
+    """Step between validation windows (default: `stride`)."""
+    test_stride: int | None = None
+    """Step between test forecast origins (default: `horizon`: non-overlapping forecasts)."""
+
+    def __post_init__(self) -> None:
+        if self.lookback != "auto":
+            _positive("window.lookback", self.lookback)
+        _positive("window.horizon", self.horizon)
+        _positive("window.stride", self.stride)
+        for key in ("val_stride", "test_stride"):
+            if getattr(self, key) is not None:
+                _positive(f"window.{key}", getattr(self, key))
+
+
+@dataclass(kw_only=True, slots=True)
+class ModelConfig:
+    """The recurrent forecaster: an LSTM/GRU whose last hidden state feeds a linear head."""
+
+    cell: Literal["lstm", "gru"] = "lstm"
+    """Recurrent cell type."""
+    hidden_size: int = 64
+    """Hidden units per layer."""
+    num_layers: int = 2
+    """Stacked recurrent layers."""
+    dropout: float = 0.0
+    """Dropout between recurrent layers (ignored with one layer)."""
+    instance_norm: bool = True
+    """Standardise each input window by its own mean and spread (robust to level shifts)."""
+    residual_season: int | Literal["auto"] = "auto"
+    """Predict a correction to the seasonal-naive forecast of this season length (0 = off; `auto`: the
+    evaluation season when the lookback holds it)."""
+    season_average: int | Literal["auto"] = "auto"
+    """Seasons averaged into the residual head's base forecast (1 = seasonal naive; `auto`: up to 3
+    that the lookback holds)."""
+    quantiles: list[float] = field(default_factory=list)
+    """Quantiles to forecast (sorted, in (0, 1), with 0.5: the point forecast); sets `train.loss: pinball`."""
+
+    calibrate: bool = True
+    """With quantiles: after training, widen each central interval to its nominal coverage on the validation windows."""
+    series_embedding: int = 0
+    """Global models: a learned vector of this size per series, fed to the recurrent layers beside the inputs
+    (0 = off); `predict` then serves only the series it was trained on (as it does anyway)."""
+    blend: float | Literal["validation"] = "validation"
+    """Share of the trained correction kept over the residual base after training, in [0, 1] (1 = all of it), or
+    `validation`: the share on a grid of 0.05 steps with the lowest loss on the validation windows."""
+    base_level: Literal["season", "half_season"] = "half_season"
+    """The residual base's level (with season_average > 1): the last season's mean, or the mean of the last half
+    season with the seasonal shape taken out (half the lag behind a trend, a little more noise)."""
+    ensemble: int = 1
+    """Independently initialised recurrent networks and heads in one model, each trained on its own loss over the
+    same batches; the forecast uses their mean correction (one graph in ONNX)."""
+
+    def __post_init__(self) -> None:
+        _check_quantiles(self.quantiles)
+        if self.series_embedding < 0:
+            raise ConfigError(f"model.series_embedding must be >= 0, got {self.series_embedding}")
+        _positive("model.ensemble", self.ensemble)
+        if self.blend != "validation" and not 0.0 <= self.blend <= 1.0:
+            raise ConfigError(f"model.blend must be in [0, 1] or validation, got {self.blend}")
+        if self.residual_season != "auto" and self.residual_season < 0:
+            raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
+        if self.season_average != "auto":
+            _positive("model.season_average", self.season_average)
+        _positive("model.hidden_size", self.hidden_size)
+        _positive("model.num_layers", self.num_layers)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(kw_only=True, slots=True)
+class TrainConfig:
+    """The Accelerate training loop."""
+
+    batch_size: int = 256
+    """Global batch size per optimizer step, across all processes and accumulation steps."""
+    max_steps: int | Literal["auto"] = "auto"
+    """Optimizer steps to run (early stopping may end sooner); `auto`: 400, or one pass over the training windows
+    when that is more, so the budget grows with the data."""
+    lr: float = 3e-3
+    """Peak learning rate of AdamW."""
+    loss: Literal["mse", "mae", "huber", "pinball"] = "mae"
+    """Loss on scaled targets (`mae` matches MAE/MASE; `huber`: MSE near 0); always `pinball` with `model.quantiles`."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 30
+    """Linear warmup steps before the cosine decay."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of `lr`."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm at this value (0 disables)."""
+    skip_nonfinite: bool = False
+    """On a NaN/inf loss or gradient: skip that step and count it, instead of stopping with an error."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast precision; `fp16` needs a GPU (it uses gradient scaling)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; `batch_size` stays the global effective batch."""
+    eval_every: int = 50
+    """Validate every N steps (and at the end)."""
+    patience: int = 4
+    """Stop after this many validations without improvement (0 disables early stopping)."""
+    checkpoint_every: int = _operational(100)
+    """Save a resumable checkpoint every N steps (0 disables)."""
+    keep_last: int = _operational(2)
+    """Checkpoints to keep."""
+    resume: str = _operational("auto")
+    """`auto`: continue from the latest checkpoint if any; `never`: start over; or a checkpoint path."""
+    log_every: int = _operational(10)
+    """Write train/metrics.jsonl and tracker scalars every N steps."""
+    num_threads: int = _operational(0)
+    """CPU threads per process (0 = the available cores divided by the local processes)."""
+    eval_batch_size: int = _operational(1024)
+    """Windows per forward pass in validation (larger batches raise peak memory more than speed)."""
+    val_windows: int = 8192
+    """Validate on at most this many windows, evenly spread over the validation windows (0 = all): keeps each
+    validation pass, the one at step 0 included, to seconds on large data."""
+    init_from: str = "none"
+    """Warm start: `none`, `champion` (the registry's current model) or a model dir or .safetensors file."""
+    device_resident: Literal["auto", "true", "false"] = "auto"
+    """Keep the whole training buffer on the accelerator (`auto`: when it takes under half its free memory)."""
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "gradient_accumulation_steps", "eval_every", "keep_last"):
+            _positive(f"train.{key}", getattr(self, key))
+        if self.max_steps != "auto":
+            _positive("train.max_steps", self.max_steps)
+        _positive("train.lr", self.lr)
+        _positive("train.eval_batch_size", self.eval_batch_size)
+        for key in ("warmup_steps", "patience", "checkpoint_every", "num_threads", "val_windows"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+            raise ConfigError("train.weight_decay and train.grad_clip must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ConfigError(
+                f"train.batch_size ({self.batch_size}) must be divisible by "
+                f"train.gradient_accumulation_steps ({self.gradient_accumulation_steps})"
+            )
+        if not self.resume.strip():
+            raise ConfigError("train.resume must be auto, never or a checkpoint path")
+        if not self.init_from.strip():
+            raise ConfigError("train.init_from must be none, champion or a model directory")
+
+
+@dataclass(kw_only=True, slots=True)
+class BacktestConfig:
+    """Rolling-origin evaluation: forecasts from several cutoffs at the end of each series, with the trained
+    model inside the test part, or (`refit`) with a model retrained per fold."""
+
+    folds: int = 0
+    """Number of forecast origins (folds) at the end of each series (0 = off)."""
+    step: int | None = None
+    """Steps between consecutive cutoffs (default: `window.horizon`)."""
+    refit: bool = False
+    """Train a fresh model per fold on the data before its cutoff (validation part from its end, scaling from the
+    rest); the folds may then reach before the test part. `false`: the trained model scores every fold, and the
+    folds must lie inside the test part."""
+
+    def __post_init__(self) -> None:
+        if self.folds < 0:
+            raise ConfigError(f"evaluate.backtest.folds must be >= 0, got {self.folds}")
+        if self.step is not None:
+            _positive("evaluate.backtest.step", self.step)
+        if self.refit and not self.folds:
+            raise ConfigError("evaluate.backtest.refit: true needs evaluate.backtest.folds (the number of folds) > 0")
+
+
+@dataclass(kw_only=True, slots=True)
+class EvaluateConfig:
+    """Scoring on the test split against naive baselines."""
+
+    season_length: int | Literal["auto"] = "auto"
+    """Season of the seasonal-naive baseline and of the MASE scale, in steps; `auto`: from the frequency
+    (12 monthly, 4 quarterly, 52 weekly, 7 daily, the steps in a day below daily)."""
+    batch_size: int = 1024
+    """Windows per forward pass."""
+    plot_series: int = 4
+    """How many series get a forecast-vs-actual plot."""
+    backtest: BacktestConfig = field(default_factory=BacktestConfig)
+    """Rolling-origin backtest at the end of each series."""
+
+    def __post_init__(self) -> None:
+        if self.season_length != "auto":
+            _positive("evaluate.season_length", self.season_length)
+        _positive("evaluate.batch_size", self.batch_size)
+        if self.plot_series < 0:
+            raise ConfigError(f"evaluate.plot_series must be >= 0, got {self.plot_series}")
+
+
+@dataclass(kw_only=True, slots=True)
+class ExportConfig:
+    """The self-contained export directory."""
+
+    onnx: bool = True
+    """Also write model.onnx and check it against PyTorch with ONNX Runtime."""
+    parity_atol: float = 1e-4
+    """Largest allowed |ONNX - PyTorch| on the test windows (scaled units)."""
+
+    def __post_init__(self) -> None:
+        _positive("export.parity_atol", self.parity_atol)
+
+
+@dataclass(kw_only=True, slots=True)
+class TrackingConfig:
+    """Experiment tracking through Accelerate's trackers."""
+
+    backend: Literal["wandb", "tensorboard", "none"] = "wandb"
+    """Where runs are tracked; `none` keeps only the local files."""
+    project: str = "lstm-pipeline"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user); default: the account's."""
+    mode: Literal["online", "offline", "disabled"] = "online"
+    """W&B mode; `online` falls back to `offline` when no W&B credentials are found."""
+    group: str | None = None
+    """W&B group (default: the experiment `name`)."""
+    tags: list[str] = field(default_factory=list)
+    """W&B tags."""
+
+
+@dataclass(kw_only=True, slots=True)
+class RegistryConfig:
+    """Model registry for scheduled retraining: champion/challenger promotion (see launch/cron)."""
+
+    dir: str | None = None
+    """Registry root; versions go to `<dir>/<name>/vNNNN`, the served one is `<dir>/<name>/current` (null = off)."""
+    promote: bool = False
+    """At the end of `run`, score the new export against the champion and promote it if better (`run --promote`)."""
+    min_improvement: float = 0.0
+    """Relative test-MASE improvement required: promote when challenger MASE < champion MASE x (1 - this)."""
+
+    def __post_init__(self) -> None:
+        if self.dir is not None and not self.dir.strip():
+            raise ConfigError("registry.dir is empty; use null to turn the registry off")
+        if not 0.0 <= self.min_improvement < 1.0:
+            raise ConfigError(f"registry.min_improvement must be in [0, 1), got {self.min_improvement}")
+        if self.promote and self.dir is None:
+            raise ConfigError("registry.promote (--promote) needs registry.dir")
+
+
+@dataclass(kw_only=True, slots=True)
+class Config:
+    """One experiment: every stage section plus the run identity."""
+
+    name: str = "experiment"
+    """Experiment name; also names the run directory by default."""
+    output_dir: str = "runs/{name}"
+    """Where the stages write; `{name}` is replaced by `name`."""
+    seed: int = 0
+    """Seed of weight initialisation and of the batch order."""
+    data: DataConfig = field(default_factory=DataConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("name is empty")
+        if self.train.init_from == "champion" and self.registry.dir is None:
+            raise ConfigError("train.init_from: champion needs registry.dir (where the champion is)")
+        if self.model.quantiles:  # a quantile head is trained with the pinball loss, whatever was set
+            self.train.loss = "pinball"
+        elif self.train.loss == "pinball":
+            raise ConfigError("train.loss: pinball needs model.quantiles (e.g. [0.1, 0.5, 0.9])")
+        m, lookback = self.model, self.window.lookback
+        if "auto" not in (m.residual_season, m.season_average, lookback):
+            check_base_fits(m.residual_season, m.season_average, lookback)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir.replace("{name}", self.name))
+
+    @property
+    def registry_root(self) -> Path | None:
+        """`<registry.dir>/<name>`: this experiment's registry (None when the registry is off)."""
+        return None if self.registry.dir is None else Path(self.registry.dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections or keys (`data.calendar`): what a stage's cached output depends on.
+
+        Fields marked operational (how a run is operated: resume, logging, threads, checkpoint
+        cadence) are left out, so changing them never invalidates an output or a checkpoint.
+        """
+        payload = {s: _plain(functools.reduce(getattr, s.split("."), self)) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_base_fits(residual_season: int, season_average: int, lookback: int) -> None:
+    """The residual head's base is read from the input window: it must hold the seasons averaged."""
+    if residual_season * season_average > lookback:
+        raise ConfigError(
+            f"model.residual_season ({residual_season}) x model.season_average ({season_average}) is longer "
+            f"than window.lookback ({lookback}); the seasonal base is read from the input window"
+        )
+
+
+def _plain(value: Any) -> Any:
+    if not dataclasses.is_dataclass(value):
+        return value
+    return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not operational(f)}
+
+
+def _check_quantiles(quantiles: list[float]) -> None:
+    for q in quantiles:
+        if not 0.0 < q < 1.0:
+            raise ConfigError(f"model.quantiles: {q} is outside (0, 1)")
+    for a, b in itertools.pairwise(quantiles):
+        if a == b:
+            raise ConfigError(f"model.quantiles: {a} appears twice")
+        if a > b:
+            raise ConfigError(f"model.quantiles must be sorted ascending, got {a} before {b}")
+    if quantiles and 0.5 not in quantiles:
+        raise ConfigError(f"model.quantiles {quantiles} must include 0.5: the median is the point forecast")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:  # also rejects NaN, which compares False with everything
+        raise ConfigError(f"{key} must be positive, got {value}")

@@ -1,0 +1,381 @@
+"""Serving: `Forecaster.load(export_dir).predict(history)` using nothing but the export directory.
+
+Needs only torch, safetensors, pandas and the library's model, scaling, calendar and input
+assembly (the functions training uses), never the training code. Every file is checked against
+the export's sha256 manifest before it is read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
+
+from pipeline.library import scaling
+from pipeline.library.artifacts import sha256_file
+from pipeline.library.calendar import Calendar, encode, fixed_step_ns
+from pipeline.library.errors import DataError
+from pipeline.library.history import parse_times, read_history, row_of
+from pipeline.library.inputs import assemble_inputs
+from pipeline.library.model import build_model
+from pipeline.library.records import SPEC_FILE, ForecasterSpec, SeriesStats
+
+__all__ = ["MANIFEST", "SPEC_FILE", "Forecaster", "read_history", "verify_manifest"]
+
+MANIFEST = "manifest.json"
+REQUIRED = ("model.safetensors", SPEC_FILE, MANIFEST)
+
+
+def verify_manifest(directory: Path) -> dict[str, str]:
+    """Refuse a model directory with a missing or altered file, naming it."""
+    for name in REQUIRED:
+        if not (directory / name).is_file():
+            raise DataError(f"model directory {directory}: missing file {name}")
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"model directory {directory}: {MANIFEST} is not a valid manifest") from None
+    for name, digest in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            raise DataError(f"model directory {directory}: missing file {name}")
+        if sha256_file(path) != digest:
+            raise DataError(f"model directory {directory}: {name} does not match its sha256 in {MANIFEST}")
+    return manifest
+
+
+@dataclass
+class Forecaster:
+    spec: ForecasterSpec
+    model: torch.nn.Module
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Forecaster:
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise DataError(f"model directory not found: {directory}")
+        verify_manifest(directory)
+        try:
+            spec = ForecasterSpec.from_json(json.loads((directory / SPEC_FILE).read_text()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"model directory {directory}: {SPEC_FILE} is not readable ({exc})") from None
+        model = build_model(spec.model)
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return cls(spec, model.eval())
+
+    @property
+    def lookback(self) -> int:
+        return self.spec.lookback
+
+    @property
+    def horizon(self) -> int:
+        return self.spec.horizon
+
+    @property
+    def quantiles(self) -> list[float]:
+        return list(self.spec.model.quantiles)
+
+    @property
+    def covariates(self) -> list[str]:
+        """Time-varying covariate columns the history must carry: past ones, then future ones."""
+        return list(self.model.spec.covariates)
+
+    @property
+    def future_covariates(self) -> list[str]:
+        return list(self.model.spec.future_covariates)
+
+    def predict(
+        self,
+        history: pd.DataFrame,
+        source: str = "history",
+        future: pd.DataFrame | None = None,
+        future_source: str = "future",
+    ) -> pd.DataFrame:
+        """Forecast the next `horizon` steps after the end of each series in `history`.
+
+        Columns: the series (when the data has several), the time, `forecast` (the median of a
+        quantile model) and, for a quantile model, `q<level>` for each other quantile. A model
+        with covariates reads them from `history` (its last `lookback` rows); one with future
+        covariates also needs `future`: their values for the `horizon` steps after each
+        series' history (columns: the id column where the data has one, the time, the names).
+        """
+        ids, last, windows = self._split_history(history, source)
+        ahead = self._future_values(future, ids, last, future_source)
+        stats = self._stats(ids)
+        transform = self.spec.transform
+        target = windows[..., 0]
+        loc, scale = stats.loc[:, None], stats.scale[:, None]
+        if transform == "log1p" and (target < 0).any():
+            k, j = np.argwhere(target < 0)[0]
+            raise DataError(f"{source}: series '{ids[k]}': negative value {target[k, j]:.6g}; this model uses log1p")
+        z = scaling.forward(target, loc, scale, transform)
+        x = self._inputs(z, windows[..., 1:], ahead, ids, last)
+        with torch.no_grad():
+            out = self.model(x).double().numpy()
+        extra = (1,) * (out.ndim - 2)
+        y = scaling.inverse(out, loc.reshape(-1, 1, *extra), scale.reshape(-1, 1, *extra), transform)
+        columns = {"forecast": y}
+        if self.quantiles:
+            median = self.quantiles.index(0.5)
+            columns = {"forecast": y[..., median]}
+            columns.update({f"q{q:g}": y[..., k] for k, q in enumerate(self.quantiles) if k != median})
+        future = self._future_times(last)
+        out = pd.DataFrame(
+            {
+                "series": np.repeat(np.asarray(ids, dtype=object), self.horizon),
+                self.spec.time_column: future.ravel(),
+                **{name: v.reshape(-1) for name, v in columns.items()},
+            }
+        )
+        id_col = self.spec.id_column
+        if id_col:
+            return out.rename(columns={"series": id_col})
+        if self.spec.format == "wide":
+            return out
+        return out.drop(columns="series")
+
+    def _stats(self, ids: list[str]) -> SeriesStats:
+        """The training statistics of the series `ids`, in that order."""
+        return self.spec.series.stats.take(self.spec.series.positions(ids))
+
+    def _step_ns(self) -> int | None:
+        """Nanoseconds per step for fixed-duration frequencies (minutes, hours, days), else None."""
+        return fixed_step_ns(pd.tseries.frequencies.to_offset(self.spec.freq))
+
+    def _shifted(self, last: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """(series, len(steps)) datetime64[ns]: each series' last timestamp moved by `steps` steps.
+
+        Array arithmetic for fixed-duration steps; calendar offsets (months, quarters, business
+        days) move the whole column at once, one offset multiple at a time.
+        """
+        last = np.asarray(last, dtype="datetime64[ns]")
+        step_ns = self._step_ns()
+        if step_ns:
+            return (last.view(np.int64)[:, None] + steps.astype(np.int64) * step_ns).view("datetime64[ns]")
+        step = pd.tseries.frequencies.to_offset(self.spec.freq)
+        index = pd.DatetimeIndex(last)
+        return np.stack([(index + int(k) * step).to_numpy(dtype="datetime64[ns]") for k in steps], axis=1)
+
+    def _future_times(self, last: np.ndarray) -> np.ndarray:
+        """(series, horizon) datetime64[ns]: the steps after each series' last timestamp."""
+        return self._shifted(last, np.arange(1, self.horizon + 1))
+
+    def _inputs(self, z: np.ndarray, covs: np.ndarray, ahead: np.ndarray | None, ids: list[str], last) -> torch.Tensor:
+        """The model's input tensor, assembled as for training (`pipeline.library.inputs`).
+
+        `z` (S, lookback) scaled targets, `covs` (S, lookback, K) covariates from the history,
+        `ahead` (S, horizon, F) the future covariates' horizon values (original units).
+        """
+        spec = self.model.spec
+        stats = self._stats(ids)
+        n, lookback, horizon = len(ids), self.lookback, self.horizon
+        steps = lookback + horizon if spec.future_size else lookback
+        covariates = calendar = static = index = None
+        if covs.shape[-1]:
+            later = np.zeros((n, steps - lookback, covs.shape[-1]))  # past covariates: unknown there, never read
+            if ahead is not None:
+                later[..., spec.past_size :] = ahead
+            values = np.concatenate([covs, later], axis=1)
+            scaled = (values - stats.covariate_loc[:, None, :]) / stats.covariate_scale[:, None, :]
+            covariates = torch.from_numpy(scaled.astype(np.float32))
+        if spec.calendar:
+            firsts = self._shifted(pd.DatetimeIndex(last).as_unit("ns").to_numpy(), np.array([1 - lookback]))[:, 0]
+            phase0, rate = Calendar(spec.calendar, self.spec.freq).phases(firsts)
+            positions = torch.arange(steps).expand(n, -1)
+            calendar = encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions)
+        if spec.static_covariates:
+            static = torch.from_numpy(stats.static.astype(np.float32))
+        if spec.series_embedding:
+            index = torch.from_numpy(stats.index.astype(np.float32))
+        target = torch.from_numpy(np.asarray(z, dtype=np.float32))
+        return assemble_inputs(target, horizon, spec.past_size, covariates, calendar, static, index)
+
+    def _future_values(
+        self, future: pd.DataFrame | None, ids: list[str], last: np.ndarray, source: str
+    ) -> np.ndarray | None:
+        """(S, horizon, F) future covariate values for the steps after each series' history, checked."""
+        names = self.future_covariates
+        if not names:
+            return None
+        s = self.spec
+        time_col, id_col = s.time_column, s.id_column
+        if future is None:
+            keys = ", ".join([*([id_col] if id_col else []), time_col, *names])
+            raise DataError(
+                f"this model needs the future covariates {', '.join(names)} for the {self.horizon} steps after each "
+                f"series' history: pass them with --future FILE (columns {keys})"
+            )
+        keyed = id_col and s.format != "wide"
+        for col in [*([id_col] if keyed else []), time_col, *names]:
+            if col not in future.columns:
+                found = ", ".join(map(str, future.columns))
+                raise DataError(f"{source}: column '{col}' not found; columns: {found}")
+        times = parse_times(future[time_col], "all", source)
+        if times.isna().any():
+            row = int(np.flatnonzero(times.isna().to_numpy())[0]) + 1
+            raise DataError(f"{source}: row {row}: unparseable timestamp")
+        frame = pd.DataFrame({"id": future[id_col].astype(str) if keyed else "series", "time": times.to_numpy()})
+        for name in names:
+            frame[name] = pd.to_numeric(future[name], errors="coerce").to_numpy(dtype=np.float64)
+        dup = frame.duplicated(["id", "time"])
+        if dup.any():
+            r = frame[dup].iloc[0]
+            raise DataError(f"{source}: duplicate row for series '{r['id']}' at {r['time']}")
+        wanted = self._future_times(last)
+        index = pd.MultiIndex.from_arrays(
+            [np.repeat(np.asarray(ids if keyed else ["series"] * len(ids), dtype=object), self.horizon), wanted.ravel()]
+        )
+        values = frame.set_index(["id", "time"])[names].reindex(index).to_numpy()
+        bad = ~np.isfinite(values)
+        if bad.any():
+            row, k = np.argwhere(bad)[0]
+            sid, when = ids[row // self.horizon], wanted.ravel()[row]
+            present = (frame["id"] == index[row][0]) & (frame["time"] == when)
+            what = f"a missing or non-numeric '{names[k]}'" if present.any() else "no row"
+            raise DataError(
+                f"{source}: series '{sid}': {what} at {pd.Timestamp(when)}; the future covariates are needed for the "
+                f"{self.horizon} steps after the history's last timestamp {pd.Timestamp(last[row // self.horizon])}"
+            )
+        return values.reshape(len(ids), self.horizon, len(names))
+
+    def _split_history(self, history: pd.DataFrame, source: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(series ids, last timestamps (S,) datetime64[ns], last `lookback` rows (S, lookback, 1 + K)).
+
+        The rows hold the target, then the K time-varying covariates.
+
+        The common case (long format, a fixed-duration step, every series clean) is checked and
+        cut in array ops over the whole history; anything else, or any problem, goes through the
+        per-series checks, which name the series and what is wrong.
+        """
+        fast = self._split_history_fast(history)
+        if fast is not None:
+            return fast
+        series = self._split_history_per_series(history, source)
+        ids = list(series)
+        last = np.array([series[i][0].to_datetime64() for i in ids], dtype="datetime64[ns]")
+        return ids, last, np.stack([series[i][1] for i in ids])
+
+    def _split_history_fast(self, history: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        s = self.spec
+        time_col, target_col, id_col = s.time_column, s.target_column, s.id_column
+        n = self.lookback
+        value_cols = [target_col, *self.covariates]
+        needed = [time_col, *value_cols, *([id_col] if id_col else [])]
+        if s.format == "wide" or len(history) == 0 or any(c not in history for c in needed):
+            return None
+        try:
+            times = pd.to_datetime(history[time_col], errors="coerce", format="mixed")
+        except (ValueError, TypeError, OverflowError):
+            return None
+        if not pd.api.types.is_datetime64_any_dtype(times):
+            return None
+        if times.dt.tz is not None:
+            times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+        stamps = times.to_numpy(dtype="datetime64[ns]")
+        values = np.stack(
+            [pd.to_numeric(history[c], errors="coerce").to_numpy(dtype=np.float64) for c in value_cols], axis=1
+        )
+        if id_col:
+            try:
+                codes, keys = pd.factorize(history[id_col], sort=True)  # the order of groupby(sort=True)
+            except TypeError:  # ids of mixed types that do not sort
+                return None
+            ids = [str(k) for k in keys]
+        else:
+            codes, ids = np.zeros(len(history), dtype=np.int64), ["series"]
+        known = s.series
+        if np.isnat(stamps).any() or (codes < 0).any() or not all(i in known for i in ids) or len(set(ids)) < len(ids):
+            return None
+        ns = stamps.view(np.int64)
+        order = np.lexsort((ns, codes))
+        codes, ns, values = codes[order], ns[order], values[order]
+        counts = np.bincount(codes, minlength=len(ids))
+        if (counts < n).any() or ((codes[1:] == codes[:-1]) & (ns[1:] == ns[:-1])).any():
+            return None
+        rows = np.cumsum(counts)[:, None] - n + np.arange(n)
+        window_ns, windows = ns[rows], values[rows]
+        last = window_ns[:, -1].view("datetime64[ns]")
+        try:
+            expected = self._shifted(last, np.arange(1 - n, 1)).view(np.int64)
+        except (ValueError, OverflowError):  # out of the datetime64 range: the per-series checks say so
+            return None
+        if (window_ns != expected).any() or not np.isfinite(windows).all():
+            return None
+        return ids, last, windows
+
+    def _split_history_per_series(
+        self, history: pd.DataFrame, source: str
+    ) -> dict[str, tuple[pd.Timestamp, np.ndarray]]:
+        """Per series: (last timestamp, last `lookback` rows of target and covariates), after checking the history."""
+        s = self.spec
+        covs = self.covariates
+        for col in covs:
+            if col not in history.columns:
+                found = ", ".join(map(str, history.columns))
+                raise DataError(f"{source}: covariate column '{col}' not found; columns: {found}")
+        time_col, target_col, id_col = s.time_column, s.target_column, s.id_column
+        found = ", ".join(map(str, history.columns))
+        if time_col not in history.columns:
+            raise DataError(f"{source}: time column '{time_col}' not found; columns: {found}")
+        if s.format == "wide":
+            value_cols = [c for c in history.columns if c != time_col and c not in covs]
+            frames = {str(c): history[[time_col, c, *covs]].rename(columns={c: "y"}) for c in value_cols}
+        else:
+            if target_col not in history.columns:
+                raise DataError(f"{source}: target column '{target_col}' not found; columns: {found}")
+            if id_col:
+                if id_col not in history.columns:
+                    raise DataError(f"{source}: id column '{id_col}' not found; columns: {found}")
+                frames = {
+                    str(k): g[[time_col, target_col, *covs]].rename(columns={target_col: "y"})
+                    for k, g in history.groupby(id_col, sort=True)
+                }
+            else:
+                frames = {"series": history[[time_col, target_col, *covs]].rename(columns={target_col: "y"})}
+        if not frames:
+            raise DataError(f"{source}: no rows")
+        step = pd.tseries.frequencies.to_offset(s.freq)
+        out = {}
+        for sid, frame in frames.items():
+            if sid not in s.series:
+                raise DataError(f"{source}: series '{sid}' was not in the training data of this model")
+            out[sid] = self._last_window(sid, frame, step, time_col, source)
+        return out
+
+    def _last_window(self, sid, frame, step, time_col, source) -> tuple[pd.Timestamp, np.ndarray]:
+        times = parse_times(frame[time_col], sid, source)
+        if times.isna().any():
+            row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
+            raise DataError(f"{source}: series '{sid}': unparseable timestamp in row {row}")
+        columns = ["y", *self.covariates]
+        values = np.stack(
+            [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in columns], axis=1
+        )
+        order = np.argsort(times.to_numpy(), kind="stable")
+        times, values = pd.DatetimeIndex(times.to_numpy()[order]), values[order]
+        if times.has_duplicates:
+            raise DataError(f"{source}: series '{sid}': duplicate timestamp {times[times.duplicated()][0]}")
+        if len(times) < self.lookback:
+            raise DataError(
+                f"{source}: series '{sid}' has {len(times)} points; this model needs the last {self.lookback}"
+            )
+        last = times[-self.lookback :]
+        expected = pd.date_range(end=last[-1], periods=self.lookback, freq=step)
+        if not last.equals(expected):
+            gap = expected.difference(last)
+            where = gap[-1] if len(gap) else last[0]
+            raise DataError(
+                f"{source}: series '{sid}': the last {self.lookback} steps are not a regular {step.freqstr} "
+                f"sequence (missing {where}); fill the gap before forecasting"
+            )
+        window = values[-self.lookback :]
+        if not np.isfinite(window).all():
+            j, k = np.argwhere(~np.isfinite(window))[0]
+            what = f"covariate '{columns[k]}'" if k else "value"
+            raise DataError(f"{source}: series '{sid}': missing or non-numeric {what} at {last[j]}")
+        return last[-1], window

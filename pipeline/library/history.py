@@ -1,0 +1,48 @@
+"""History files and frames for `predict`: reading them, and parsing their timestamps as ingest does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.library.errors import DataError
+
+
+def parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
+    """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them); NaT where unparseable."""
+    zones = f"{source}: series '{sid}': mixed time zones in the time column; write all timestamps in one zone"
+    try:
+        times = pd.to_datetime(col, errors="coerce", format="mixed")
+    except (ValueError, TypeError, OverflowError) as exc:
+        if "zone" in str(exc).lower() or "offset" in str(exc).lower():
+            raise DataError(zones) from None
+        raise DataError(f"{source}: series '{sid}': cannot parse the time column: {exc}") from None
+    if not pd.api.types.is_datetime64_any_dtype(times):  # pandas keeps mixed offsets as objects
+        raise DataError(zones)
+    if times.dt.tz is not None:
+        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return times
+
+
+def row_of(frame: pd.DataFrame, position: int) -> object:
+    """The 1-based data row of the history file (the frame keeps the file's row index)."""
+    label = frame.index[position]
+    return label + 1 if isinstance(label, (int, np.integer)) else position + 1
+
+
+def read_history(path: str | Path, what: str = "history") -> pd.DataFrame:
+    """A file for `predict` (csv, parquet or json), with a clear error when unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} file not found: {path}")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix.lower() in (".json", ".jsonl"):
+            return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+        return pd.read_csv(path)
+    except Exception as exc:  # pandas raises many kinds for malformed files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read {what}: {first[:200]}") from None

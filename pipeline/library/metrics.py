@@ -1,0 +1,133 @@
+"""Forecast accuracy metrics and the naive baselines, vectorised over all windows at once.
+
+All sums run in float64: the metrics are averages over up to millions of points, where
+float32 accumulation would drift in the last reported digits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.library.chunks import series_chunks
+
+METRICS = ("mae", "rmse", "smape", "mase")
+
+
+def target_positions(offsets: np.ndarray, pairs: np.ndarray, lookback: int, horizon: int) -> np.ndarray:
+    """Buffer positions (W, horizon) of each window's targets."""
+    origin = offsets[pairs[:, 0]] + pairs[:, 1] + lookback
+    return origin[:, None] + np.arange(horizon)[None, :]
+
+
+def naive_forecast(raw: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Repeat the last observed value over the horizon."""
+    last = raw[positions[:, 0] - 1]
+    return np.repeat(last[:, None], positions.shape[1], axis=1)
+
+
+def seasonal_naive_forecast(raw: np.ndarray, positions: np.ndarray, season: int) -> np.ndarray:
+    """Value one season earlier (k seasons for steps beyond the first season)."""
+    h = np.arange(positions.shape[1])
+    back = season * (1 + h // season)
+    return raw[positions - back[None, :]]
+
+
+def mase_scale(raw: np.ndarray, offsets: np.ndarray, train_end: np.ndarray, season: int) -> np.ndarray:
+    """Per series, the mean absolute seasonal-naive error on its train part (in original units).
+
+    NaN where the train part is not longer than a season. Vectorised over chunks of series:
+    `|y[t] - y[t - season]|` over a chunk, summed per series with one `reduceat`.
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    train_end = np.asarray(train_end, dtype=np.int64)
+    scales = np.full(len(offsets), np.nan)
+    for first, stop in series_chunks(offsets):
+        base = offsets[first]
+        segment = np.asarray(raw[base : offsets[stop - 1] + train_end[stop - 1]], dtype=np.float64)
+        diffs = np.append(np.abs(segment[season:] - segment[:-season]), 0.0)  # diffs[j]: t = base + season + j
+        count = train_end[first:stop] - season
+        lo = offsets[first:stop] - base
+        bounds = np.stack([lo, lo + np.maximum(count, 0)], axis=1).ravel()
+        sums = np.add.reduceat(diffs, np.minimum(bounds, len(diffs) - 1))[::2]
+        scales[first:stop] = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
+    return scales
+
+
+def error_terms(actual: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-point terms whose means are the metrics; `scale` is per window (its series' MASE scale)."""
+    err = forecast.astype(np.float64) - actual.astype(np.float64)
+    denom = np.abs(actual) + np.abs(forecast)
+    smape = np.divide(200.0 * np.abs(err), denom, out=np.zeros_like(err), where=denom > 0)
+    return {"mae": np.abs(err), "mse": err**2, "smape": smape, "mase": np.abs(err) / scale[:, None]}
+
+
+def summarise(terms: dict[str, np.ndarray]) -> dict[str, float]:
+    return {
+        "mae": float(terms["mae"].mean()),
+        "rmse": float(np.sqrt(terms["mse"].mean())),
+        "smape": float(terms["smape"].mean()),
+        "mase": float(terms["mase"].mean()),
+    }
+
+
+def summarise_by_series(terms: dict[str, np.ndarray], series: np.ndarray, n_series: int) -> dict[str, np.ndarray]:
+    """The same metrics per series, from per-window sums (no loop over series)."""
+    count = np.bincount(series, minlength=n_series) * terms["mae"].shape[1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = {k: np.bincount(series, weights=v.sum(axis=1), minlength=n_series) / count for k, v in terms.items()}
+    return {"mae": mean["mae"], "rmse": np.sqrt(mean["mse"]), "smape": mean["smape"], "mase": mean["mase"]}
+
+
+# ---------------------------------------------------------------- quantile forecasts
+
+
+def pinball_terms(actual: np.ndarray, forecast: np.ndarray, quantiles) -> np.ndarray:
+    """Pinball (quantile) loss per point and quantile, (W, horizon, Q), for forecasts (W, horizon, Q).
+
+    For quantile q and error e = actual - forecast: q * e when the actual is above, (q - 1) * e below.
+    """
+    q = np.asarray(quantiles, dtype=np.float64)
+    err = actual.astype(np.float64)[..., None] - forecast.astype(np.float64)
+    return np.maximum(q * err, (q - 1.0) * err)
+
+
+def symmetric_intervals(quantiles) -> list[tuple[int, int]]:
+    """Index pairs (lower, upper) of the quantiles that bound a central interval (q and 1 - q)."""
+    q = [float(x) for x in quantiles]
+    pairs = []
+    for i, lo in enumerate(q):
+        if lo >= 0.5:
+            break
+        for j in range(len(q) - 1, i, -1):
+            if abs(lo + q[j] - 1.0) < 1e-9:
+                pairs.append((i, j))
+    return pairs
+
+
+def interval_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}"
+
+
+def coverage_terms(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """1.0 where the actual lies inside [lower, upper] (bounds included), else 0.0."""
+    return ((actual >= lower) & (actual <= upper)).astype(np.float64)
+
+
+def summarise_quantiles(actual: np.ndarray, forecast: np.ndarray, quantiles, scale: np.ndarray) -> dict:
+    """Mean pinball loss (original units, and divided by each series' MASE scale), per quantile,
+    and the empirical coverage of every symmetric interval next to its nominal level."""
+    terms = pinball_terms(actual, forecast, quantiles)
+    result = {
+        "pinball": float(terms.mean()),
+        "scaled_pinball": float((terms / scale[:, None, None]).mean()),
+        "pinball_by_quantile": {f"{q:g}": float(terms[..., k].mean()) for k, q in enumerate(quantiles)},
+        "coverage": {},
+    }
+    for i, j in symmetric_intervals(quantiles):
+        inside = coverage_terms(actual, forecast[..., i], forecast[..., j])
+        name = interval_name(quantiles[i], quantiles[j])
+        result["coverage"][name] = {
+            "nominal": round(quantiles[j] - quantiles[i], 12),
+            "empirical": float(inside.mean()),
+        }
+    return result

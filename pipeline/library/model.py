@@ -1,0 +1,188 @@
+"""The forecaster network: the tutorial's LSTM done right.
+
+Inputs are `(batch, steps, channels)` (`batch_first`), the last hidden state of the top layer
+goes through one linear head to all `horizon` outputs at once (direct multi-step). Channels, in
+this order: the scaled target; past covariates (`past_size`); known-ahead channels
+(`future_size`: future covariates, then a sine and a cosine per calendar feature); static
+covariates; with `series_embedding`, the series' row in the embedding table (a float holding an
+integer). With known-ahead channels the inputs span `lookback + horizon` steps (target and
+past covariates zero over the horizon) and the head also reads the horizon's known-ahead
+channels; else they span `lookback`. Static covariates and the series' embedding vector go to
+the recurrent layers at every step, beside the other inputs.
+
+Switches that make it robust on data it was not tuned for:
+
+- `instance_norm`: each input window is standardised by its own mean and spread, and the
+  output is mapped back, so level shifts between training and test periods do not matter.
+- `residual_season`: the head predicts a correction to a seasonal base forecast read from the
+  input window; the head starts at zero, so the untrained model *is* that base.
+- `season_average`: the base is the seasonal profile averaged over the last K seasons, put at
+  the level of the last season. K = 1 is seasonal naive; K = 3 halves the noise a single past
+  season carries, which measured better on most of bench/accuracy.py's short series.
+
+With `quantiles` (sorted, including 0.5) the output is `(batch, horizon, len(quantiles))`: the
+head gives the median and, for each step away from it, a softplus increment, so the quantiles
+are cumulative sums away from the median and never cross, by construction (also in ONNX and
+under float rounding: the increments are >= 0, and scaling by a positive spread or adding the
+same base keeps the order). Without quantiles the output is `(batch, horizon)` as before.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.library.model_spec import ModelSpec
+
+
+class RecurrentForecaster(nn.Module):
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        if spec.series_embedding:
+            self.embedding = nn.Embedding(spec.n_series, spec.series_embedding)
+        members = [_member(spec) for _ in range(spec.ensemble)]
+        if spec.ensemble == 1:  # the plain model keeps its state-dict keys (rnn.*, head.*)
+            self.rnn, self.head = members[0]
+        else:
+            self.rnn = nn.ModuleList(rnn for rnn, _ in members)
+            self.head = nn.ModuleList(head for _, head in members)
+        if spec.blend:  # the share of the trained correction kept, set after training (pipeline.library.blend)
+            self.register_buffer("blend", torch.ones(()))
+        if spec.quantiles:  # offsets added to the quantiles after training (see pipeline.library.calibration)
+            self.register_buffer("calibration", torch.zeros(spec.horizon, len(spec.quantiles)))
+
+    def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
+        """The forecast; with `members`, each ensemble member's forecast stacked first (ensemble, ...)."""
+        head, spread, base = self.decompose(x, members)
+        return base + head * spread
+
+    def decompose(self, x: torch.Tensor, members: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(head, spread, base) with forecast = base + head * spread; spread > 0 (1 without instance_norm).
+
+        `head` is (B, horizon) or (B, horizon, Q) in the window's own units; spread and base
+        broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
+        With known-ahead channels, `x` spans lookback + horizon and the head also reads the
+        horizon's known-ahead channels (the other channels there are ignored).
+        """
+        spec = self.spec
+        future = series = None
+        if spec.series_embedding:
+            series = x[:, 0, -1].round().long()
+        if spec.future_size:
+            lookback = x.shape[1] - spec.horizon
+            ahead = 1 + spec.past_size
+            future = x[:, lookback:, ahead : ahead + spec.future_size].flatten(1)
+            x = x[:, :lookback]
+        x = x[..., : spec.input_size]
+        if series is not None:
+            x = torch.cat([x, self.embedding(series)[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)
+        target = x[..., 0]
+        loc = torch.zeros_like(target[:, :1])
+        spread = torch.ones_like(loc)
+        if self.spec.instance_norm:
+            loc = target.mean(dim=1, keepdim=True)
+            spread = ((target - loc) ** 2).mean(dim=1, keepdim=True).add(1e-6).sqrt()
+            x = torch.cat([((target - loc) / spread).unsqueeze(-1), x[..., 1:]], dim=-1)
+        head = self.correction(x, future, members)
+        if self.spec.blend:
+            head = head * self.blend
+        if spec.residual_season:
+            level_steps = spec.residual_season // 2 if spec.base_level == "half_season" else None
+            base = seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps)
+        else:
+            base = loc
+        if self.spec.quantiles:
+            return head + self.calibration, spread[:, :, None], base[:, :, None]
+        return head, spread, base
+
+    def correction(self, x: torch.Tensor, future: torch.Tensor | None, members: bool = False) -> torch.Tensor:
+        """The head's output (B, horizon) or (B, horizon, Q) for inputs `x` (B, lookback, features).
+
+        With `ensemble` k > 1 it is the mean of the k members' outputs (with `members`, all of
+        them, stacked first: what training fits, each member on its own loss).
+        """
+        out = self._members(x, future)
+        return out if members else out.mean(dim=0)
+
+    def _members(self, x: torch.Tensor, future: torch.Tensor | None) -> torch.Tensor:
+        """Each member's head output, stacked: (ensemble, B, horizon[, Q])."""
+        pairs = [(self.rnn, self.head)] if self.spec.ensemble == 1 else zip(self.rnn, self.head)
+        outs = []
+        for rnn, linear in pairs:
+            out, _ = rnn(x)
+            last = out[:, -1, :] if future is None else torch.cat([out[:, -1, :], future], dim=1)
+            head = linear(last)
+            if self.spec.quantiles:
+                head = monotone_quantiles(
+                    head.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index
+                )
+            outs.append(head)
+        return torch.stack(outs)
+
+
+def _member(spec: ModelSpec) -> tuple[nn.Module, nn.Linear]:
+    """One (recurrent network, linear head) pair; the head starts at zero with a residual base."""
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[spec.cell](
+        input_size=spec.input_size + spec.series_embedding,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        dropout=spec.dropout if spec.num_layers > 1 else 0.0,
+        batch_first=True,
+    )
+    head = nn.Linear(spec.hidden_size + spec.horizon * spec.future_size, spec.horizon * max(1, len(spec.quantiles)))
+    if spec.residual_season:  # start as the base: training must earn every departure from it
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+    return rnn, head
+
+
+def monotone_quantiles(raw: torch.Tensor, median: int) -> torch.Tensor:
+    """(..., Q) unconstrained values to non-decreasing quantiles around the median's slot.
+
+    `raw[..., median]` is the median; above it each quantile adds softplus(raw) to the one
+    below, beneath it each subtracts softplus(raw) from the one above.
+    """
+    centre = raw[..., median : median + 1]
+    up = torch.cumsum(F.softplus(raw[..., median + 1 :]), dim=-1)
+    down = torch.flip(torch.cumsum(torch.flip(F.softplus(raw[..., :median]), [-1]), dim=-1), [-1])
+    return torch.cat([centre - down, centre, centre + up], dim=-1)
+
+
+def seasonal_naive(target: torch.Tensor, horizon: int, season: int) -> torch.Tensor:
+    """Seasonal-naive forecast (batch, horizon) read from the end of the input window."""
+    lookback = target.shape[1]
+    steps = torch.arange(horizon, device=target.device)
+    index = lookback + steps - season * (1 + steps // season)
+    return target[:, index]
+
+
+def seasonal_profile(
+    target: torch.Tensor, horizon: int, season: int, seasons: int, level_steps: int | None = None
+) -> torch.Tensor:
+    """The last `seasons` seasons' average shape, at the last season's level (batch, horizon).
+
+    With one season this is exactly seasonal naive; with more, each phase is the mean of its
+    deviations from their season's mean, so a single noisy or unusual year weighs less. With
+    `level_steps` (fewer than a season), the level is the mean of the last `level_steps` values
+    with the shape taken out: a fresher level (it lags a trend by half as much for half a season).
+    """
+    if seasons == 1:
+        return seasonal_naive(target, horizon, season)  # the same values, without rounding
+    block = target[:, target.shape[1] - seasons * season :].reshape(target.shape[0], seasons, season)
+    level = block[:, -1].mean(dim=1, keepdim=True)
+    shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)
+    if level_steps and level_steps < season:
+        level = (block[:, -1, -level_steps:] - shape[:, -level_steps:]).mean(dim=1, keepdim=True)
+    phase = torch.arange(horizon, device=target.device) % season
+    return level + shape[:, phase]
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> RecurrentForecaster:
+    """A fresh model; with `seed`, its initial weights depend on nothing else (not on the rank)."""
+    if seed is None:
+        return RecurrentForecaster(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return RecurrentForecaster(spec)

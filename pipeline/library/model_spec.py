@@ -1,0 +1,89 @@
+"""The network's description: what `pipeline.library.model` builds and every reader of a model checks.
+
+Torch-free, so the typed stage records (and the ingest and window stages) can carry it without
+loading torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild the network; saved beside the weights (train/meta.json, forecaster.json).
+
+    Built from the config in one place (`pipeline.config.model_spec`), which sets every field.
+    The defaults here are the plain network with every switch off: what a spec saved before a
+    field existed meant, so older run directories and exports read as they were trained.
+    """
+
+    input_size: int
+    horizon: int
+    hidden_size: int
+    num_layers: int
+    dropout: float = 0.0
+    cell: str = "lstm"
+    instance_norm: bool = False
+    residual_season: int = 0
+    season_average: int = 1
+    quantiles: tuple[float, ...] = ()
+    calendar: tuple[str, ...] = ()  # calendar features (pipeline.calendar), known over the horizon too
+    past_covariates: tuple[str, ...] = ()
+    future_covariates: tuple[str, ...] = ()
+    static_covariates: tuple[str, ...] = ()
+    series_embedding: int = 0  # size of the learned per-series vector (0 = none)
+    n_series: int = 0  # rows of the embedding table
+    base_level: str = "season"  # the base's level: the last season's mean, or (half_season) the last half's
+    blend: bool = False  # a `blend` buffer: the share of the correction kept (pipeline.blend)
+    ensemble: int = 1  # independently initialised (rnn, head) members; the correction is their mean
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
+        for name in ("calendar", "past_covariates", "future_covariates", "static_covariates"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    @property
+    def covariates(self) -> tuple[str, ...]:
+        """Time-varying covariates in the buffer's order: past ones, then future ones."""
+        return self.past_covariates + self.future_covariates
+
+    @property
+    def past_size(self) -> int:
+        return len(self.past_covariates)
+
+    @property
+    def future_size(self) -> int:
+        """Known-ahead input channels: future covariates, and a sine and a cosine per calendar feature."""
+        return len(self.future_covariates) + 2 * len(self.calendar)
+
+    @property
+    def channels(self) -> int:
+        """Input channels: 1 + past + known-ahead + static, and the series index with an embedding."""
+        return 1 + self.past_size + self.future_size + len(self.static_covariates) + (self.series_embedding > 0)
+
+    @property
+    def median_index(self) -> int | None:
+        """Position of the 0.5 quantile in the output's last axis (None for a point forecast)."""
+        return self.quantiles.index(0.5) if self.quantiles else None
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's output: (horizon,) or (horizon, quantiles)."""
+        return (self.horizon, len(self.quantiles)) if self.quantiles else (self.horizon,)
+
+    def to_dict(self) -> dict:
+        lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates")
+        return {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> ModelSpec:
+        """A saved spec; fields it lacks (saved before they existed) take their switched-off defaults."""
+        unknown = sorted(set(saved) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown model spec fields {unknown} (saved by a newer lstm-pipeline?)")
+        return cls(**saved)
+
+    def architecture(self) -> dict:
+        """The fields that change what the weights mean (all but dropout): what a warm start must match."""
+        return {k: v for k, v in self.to_dict().items() if k != "dropout"}

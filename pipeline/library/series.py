@@ -1,0 +1,340 @@
+"""Raw tables to clean, regular series: the pandas path of ingest.
+
+A table in long or wide format becomes one long frame (series, time, target, row), is sorted,
+checked for duplicates, put on its regular grid and cleaned by `data.missing`; the result is a
+`SeriesSet` holding every series back to back. Errors name the file, series, row and value.
+Local typed parquet takes the streaming path instead (`pipeline.library.series_stream`), which
+reuses these checks to word its errors the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from pipeline.library import covariates, scaling
+from pipeline.library.chunks import offsets_of
+from pipeline.library.errors import DataError
+
+if TYPE_CHECKING:
+    from pipeline.library.sources import DataLayout
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class SeriesSet:
+    """Regular series back to back: series i is values[offsets[i] : offsets[i] + lengths[i]]."""
+
+    ids: list[str]
+    starts: list[pd.Timestamp]
+    lengths: np.ndarray
+    values: np.ndarray
+    freq: str
+    covariates: np.ndarray | None = None  # (n_points, K) time-varying covariates beside `values`
+    static: np.ndarray | None = None  # (n_series, S) static covariates
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return offsets_of(self.lengths)
+
+
+def columns_of(columns: list, data: DataLayout) -> tuple[str | None, str, list[str]]:
+    """(id column, time column, target columns) checked against the columns a table has."""
+    found = ", ".join(map(str, columns))
+    if data.source == "synthetic":
+        return "series", "time", ["value"]
+    if data.time_column not in columns:
+        raise DataError(
+            f"{data.source}: time column '{data.time_column}' (data.time_column) not found; columns: {found}"
+        )
+    if data.format == "wide":
+        targets = [c for c in columns if c != data.time_column]
+        if not targets:
+            raise DataError(f"{data.source}: wide format needs at least one series column besides '{data.time_column}'")
+        return None, data.time_column, [c for c in targets if c not in data.covariates]
+    if data.target_column not in columns:
+        raise DataError(
+            f"{data.source}: target column '{data.target_column}' (data.target_column) not found; columns: {found}"
+        )
+    if data.id_column is not None and data.id_column not in columns:
+        raise DataError(f"{data.source}: id column '{data.id_column}' (data.id_column) not found; columns: {found}")
+    return data.id_column, data.time_column, [data.target_column]
+
+
+def to_long(table: pd.DataFrame, data: DataLayout) -> pd.DataFrame:
+    """Canonical long frame: series (str), time (datetime64), target (float64), row (1-based)."""
+    id_col, time_col, targets = columns_of(list(table.columns), data)
+    times = _parse_times(table[time_col], data.source)
+    rows = np.arange(1, len(table) + 1)
+    if data.format == "wide" and data.source != "synthetic":
+        parts = []
+        for col in targets:
+            parts.append(
+                pd.DataFrame(
+                    {"series": str(col), "time": times, "target": _numeric(table[col], col, data), "row": rows}
+                )
+            )
+        return _with_covariates(pd.concat(parts, ignore_index=True), table, data)
+    if id_col is not None and table[id_col].isna().any():  # grouping would silently drop these rows
+        i = int(np.flatnonzero(table[id_col].isna().to_numpy())[0])
+        raise DataError(f"{data.source}: row {i + 1}: missing series id in column '{id_col}' (data.id_column)")
+    ids = table[id_col].astype(str) if id_col is not None else pd.Series("series", index=table.index)
+    frame = pd.DataFrame(
+        {"series": ids.values, "time": times, "target": _numeric(table[targets[0]], targets[0], data), "row": rows}
+    )
+    return _with_covariates(frame, table, data)
+
+
+def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout) -> pd.DataFrame:
+    """The long frame with a numeric column per covariate (wide format: shared by every series)."""
+    names = [*data.covariates, *data.static_covariates]
+    if not names:
+        return frame
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        kind = next(k for k in ("past", "future", "static") if missing[0] in getattr(data, f"{k}_covariates"))
+        found = ", ".join(map(str, table.columns))
+        raise DataError(
+            f"{data.source}: covariate column '{missing[0]}' (data.{kind}_covariates) not found; columns: {found}"
+        )
+    repeats = len(frame) // len(table)  # wide format: each series repeats the table's rows
+    for name in names:
+        frame[name] = np.tile(_numeric(table[name], name, data), repeats)
+    return frame
+
+
+ONE_ZONE = "write all timestamps in one zone (or all with the same UTC offset)"
+
+
+def _zone_change(col: pd.Series) -> str:
+    """Where the zone first changes, e.g. ` (row 1: UTC+00:00, row 7: no zone)` (error path only)."""
+    first = None
+    for i, text in enumerate(col.tolist()):
+        try:
+            offset = pd.Timestamp(text).utcoffset()
+        except (ValueError, TypeError, OverflowError):
+            continue
+        zone = "no zone" if offset is None else f"UTC{'-' if offset.days < 0 else '+'}{_hhmm(abs(offset))}"
+        if first is None:
+            first = (i, zone)
+        elif zone != first[1]:
+            return f" (row {first[0] + 1}: {first[1]}, row {i + 1}: {zone})"
+    return ""
+
+
+def _hhmm(delta) -> str:
+    minutes = int(delta.total_seconds()) // 60
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _parse_times(col: pd.Series, source: str) -> pd.Series:
+    if pd.api.types.is_datetime64_any_dtype(col):
+        if col.isna().any():  # a null in a typed (parquet) timestamp column
+            raise DataError(f"{source}: row {int(np.flatnonzero(col.isna().to_numpy())[0]) + 1}: missing timestamp")
+        return col
+    try:
+        parsed = pd.to_datetime(col, errors="coerce", format="mixed")
+    except (ValueError, TypeError) as exc:
+        if "zone" in str(exc).lower() or "offset" in str(exc).lower():
+            raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}") from None
+        raise DataError(f"{source}: cannot parse the time column: {exc}") from None
+    if parsed.dtype == object:  # pandas keeps mixed offsets as objects
+        raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}")
+    bad = parsed.isna() & col.notna()
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{source}: row {i + 1}: cannot parse timestamp {col.iloc[i]!r}")
+    if col.isna().any():
+        i = int(np.flatnonzero(col.isna().to_numpy())[0])
+        raise DataError(f"{source}: row {i + 1}: missing timestamp")
+    return parsed
+
+
+def _numeric(col: pd.Series, name: str, data: DataLayout) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(col):
+        return col.astype(np.float64).to_numpy()
+    values = pd.to_numeric(col, errors="coerce")
+    bad = values.isna() & col.notna()
+    if bad.any():
+        text = col[bad].astype(str).str.strip().str.lower()
+        real_bad = ~text.isin(["nan", "", "na", "null", "none", "inf", "-inf"])
+        if real_bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[int(np.flatnonzero(real_bad.to_numpy())[0])])
+            raise DataError(f"{data.source}: row {i + 1}: non-numeric value {col.iloc[i]!r} in column '{name}'")
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def infer_freq(frame: pd.DataFrame, given: str | None, source: str) -> pd.DateOffset:
+    """The series' common step: `data.freq` when given, else inferred from the longest series."""
+    if given is not None:
+        return parse_freq(given)
+    sizes = frame.groupby("series", sort=False, observed=True).size()
+    return freq_of(frame.loc[frame["series"] == sizes.idxmax(), "time"], source)
+
+
+def parse_freq(given: str) -> pd.DateOffset:
+    try:
+        return pd.tseries.frequencies.to_offset(given)
+    except ValueError:
+        raise DataError(f"data.freq: '{given}' is not a pandas frequency alias (e.g. 30min, h, D, MS)") from None
+
+
+def freq_of(longest: pd.Series, source: str) -> pd.DateOffset:
+    """The step of one series' sorted timestamps: pandas' alias, else the most common difference."""
+    if len(longest) < 3:
+        raise DataError(f"{source}: cannot infer the frequency from {len(longest)} timestamps; set data.freq")
+    alias = pd.infer_freq(pd.DatetimeIndex(longest.iloc[: min(len(longest), 10_000)]))
+    if alias is None:  # gaps or irregular spacing: fall back to the most common step
+        diffs = pd.Series(np.diff(longest.to_numpy())).mode()
+        step = pd.Timedelta(diffs.iloc[0])
+        if step <= pd.Timedelta(0):
+            raise DataError(f"{source}: cannot infer the frequency; set data.freq")
+        return pd.tseries.frequencies.to_offset(step)
+    return pd.tseries.frequencies.to_offset(alias)
+
+
+def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
+    """Sort, check duplicates and spacing, apply the missing-value policy; one clean regular set."""
+    frame = to_long(table, data)
+    if frame.empty:
+        raise DataError(f"{data.source}: no rows")
+    if frame["time"].dt.tz is not None:
+        frame["time"] = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None)
+    order = np.lexsort((frame["time"].to_numpy(), frame["series"].to_numpy()))
+    unsorted = False
+    if not np.array_equal(order, np.arange(len(frame))):
+        ordered_before = frame.groupby("series", sort=False, observed=True)["time"].apply(
+            lambda t: t.is_monotonic_increasing
+        )
+        unsorted = not ordered_before.all()
+        frame = frame.iloc[order].reset_index(drop=True)
+    check_duplicates(frame, data.source)
+    step = infer_freq(frame, data.freq, data.source)
+
+    ids, starts, chunks, covs, statics = [], [], [], [], []
+    dropped = []
+    for sid, part in frame.groupby("series", sort=True, observed=True):
+        values = regularise(str(sid), part, step, data)
+        if values is not None and data.covariates:
+            grid = pd.date_range(part["time"].iloc[0], part["time"].iloc[-1], freq=step)
+            covs.append(covariates.on_grid(str(sid), part, data.covariates, grid, data))
+            values = None if covs[-1] is None else values
+        if values is None:
+            dropped.append(str(sid))
+            continue
+        if data.static_covariates:
+            statics.append(covariates.static_row(str(sid), part, data.static_covariates, data.source))
+        ids.append(str(sid))
+        starts.append(part["time"].iloc[0])
+        chunks.append(values)
+    accepted(data, ids, unsorted, dropped)
+    lengths = np.array([len(c) for c in chunks], dtype=np.int64)
+    cov = np.concatenate([c for c in covs if c is not None]) if data.covariates else None
+    static = np.array(statics, dtype=np.float64) if data.static_covariates else None
+    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static)
+
+
+def check_duplicates(frame: pd.DataFrame, source: str) -> None:
+    """The first repeated (series, time) of a frame sorted by series then time (stable: file order)."""
+    dup = frame.duplicated(["series", "time"], keep="first")
+    if dup.any():
+        i = int(np.flatnonzero(dup.to_numpy())[0])
+        r = frame.iloc[i]
+        raise DataError(f"{source}: series '{r.series}': duplicate timestamp {r.time} (row {r.row})")
+
+
+def accepted(data: DataLayout, ids: list[str], unsorted: bool, dropped: list[str]) -> None:
+    """What is said once the data is accepted, so that a rejected file gets its one error line only."""
+    if not ids:
+        raise DataError(f"{data.source}: no series left after data.missing=drop")
+    if unsorted:
+        log.info("ingest: input was not sorted by time; sorted it")
+    if dropped:
+        log.warning("ingest: dropped %d series by data.missing=drop: %s", len(dropped), ", ".join(dropped[:10]))
+
+
+MAX_GRID = 1_000_000
+"""A series' regular grid may be longer than its rows by 10x, or up to this many points."""
+
+
+def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.DateOffset, source: str) -> None:
+    """Refuse a grid far longer than the series (one wrong year would allocate gigabytes)."""
+    if isinstance(step, pd.offsets.Tick):  # fixed steps: count without building the grid
+        points = int((times[-1] - times[0]) // pd.Timedelta(step)) + 1
+    else:  # calendar steps (days and longer, business days): the grid stays small
+        points = len(pd.date_range(times[0], times[-1], freq=step))
+    if points <= max(MAX_GRID, 10 * len(times)):
+        return
+    j = int(np.argmax(np.diff(times.asi8))) if len(times) > 1 else 0
+    rows = part["row"].to_numpy()
+    raise DataError(
+        f"{source}: series '{sid}': its timestamps span {points} steps of {step.freqstr} for {len(times)} rows "
+        f"(largest gap from {times[j]} (row {rows[j]}) to {times[j + 1]} (row {rows[j + 1]})); "
+        f"check those timestamps or data.freq"
+    )
+
+
+def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayout) -> np.ndarray | None:
+    """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
+    times = pd.DatetimeIndex(part["time"].to_numpy())
+    _check_span(sid, part, times, step, data.source)
+    grid = pd.date_range(times[0], times[-1], freq=step)
+    target = part["target"].to_numpy(dtype=np.float64).copy()
+    if len(grid) != len(times) or not grid.equals(times):
+        on_grid = times.isin(grid)
+        if not on_grid.all():
+            j = int(np.flatnonzero(~on_grid)[0])
+            raise DataError(
+                f"{data.source}: series '{sid}': timestamp {times[j]} (row {part['row'].iloc[j]}) is off the "
+                f"{step.freqstr} grid (irregular spacing or a different frequency); set data.freq or fix the data"
+            )
+        missing = grid.difference(times)
+        if data.missing == "error":
+            raise DataError(
+                f"{data.source}: series '{sid}': {len(missing)} missing timestamp(s), first {missing[0]}; "
+                f"set data.missing to interpolate, ffill or drop"
+            )
+        if data.missing == "drop":
+            return None
+        target = pd.Series(target, index=times).reindex(grid).to_numpy()
+    bad = ~np.isfinite(target)
+    if bad.any():
+        if data.missing == "error":
+            j = int(np.flatnonzero(bad)[0])
+            row = part["row"].iloc[j] if j < len(part) and len(grid) == len(times) else "?"
+            raise DataError(
+                f"{data.source}: series '{sid}': missing or non-finite target at {grid[j]} (row {row}); "
+                f"set data.missing to interpolate, ffill or drop"
+            )
+        if data.missing == "drop":
+            return None
+        target = fill_missing(target, bad, sid, data)
+    j = scaling.first_outside_domain(target, data.transform)
+    if j is not None:
+        row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
+        raise DataError(
+            f"{data.source}: series '{sid}': value {target[j]:.6g} at {grid[j]} (row {row}) is negative; "
+            f"data.transform: log1p needs values >= 0 (use data.transform: none)"
+        )
+    huge = np.abs(target) > np.finfo(np.float32).max
+    if huge.any():  # the buffer is float32: it would hold inf
+        j = int(np.flatnonzero(huge)[0])
+        raise DataError(
+            f"{data.source}: series '{sid}': value {target[j]:.6g} at {grid[j]} is too large for float32 "
+            f"(|value| > 3.4e38)"
+        )
+    return target
+
+
+def fill_missing(target: np.ndarray, bad: np.ndarray, sid: str, data: DataLayout) -> np.ndarray:
+    """`data.missing` interpolate or ffill over the positions `bad` (float64 in, float64 out)."""
+    filled = pd.Series(np.where(bad, np.nan, target))
+    filled = filled.interpolate(limit_direction="both") if data.missing == "interpolate" else filled.ffill().bfill()
+    if filled.isna().any():
+        raise DataError(f"{data.source}: series '{sid}': no finite target value at all")
+    return filled.to_numpy()

@@ -1,0 +1,98 @@
+"""Warm starts (`train.init_from`): the weights of the registry's champion or of a saved model.
+
+The starting weights must describe the same network: the saved spec's architecture (every
+field but dropout) and every tensor's shape are checked against the model being trained. A
+resume from a checkpoint of the same run still wins over a warm start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+
+from pipeline.library.artifacts import sha256_file
+from pipeline.library.errors import ConfigError, DataError
+from pipeline.library.model_spec import ModelSpec
+from pipeline.library.registry_store import champion_dir, current_version, resolve_model_dir
+
+log = logging.getLogger("pipeline")
+
+
+def warm_start_identity(choice: str, registry: Path | None) -> str:
+    """What `train.init_from` (`choice`) resolves to now, for the train cache key: a newly promoted
+    champion or changed starting weights make training run again. `registry`: `<registry.dir>/<name>`."""
+    if choice == "none":
+        return ""
+    if choice == "champion":
+        return f"champion:{current_version(registry) or 'none'}"
+    weights, _ = _weights_and_spec(resolve_model_dir(Path(choice)), choice)
+    return f"weights:{sha256_file(weights)}"
+
+
+def warm_start_state(choice: str, registry: Path | None, spec: ModelSpec, current: dict) -> dict | None:
+    """The weights `train.init_from` (`choice`) names, checked against this model; None for a fresh start."""
+    if choice == "none":
+        return None
+    if choice == "champion":
+        root = registry
+        source = champion_dir(root)
+        if source is None:
+            log.warning("train: train.init_from=champion, but %s has no champion yet: starting from scratch", root)
+            return None
+        label = f"champion {source.name}"
+    else:
+        source = resolve_model_dir(Path(choice))
+        label = str(source)
+    weights, saved = _weights_and_spec(source, choice)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights))
+    except (OSError, SafetensorError) as exc:
+        raise DataError(f"train.init_from: cannot read {weights}: {exc}") from None
+    _check_architecture(label, saved, spec, state, current)
+    log.info("train: starting from the weights of %s (train.init_from)", label)
+    return state
+
+
+def _weights_and_spec(source: Path, choice: str) -> tuple[Path, ModelSpec | None]:
+    """(weights file, its saved ModelSpec or None) of an export, train, checkpoint dir or .safetensors file."""
+    if source.is_file() and source.suffix == ".safetensors":
+        return source, None
+    for weights, spec_file in (
+        (source / "model.safetensors", source / "forecaster.json"),  # export dir or registry version
+        (source / "best" / "model.safetensors", source / "meta.json"),  # train/ dir: its best weights
+        (source / "model.safetensors", source / "meta.json"),  # checkpoint step dir (no spec there)
+    ):
+        if weights.is_file():
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                return weights, ModelSpec.from_dict(json.loads(spec_file.read_text())["model"])
+            return weights, None
+    raise ConfigError(
+        f"train.init_from: {choice} is not none, champion, a .safetensors file or a directory "
+        f"with model.safetensors (an export, a registry version, train/ or a checkpoint)"
+    )
+
+
+def _check_architecture(label: str, saved: ModelSpec | None, spec: ModelSpec, state: dict, current: dict) -> None:
+    if saved is not None:
+        theirs, ours = saved.architecture(), spec.architecture()
+        diff = [f"{k}={theirs[k]!r} (config: {v!r})" for k, v in ours.items() if theirs[k] != v]
+        if diff:
+            raise ConfigError(f"train.init_from: the architecture of {label} differs: {', '.join(diff)}")
+    missing = sorted(set(current) - set(state))
+    extra = sorted(set(state) - set(current))
+    if missing or extra:
+        raise ConfigError(
+            f"train.init_from: the weights of {label} do not fit this model "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}); check model.* against it"
+        )
+    for key, tensor in current.items():
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ConfigError(
+                f"train.init_from: the weights of {label} do not fit this model: {key} has shape "
+                f"{tuple(state[key].shape)} there, {tuple(tensor.shape)} here; check model.* against it"
+            )

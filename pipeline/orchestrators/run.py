@@ -1,0 +1,39 @@
+"""Running stages in order: what `lstm-pipeline run` and each stage command do, and the Python entry point.
+
+Before the evaluate stage of a refit backtest, the fold models are trained (`refit`); after a
+full run with `registry.promote`, the export is scored against the champion (`registry`). The
+resolved config is written to the run directory after each stage that succeeds, so a failed
+run keeps the last good one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline.config import Config, save_config
+from pipeline.library.runtime import dist_state
+from pipeline.stages.table import NAMES, stage_function
+
+log = logging.getLogger("pipeline")
+
+
+def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -> Path:
+    """Run `names` in order (each skipped when its inputs are unchanged, unless `force`); the run directory."""
+    state = dist_state()
+    for name in names:
+        if name == "evaluate" and cfg.evaluate.backtest.folds and cfg.evaluate.backtest.refit:
+            from pipeline.orchestrators import refit
+
+            refit.prepare_folds(cfg, force)
+        stage_function(name)(cfg, force=force)
+        if state.is_main_process:  # only once a stage has succeeded: a bad run keeps the last good config
+            save_config(cfg, cfg.run_dir / "config.yaml")
+    if tuple(names) == NAMES and state.is_main_process:
+        if cfg.registry.promote:
+            from pipeline.orchestrators import registry
+
+            registry.promote(cfg)
+        log.info("done: %s", cfg.run_dir)
+    return cfg.run_dir

@@ -1,0 +1,517 @@
+"""Stage 3, train: the Accelerate loop (DDP, mixed precision, exact resume, early stopping).
+
+World-size invariance: the global batch of every step is a pure function of (seed, epoch,
+position) (`pipeline.library.schedule`); each process takes its slice, and DDP averages the
+slices' gradients, so 1 and N processes follow the same trajectory up to float summation
+order. Precision: the training forward and backward run under autocast in the configured
+precision; validation, like everything that is scored or served, runs in float32 on the
+float32 master weights. Work happens in a hidden work directory that becomes `train/` only
+when training has finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+
+from pipeline.config import Config
+from pipeline.config.auto import resolve
+from pipeline.config.model_spec import model_spec
+from pipeline.library import checkpoint as ckpt
+from pipeline.library.artifacts import recover, swap_into_place, write_json_atomic
+from pipeline.library.blend import blend_best
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.calendar import Calendar
+from pipeline.library.calibration import calibrate_best
+from pipeline.library.errors import ConfigError, DataError
+from pipeline.library.losses import loss_function, training_loss
+from pipeline.library.model import build_model
+from pipeline.library.model_spec import ModelSpec
+from pipeline.library.records import IngestRecord, TrainRecord, TrainState, WindowRecord, is_cached
+from pipeline.library.runtime import configure_process
+from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
+from pipeline.library.store import read_covariates, read_values
+from pipeline.library.train_log import MetricsLog
+from pipeline.library.warm_start import warm_start_identity, warm_start_state
+from pipeline.library.windows import read_index
+from pipeline.stages.table import cache_key, stage_dir
+from pipeline.stages.tracking import Tracker, open_tracker
+
+log = logging.getLogger("pipeline")
+
+
+def run(cfg: Config, force: bool = False) -> Path:
+    out = stage_dir(cfg, "train")
+    window = WindowRecord.require(stage_dir(cfg, "window"), "train")
+    cfg = resolve(cfg)
+    key = train_key(cfg, window.fingerprint)
+    if not force and is_cached(out, key):
+        log.info("train: up to date (inputs unchanged), skipped; --force redoes it")
+        return out
+    train(cfg, key)
+    return out
+
+
+def train_key(cfg: Config, window_fingerprint: str) -> str:
+    """What the trained weights depend on: model and train settings, seed, windows, starting weights."""
+    return cache_key("train", cfg, window_fingerprint, warm_start_identity(cfg.train.init_from, cfg.registry_root))
+
+
+@dataclass
+class Session:
+    """One training run's parts, so the helpers beside `train()` take it instead of a dozen arguments."""
+
+    cfg: Config
+    key: str
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data: TrainingData
+    work: Path
+    tracker: Tracker
+    metrics: MetricsLog
+    setup: dict
+    loss: Callable
+
+
+def train(cfg: Config, key: str) -> None:
+    """Train to `max_steps` or early stop, resuming from the work directory's last checkpoint."""
+    accelerator = make_accelerator(cfg)
+    settings = configure_process(cfg.train.num_threads)
+    set_seed(cfg.seed, device_specific=True)  # dropout masks; a resume restores the saved RNG instead
+    data = load_training_data(cfg, accelerator.device)
+    cfg = fit_batch(cfg, len(data.pairs["train"]), accelerator.num_processes)
+    model = build_model(data.spec, seed=cfg.seed)
+    init_weights(cfg, model, data.spec)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    work = cfg.run_dir / ".train.work"
+    state = restore(cfg, accelerator, model, optimizer, work, {"key": key})
+    setup = describe_setup(cfg, accelerator, settings, data.info)
+    tracker = open_tracker(cfg, "train", accelerator.is_main_process, run_id=_run_id(work, accelerator))
+    tracker.describe(setup)
+    metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
+    loss = loss_function(cfg.train.loss, cfg.model.quantiles)
+    session = Session(cfg, key, accelerator, model, optimizer, data, work, tracker, metrics, setup, loss)
+    progress = _progress(cfg, state, accelerator)
+    reporter = StepReporter(session, progress, state.step)
+
+    try:
+        if state.step == 0:  # the untrained model is a candidate too (with a residual head: its seasonal base)
+            validate_and_keep_best(session, state)
+        while state.step < cfg.train.max_steps and not state.stopped_early:
+            loss_value, grad_norm = optimizer_step(session, state)
+            reporter.after_step(state, loss_value, grad_norm)
+            if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.max_steps:
+                validate_and_keep_best(session, state)
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                ckpt.save_checkpoint(
+                    work / "checkpoints", state, accelerator, model, optimizer, {"key": key}, cfg.train.keep_last
+                )
+        finish(session, state)
+    finally:
+        progress.close()
+        tracker.finish()
+
+
+# ---------------------------------------------------------------- set-up helpers
+
+
+@dataclass
+class TrainingData:
+    """The buffer, the train and validation windows on its device, the model's spec, facts for the log."""
+
+    buffer: WindowBuffer
+    pairs: dict[str, torch.Tensor]
+    spec: ModelSpec
+    info: dict
+
+
+def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
+    """`train.init_from`: start from the champion's or a saved model's weights (a resume still wins)."""
+    state = warm_start_state(cfg.train.init_from, cfg.registry_root, spec, model.state_dict())
+    if state is not None:
+        model.load_state_dict(state)
+        if spec.quantiles:  # training runs uncalibrated; `finish` calibrates the new best weights
+            model.calibration.zero_()
+        if spec.blend:  # training runs with all of the correction; `finish` sets the share
+            model.blend.fill_(1.0)
+
+
+def make_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a GPU (gradient scaling); use bf16 or no on CPU")
+    AcceleratorState._reset_state()  # allow several runs with different settings in one process
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps
+    )
+
+
+def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
+    ingest_dir = stage_dir(cfg, "ingest")
+    ingest = IngestRecord.require(ingest_dir, "train")
+    window = WindowRecord.require(stage_dir(cfg, "window"), "train")
+    index = read_index(stage_dir(cfg, "window"))
+    w = cfg.window
+    if (window.lookback, window.horizon) != (w.lookback, w.horizon):
+        raise ConfigError("window.lookback/horizon differ from the window stage output; run 'lstm-pipeline window'")
+    spec = model_spec(cfg, ingest)
+    buffer = WindowBuffer.from_ingest(
+        read_values(ingest_dir),
+        ingest.series,
+        w.lookback,
+        w.horizon,
+        device,
+        resident=cfg.train.device_resident,
+        transform=ingest.transform,
+        calendar=Calendar(spec.calendar, ingest.freq),
+        covariates=read_covariates(ingest_dir, spec.covariates),
+        spec=spec,
+    )
+    # window indices live beside the buffer, so sampling and gathering never cross devices
+    if len(index["val"]) == 0:
+        raise DataError("no validation window: increase data.val_size or decrease window.horizon")
+    index = {**index, "val": spread_subset(index["val"], cfg.train.val_windows)}
+    pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
+    if spec.quantiles:
+        log.info("train: quantile head %s, trained with the pinball loss", list(spec.quantiles))
+    info = {
+        "data_fingerprint": ingest.fingerprint,
+        "freq": ingest.freq,
+        "n_series": ingest.n_series,
+        "windows": window.counts,
+    }
+    return TrainingData(buffer, pairs, spec, info)
+
+
+def spread_subset(windows: np.ndarray, limit: int) -> np.ndarray:
+    """At most `limit` rows, evenly spaced (all of them for limit 0): the same rows for any world size."""
+    if not limit or len(windows) <= limit:
+        return windows
+    log.info("train: validating on %d of %d validation windows (train.val_windows)", limit, len(windows))
+    return windows[np.linspace(0, len(windows) - 1, limit).round().astype(np.int64)]
+
+
+AUTO_MIN_STEPS = 400
+"""`train.max_steps: auto` trains at least this many steps (early stopping may end sooner)."""
+
+
+def fit_batch(cfg: Config, n_train: int, world_size: int) -> Config:
+    """`cfg` with a global batch that fits the training windows, checked against the world size, and
+    `train.max_steps: auto` resolved.
+
+    Short series (a few hundred monthly points) have fewer windows than the default batch: the
+    batch becomes the largest power of two that fits, the same for any world size, so a config
+    written for long series still trains (with a warning) instead of failing. An `auto` budget
+    is 400 steps, or one pass over the training windows when that is more: large data gets
+    at least one look at every window, early stopping on validation ends it when it stops paying.
+    """
+    t = cfg.train
+    batch = t.batch_size
+    if n_train < batch:
+        batch = 1 << (n_train.bit_length() - 1) if n_train > 0 else 0
+        log.warning("train: %d training windows < train.batch_size %d: batch is %d", n_train, t.batch_size, batch)
+    share = world_size * t.gradient_accumulation_steps
+    if batch == 0 or batch % share:
+        fitted = f", fitted to {n_train} training windows" if batch != t.batch_size else ""
+        raise ConfigError(
+            f"train.batch_size ({batch}{fitted}) must be divisible by the number of processes ({world_size}) times "
+            f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps})"
+        )
+    steps = t.max_steps
+    if steps == "auto":
+        steps = max(AUTO_MIN_STEPS, math.ceil(n_train / batch))
+        log.info("train: max_steps auto = %d (%d training windows, batch %d)", steps, n_train, batch)
+    if (batch, steps) == (t.batch_size, t.max_steps):
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=batch, max_steps=steps))
+
+
+def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict) -> TrainState:
+    """The state to start from: a checkpoint per `train.resume`, or a fresh start."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        recover(work)
+    accelerator.wait_for_everyone()
+    path = resume_point(cfg.train.resume, work)  # read-only: every rank reaches the same answer
+    accelerator.wait_for_everyone()  # all have looked before the main process changes anything
+    if accelerator.is_main_process:
+        if path is None:
+            shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    if path is None:
+        return TrainState()
+    ckpt.check_identity(path, identity)
+    state = ckpt.load_checkpoint(path, accelerator, model, optimizer)
+    log.info("train: resumed from %s (step %d, epoch %d)", path, state.step, state.epoch)
+    return state
+
+
+def resume_point(resume: str, work: Path) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return ckpt.latest_valid(work / "checkpoints")
+    path = Path(resume)
+    if not (path / ckpt.STATE_FILE).is_file():
+        raise ConfigError(f"train.resume: {resume} is not a checkpoint directory (no {ckpt.STATE_FILE})")
+    return path
+
+
+def _run_id(work: Path, accelerator) -> str | None:
+    """The W&B run id of this training run, kept in the work dir so a resume continues it."""
+    if not accelerator.is_main_process:
+        return None
+    path = work / "wandb_run_id"
+    if not path.exists():
+        import secrets
+
+        path.write_text(secrets.token_hex(4))
+    return path.read_text().strip()
+
+
+def describe_setup(cfg: Config, accelerator, settings: dict, data_info: dict) -> dict:
+    """What ran where: logged, tracked, and kept in train/meta.json.
+
+    Gathering one record from every process proves they all took part (a 2-process run that
+    silently fell back to 1 process would show world size 1 here).
+    """
+    import accelerate
+
+    from pipeline import __version__
+
+    processes = gather_records(
+        accelerator, {"rank": accelerator.process_index, "world_size": accelerator.num_processes}
+    )
+    setup = {
+        "world_size": accelerator.num_processes,
+        "processes": processes,
+        "device": str(accelerator.device),
+        "precision": cfg.train.mixed_precision,
+        "threads_per_process": settings["threads"],
+        "versions": {"pipeline": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
+        "data": data_info,
+    }
+    log.info(
+        "train: world size %d, device %s, precision %s, %d threads per process, %s windows",
+        setup["world_size"],
+        setup["device"],
+        setup["precision"],
+        settings["threads"],
+        data_info["windows"],
+    )
+    return setup
+
+
+def gather_records(accelerator, record: dict) -> list[dict]:
+    if accelerator.num_processes == 1:
+        return [record]
+    from accelerate.utils import gather_object
+
+    return gather_object([record])
+
+
+def _progress(cfg: Config, state: TrainState, accelerator):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=cfg.train.max_steps,
+        initial=state.step,
+        desc="train",
+        disable=not accelerator.is_main_process,
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
+
+
+# ---------------------------------------------------------------- the step
+
+
+def optimizer_step(session: Session, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of the next global batch, one optimizer step, the state advanced."""
+    cfg, accelerator = session.cfg, session.accelerator
+    t = cfg.train
+    micro = local_batches(
+        session.data.pairs["train"],
+        t.batch_size,
+        t.gradient_accumulation_steps,
+        cfg.seed,
+        state,
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
+    set_lr(session.optimizer, lr_at(state.step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio))
+    loss, grad_norm, skipped = train_step(
+        accelerator, session.model, session.optimizer, session.data.buffer, micro, cfg, state.step, session.loss
+    )
+    state.skipped_steps += int(skipped)
+    advance(state, len(session.data.pairs["train"]) // t.batch_size)
+    return loss, grad_norm
+
+
+def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int, loss=None):
+    """One optimizer step over the micro-batches; returns (mean local loss, gradient norm, skipped).
+
+    A non-finite loss or gradient stops training with an error naming the step, or, with
+    `train.skip_nonfinite`, skips the whole optimizer step on every rank alike.
+    """
+    loss_fn = loss or loss_function(cfg.train.loss, cfg.model.quantiles)
+    total = torch.zeros((), device=buffer.values.device)
+    grad_norm = torch.zeros(())
+    skipped = False
+    for pairs in micro:
+        with accelerator.accumulate(model):
+            x, y = buffer.gather(pairs)
+            batch_loss = training_loss(loss_fn, model, x, y, cfg.model.ensemble)
+            if not finite_everywhere(accelerator, batch_loss):
+                skipped = _non_finite(cfg, "loss", batch_loss.item(), step)
+                batch_loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps DDP and accumulation in step
+            accelerator.backward(batch_loss)
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
+                # already global: gradients were all-reduced; under fp16 an overflow is the grad scaler's to skip
+                if not torch.isfinite(grad_norm) and accelerator.scaler is None:
+                    skipped = _non_finite(cfg, "gradient norm", float(grad_norm), step)
+                if not skipped:
+                    optimizer.step()
+                    skipped = bool(getattr(optimizer, "step_was_skipped", False))  # the scaler's skip
+            optimizer.zero_grad(set_to_none=True)
+        total += batch_loss.detach()
+    return total / len(micro), grad_norm, skipped
+
+
+def finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
+    flag = torch.isfinite(loss.detach()).float()
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, "sum") / accelerator.num_processes
+    return bool(flag == 1.0)
+
+
+def _non_finite(cfg: Config, what: str, value: float, step: int) -> bool:
+    if not cfg.train.skip_nonfinite:
+        raise DataError(
+            f"train: {what} became {value} at step {step + 1}; training stopped, the last good checkpoint is "
+            f"kept; lower train.lr, check the data, or set train.skip_nonfinite=true"
+        )
+    log.warning("train: %s became %s at step %d; step skipped (train.skip_nonfinite)", what, value, step + 1)
+    return True
+
+
+class StepReporter:
+    """Progress bar every step; loss, lr, gradient norm and windows/s every `log_every` steps."""
+
+    def __init__(self, session: Session, progress, step: int) -> None:
+        self.session, self.progress = session, progress
+        self.last_step, self.last_time = step, time.perf_counter()
+
+    def after_step(self, state: TrainState, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        s, t = self.session, self.session.cfg.train
+        self.progress.update(1)
+        if state.step % t.log_every and state.step != t.max_steps:
+            return
+        now = time.perf_counter()
+        rate = (state.step - self.last_step) * t.batch_size / max(now - self.last_time, 1e-9)
+        mean_loss = s.accelerator.reduce(loss.detach(), "mean").item()
+        lr = lr_at(state.step - 1, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
+        row = {"step": state.step, "epoch": state.epoch, "loss": mean_loss, "lr": lr}
+        row.update(grad_norm=float(grad_norm), windows_per_s=rate, skipped_steps=state.skipped_steps)
+        s.metrics.write(row)
+        s.tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
+        self.progress.set_postfix(loss=f"{mean_loss:.4f}")
+        self.last_step, self.last_time = state.step, time.perf_counter()
+
+
+# ---------------------------------------------------------------- validation and the end
+
+
+@torch.no_grad()
+def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.Tensor, batch_size: int, loss) -> float:
+    """The training loss over every validation window, each scored exactly once across ranks.
+
+    Always in float32, whatever `train.mixed_precision`: validation picks the weights that are
+    exported and served, and those run in float32 (evaluate, ONNX, predict).
+    """
+    module = accelerator.unwrap_model(model)
+    module.eval()
+    shard = val_pairs[accelerator.process_index :: accelerator.num_processes]
+    sums = torch.zeros(2, dtype=torch.float64, device=buffer.values.device)
+    for chunk in shard.split(batch_size):
+        x, y = buffer.gather(chunk)
+        sums[0] += loss(float32_forward(module, x), y, reduction="none").sum(dtype=torch.float64)
+        sums[1] += y.numel()
+    module.train()
+    sums = accelerator.reduce(sums, "sum")
+    return float(sums[0] / sums[1])
+
+
+def float32_forward(module, x: torch.Tensor) -> torch.Tensor:
+    """The module's own forward, without the autocast wrapper `Accelerator.prepare` sets on the instance."""
+    return type(module).forward(module, x).float()
+
+
+def validate_and_keep_best(session: Session, state: TrainState) -> None:
+    """Validate; keep the weights when they are the best so far; count towards early stopping."""
+    cfg, accelerator = session.cfg, session.accelerator
+    val = validation_loss(
+        accelerator, session.model, session.data.buffer, session.data.pairs["val"], cfg.train.eval_batch_size,
+        session.loss,
+    )  # fmt: skip
+    if not math.isfinite(val):
+        raise DataError(f"train: validation loss became {val} at step {state.step}; lower train.lr")
+    if val < state.best_val:
+        state.best_val, state.best_step, state.evals_since_best = val, state.step, 0
+        if accelerator.is_main_process:
+            best = session.work / "best"
+            best.mkdir(parents=True, exist_ok=True)
+            ckpt.save_weights(ckpt.unwrapped_state(accelerator, session.model), best / "model.safetensors")
+            write_json_atomic(best / "best.json", {"step": state.step, "val_loss": val})
+    else:
+        state.evals_since_best += 1
+        if cfg.train.patience and state.evals_since_best >= cfg.train.patience:
+            state.stopped_early = True
+            log.info(
+                "train: early stop at step %d (best val %.5f at step %d)", state.step, state.best_val, state.best_step
+            )
+    session.metrics.write({"step": state.step, "val_loss": val, "best_val_loss": state.best_val})
+    session.tracker.log({"val/loss": val, "val/best_loss": state.best_val}, step=state.step)
+    accelerator.wait_for_everyone()
+
+
+def finish(session: Session, state: TrainState) -> None:
+    """Write the final weights and record (setting a blend share and calibrating the best weights), then swap
+    the work directory into `train/`."""
+    cfg, accelerator, spec = session.cfg, session.accelerator, session.data.spec
+    if accelerator.is_main_process:
+        work, buffer, val = session.work, session.data.buffer, session.data.pairs["val"]
+        ckpt.save_weights(ckpt.unwrapped_state(accelerator, session.model), work / "model.safetensors")
+        best = work / "best" / "model.safetensors"
+        calibration = blend = None
+        if spec.blend:
+            blend = blend_best(best, spec, buffer, val, cfg.train.eval_batch_size, session.loss, cfg.model.blend)
+        if spec.quantiles and cfg.model.calibrate:
+            calibration = calibrate_best(best, spec, buffer, val, cfg.train.eval_batch_size)
+        record = TrainRecord(session.key, spec, state, session.setup, calibration, blend)
+        record.write(work)
+        swap_into_place(work, stage_dir(cfg, "train"))
+        log.info("train: done at step %d; best val loss %.5f at step %d", state.step, state.best_val, state.best_step)
+        summary = {"val/best_loss": state.best_val, "train/steps": state.step}
+        for name, c in (calibration or {}).items():
+            summary[f"val/coverage_{name}"] = c["val_coverage_before"]
+            summary[f"val/coverage_{name}_calibrated"] = c["val_coverage_after"]
+        session.tracker.summary(summary)
+    accelerator.wait_for_everyone()
