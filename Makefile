@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: setup
 	$(VENV)/bin/lstm-pipeline run --config configs/default.yaml
 
+# the suite's processes are single-threaded (tests pin train.num_threads=1): one worker per core
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(PY) -m ruff check .

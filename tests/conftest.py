@@ -25,6 +25,7 @@ SMALL = {
     "model": {"hidden_size": 16, "num_layers": 1},
     "train": {
         "loss": "mse",
+        "num_threads": 1,  # operational: the same weights with any count; two test workers share the two cores
         "batch_size": 64,
         "max_steps": 40,
         "lr": 0.01,

@@ -24,7 +24,7 @@ from pipeline.library.errors import DataError, UserError
 from pipeline.library.model_spec import ModelSpec
 
 
-@dataclass
+@dataclass(eq=False)
 class SeriesStats:
     """Per series, what a model needs to scale its inputs and outputs (train-part statistics)."""
 
@@ -37,6 +37,12 @@ class SeriesStats:
 
     def __len__(self) -> int:
         return len(self.loc)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SeriesStats):
+            return NotImplemented
+        pairs = [(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self)]
+        return all(a is b is None or (a is not None and b is not None and np.array_equal(a, b)) for a, b in pairs)
 
     def take(self, rows) -> SeriesStats:
         """The statistics of the series at positions `rows`, in that order."""
@@ -88,7 +94,7 @@ def _rows(values: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
     return None if values is None else values[rows]
 
 
-@dataclass
+@dataclass(eq=False)
 class SeriesTable:
     """The series of an ingest: ids, where each lies in the back-to-back buffer, splits, statistics.
 
@@ -105,6 +111,14 @@ class SeriesTable:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SeriesTable):
+            return NotImplemented
+        same = self.ids == other.ids and self.starts == other.starts and self.stats == other.stats
+        return same and all(
+            np.array_equal(getattr(self, k), getattr(other, k)) for k in ("lengths", "train_end", "val_end")
+        )
 
     @property
     def offsets(self) -> np.ndarray:
