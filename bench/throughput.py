@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pipeline.config import SyntheticConfig, load_config
 from pipeline.library.buffer import WindowBuffer
 from pipeline.library.model import ModelSpec, build_model
+from pipeline.library.records import SeriesStats, SeriesTable
 from pipeline.library.synthetic import generate_synthetic
 from pipeline.library.windows import build_window_index
 
@@ -103,7 +104,7 @@ def bare_step(args, spec: ModelSpec):
     return step
 
 
-def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, records: list[dict], pairs: np.ndarray):
+def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, series: SeriesTable, pairs: np.ndarray):
     from pipeline.library.records import TrainState
     from pipeline.library.schedule import advance, local_batches
     from pipeline.stages.train import make_accelerator, train_step
@@ -117,7 +118,7 @@ def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, records: list[dict], p
     ]
     cfg = load_config(None, overrides)
     accelerator = make_accelerator(cfg)
-    buffer = WindowBuffer.from_ingest(raw, records, args.lookback, args.horizon, accelerator.device)
+    buffer = WindowBuffer.from_ingest(raw, series, args.lookback, args.horizon, accelerator.device)
     train_pairs = torch.from_numpy(pairs).to(buffer.values.device)
     model = build_model(spec, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -126,7 +127,7 @@ def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, records: list[dict], p
     per_epoch = len(pairs) // args.batch_size
 
     def step() -> None:
-        micro = local_batches(train_pairs, cfg, state, 0, 1)
+        micro = local_batches(train_pairs, cfg.train.batch_size, 1, cfg.seed, state, 0, 1)
         train_step(accelerator, model, opt, buffer, micro, cfg, state.step)
         advance(state, per_epoch)
 
@@ -194,13 +195,16 @@ def main() -> None:
     series = [g["value"].to_numpy(np.float32) for _, g in data.groupby("series", observed=True)]
     raw = np.concatenate(series)
     lengths = np.array([len(s) for s in series])
-    records = [{"length": int(n), "mean": float(s.mean()), "scale": float(s.std())} for n, s in zip(lengths, series)]
+    stats = SeriesStats(np.array([s.mean() for s in series], dtype=np.float64), np.array([s.std() for s in series],
+                        dtype=np.float64), np.arange(len(series)))  # fmt: skip
+    table = SeriesTable([str(i) for i in range(len(series))], ["2024-01-01T00:00:00"] * len(series), lengths,
+                        lengths - 2 * args.horizon, lengths - args.horizon, stats)  # fmt: skip
     index = build_window_index(lengths, lengths - 2 * args.horizon, lengths - args.horizon, args.lookback, args.horizon)
     pairs = index["train"]
 
     steps = {
         "bare": bare_step(args, spec),
-        "pipeline": pipeline_step(args, spec, raw, records, pairs),
+        "pipeline": pipeline_step(args, spec, raw, table, pairs),
         "dataloader": dataloader_step(args, spec, series, pairs),
     }
     rates = interleaved_rates(steps, args)
