@@ -26,6 +26,7 @@ SMALL = {
     "train": {
         "loss": "mse",
         "num_threads": 1,  # operational: the same weights with any count; two test workers share the two cores
+        "mixed_precision": "no",  # float32 everywhere, whatever the CPU (test_precision covers bf16 and auto)
         "batch_size": 64,
         "max_steps": 40,
         "lr": 0.01,

@@ -56,7 +56,7 @@ def test_defaults_load():
     assert cfg.model.instance_norm is True
     assert cfg.train.batch_size == 256
     assert cfg.train.lr == 3e-3
-    assert cfg.train.mixed_precision == "no"
+    assert cfg.train.mixed_precision == "auto"  # bf16 where native (issue 17)
     assert cfg.tracking.backend == "wandb"
 
 
@@ -88,7 +88,7 @@ def test_default_yaml_values():
     assert (w.val_stride or w.stride, w.test_stride or w.horizon) == (1, 48)
     assert (cfg.evaluate.season_length, cfg.model.residual_season, cfg.model.season_average) == ("auto",) * 3
     assert cfg.train.lr == 0.003 and isinstance(cfg.train.lr, float)
-    assert cfg.train.mixed_precision == "no"
+    assert cfg.train.mixed_precision == "auto"  # bf16 where native (issue 17)
 
 
 def test_a_yaml_naming_only_the_data_gets_the_recipe_of_make_demo(tmp_path):
@@ -208,7 +208,7 @@ def test_unquoted_no_is_the_choice_no(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("# test\ntrain:\n  mixed_precision: no\n")
     assert load_config(path).train.mixed_precision == "no"
-    assert "must be one of no|fp16|bf16, got True" in _error("train.mixed_precision=yes")
+    assert "must be one of auto|no|fp16|bf16, got True" in _error("train.mixed_precision=yes")
 
 
 def test_int_given_for_float_becomes_float():
@@ -274,7 +274,7 @@ def test_section_given_a_scalar():
         ("train.lr=fast", "train.lr must be a number"),
         ("export.onnx=maybe", "export.onnx must be true or false"),
         ("data.missing=sometimes", "data.missing must be one of error|interpolate|ffill|drop"),
-        ("train.mixed_precision=fp8", "train.mixed_precision must be one of no|fp16|bf16"),
+        ("train.mixed_precision=fp8", "train.mixed_precision must be one of auto|no|fp16|bf16"),
         ("tracking.tags=a", "tracking.tags must be a list"),
         ("data.source=[1]", "data.source must be a string"),
     ],

@@ -91,3 +91,44 @@ def test_bf16_training_killed_and_resumed_ends_bit_for_bit(tmp_path):
     stderr = finish(config, 1)
     assert "resumed from" in stderr and "precision bf16" in stderr
     assert_bitwise_equal(tmp_path / "killed/run", tmp_path / "reference/run")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"avx512f", "avx512_bf16"}, "bf16"),
+        ({"amx_bf16", "amx_tile"}, "bf16"),
+        ({"avx512f", "avx2"}, "no"),  # AVX-512 without BF16: bf16 would be emulated, slower than float32
+        (set(), "no"),
+    ],
+)
+def test_auto_is_bf16_on_cpus_that_compute_it_natively(monkeypatch, flags, expected):
+    from pipeline.library import runtime
+
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    precision, why = runtime.resolve_precision("auto", torch.device("cpu"))
+    assert precision == expected and why.startswith("auto: CPU")
+    for setting in ("no", "bf16", "fp16"):  # a set value is taken as it is
+        assert runtime.resolve_precision(setting, torch.device("cpu")) == (setting, "set in the config")
+
+
+def test_auto_on_a_gpu_asks_cuda_for_native_bf16(monkeypatch):
+    from pipeline.library import runtime
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n)
+        assert runtime.resolve_precision("auto", torch.device("cuda"))[0] == expected
+
+
+def test_auto_precision_is_resolved_logged_and_recorded_by_a_real_train(tmp_path):
+    from pipeline.library.runtime import native_bf16
+
+    config = prepared(tmp_path, "auto")
+    result = cli("train", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    native, found = native_bf16(torch.device("cpu"))
+    expected = "bf16" if native else "no"
+    setup = json.loads((tmp_path / "run/train/meta.json").read_text())["setup"]
+    assert (setup["precision"], setup["precision_setting"]) == (expected, "auto")
+    assert f"train: precision {expected} (auto: {found})" in result.stderr

@@ -247,8 +247,10 @@ class TrainConfig:
     """Clip the global gradient norm at this value (0 disables)."""
     skip_nonfinite: bool = False
     """On a NaN/inf loss or gradient: skip that step and count it, instead of stopping with an error."""
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Autocast precision; `fp16` needs a GPU (it uses gradient scaling)."""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """Autocast precision of the training forward and backward: `auto` is bf16 on GPUs and CPUs that compute it
+    natively (AVX-512 BF16 or AMX) and no elsewhere; `fp16` needs a GPU (it uses gradient scaling). Validation,
+    evaluation, export and predict run in float32 on the float32 master weights."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step; `batch_size` stays the global effective batch."""
     eval_every: int = 50
@@ -263,8 +265,9 @@ class TrainConfig:
     """`auto`: continue from the latest checkpoint if any; `never`: start over; or a checkpoint path."""
     log_every: int = _operational(10)
     """Write train/metrics.jsonl and tracker scalars every N steps."""
-    num_threads: int = _operational(0)
-    """CPU threads per process (0 = the available cores divided by the local processes)."""
+    num_threads: int | Literal["auto"] = _operational("auto")
+    """CPU threads per process; `auto` (or 0): timed on the model at the start, between one and the available cores
+    divided by the local processes, and re-chosen when the step time jumps (another process took a core)."""
     eval_batch_size: int = _operational(1024)
     """Windows per forward pass in validation (larger batches raise peak memory more than speed)."""
     val_windows: int = 8192
@@ -272,6 +275,9 @@ class TrainConfig:
     validation pass, the one at step 0 included, to seconds on large data."""
     init_from: str = "none"
     """Warm start: `none`, `champion` (the registry's current model) or a model dir or .safetensors file."""
+    deterministic: bool = _operational(False)
+    """Deterministic GPU kernels (cuDNN, cuBLAS with CUBLAS_WORKSPACE_CONFIG): bit-identical reruns and resumes on a
+    GPU, at some speed; CPU kernels are deterministic anyway."""
     device_resident: Literal["auto", "true", "false"] = "auto"
     """Keep the whole training buffer on the accelerator (`auto`: when it takes under half its free memory)."""
 
@@ -282,7 +288,7 @@ class TrainConfig:
             _positive("train.max_steps", self.max_steps)
         _positive("train.lr", self.lr)
         _positive("train.eval_batch_size", self.eval_batch_size)
-        for key in ("warmup_steps", "patience", "checkpoint_every", "num_threads", "val_windows"):
+        for key in ("warmup_steps", "patience", "checkpoint_every", "val_windows"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
         if not (self.weight_decay >= 0 and self.grad_clip >= 0):
@@ -294,6 +300,8 @@ class TrainConfig:
                 f"train.batch_size ({self.batch_size}) must be divisible by "
                 f"train.gradient_accumulation_steps ({self.gradient_accumulation_steps})"
             )
+        if self.num_threads != "auto" and self.num_threads < 0:
+            raise ConfigError(f"train.num_threads must be auto or >= 0, got {self.num_threads}")
         if not self.resume.strip():
             raise ConfigError("train.resume must be auto, never or a checkpoint path")
         if not self.init_from.strip():

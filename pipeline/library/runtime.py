@@ -45,14 +45,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def choose_threads(requested: int = 0) -> int:
-    """Cores divided among the processes of this node, unless the config says otherwise."""
-    if requested > 0:
+def choose_threads(requested: int | str = "auto") -> int:
+    """Cores divided among the processes of this node, unless the config says otherwise.
+
+    With `auto` (or 0) this is where training starts; `pipeline.library.threads` may move it.
+    """
+    if isinstance(requested, int) and requested > 0:
         return requested
     return max(1, available_cores() // max(1, local_world_size()))
 
 
-def configure_process(num_threads: int = 0) -> dict[str, object]:
+def configure_process(num_threads: int | str = "auto") -> dict[str, object]:
     """Apply the process-wide settings once; returns what was chosen, for the log."""
     import torch
 
@@ -113,3 +116,52 @@ def main_process_only(work) -> None:
     if state.is_main_process:
         work()
     state.wait_for_everyone()
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags of this CPU (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device) -> tuple[bool, str]:
+    """Whether `device` computes bf16 natively (not emulated), and what was found, for the log."""
+    import torch
+
+    if device.type == "cuda":
+        try:
+            ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # a torch without the argument
+            ok = torch.cuda.is_bf16_supported()
+        return ok, f"{torch.cuda.get_device_name(device)} {'computes' if ok else 'does not compute'} bf16"
+    if device.type == "cpu":
+        found = sorted({"amx_bf16", "avx512_bf16"} & cpu_flags())
+        return bool(found), f"CPU with {' and '.join(found)}" if found else "CPU without AVX-512 BF16 or AMX"
+    return False, f"{device.type} device"
+
+
+def resolve_precision(setting: str, device) -> tuple[str, str]:
+    """`train.mixed_precision` as Accelerate takes it (no|fp16|bf16), and why: `auto` is bf16 where native."""
+    if setting != "auto":
+        return setting, "set in the config"
+    native, found = native_bf16(device)
+    return ("bf16" if native else "no"), f"auto: {found}"
+
+
+def make_deterministic() -> None:
+    """Deterministic GPU kernels from here on (cuDNN without autotuning, cuBLAS with a fixed workspace).
+
+    Must run before the first CUDA call: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts.
+    """
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False

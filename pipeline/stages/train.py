@@ -38,9 +38,10 @@ from pipeline.library.losses import loss_function, training_loss
 from pipeline.library.model import build_model
 from pipeline.library.model_spec import ModelSpec
 from pipeline.library.records import IngestRecord, TrainRecord, TrainState, WindowRecord, is_cached
-from pipeline.library.runtime import configure_process
+from pipeline.library.runtime import choose_threads, configure_process, make_deterministic, resolve_precision
 from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.store import read_covariates, read_values
+from pipeline.library.threads import ThreadTuner
 from pipeline.library.train_log import MetricsLog
 from pipeline.library.warm_start import warm_start_identity, warm_start_state
 from pipeline.library.windows import read_index
@@ -82,12 +83,15 @@ class Session:
     metrics: MetricsLog
     setup: dict
     loss: Callable
+    threads: ThreadTuner | None = None  # train.num_threads: auto on a CPU
 
 
 def train(cfg: Config, key: str) -> None:
     """Train to `max_steps` or early stop, resuming from the work directory's last checkpoint."""
+    if cfg.train.deterministic:
+        make_deterministic()
     accelerator = make_accelerator(cfg)
-    settings = configure_process(cfg.train.num_threads)
+    configure_process(cfg.train.num_threads)
     set_seed(cfg.seed, device_specific=True)  # dropout masks; a resume restores the saved RNG instead
     data = load_training_data(cfg, accelerator.device)
     cfg = fit_batch(cfg, len(data.pairs["train"]), accelerator.num_processes)
@@ -98,12 +102,13 @@ def train(cfg: Config, key: str) -> None:
 
     work = cfg.run_dir / ".train.work"
     state = restore(cfg, accelerator, model, optimizer, work, {"key": key})
-    setup = describe_setup(cfg, accelerator, settings, data.info)
+    threads = thread_tuner(cfg, accelerator, model, data, state.step)
+    setup = describe_setup(cfg, accelerator, torch.get_num_threads(), data.info)
     tracker = open_tracker(cfg, "train", accelerator.is_main_process, run_id=_run_id(work, accelerator))
     tracker.describe(setup)
     metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
     loss = loss_function(cfg.train.loss, cfg.model.quantiles)
-    session = Session(cfg, key, accelerator, model, optimizer, data, work, tracker, metrics, setup, loss)
+    session = Session(cfg, key, accelerator, model, optimizer, data, work, tracker, metrics, setup, loss, threads)
     progress = _progress(cfg, state, accelerator)
     reporter = StepReporter(session, progress, state.step)
 
@@ -150,15 +155,48 @@ def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
 
 
 def make_accelerator(cfg: Config):
+    """Accelerate's Accelerator for this run: its device, DDP, and the precision (`auto` resolved and logged)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import parse_flag_from_env
 
-    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ConfigError("train.mixed_precision: fp16 needs a GPU (gradient scaling); use bf16 or no on CPU")
+    on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
+    if cfg.train.mixed_precision == "fp16" and not on_gpu:
+        raise ConfigError("train.mixed_precision: fp16 needs a GPU (gradient scaling); use bf16, auto or no on CPU")
+    device = torch.device("cuda" if on_gpu else "cpu")
+    precision, why = resolve_precision(cfg.train.mixed_precision, device)
     AcceleratorState._reset_state()  # allow several runs with different settings in one process
-    return Accelerator(
-        mixed_precision=cfg.train.mixed_precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps
+    accelerator = Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps
     )
+    if cfg.train.mixed_precision == "auto":
+        log.info("train: precision %s (%s)", precision, why)
+    return accelerator
+
+
+def thread_tuner(cfg: Config, accelerator, model, data: TrainingData, step: int) -> ThreadTuner | None:
+    """`train.num_threads: auto` on a CPU: a tuner between one thread and the cores this process may use.
+
+    The probe is a forward pass of the real model on a real training batch, in the training
+    precision, without gradients and in eval mode (no state or random number changes).
+    """
+    if cfg.train.num_threads not in ("auto", 0) or accelerator.device.type != "cpu":
+        return None
+    module = accelerator.unwrap_model(model)
+    share = accelerator.num_processes * cfg.train.gradient_accumulation_steps
+    x, _ = data.buffer.gather(data.pairs["train"][: max(1, cfg.train.batch_size // share)])
+
+    @torch.no_grad()
+    def probe() -> None:
+        module.eval()
+        with accelerator.autocast():
+            type(module).forward(module, x)
+        module.train()
+
+    tuner = ThreadTuner([1, choose_threads("auto")], probe)
+    if tuner.active:
+        tuner.choose(step, "start")
+    return tuner
 
 
 def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
@@ -285,7 +323,7 @@ def _run_id(work: Path, accelerator) -> str | None:
     return path.read_text().strip()
 
 
-def describe_setup(cfg: Config, accelerator, settings: dict, data_info: dict) -> dict:
+def describe_setup(cfg: Config, accelerator, threads: int, data_info: dict) -> dict:
     """What ran where: logged, tracked, and kept in train/meta.json.
 
     Gathering one record from every process proves they all took part (a 2-process run that
@@ -302,8 +340,10 @@ def describe_setup(cfg: Config, accelerator, settings: dict, data_info: dict) ->
         "world_size": accelerator.num_processes,
         "processes": processes,
         "device": str(accelerator.device),
-        "precision": cfg.train.mixed_precision,
-        "threads_per_process": settings["threads"],
+        "precision": accelerator.mixed_precision,
+        "precision_setting": cfg.train.mixed_precision,
+        "threads_per_process": threads,
+        "threads_setting": cfg.train.num_threads,
         "versions": {"pipeline": __version__, "torch": torch.__version__, "accelerate": accelerate.__version__},
         "data": data_info,
     }
@@ -312,7 +352,7 @@ def describe_setup(cfg: Config, accelerator, settings: dict, data_info: dict) ->
         setup["world_size"],
         setup["device"],
         setup["precision"],
-        settings["threads"],
+        threads,
         data_info["windows"],
     )
     return setup
@@ -356,11 +396,14 @@ def optimizer_step(session: Session, state: TrainState) -> tuple[torch.Tensor, t
         accelerator.num_processes,
     )
     set_lr(session.optimizer, lr_at(state.step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio))
+    start = time.perf_counter()
     loss, grad_norm, skipped = train_step(
         accelerator, session.model, session.optimizer, session.data.buffer, micro, cfg, state.step, session.loss
     )
     state.skipped_steps += int(skipped)
     advance(state, len(session.data.pairs["train"]) // t.batch_size)
+    if session.threads is not None:
+        session.threads.after_step(state.step, time.perf_counter() - start)
     return loss, grad_norm
 
 
@@ -505,6 +548,8 @@ def finish(session: Session, state: TrainState) -> None:
             blend = blend_best(best, spec, buffer, val, cfg.train.eval_batch_size, session.loss, cfg.model.blend)
         if spec.quantiles and cfg.model.calibrate:
             calibration = calibrate_best(best, spec, buffer, val, cfg.train.eval_batch_size)
+        if session.threads is not None and session.threads.active:
+            session.setup["thread_choices"] = session.threads.choices
         record = TrainRecord(session.key, spec, state, session.setup, calibration, blend)
         record.write(work)
         swap_into_place(work, stage_dir(cfg, "train"))
