@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU-only machines get the CPU build of torch; with nvidia-smi present, pip follows pyproject's range.
 CONSTRAINT := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test lint format clean gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -31,6 +31,18 @@ lint: setup
 format: setup
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
+
+# A GPU machine has no package index: the packages its image lacks travel as wheels in .whl/ (git-ignored),
+# for its Python 3.12 on x86-64 (the versions this venv runs). bench/gpu_check.sh installs them there.
+GPU_WHEELS := datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+gpu-wheels: setup
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		--platform any -d .whl $(GPU_WHEELS)
+
+# The GPU check's steps, reduced, on this machine's CPU (what a test runs too).
+gpu-check: setup
+	$(PY) bench/gpu_check.py --device cpu --quick --out runs/gpu_check
 
 clean:
 	rm -rf runs .pytest_cache

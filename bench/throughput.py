@@ -1,11 +1,13 @@
 """Training throughput: our full step vs. the bare model step vs. a per-sample DataLoader.
 
     python bench/throughput.py                      # the CPU reference shape of bench/README.md
+    python bench/throughput.py --pipeline-precisions no,auto   # the pipeline step in float32 and auto
     python bench/throughput.py --device cuda --batch-size 1024 --precision bf16
 
 Measured in one process, one after the other, on the same model shape:
   (a) `pipeline`: the step `lstm-pipeline train` runs (batch order, vectorised gather from the
-      buffer, forward, backward, clipping, AdamW) through Accelerate;
+      buffer, forward, backward, clipping, AdamW) through Accelerate, in `--precision`, or once per
+      precision of `--pipeline-precisions` (`pipeline[auto]` is what the default recipe runs);
   (b) `bare`: the model's own forward + backward + optimizer step on a batch already in place;
   (c) `dataloader`: the tutorial's per-sample Dataset + DataLoader feeding the same model.
 (b) is also measured in a child process with the allocator left at glibc's defaults
@@ -45,7 +47,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="of every contender")
+    p.add_argument(
+        "--pipeline-precisions",
+        help="comma-separated train.mixed_precision values (auto|no|bf16|fp16): a pipeline contender for each",
+    )
     p.add_argument("--steps", type=int, default=40, help="timed steps per contender")
     p.add_argument("--round-steps", type=int, default=5, help="steps per contender per alternating round")
     p.add_argument("--warmup", type=int, default=5)
@@ -104,14 +110,14 @@ def bare_step(args, spec: ModelSpec):
     return step
 
 
-def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, series: SeriesTable, pairs: np.ndarray):
+def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, series: SeriesTable, pairs: np.ndarray, precision: str):
     from pipeline.library.records import TrainState
     from pipeline.library.schedule import advance, local_batches
     from pipeline.stages.train import make_accelerator, train_step
 
     overrides = [
         f"train.batch_size={args.batch_size}",
-        f"train.mixed_precision={args.precision}",
+        f"train.mixed_precision={precision}",
         f"window.lookback={args.lookback}",
         f"window.horizon={args.horizon}",
         "train.loss=mse",
@@ -202,24 +208,27 @@ def main() -> None:
     index = build_window_index(lengths, lengths - 2 * args.horizon, lengths - args.horizon, args.lookback, args.horizon)
     pairs = index["train"]
 
-    steps = {
-        "bare": bare_step(args, spec),
-        "pipeline": pipeline_step(args, spec, raw, table, pairs),
-        "dataloader": dataloader_step(args, spec, series, pairs),
-    }
+    steps = {"bare": bare_step(args, spec)}
+    precisions = args.pipeline_precisions.split(",") if args.pipeline_precisions else [args.precision]
+    for precision in precisions:
+        name = "pipeline" if not args.pipeline_precisions else f"pipeline[{precision}]"
+        steps[name] = pipeline_step(args, spec, raw, table, pairs, precision)
+    steps["dataloader"] = dataloader_step(args, spec, series, pairs)
     rates = interleaved_rates(steps, args)
+    ours = rates[next(k for k in rates if k.startswith("pipeline"))]  # the ratios compare the first pipeline
     if not args.skip_default and args.device == "cpu":
         rates["bare_default"] = bare_default_rate(args)
     result = {
         "shape": {k: v for k, v in vars(args).items() if k not in ("only", "skip_default")},
         "threads": settings["threads"],
         "windows_per_s": {k: round(v, 1) for k, v in rates.items()},
-        "a_over_b": round(rates["pipeline"] / rates["bare"], 3),
-        "a_over_c": round(rates["pipeline"] / rates["dataloader"], 2),
+        "over_bare": {k: round(v / rates["bare"], 3) for k, v in rates.items() if k.startswith("pipeline[")},
+        "a_over_b": round(ours / rates["bare"], 3),
+        "a_over_c": round(ours / rates["dataloader"], 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     if "bare_default" in rates:
-        result["a_over_bare_default"] = round(rates["pipeline"] / rates["bare_default"], 2)
+        result["a_over_bare_default"] = round(ours / rates["bare_default"], 2)
     for name, rate in rates.items():
         print(f"{name:>13}: {rate:9.1f} windows/s")
     print(

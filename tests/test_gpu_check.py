@@ -1,0 +1,39 @@
+"""bench/gpu_check.py runs here too (on the CPU, reduced), so its first run on a GPU machine is not its first run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
+    out = tmp_path / "gpu_check"
+    command = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--quick", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((out / "gpu_check.json").read_text())
+    steps = result["steps"]
+    assert result["device"] == "cpu" and (out / "gpu_check.log").stat().st_size > 0
+    assert set(steps["summary"]) == {
+        "gpu_tests",
+        "demo_fp32",
+        "throughput_bf16",
+        "throughput_fp32",
+        "resume",
+        "versions",
+    }
+    assert all(status == "ok" for status in steps["summary"].values()), steps["summary"]
+    assert steps["gpu_tests"]["counts"]["skipped"] >= 7 and not steps["gpu_tests"]["failures"]  # collected, skipped
+    assert steps["demo_fp32"]["precision"] == "no" and steps["demo_fp32"]["test_mase"] > 0
+    for name in ("throughput_bf16", "throughput_fp32"):
+        assert set(steps[name]["windows_per_s"]) == {"bare", "pipeline", "dataloader"}
+        assert steps[name]["pipeline_over_bare"] > 0.5
+    assert steps["resume"]["resumed"] and steps["resume"]["weights"]["model.safetensors"]["bit_identical"]
+    assert steps["versions"]["torch"] and steps["versions"]["python"]
