@@ -48,6 +48,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"], help="of every contender")
+    p.add_argument("--bare-precisions", help="comma-separated no|bf16|fp16: a bare contender for each")
     p.add_argument(
         "--pipeline-precisions",
         help="comma-separated train.mixed_precision values (auto|no|bf16|fp16): a pipeline contender for each",
@@ -86,14 +87,15 @@ def interleaved_rates(steps: dict, args) -> dict[str, float]:
     return {name: args.batch_size / float(np.median(t)) for name, t in times.items()}
 
 
-def bare_step(args, spec: ModelSpec):
+def bare_step(args, spec: ModelSpec, precision: str | None = None):
     device = torch.device(args.device)
     model = build_model(spec, seed=0).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(args.batch_size, args.lookback, 1, device=device)
     y = torch.randn(args.batch_size, args.horizon, device=device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
-    scaler = torch.amp.GradScaler(device.type) if args.precision == "fp16" else None
+    precision = precision or args.precision
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -209,6 +211,9 @@ def main() -> None:
     pairs = index["train"]
 
     steps = {"bare": bare_step(args, spec)}
+    for precision in args.bare_precisions.split(",") if args.bare_precisions else []:
+        if precision != args.precision:
+            steps[f"bare[{precision}]"] = bare_step(args, spec, precision)
     precisions = args.pipeline_precisions.split(",") if args.pipeline_precisions else [args.precision]
     for precision in precisions:
         name = "pipeline" if not args.pipeline_precisions else f"pipeline[{precision}]"

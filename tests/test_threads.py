@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import time
 
 import pytest
 import torch
@@ -23,46 +23,69 @@ def restore_threads():
 
 
 class Machine:
-    """A stand-in workload: 2 threads take 0.9 ms on a quiet machine and 10 ms with a competitor; 1 thread 1 ms."""
+    """A stand-in training step: 2 threads take 0.09 s on a quiet machine, 1.0 s with a competitor; 1 thread 0.1 s."""
 
     def __init__(self) -> None:
         self.competitor = False
 
-    def seconds(self) -> float:
+    def step_seconds(self) -> float:
         if torch.get_num_threads() == 1:
-            return 0.001
-        return 0.010 if self.competitor else 0.0009
+            return 0.1
+        return 1.0 if self.competitor else 0.09
 
-    def probe(self) -> None:
-        time.sleep(self.seconds())
+
+def _run(tuner: ThreadTuner, machine: Machine, steps: range) -> None:
+    for step in steps:
+        tuner.after_step(step, machine.step_seconds())
 
 
 def test_the_tuner_keeps_the_faster_count_and_follows_a_competitor(restore_threads):
     machine = Machine()
-    tuner = ThreadTuner([1, 2], machine.probe, recheck_every=30, window=5)
-    assert tuner.choose(0, "start") == 2 and torch.get_num_threads() == 2
-    for step in range(1, 11):  # quiet: the step time stays, nothing changes
-        tuner.after_step(step, machine.seconds() * 100)
+    tuner = ThreadTuner([1, 2], trials=3, window=5, recheck_every=30)
+    tuner.start(0)
+    assert torch.get_num_threads() == 1 and tuner.comparing  # times one thread, then the cores
+    _run(tuner, machine, range(1, 7))
+    assert not tuner.comparing and torch.get_num_threads() == 2
+    assert tuner.choices[0]["step_ms"] == {"1": 100.0, "2": 90.0} and tuner.choices[0]["reason"] == "start"
+    _run(tuner, machine, range(7, 20))  # quiet: nothing changes
     assert torch.get_num_threads() == 2 and len(tuner.choices) == 1
     machine.competitor = True  # another process takes a core: the step time jumps, the tuner moves to one thread
-    for step in range(11, 21):
-        tuner.after_step(step, machine.seconds() * 100)
+    _run(tuner, machine, range(20, 40))
     assert torch.get_num_threads() == 1
-    assert "step time rose" in tuner.choices[-1]["reason"] and tuner.choices[-1]["step"] <= 16
+    jumped = tuner.choices[-1]
+    assert "step time rose" in jumped["reason"] and jumped["step"] < 30 and jumped["threads"] == 1
     machine.competitor = False  # gone again: the periodic recheck goes back up
-    for step in range(21, 70):
-        tuner.after_step(step, machine.seconds() * 100)
+    _run(tuner, machine, range(40, 90))
     assert torch.get_num_threads() == 2 and "recheck" in tuner.choices[-1]["reason"]
-    assert all(set(c["probe_ms"]) == {"1", "2"} for c in tuner.choices)
+
+
+def test_a_clearly_slower_candidate_is_not_timed_to_the_end(restore_threads):
+    machine = Machine()
+    machine.competitor = True
+    tuner = ThreadTuner([1, 2], trials=3)
+    tuner.start(0)  # 1 thread first (0.1 s a step), then 2 threads (1.0 s): cut after one step
+    _run(tuner, machine, range(1, 5))
+    assert torch.get_num_threads() == 1 and tuner.choices[0]["threads"] == 1
+
+
+def test_a_confirmed_choice_is_rechecked_less_often(restore_threads):
+    machine = Machine()
+    tuner = ThreadTuner([1, 2], trials=2, window=3, recheck_every=10, longest_recheck=40)
+    tuner.start(0)
+    _run(tuner, machine, range(1, 200))
+    steps = [c["step"] for c in tuner.choices]
+    gaps = [b - a for a, b in itertools.pairwise(steps)]
+    assert gaps == sorted(gaps) and gaps[0] < gaps[-1] and max(gaps) <= 40 + 2 * 2
+    assert all(c["threads"] == 2 for c in tuner.choices)
 
 
 def test_one_candidate_means_no_timing(restore_threads):
-    calls = []
-    tuner = ThreadTuner([1, 1], lambda: calls.append(1))
-    assert not tuner.active
+    tuner = ThreadTuner([1, 1])
+    tuner.start(0)
+    assert not tuner.active and not tuner.comparing
     for step in range(50):
         tuner.after_step(step, 1.0 + step)
-    assert calls == [] and tuner.choices == []
+    assert tuner.choices == []
 
 
 def _train_steps(threads: int, precision: torch.dtype | None) -> dict[str, torch.Tensor]:
@@ -99,8 +122,8 @@ def test_auto_threads_are_timed_and_recorded_by_a_real_train(tmp_path):
     assert setup["threads_setting"] == "auto"
     if available_cores() >= 2:
         first = setup["thread_choices"][0]
-        assert first["step"] == 0 and first["reason"] == "start" and set(first["probe_ms"]) == {"1", "2"}
-        assert setup["threads_per_process"] == first["threads"]
-        assert f"train: {first['threads']} threads (start; probe 1:" in result.stderr
+        assert first["reason"] == "start" and first["step"] <= 6 and set(first["step_ms"]) == {"1", "2"}
+        assert setup["threads_per_process"] == 1  # the comparison starts with one thread
+        assert f"train: {first['threads']} threads (start; step time 1:" in result.stderr
     else:
         assert setup["threads_per_process"] == 1 and "thread_choices" not in setup

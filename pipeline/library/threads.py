@@ -1,26 +1,26 @@
 """`train.num_threads: auto`: the CPU thread count that trains fastest now, re-chosen when the machine changes.
 
-Measured on the 2-core development machines (DESIGN.md): two threads beat one by about 10% on
-a quiet machine, and are many times slower as soon as another process competes for a core,
-because every parallel region of the LSTM waits for the thread the scheduler took away. No
-fixed choice is right for both, so the candidates (one thread, and the cores this process may
-use) are timed on the real model and a real batch at the start, and again when the step time
-jumps (the median of the last steps more than twice the one measured after the last choice) or
-every `recheck_every` steps (to go back up once the competitor has gone).
+Measured on the 2-core development machines (DESIGN.md, bench/README.md): which count is faster
+depends on the machine and on what else runs on it. Two threads can double the step on a quiet
+machine and halve it, or worse, as soon as another process competes for a core, because every
+parallel region of the LSTM waits for the thread the scheduler took away. So the choice is made
+from the training steps themselves: a few steps are timed at each candidate (one thread, and the
+cores this process may use), the fastest is kept, and the comparison is made again when the step
+time jumps (the median of the last steps more than twice the one after the last choice) or when a
+recheck is due (to go back up once a competitor has gone; the interval doubles each time a
+recheck confirms the choice).
 
-The timing runs forward passes without gradients in eval mode: no optimizer state and no random
-number is touched, so the training trajectory does not depend on when or what was chosen. The
-thread count itself changes no bits of the CPU kernels used here (tests/test_threads.py checks
-it on the machine it runs on); set `train.num_threads` to a number where it would.
+Timing real steps costs nothing beyond the slower candidate's few steps, and changes nothing
+that is computed: the thread count changes no bits of the CPU kernels used here (tests/test_threads.py
+checks it on the machine it runs on), so a run stays bit-for-bit resumable whatever was chosen
+when. Set `train.num_threads` to a number where that would not hold.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
-import time
 from collections import deque
-from collections.abc import Callable
 
 import torch
 
@@ -28,47 +28,51 @@ log = logging.getLogger("pipeline")
 
 
 class ThreadTuner:
-    """Keeps `torch.set_num_threads` at the fastest of `candidates`; `probe()` runs one timed unit of work."""
+    """Keeps `torch.set_num_threads` at the candidate whose training steps are fastest now."""
 
     def __init__(
         self,
         candidates: list[int],
-        probe: Callable[[], None],
-        recheck_every: int = 200,
-        window: int = 5,
         trials: int = 3,
+        window: int = 5,
         jump: float = 2.0,
+        recheck_every: int = 200,
+        longest_recheck: int = 3200,
     ) -> None:
-        self.candidates = sorted(set(candidates))
-        self.probe, self.recheck_every, self.trials, self.jump = probe, recheck_every, trials, jump
+        self.candidates = sorted(set(candidates), reverse=True)
+        self.trials, self.jump = trials, jump
+        self.base_recheck, self.longest_recheck = recheck_every, longest_recheck
+        self.recheck_every = recheck_every
         self.recent: deque[float] = deque(maxlen=window)
-        self.reference: float | None = None  # the median step time right after the last choice
-        self.steps_since = 0
-        self.choices: list[dict] = []  # every choice: step, threads, the probe's seconds per candidate
+        self.reference: float | None = None  # the median step time after the last choice
+        self.since = 0
+        self.plan: list[int] = []  # candidates still to time in the comparison under way
+        self.times: dict[int, list[float]] = {}
+        self.reason = ""
+        self.choices: list[dict] = []  # every comparison: step, threads kept, why, each candidate's step time
 
     @property
     def active(self) -> bool:
         return len(self.candidates) > 1
 
-    def choose(self, step: int, reason: str) -> int:
-        """Time every candidate, keep the fastest; returns the thread count now set."""
-        seconds = {n: self._time(n) for n in self.candidates}
-        best = min(seconds, key=lambda n: (seconds[n], -n))
-        torch.set_num_threads(best)
-        self.recent.clear()
-        self.reference, self.steps_since = None, 0
-        changed = not self.choices or self.choices[-1]["threads"] != best
-        self.choices.append({"step": step, "threads": best, "reason": reason, "probe_ms": _ms(seconds)})
-        if changed:
-            timings = ", ".join(f"{n}: {1000 * t:.1f} ms" for n, t in seconds.items())
-            log.info("train: %d threads (%s; probe %s)", best, reason, timings)
-        return best
+    @property
+    def comparing(self) -> bool:
+        return bool(self.plan)
+
+    def start(self, step: int) -> None:
+        """Begin the first comparison (the largest count, today's choice on an idle machine, timed last)."""
+        if self.active:
+            torch.set_num_threads(self.candidates[0])
+            self._compare(step, "start")
 
     def after_step(self, step: int, seconds: float) -> None:
-        """Watch the step time; re-choose on a jump or when a recheck is due."""
+        """Account one training step's time; compare again on a jump or when a recheck is due."""
         if not self.active:
             return
-        self.steps_since += 1
+        if self.plan:
+            self._time_candidate(step, seconds)
+            return
+        self.since += 1
         self.recent.append(seconds)
         if len(self.recent) < self.recent.maxlen:
             return
@@ -76,21 +80,43 @@ class ThreadTuner:
         if self.reference is None:
             self.reference = median
         elif median > self.jump * self.reference:
-            self.choose(step, f"step time rose from {1000 * self.reference:.0f} to {1000 * median:.0f} ms")
+            self._compare(step, f"step time rose from {1000 * self.reference:.0f} to {1000 * median:.0f} ms")
+        elif self.since >= self.recheck_every:
+            self._compare(step, f"recheck after {self.since} steps")
+
+    def _compare(self, step: int, reason: str) -> None:
+        # the other counts first, the current one last: when it is the slow one, it is cut short
+        current = torch.get_num_threads()
+        self.plan = [*(n for n in self.candidates if n != current), current]
+        self.times = {n: [] for n in self.plan}
+        self.reason = reason
+        torch.set_num_threads(self.plan[0])
+
+    def _time_candidate(self, step: int, seconds: float) -> None:
+        n = self.plan[0]
+        self.times[n].append(seconds)
+        done = [statistics.median(t) for t in self.times.values() if len(t) >= self.trials]
+        clearly_slower = done and seconds > 3 * min(done)  # no need for more of its slow steps
+        if len(self.times[n]) < self.trials and not clearly_slower:
             return
-        if self.steps_since >= self.recheck_every:
-            self.choose(step, f"recheck after {self.steps_since} steps")
+        self.plan.pop(0)
+        if self.plan:
+            torch.set_num_threads(self.plan[0])
+            return
+        self._keep_fastest(step)
 
-    def _time(self, threads: int) -> float:
-        torch.set_num_threads(threads)
-        self.probe()  # warm-up: the pool's threads start, caches fill
-        times = []
-        for _ in range(self.trials):
-            start = time.perf_counter()
-            self.probe()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
-
-
-def _ms(seconds: dict[int, float]) -> dict[str, float]:
-    return {str(n): round(1000 * t, 2) for n, t in seconds.items()}
+    def _keep_fastest(self, step: int) -> None:
+        medians = {n: statistics.median(t) for n, t in self.times.items() if t}
+        best = min(medians, key=lambda n: (medians[n], -n))
+        previous = self.choices[-1]["threads"] if self.choices else None
+        torch.set_num_threads(best)
+        self.recheck_every = (
+            min(2 * self.recheck_every, self.longest_recheck) if best == previous else self.base_recheck
+        )
+        self.recent.clear()
+        self.reference, self.since = None, 0
+        step_ms = {str(n): round(1000 * t, 1) for n, t in sorted(medians.items())}
+        self.choices.append({"step": step, "threads": best, "reason": self.reason, "step_ms": step_ms})
+        if best != previous:
+            timings = ", ".join(f"{n}: {ms} ms" for n, ms in step_ms.items())
+            log.info("train: %d threads (%s; step time %s)", best, self.reason, timings)

@@ -102,7 +102,7 @@ def train(cfg: Config, key: str) -> None:
 
     work = cfg.run_dir / ".train.work"
     state = restore(cfg, accelerator, model, optimizer, work, {"key": key})
-    threads = thread_tuner(cfg, accelerator, model, data, state.step)
+    threads = thread_tuner(cfg, accelerator, state.step)
     setup = describe_setup(cfg, accelerator, torch.get_num_threads(), data.info)
     tracker = open_tracker(cfg, "train", accelerator.is_main_process, run_id=_run_id(work, accelerator))
     tracker.describe(setup)
@@ -174,28 +174,13 @@ def make_accelerator(cfg: Config):
     return accelerator
 
 
-def thread_tuner(cfg: Config, accelerator, model, data: TrainingData, step: int) -> ThreadTuner | None:
-    """`train.num_threads: auto` on a CPU: a tuner between one thread and the cores this process may use.
-
-    The probe is a forward pass of the real model on a real training batch, in the training
-    precision, without gradients and in eval mode (no state or random number changes).
-    """
+def thread_tuner(cfg: Config, accelerator, step: int) -> ThreadTuner | None:
+    """`train.num_threads: auto` on a CPU: a tuner between one thread and the cores this process may use,
+    timing the first training steps at each."""
     if cfg.train.num_threads not in ("auto", 0) or accelerator.device.type != "cpu":
         return None
-    module = accelerator.unwrap_model(model)
-    share = accelerator.num_processes * cfg.train.gradient_accumulation_steps
-    x, _ = data.buffer.gather(data.pairs["train"][: max(1, cfg.train.batch_size // share)])
-
-    @torch.no_grad()
-    def probe() -> None:
-        module.eval()
-        with accelerator.autocast():
-            type(module).forward(module, x)
-        module.train()
-
-    tuner = ThreadTuner([1, choose_threads("auto")], probe)
-    if tuner.active:
-        tuner.choose(step, "start")
+    tuner = ThreadTuner([1, choose_threads("auto")])
+    tuner.start(step)
     return tuner
 
 
