@@ -18,7 +18,7 @@ Protocol, the same for every series (only the frequency changes the numbers):
 - season per frequency: 12, 4, 52, 48 and 169 (the daily cycle of the 5-minute series, counted
   in call-centre time: nights, weekends and the missing days are not in the series). It is the
   seasonal-naive baseline's season and the season of the MASE scale: each series' in-sample
-  mean absolute seasonal-naive error on its train part (what `pipeline/evaluate.py` does);
+  mean absolute seasonal-naive error on its train part (what `pipeline/stages/evaluate.py` does);
 - lookback, residual head and its base are the config's (`auto` in the default recipe: three
   seasons or two horizons, at most half of what the shortest train part leaves after one horizon;
   the head's base averages up to three seasons);
@@ -260,7 +260,7 @@ def score(
 ) -> dict[str, Any]:
     """MAE/RMSE/sMAPE/MASE of `forecaster(history, horizon)` over every window of every series.
 
-    Scaled like `pipeline/evaluate.py`: per series by the in-sample seasonal-naive error of its
+    Scaled like `pipeline/stages/evaluate.py`: per series by the in-sample seasonal-naive error of its
     train part; averaged over all points of all windows. Also returns MASE per series.
     """
     parts, per_series = [], []

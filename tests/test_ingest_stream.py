@@ -1,6 +1,6 @@
 """The streaming parquet ingest against the pandas path: same outputs, same errors, memory that scales.
 
-`read_series` streams typed parquet (pipeline/ingest_stream.py); `prepare_series(load_table())`
+`read_series` streams typed parquet (pipeline/library/series_stream.py); `prepare_series(load_table())`
 is the pandas path every other source takes. On the same data both must give byte-identical
 `values.arrow` and `meta.json`, and the same one-line errors.
 """
@@ -76,7 +76,7 @@ def assert_identical(streamed, pandas_path, cfg: DataConfig) -> None:
         assert a == b  # statistics and fingerprint, exactly
         return
     # interpolated points are not float32 values: the pandas path takes its statistics from the
-    # float64 ones, the streaming path from the stored float32 ones (see pipeline/ingest_stream.py)
+    # float64 ones, the streaming path from the stored float32 ones (see pipeline/library/series_stream.py)
     assert a["fingerprint"] == b["fingerprint"]
     for ra, rb in zip(a["series"], b["series"], strict=True):
         assert ra == {**rb, "mean": pytest.approx(rb["mean"], rel=1e-6), "scale": pytest.approx(rb["scale"], rel=1e-6)}

@@ -28,14 +28,14 @@ class ModelSpec:
     residual_season: int = 0
     season_average: int = 1
     quantiles: tuple[float, ...] = ()
-    calendar: tuple[str, ...] = ()  # calendar features (pipeline.calendar), known over the horizon too
+    calendar: tuple[str, ...] = ()  # calendar features (pipeline.library.calendar), known over the horizon too
     past_covariates: tuple[str, ...] = ()
     future_covariates: tuple[str, ...] = ()
     static_covariates: tuple[str, ...] = ()
     series_embedding: int = 0  # size of the learned per-series vector (0 = none)
     n_series: int = 0  # rows of the embedding table
     base_level: str = "season"  # the base's level: the last season's mean, or (half_season) the last half's
-    blend: bool = False  # a `blend` buffer: the share of the correction kept (pipeline.blend)
+    blend: bool = False  # a `blend` buffer: the share of the correction kept (pipeline.library.blend)
     ensemble: int = 1  # independently initialised (rnn, head) members; the correction is their mean
 
     def __post_init__(self) -> None:

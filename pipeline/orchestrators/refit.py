@@ -1,6 +1,6 @@
 """Refit backtest (`evaluate.backtest.refit: true`): each fold gets a fresh model trained before its cutoff.
 
-Fold k of N has the origins of the no-refit backtest (`pipeline.backtest`): in every series its
+Fold k of N has the origins of the no-refit backtest (`pipeline.library.backtest`): in every series its
 forecast window starts at the cutoff `length - horizon - (N - k) * step`. Without refit those
 windows must lie in the test part (the one model has trained on everything before it); with
 refit each fold is scored by a model that never saw anything at or after its cutoff, so the

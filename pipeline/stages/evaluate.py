@@ -24,7 +24,7 @@ from pipeline.library.buffer import WindowBuffer
 from pipeline.library.errors import ConfigError
 from pipeline.library.inference import forecast_sharded, load_model, point_of, to_original_units
 from pipeline.library.records import EvaluateRecord, IngestRecord, SeriesTable, TrainRecord, is_cached
-from pipeline.library.refit_folds import RefitForecasts, copy_fold_models, fold_records, refit_forecasts
+from pipeline.library.refit_folds import copy_fold_models, fold_records, refit_forecasts
 from pipeline.library.report import report, write_plots
 from pipeline.library.runtime import dist_state
 from pipeline.library.scoring import METHODS, ScoredWindows, forecast_table, per_series_table, score
@@ -75,7 +75,7 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
     plan = plan_backtest(cfg, ingest.series, pairs)
     all_pairs = np.concatenate([pairs, plan.pairs]).astype(np.int64)
     raw = raw32.astype(np.float64)
-    scale, positions = checked_scales(cfg, ingest.series, raw, pairs, all_pairs)
+    window_scale, positions = checked_scales(cfg, ingest.series, raw, pairs, all_pairs)
 
     refitted = None
     if refit(cfg):
@@ -86,9 +86,10 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
     output = model_forecasts(cfg, trained, ingest, raw32, by_model, state)
     if not state.is_main_process:
         return
-    if refitted is not None:
+    if refitted is not None:  # the folds: their models' forecasts, MASE scaled by the train part each learnt from
         output = np.concatenate([output, refitted.output])
-    windows = scored_windows(cfg, trained, raw, all_pairs, positions, scale, output, refitted, len(pairs))
+        window_scale[len(pairs) :] = refitted.window_scale
+    windows = scored_windows(cfg, trained, raw, all_pairs, positions, window_scale, output)
     test = windows.rows(slice(0, len(pairs)))
     terms, result = summarise_test(cfg, test, trained)
     if len(plan.pairs):
@@ -118,7 +119,7 @@ def plan_backtest(cfg: Config, series: SeriesTable, test_pairs: np.ndarray) -> B
 
 
 def checked_scales(cfg: Config, series: SeriesTable, raw: np.ndarray, pairs: np.ndarray, all_pairs: np.ndarray):
-    """(MASE scale per series, target positions of every window), refusing a season the data cannot carry."""
+    """(MASE scale of every window, target positions of every window), refusing a season the data cannot carry."""
     w, season = cfg.window, cfg.evaluate.season_length
     offsets = series.offsets
     scale = M.mase_scale(raw, offsets, series.train_end, season)
@@ -133,7 +134,7 @@ def checked_scales(cfg: Config, series: SeriesTable, raw: np.ndarray, pairs: np.
     positions = M.target_positions(offsets, all_pairs, w.lookback, w.horizon)
     if (positions.min(axis=1) - season * (1 + (w.horizon - 1) // season) < offsets[all_pairs[:, 0]]).any():
         raise ConfigError(f"evaluate.season_length ({season}) reaches before the start of a series")
-    return scale, positions
+    return scale[all_pairs[:, 0]], positions
 
 
 def model_forecasts(cfg, trained: TrainRecord, ingest: IngestRecord, raw32, pairs: np.ndarray, state) -> np.ndarray:
@@ -146,19 +147,16 @@ def model_forecasts(cfg, trained: TrainRecord, ingest: IngestRecord, raw32, pair
     return to_original_units(scaled, ingest.series.stats, pairs[:, 0], ingest.transform)
 
 
-def scored_windows(cfg, trained, raw, all_pairs, positions, scale, output, refitted: RefitForecasts | None, n_test):
+def scored_windows(cfg, trained: TrainRecord, raw, pairs, positions, window_scale, output) -> ScoredWindows:
     """The test and backtest windows with the model's and both baselines' forecasts."""
     quantiles = list(trained.model.quantiles)
-    window_scale = scale[all_pairs[:, 0]]
-    if refitted is not None:  # a fold's MASE scale: the train part its model learnt from
-        window_scale[n_test:] = refitted.window_scale
     forecasts = {
         "model": point_of(output, trained.model),
         "naive": M.naive_forecast(raw, positions),
         "seasonal_naive": M.seasonal_naive_forecast(raw, positions, cfg.evaluate.season_length),
     }
     band = output if quantiles else None
-    return ScoredWindows(all_pairs, positions, raw[positions], forecasts, window_scale, quantiles, band)
+    return ScoredWindows(pairs, positions, raw[positions], forecasts, window_scale, quantiles, band)
 
 
 def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tuple[dict, dict]:

@@ -148,7 +148,7 @@ def onnx_input_description(spec: ForecasterSpec) -> str:
     parts = ["the scaled values"]
     parts += [f"past covariates {', '.join(past)}"] if past else []
     parts += [f"future covariates {', '.join(future)}"] if future else []
-    parts += [f"sin and cos of {', '.join(calendar)} (pipeline.calendar)"] if calendar else []
+    parts += [f"sin and cos of {', '.join(calendar)} (pipeline.library.calendar)"] if calendar else []
     parts += [f"static covariates {', '.join(static)}"] if static else []
     parts += ["the series' index (forecaster.json)"] if m.series_embedding else []
     channels = m.channels
