@@ -197,6 +197,20 @@ class Record:
         write_json_atomic(directory / META, self.to_json())
 
 
+@dataclass
+class KeyedRecord(Record):
+    """A record whose fingerprint is its key: what the stage made is a function of its inputs (all but ingest)."""
+
+    key: str
+
+    @property
+    def fingerprint(self) -> str:
+        return self.key
+
+    def header(self) -> dict[str, Any]:
+        return {"stage": self.STAGE, "key": self.key, "fingerprint": self.key}
+
+
 def is_cached(stage_dir: Path, key: str) -> bool:
     """True when the stage's output was made from exactly these inputs (its record's key)."""
     payload = read_meta(stage_dir)
@@ -279,27 +293,20 @@ class IngestRecord(Record):
 
 
 @dataclass
-class WindowRecord(Record):
+class WindowRecord(KeyedRecord):
     """window/meta.json: the window shape and how many windows each split holds."""
 
     STAGE: ClassVar[str] = "window"
 
-    key: str
     ingest_fingerprint: str
     lookback: int
     horizon: int
     counts: dict[str, int]
     dropped_series: list[str] = field(default_factory=list)
 
-    @property
-    def fingerprint(self) -> str:
-        return self.key
-
     def to_json(self) -> dict[str, Any]:
         return {
-            "stage": self.STAGE,
-            "key": self.key,
-            "fingerprint": self.key,
+            **self.header(),
             "ingest_fingerprint": self.ingest_fingerprint,
             "lookback": self.lookback,
             "horizon": self.horizon,
@@ -339,27 +346,20 @@ class TrainState:
 
 
 @dataclass
-class TrainRecord(Record):
+class TrainRecord(KeyedRecord):
     """train/meta.json: the trained network's spec, how training went, and what was set after it."""
 
     STAGE: ClassVar[str] = "train"
 
-    key: str
     model: ModelSpec
     state: TrainState
     setup: dict[str, Any]  # what ran where (world size, device, precision, versions): for people, not code
     calibration: dict[str, Any] | None = None  # per interval: coverage before and after (quantile models)
     blend: dict[str, Any] | None = None  # the share of the correction kept, and the validation losses
 
-    @property
-    def fingerprint(self) -> str:
-        return self.key
-
     def to_json(self) -> dict[str, Any]:
         return {
-            "stage": self.STAGE,
-            "key": self.key,
-            "fingerprint": self.key,
+            **self.header(),
             "model": self.model.to_dict(),
             "state": dataclasses.asdict(self.state),
             "setup": self.setup,
@@ -380,19 +380,13 @@ class TrainRecord(Record):
 
 
 @dataclass
-class EvaluateRecord(Record):
+class EvaluateRecord(KeyedRecord):
     """evaluate/meta.json: the key its scores were made for (the scores are in metrics.json)."""
 
     STAGE: ClassVar[str] = "evaluate"
 
-    key: str
-
-    @property
-    def fingerprint(self) -> str:
-        return self.key
-
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.STAGE, "key": self.key, "fingerprint": self.key}
+        return self.header()
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> EvaluateRecord:
@@ -400,20 +394,15 @@ class EvaluateRecord(Record):
 
 
 @dataclass
-class ExportRecord(Record):
+class ExportRecord(KeyedRecord):
     """export/meta.json: the key of the export and its ONNX parity."""
 
     STAGE: ClassVar[str] = "export"
 
-    key: str
     onnx_parity: float | None = None
 
-    @property
-    def fingerprint(self) -> str:
-        return self.key
-
     def to_json(self) -> dict[str, Any]:
-        return {"stage": self.STAGE, "key": self.key, "fingerprint": self.key, "onnx_parity": self.onnx_parity}
+        return {**self.header(), "onnx_parity": self.onnx_parity}
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> ExportRecord:
