@@ -390,7 +390,7 @@ CASES = [
     Case(
         "lookback-zero",
         lambda ws: ws.stage("ingest", "window.lookback=0"),
-        ("{config}", "window.lookback must be positive, got 0"),
+        ("override 'window.lookback=0'", "window.lookback must be positive, got 0"),  # the override's fault
     ),
     Case(
         "horizon-negative",
@@ -406,7 +406,7 @@ CASES = [
     Case(
         "unknown-key",
         lambda ws: ws.stage("ingest", "window.lookbak=24"),
-        ("{config}", "unknown config key 'window.lookbak'", "did you mean 'window.lookback'"),
+        ("override 'window.lookbak=24'", "unknown config key 'window.lookbak'", "did you mean 'window.lookback'"),
     ),
     Case(
         "wrong-type",

@@ -524,6 +524,13 @@ def test_cron_wrapper_exit_codes(tmp_path, decision, run_rc, expected):
 
 
 @needs_flock
+def test_cron_wrapper_passes_force_to_the_run_and_not_to_the_decision(tmp_path):
+    code, calls, stderr = run_wrapper(tmp_path, CRON, ["CONFIG", "--force", "seed=1"], STUB_DECISION="promoted")
+    assert code == 0, stderr
+    assert calls == [f"lstm-pipeline run --config {tmp_path / 'config.yaml'} --promote --force seed=1"]
+
+
+@needs_flock
 def test_cron_wrapper_never_overlaps(tmp_path):
     with open(tmp_path / "retrain.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)

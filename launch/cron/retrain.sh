@@ -51,4 +51,9 @@ if [[ $rc -ne 0 ]]; then
   exit 1
 fi
 
-"$PYTHON" -m pipeline decision --config "$CONFIG" "$@"
+# the decision reads the same config and overrides; the run's switches (--force) are not the decision's
+overrides=()
+for arg in "$@"; do
+  [[ "$arg" == "--force" ]] || overrides+=("$arg")
+done
+"$PYTHON" -m pipeline decision --config "$CONFIG" ${overrides[@]+"${overrides[@]}"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -43,8 +44,49 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(loaded).__name__}")
         raw = loaded
     for item in overrides:
+        check_override(item)  # a wrong key or value is the override's fault, not the file's
         _apply_override(raw, item)
-    return build(Config, raw, "", where)
+    try:
+        return build(Config, raw, "", where)
+    except ConfigError as exc:  # a check that fails on a key an override set names the override
+        named = [item for item in overrides if re.search(rf"\b{re.escape(parse_override(item)[0])}\b", str(exc))]
+        if not named or not str(exc).startswith(f"{where}: "):
+            raise
+        raise ConfigError(f"override '{named[-1]}': {str(exc)[len(where) + 2 :]}") from None
+
+
+def key_type(key: str) -> Any:
+    """The type of config key `key` (`train.lr`, `seed`); a ConfigError with a suggestion when there is none."""
+    cls, prefix = Config, ""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1, cutoff=0.6)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{part}'{hint}")
+        tp = hints[part]
+        if i == len(parts) - 1:
+            return tp
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"unknown config key '{key}' ('{prefix}{part}' is not a section)")
+        cls, prefix = tp, f"{prefix}{part}."
+    raise ConfigError("empty config key")
+
+
+def check_override(item: str) -> None:
+    """One override on its own: the key exists and the value has its type (one line naming the override)."""
+    key, value = parse_override(item)
+    where = f"override '{item}'"
+    try:
+        tp = key_type(key)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if dataclasses.is_dataclass(tp) and not isinstance(value, dict):
+        first = dataclasses.fields(tp)[0].name
+        raise ConfigError(f"{where}: '{key}' must be a mapping, got {_describe(value)} (set a key: {key}.{first}=...)")
+    _coerce(tp, value, key, where)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -113,13 +113,22 @@ class RecurrentForecaster(nn.Module):
         for rnn, linear in pairs:
             out, _ = rnn(x)
             last = out[:, -1, :] if future is None else torch.cat([out[:, -1, :], future], dim=1)
-            head = linear(last)
+            head = float32_linear(linear, last)
             if self.spec.quantiles:
                 head = monotone_quantiles(
                     head.view(-1, self.spec.horizon, len(self.spec.quantiles)), self.spec.median_index
                 )
             outs.append(head)
         return torch.stack(outs)
+
+
+def float32_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The head in float32 also under mixed precision: it turns the recurrent state into the forecast's
+    correction, where bf16's 8 bits of mantissa cost accuracy (bench/README.md) and the matmul is tiny."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return linear(x)
+    with torch.autocast(x.device.type, enabled=False):
+        return linear(x.float())
 
 
 def _member(spec: ModelSpec) -> tuple[nn.Module, nn.Linear]:

@@ -202,13 +202,15 @@ class KeyedRecord(Record):
     """A record whose fingerprint is its key: what the stage made is a function of its inputs (all but ingest)."""
 
     key: str
+    config: dict[str, Any] | None = field(default=None, kw_only=True)  # the resolved config the stage ran with
 
     @property
     def fingerprint(self) -> str:
         return self.key
 
     def header(self) -> dict[str, Any]:
-        return {"stage": self.STAGE, "key": self.key, "fingerprint": self.key}
+        head: dict[str, Any] = {"stage": self.STAGE, "key": self.key, "fingerprint": self.key}
+        return {**head, "config": self.config} if self.config is not None else head
 
 
 def is_cached(stage_dir: Path, key: str) -> bool:
@@ -237,6 +239,7 @@ class IngestRecord(Record):
     static_loc: list[float] = field(default_factory=list)  # across series, before standardising
     static_scale: list[float] = field(default_factory=list)
     refit_fold: int | None = None  # set on a refit fold's ingest (cut at its cutoff)
+    config: dict[str, Any] | None = None  # the config the stage ran with
 
     @property
     def n_series(self) -> int:
@@ -268,6 +271,8 @@ class IngestRecord(Record):
         )
         if self.refit_fold is not None:
             payload["refit_fold"] = self.refit_fold
+        if self.config is not None:
+            payload["config"] = self.config
         return payload
 
     @classmethod
@@ -289,6 +294,7 @@ class IngestRecord(Record):
             static_loc=list(static.get("mean", [])),
             static_scale=list(static.get("scale", [])),
             refit_fold=payload.get("refit_fold"),
+            config=payload.get("config"),
         )
 
 
@@ -323,6 +329,7 @@ class WindowRecord(KeyedRecord):
             horizon=int(payload["horizon"]),
             counts={k: int(v) for k, v in payload["counts"].items()},
             dropped_series=list(payload.get("dropped_series", [])),
+            config=payload.get("config"),
         )
 
 
@@ -356,9 +363,10 @@ class TrainRecord(KeyedRecord):
     setup: dict[str, Any]  # what ran where (world size, device, precision, versions): for people, not code
     calibration: dict[str, Any] | None = None  # per interval: coverage before and after (quantile models)
     blend: dict[str, Any] | None = None  # the share of the correction kept, and the validation losses
+    settings: str | None = None  # hash of the config sections training depends on (None: written before it)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        payload = {
             **self.header(),
             "model": self.model.to_dict(),
             "state": dataclasses.asdict(self.state),
@@ -366,6 +374,7 @@ class TrainRecord(KeyedRecord):
             "calibration": self.calibration,
             "blend": self.blend,
         }
+        return {**payload, "settings": self.settings} if self.settings is not None else payload
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> TrainRecord:
@@ -376,6 +385,8 @@ class TrainRecord(KeyedRecord):
             setup=payload.get("setup", {}),
             calibration=payload.get("calibration"),
             blend=payload.get("blend"),
+            settings=payload.get("settings"),
+            config=payload.get("config"),
         )
 
 
@@ -390,7 +401,7 @@ class EvaluateRecord(KeyedRecord):
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> EvaluateRecord:
-        return cls(key=payload["key"])
+        return cls(key=payload["key"], config=payload.get("config"))
 
 
 @dataclass
@@ -406,7 +417,7 @@ class ExportRecord(KeyedRecord):
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> ExportRecord:
-        return cls(key=payload["key"], onnx_parity=payload.get("onnx_parity"))
+        return cls(key=payload["key"], onnx_parity=payload.get("onnx_parity"), config=payload.get("config"))
 
 
 @dataclass

@@ -74,23 +74,19 @@ def to_long(table: pd.DataFrame, data: DataLayout) -> pd.DataFrame:
     if data.format == "wide" and data.source != "synthetic":
         parts = []
         for col in targets:
-            parts.append(
-                pd.DataFrame(
-                    {"series": str(col), "time": times, "target": _numeric(table[col], col, data), "row": rows}
-                )
-            )
+            values = _numeric(table[col], col, data, series=str(col))
+            parts.append(pd.DataFrame({"series": str(col), "time": times, "target": values, "row": rows}))
         return _with_covariates(pd.concat(parts, ignore_index=True), table, data)
     if id_col is not None and table[id_col].isna().any():  # grouping would silently drop these rows
         i = int(np.flatnonzero(table[id_col].isna().to_numpy())[0])
         raise DataError(f"{data.source}: row {i + 1}: missing series id in column '{id_col}' (data.id_column)")
     ids = table[id_col].astype(str) if id_col is not None else pd.Series("series", index=table.index)
-    frame = pd.DataFrame(
-        {"series": ids.values, "time": times, "target": _numeric(table[targets[0]], targets[0], data), "row": rows}
-    )
-    return _with_covariates(frame, table, data)
+    values = _numeric(table[targets[0]], targets[0], data, series=ids if id_col is not None else None)
+    frame = pd.DataFrame({"series": ids.values, "time": times, "target": values, "row": rows})
+    return _with_covariates(frame, table, data, ids if id_col is not None else None)
 
 
-def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout) -> pd.DataFrame:
+def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout, ids=None) -> pd.DataFrame:
     """The long frame with a numeric column per covariate (wide format: shared by every series)."""
     names = [*data.covariates, *data.static_covariates]
     if not names:
@@ -104,7 +100,7 @@ def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout)
         )
     repeats = len(frame) // len(table)  # wide format: each series repeats the table's rows
     for name in names:
-        frame[name] = np.tile(_numeric(table[name], name, data), repeats)
+        frame[name] = np.tile(_numeric(table[name], name, data, series=ids), repeats)
     return frame
 
 
@@ -155,7 +151,8 @@ def _parse_times(col: pd.Series, source: str) -> pd.Series:
     return parsed
 
 
-def _numeric(col: pd.Series, name: str, data: DataLayout) -> np.ndarray:
+def _numeric(col: pd.Series, name: str, data: DataLayout, series: pd.Series | str | None = None) -> np.ndarray:
+    """The column as float64 (NaN where empty); a value that is not a number names its row, series and line."""
     if pd.api.types.is_bool_dtype(col):
         return col.astype(np.float64).to_numpy()
     values = pd.to_numeric(col, errors="coerce")
@@ -165,8 +162,22 @@ def _numeric(col: pd.Series, name: str, data: DataLayout) -> np.ndarray:
         real_bad = ~text.isin(["nan", "", "na", "null", "none", "inf", "-inf"])
         if real_bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[int(np.flatnonzero(real_bad.to_numpy())[0])])
-            raise DataError(f"{data.source}: row {i + 1}: non-numeric value {col.iloc[i]!r} in column '{name}'")
+            where = [f"series '{series if isinstance(series, str) else series.iloc[i]}'"] if series is not None else []
+            where += [f"line {i + 2} of the file"] if _one_text_file(data.source) else []
+            also = f" ({', '.join(where)})" if where else ""
+            raise DataError(f"{data.source}: row {i + 1}: non-numeric value {col.iloc[i]!r} in column '{name}'{also}")
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _one_text_file(source: str) -> bool:
+    """A single csv/tsv file: its line numbers are the data rows plus the header (error messages only)."""
+    from pipeline.library.sources import resolve_files
+
+    try:
+        files = resolve_files(source)
+    except DataError:
+        return False
+    return files is not None and len(files) == 1 and files[0].suffix.lower() in (".csv", ".tsv")
 
 
 def infer_freq(frame: pd.DataFrame, given: str | None, source: str) -> pd.DateOffset:

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pipeline.library.errors import UserError
+from pipeline.library.errors import ConfigError, UserError
 from pipeline.stages.table import NAMES as STAGES
 
 log = logging.getLogger("pipeline")
@@ -21,6 +21,10 @@ COMMANDS = ("run", *STAGES, "predict", "decision")
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse would exit 2 with usage; keep it one line
         raise UserError(message)
+
+
+VALUE_FLAGS = ("--config", "--model", "--input", "--output", "--future")
+SWITCHES = ("--force", "--promote", "-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--promote", action="store_true", help="then promote the export if it beats the registry's champion"
             )
-        p.add_argument("overrides", nargs="*", help="key.sub=value (or --key.sub=value)")
     p = sub.add_parser("predict", help="forecast the next horizon from a history file")
     p.add_argument("--model", required=True, help="export directory (or a registry's <dir>/<name>/current)")
     p.add_argument("--input", required=True, help="history csv/parquet/json")
@@ -44,24 +47,53 @@ def build_parser() -> argparse.ArgumentParser:
         "decision", help="print the registry's last decision; exit 0 promoted or unchanged, 3 not promoted"
     )
     p.add_argument("--config", required=True, help="experiment YAML (names the registry)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value (or --key.sub=value)")
     return parser
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Like argparse, but `--train.lr=0.001` (W&B sweep agents) counts as an override too."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    """The command and its flags through argparse; every other argument is a config override.
+
+    An override is `key=value`, `--key=value` (what a W&B sweep agent passes) or `--key value`,
+    for any config key, top-level ones (`seed`, `name`) included, in any order with the flags.
+    """
+    flags, overrides = split_overrides(argv)
+    args = build_parser().parse_args(flags)
     if args.command is None:
         raise UserError(f"no command given; use one of {', '.join(COMMANDS)}")
-    unknown = [a for a in extra if not (a.startswith("--") and "." in a.split("=", 1)[0])]
-    if unknown:
-        raise UserError(f"unrecognized arguments: {' '.join(unknown)}")
-    if extra:
-        if args.command == "predict":
-            raise UserError(f"predict takes no config overrides: {' '.join(extra)}")
-        args.overrides = list(args.overrides) + extra
+    if overrides and args.command == "predict":
+        raise UserError(f"predict takes no config overrides: {' '.join(overrides)}")
+    args.overrides = overrides
     return args
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the command and its flags, the config overrides as `key=value`) of a command line."""
+    from pipeline.config.loading import key_type
+
+    flags, overrides = [], []
+    tokens = list(argv)
+    while tokens:
+        token = tokens.pop(0)
+        name = token.split("=", 1)[0]
+        if name in VALUE_FLAGS:
+            flags.append(token)
+            if "=" not in token and tokens:
+                flags.append(tokens.pop(0))
+        elif token in SWITCHES or (not flags and not token.startswith("-")):
+            flags.append(token)  # a switch, or the command itself
+        elif "=" in token:
+            overrides.append(token.removeprefix("--"))
+        elif token.startswith("--"):  # `--key value`
+            try:
+                key_type(token[2:])
+            except ConfigError as exc:
+                raise UserError(f"unrecognized argument {token}: {exc}") from None
+            if not tokens or tokens[0].startswith("--"):
+                raise UserError(f"{token} needs a value ({token} VALUE or {token}=VALUE)")
+            overrides.append(f"{token[2:]}={tokens.pop(0)}")
+        else:
+            raise UserError(f"override '{token}' must look like key.sub=value (or --key.sub value)")
+    return flags, overrides
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -36,4 +36,7 @@ def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -
 
             registry.promote(cfg)
         log.info("done: %s", cfg.run_dir)
+    if state.is_main_process and sorted((cfg.run_dir / "wandb").glob("offline-run-*")):
+        pattern = cfg.run_dir / "wandb" / "offline-run-*"
+        log.info("W&B ran offline; upload every run of this directory with: wandb sync %s", pattern)
     return cfg.run_dir

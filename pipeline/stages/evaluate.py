@@ -30,7 +30,7 @@ from pipeline.library.runtime import dist_state
 from pipeline.library.scoring import METHODS, ScoredWindows, forecast_table, per_series_table, score
 from pipeline.library.store import read_values
 from pipeline.library.windows import read_index
-from pipeline.stages.table import cache_key, stage_dir
+from pipeline.stages.table import cache_key, check_trained_with, stage_dir
 from pipeline.stages.tracking import open_tracker
 
 log = logging.getLogger("pipeline")
@@ -40,6 +40,7 @@ def run(cfg: Config, force: bool = False) -> Path:
     out = stage_dir(cfg, "evaluate")
     trained = TrainRecord.require(stage_dir(cfg, "train"), "evaluate")
     cfg = resolve(cfg)
+    check_trained_with(cfg, trained, "evaluate")
     key = evaluate_key(cfg, trained)
     state = dist_state()
     if not force and is_cached(out, key):
@@ -186,7 +187,7 @@ def write_outputs(cfg, key, result: dict, per_series, test: ScoredWindows, inges
         forecast_table(test, ingest.series, ingest.freq).to_csv(tmp / "forecasts.csv", index=False)
         plots = write_plots(tmp, test, ingest.series, result, cfg.evaluate.plot_series)
         (tmp / "report.md").write_text(report(cfg.name, result, per_series, plots))
-        EvaluateRecord(key).write(tmp)
+        EvaluateRecord(key, config=cfg.to_dict()).write(tmp)
     _log_result(result)
     _track(cfg, result, per_series, stage_dir(cfg, "evaluate"), plots)
 

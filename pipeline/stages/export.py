@@ -35,7 +35,7 @@ from pipeline.library.records import (
 from pipeline.library.runtime import dist_state
 from pipeline.library.store import read_values
 from pipeline.library.windows import read_index
-from pipeline.stages.table import cache_key, stage_dir
+from pipeline.stages.table import cache_key, check_trained_with, stage_dir
 from pipeline.stages.tracking import open_tracker
 
 log = logging.getLogger("pipeline")
@@ -45,6 +45,7 @@ def run(cfg: Config, force: bool = False) -> Path:
     out = stage_dir(cfg, "export")
     trained = TrainRecord.require(stage_dir(cfg, "train"), "export")
     cfg = resolve(cfg)
+    check_trained_with(cfg, trained, "export")
     scored = EvaluateRecord.read(stage_dir(cfg, "evaluate"))
     key = cache_key("export", cfg, trained.fingerprint, scored.key if scored is not None else "")
     state = dist_state()
@@ -82,7 +83,7 @@ def export(cfg: Config, key: str, trained: TrainRecord) -> None:
         (tmp / "README.md").write_text(model_card(cfg, spec, metrics, parity))
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json_atomic(tmp / MANIFEST, {"files": files})
-        ExportRecord(key, parity).write(tmp)
+        ExportRecord(key, parity, config=cfg.to_dict()).write(tmp)
     log.info("export: wrote %s%s", stage_dir(cfg, "export"), f" (ONNX max |diff| {parity:.2e})" if parity else "")
     _track(cfg, stage_dir(cfg, "export"), spec, trained, parity)
 

@@ -42,7 +42,7 @@ def _run(cfg: Config, force: bool) -> None:
         log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
         return
     series = read_series(cfg.data)
-    record = dataclasses.replace(split_and_scale(series, cfg.data), key=key)
+    record = dataclasses.replace(split_and_scale(series, cfg.data), key=key, config=cfg.to_dict())
     with staged_dir(out) as tmp:
         write_values(tmp / VALUES_FILE, series.values, cfg.data.covariates, series.covariates)
         record.write(tmp)

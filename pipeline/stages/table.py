@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.library.artifacts import stage_key
+from pipeline.library.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,36 @@ def cache_key(name: str, cfg: Config, *inputs: str) -> str:
 
 def stage_dir(cfg: Config, name: str) -> Path:
     return cfg.run_dir / name
+
+
+def train_settings(cfg: Config) -> str:
+    """The hash of what training depends on in the config (the train stage's sections)."""
+    return cfg.section_hash(*BY_NAME["train"].sections)
+
+
+def check_trained_with(cfg: Config, trained, needed_by: str) -> None:
+    """Refuse to score or export a model trained with other settings than `cfg`'s (a `train` run with overrides
+    that this command does not repeat): one line naming the keys that differ."""
+    if trained.settings is None or trained.settings == train_settings(cfg):
+        return
+    differ = []
+    if trained.config is not None:
+        mine = cfg.to_dict()
+        for section in BY_NAME["train"].sections:
+            head, _, leaf = section.partition(".")
+            theirs, ours = trained.config.get(head), mine.get(head)
+            if leaf:
+                theirs, ours = (theirs or {}).get(leaf), (ours or {}).get(leaf)
+            if isinstance(ours, dict):
+                differ += [f"{head}.{k}={theirs.get(k)!r} there, {v!r} here" for k, v in ours.items()
+                           if isinstance(theirs, dict) and theirs.get(k) != v]  # fmt: skip
+            elif theirs != ours:
+                differ.append(f"{section}={theirs!r} there, {ours!r} here")
+    detail = f" ({'; '.join(differ[:3])})" if differ else ""
+    raise UserError(
+        f"{needed_by}: {stage_dir(cfg, 'train')} holds a model trained with other settings than this config's"
+        f"{detail}; run 'lstm-pipeline train' with this config and overrides first (or 'lstm-pipeline run')"
+    )
 
 
 def stage_function(name: str) -> Callable[..., Path]:

@@ -45,7 +45,7 @@ from pipeline.library.threads import ThreadTuner
 from pipeline.library.train_log import MetricsLog
 from pipeline.library.warm_start import warm_start_identity, warm_start_state
 from pipeline.library.windows import read_index
-from pipeline.stages.table import cache_key, stage_dir
+from pipeline.stages.table import cache_key, stage_dir, train_settings
 from pipeline.stages.tracking import Tracker, open_tracker
 
 log = logging.getLogger("pipeline")
@@ -59,7 +59,7 @@ def run(cfg: Config, force: bool = False) -> Path:
     if not force and is_cached(out, key):
         log.info("train: up to date (inputs unchanged), skipped; --force redoes it")
         return out
-    train(cfg, key)
+    train(cfg, key, fresh=force)
     return out
 
 
@@ -84,31 +84,36 @@ class Session:
     setup: dict
     loss: Callable
     threads: ThreadTuner | None = None  # train.num_threads: auto on a CPU
+    ran_with: Config | None = None  # the config as given (before the batch is fitted): what the record keeps
 
 
-def train(cfg: Config, key: str) -> None:
-    """Train to `max_steps` or early stop, resuming from the work directory's last checkpoint."""
+def train(cfg: Config, key: str, fresh: bool = False) -> None:
+    """Train to `max_steps` or early stop, resuming from the work directory's last checkpoint (unless `fresh`:
+    `--force` starts over)."""
     if cfg.train.deterministic:
         make_deterministic()
     accelerator = make_accelerator(cfg)
     configure_process(cfg.train.num_threads)
     set_seed(cfg.seed, device_specific=True)  # dropout masks; a resume restores the saved RNG instead
     data = load_training_data(cfg, accelerator.device)
-    cfg = fit_batch(cfg, len(data.pairs["train"]), accelerator.num_processes)
+    given, cfg = cfg, fit_batch(cfg, len(data.pairs["train"]), accelerator.num_processes)
     model = build_model(data.spec, seed=cfg.seed)
     init_weights(cfg, model, data.spec)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     work = cfg.run_dir / ".train.work"
-    state = restore(cfg, accelerator, model, optimizer, work, {"key": key})
+    state = restore(cfg, accelerator, model, optimizer, work, {"key": key}, fresh)
     threads = thread_tuner(cfg, accelerator, state.step)
     setup = describe_setup(cfg, accelerator, torch.get_num_threads(), data.info)
     tracker = open_tracker(cfg, "train", accelerator.is_main_process, run_id=_run_id(work, accelerator))
     tracker.describe(setup)
     metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
     loss = loss_function(cfg.train.loss, cfg.model.quantiles)
-    session = Session(cfg, key, accelerator, model, optimizer, data, work, tracker, metrics, setup, loss, threads)
+    session = Session(
+        cfg, key, accelerator, model, optimizer, data, work, tracker, metrics, setup, loss, threads=threads,
+        ran_with=given,
+    )  # fmt: skip
     progress = _progress(cfg, state, accelerator)
     reporter = StepReporter(session, progress, state.step)
 
@@ -264,13 +269,16 @@ def fit_batch(cfg: Config, n_train: int, world_size: int) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(t, batch_size=batch, max_steps=steps))
 
 
-def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict) -> TrainState:
-    """The state to start from: a checkpoint per `train.resume`, or a fresh start."""
+def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict, fresh: bool) -> TrainState:
+    """The state to start from: a checkpoint per `train.resume`, or a fresh start (`fresh` with resume auto)."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         recover(work)
     accelerator.wait_for_everyone()
-    path = resume_point(cfg.train.resume, work)  # read-only: every rank reaches the same answer
+    resume = "never" if fresh and cfg.train.resume == "auto" else cfg.train.resume
+    path = resume_point(resume, work)  # read-only: every rank reaches the same answer
+    if resume != cfg.train.resume and ckpt.latest_valid(work / "checkpoints") is not None:
+        log.info("train: --force: starting over (the checkpoints of an interrupted run are dropped)")
     accelerator.wait_for_everyone()  # all have looked before the main process changes anything
     if accelerator.is_main_process:
         if path is None:
@@ -535,7 +543,10 @@ def finish(session: Session, state: TrainState) -> None:
             calibration = calibrate_best(best, spec, buffer, val, cfg.train.eval_batch_size)
         if session.threads is not None and session.threads.active:
             session.setup["thread_choices"] = session.threads.choices
-        record = TrainRecord(session.key, spec, state, session.setup, calibration, blend)
+        given = session.ran_with or cfg  # evaluate and export compare their config with this one
+        record = TrainRecord(
+            session.key, spec, state, session.setup, calibration, blend, train_settings(given), config=given.to_dict()
+        )
         record.write(work)
         swap_into_place(work, stage_dir(cfg, "train"))
         log.info("train: done at step %d; best val loss %.5f at step %d", state.step, state.best_val, state.best_step)

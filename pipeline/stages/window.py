@@ -42,5 +42,5 @@ def _run(cfg: Config, force: bool) -> None:
     counts = {s: len(index[s]) for s in SPLITS}
     with staged_dir(out) as tmp:
         write_index(tmp, index)
-        WindowRecord(key, ingest.fingerprint, w.lookback, w.horizon, counts, dropped).write(tmp)
+        WindowRecord(key, ingest.fingerprint, w.lookback, w.horizon, counts, dropped, config=cfg.to_dict()).write(tmp)
     log.info("window: train %d, val %d, test %d windows", counts["train"], counts["val"], counts["test"])
