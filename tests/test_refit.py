@@ -247,6 +247,8 @@ def test_refit_with_covariates_slices_every_column_and_rescales_them_on_the_fold
     )  # fmt: skip
     _, run, bt = _run_backtest(config)
     assert [f["steps_before_end"] for f in bt["per_fold"]] == [36, 6] and bt["refit"] is True
+    assert (run / ".refit/fold_1/train/best/model.safetensors").is_file()
+    assert not (run / ".refit/fold_1/train/checkpoints").exists()  # a finished fold keeps no checkpoints
     meta = json.loads((run / ".refit/fold_1/ingest/meta.json").read_text())
     table = pa.ipc.open_file(pa.memory_map(str(run / ".refit/fold_1/ingest/values.arrow"))).read_all()
     assert table.column_names == ["target", "covariate:temp", "covariate:flag"]

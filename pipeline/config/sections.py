@@ -27,6 +27,11 @@ def _operational(default: Any) -> Any:
     return field(default=default, metadata={"operational": True})
 
 
+def _added(default: Any) -> Any:
+    """A field added after runs were made without it: in cache keys only when set, so those runs stay cached."""
+    return field(default=default, metadata={"added": True})
+
+
 @dataclass(kw_only=True, slots=True)
 class SyntheticConfig:
     """Size of the seeded `synthetic` source (used when `data.source: synthetic`)."""
@@ -97,6 +102,10 @@ class DataConfig:
     across series."""
     split: str = "train"
     """Hub datasets only: which split to load."""
+    revision: str | None = _added(None)
+    """Hub datasets only: the git revision (tag, branch or commit) to load; pin one for repeatable runs."""
+    subset: str | None = _added(None)
+    """Hub datasets only: the subset (the dataset's configuration name), for datasets that have several."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Parameters of the `synthetic` source."""
 
@@ -382,6 +391,12 @@ class TrackingConfig:
     """W&B group (default: the experiment `name`)."""
     tags: list[str] = field(default_factory=list)
     """W&B tags."""
+    keep_local_runs: int = 20
+    """Local tracker files kept in the run directory: the newest this many W&B run folders (an offline one
+    only once `wandb sync` has uploaded it) and TensorBoard event files per stage."""
+
+    def __post_init__(self) -> None:
+        _positive("tracking.keep_local_runs", self.keep_local_runs)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -394,8 +409,12 @@ class RegistryConfig:
     """At the end of `run`, score the new export against the champion and promote it if better (`run --promote`)."""
     min_improvement: float = 0.0
     """Relative test-MASE improvement required: promote when challenger MASE < champion MASE x (1 - this)."""
+    keep_versions: int = 10
+    """Versions kept: the newest this many, and the champion whatever its age (history.jsonl keeps every
+    decision)."""
 
     def __post_init__(self) -> None:
+        _positive("registry.keep_versions", self.keep_versions)
         if self.dir is not None and not self.dir.strip():
             raise ConfigError("registry.dir is empty; use null to turn the registry off")
         if not 0.0 <= self.min_improvement < 1.0:
@@ -470,7 +489,11 @@ def check_base_fits(residual_season: int, season_average: int, lookback: int) ->
 def _plain(value: Any) -> Any:
     if not dataclasses.is_dataclass(value):
         return value
-    return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value) if not operational(f)}
+    return {
+        f.name: _plain(getattr(value, f.name))
+        for f in dataclasses.fields(value)
+        if not operational(f) and not (f.metadata.get("added") and getattr(value, f.name) == f.default)
+    }
 
 
 def _check_quantiles(quantiles: list[float]) -> None:

@@ -165,6 +165,15 @@ def recover(root: Path) -> None:
         append_history(root, record)
 
 
+def prune_versions(root: Path, keep: int) -> list[str]:
+    """Delete all but the newest `keep` versions, never the one `current` names; the versions deleted."""
+    current = current_version(root)
+    old = [v for v in versions(root)[:-keep] if v != current]
+    for version in old:
+        shutil.rmtree(root / version, ignore_errors=True)
+    return old
+
+
 def version_of_export(root: Path, export_key: str) -> str | None:
     """The version already holding the export made with `export_key`, if any."""
     for version in reversed(versions(root)):

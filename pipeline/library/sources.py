@@ -12,6 +12,7 @@ import contextlib
 import glob
 import hashlib
 import logging
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ class DataLayout(Protocol):
     future_covariates: list[str]
     static_covariates: list[str]
     split: str
+    revision: str | None
+    subset: str | None
     synthetic: Any
 
     @property
@@ -110,7 +113,7 @@ def load_table(data: DataLayout) -> pd.DataFrame:
         return generate_synthetic(data.synthetic)
     files = resolve_files(data.source)
     if files is None:
-        return _load_hub(data.source, data.split)
+        return _load_hub(data.source, data.split, data.revision, data.subset)
     builder, label, kwargs = _checked_files(data, files)
     return _load_files(builder, [str(p) for p in files], label, **kwargs)
 
@@ -194,30 +197,38 @@ def _load_files(builder: str, files: list[str], label: str, **kwargs) -> pd.Data
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors come back as one DataError
-    try:
-        # force_redownload: the datasets cache is keyed by path and mtime, so a file replaced
-        # with new content but the same mtime (cp -p, tar, rsync -a) would load stale rows
-        ds = datasets.load_dataset(builder, data_files=files, split="train", download_mode="force_redownload", **kwargs)
-    except Exception as exc:  # datasets wraps parser errors in several exception types
-        if "corresponds to no data" in str(exc):  # a header and no row
-            raise DataError(f"{label}: no rows") from None
-        raise DataError(f"{label}: cannot read as {builder}: {_first_line(exc)}") from None
-    table = ds.to_pandas()
+    # A cache of its own, deleted once the rows are in pandas: the shared datasets cache would keep
+    # an Arrow copy of every version of a file that a nightly job appends to (keyed by path and
+    # mtime, it could also serve stale rows for a file replaced with the same mtime: cp -p, rsync -a).
+    with tempfile.TemporaryDirectory(prefix="lstm-pipeline-datasets-") as cache:
+        try:
+            ds = datasets.load_dataset(
+                builder, data_files=files, split="train", cache_dir=cache, keep_in_memory=True, **kwargs
+            )
+        except Exception as exc:  # datasets wraps parser errors in several exception types
+            if "corresponds to no data" in str(exc):  # a header and no row
+                raise DataError(f"{label}: no rows") from None
+            raise DataError(f"{label}: cannot read as {builder}: {_first_line(exc)}") from None
+        table = ds.to_pandas()
+        del ds
     if table.empty:
         raise DataError(f"{label}: no rows")
     return table
 
 
-def _load_hub(dataset_id: str, split: str) -> pd.DataFrame:
+def _load_hub(dataset_id: str, split: str, revision: str | None = None, subset: str | None = None) -> pd.DataFrame:
+    """A Hub dataset through the shared datasets cache, which keeps one copy per revision (pin one with
+    `data.revision` for a nightly job: a moving branch adds a copy whenever it moves)."""
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parser errors come back as one DataError
     try:
-        ds = datasets.load_dataset(dataset_id, split=split)
+        ds = datasets.load_dataset(dataset_id, subset, split=split, revision=revision)
     except Exception as exc:
+        at = f" at revision {revision}" if revision else ""
         raise DataError(
-            f"data.source: cannot load Hub dataset '{dataset_id}' (split {split}): {_first_line(exc)}"
+            f"data.source: cannot load Hub dataset '{dataset_id}'{at} (split {split}): {_first_line(exc)}"
         ) from None
     return ds.to_pandas()
 

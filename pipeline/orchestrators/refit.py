@@ -92,6 +92,8 @@ def prepare_folds(cfg: Config, force: bool = False) -> None:
         window.run(fold_cfg, force=force)
         main_process_only(partial(_drop_stale_work, fold_cfg))
         train.run(fold_cfg, force=force)
+        # a finished fold is never resumed: its checkpoints would only fill the disk night after night
+        main_process_only(partial(shutil.rmtree, path / "train" / "checkpoints", ignore_errors=True))
 
 
 def fold_series(table, ingest: IngestRecord, series: np.ndarray, cutoffs: np.ndarray) -> SeriesSet:

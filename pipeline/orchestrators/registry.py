@@ -188,6 +188,9 @@ def promote(cfg: Config) -> dict:
         if record["decision"] == "promoted":
             switch_current(root, record["version"])
         append_history(root, record)
+        dropped = store.prune_versions(root, cfg.registry.keep_versions)
+    if dropped:
+        log.info("registry: deleted %s (registry.keep_versions=%d)", ", ".join(dropped), cfg.registry.keep_versions)
     log.info(
         "registry: %s %s (%s); current: %s", record["version"], record["decision"], record["reason"], record["current"]
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from pipeline.config import Config, save_config
 from pipeline.library.runtime import dist_state
 from pipeline.stages.table import NAMES, stage_function
+from pipeline.stages.tracking import prune_local_runs
 
 log = logging.getLogger("pipeline")
 
@@ -36,6 +37,8 @@ def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -
 
             registry.promote(cfg)
         log.info("done: %s", cfg.run_dir)
+    if state.is_main_process:
+        prune_local_runs(cfg.run_dir, cfg.tracking.keep_local_runs)
     if state.is_main_process and sorted((cfg.run_dir / "wandb").glob("offline-run-*")):
         pattern = cfg.run_dir / "wandb" / "offline-run-*"
         log.info("W&B ran offline; upload every run of this directory with: wandb sync %s", pattern)

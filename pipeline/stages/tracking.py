@@ -200,3 +200,42 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return out
+
+
+def prune_local_runs(run_dir: Path, keep: int) -> list[Path]:
+    """Bound the tracker files a run directory collects night after night; the paths deleted.
+
+    W&B writes a folder per stage run under `<run_dir>/wandb/`: online ones are copies of what
+    was uploaded, offline ones are the only copy until `wandb sync` marks them uploaded
+    (`run-<id>.wandb.synced`). The newest `keep` are kept, and an offline folder that was never
+    uploaded is never deleted (a warning counts them). TensorBoard's event files: the newest
+    `keep` per stage.
+    """
+    import shutil
+
+    deleted: list[Path] = []
+    folders = sorted((p for p in (run_dir / "wandb").glob("*run-*") if p.is_dir()), key=_started)
+    unsynced = [p for p in folders if p.name.startswith("offline-") and not any(p.glob("*.wandb.synced"))]
+    for folder in folders[:-keep]:
+        if folder not in unsynced:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(folder)
+    if len(unsynced) > keep:
+        log.warning(
+            "%d offline W&B runs in %s were never uploaded; upload them with: wandb sync %s",
+            len(unsynced),
+            run_dir / "wandb",
+            run_dir / "wandb" / "offline-run-*",
+        )
+    for stage in (p for p in (run_dir / "tensorboard").glob("*") if p.is_dir()):
+        events = sorted(stage.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+        for path in events[:-keep]:
+            path.unlink(missing_ok=True)
+            deleted.append(path)
+    return deleted
+
+
+def _started(folder: Path) -> str:
+    """A W&B run folder's start time as it names it (`[offline-]run-YYYYMMDD_HHMMSS-<id>`)."""
+    found = re.search(r"run-(\d{8}_\d{6})", folder.name)
+    return found.group(1) if found else ""
