@@ -50,6 +50,9 @@ def test_run_writes_every_artifact(finished_run):
         assert (run / path).is_file(), path
     for png in ("forecasts.png", "error_by_horizon.png"):
         assert (run / "evaluate" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "train/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # tracking: none, the curve is there
+    report = (run / "evaluate/report.md").read_text()
+    assert all(f"]({p})" in report for p in ("forecasts.png", "error_by_horizon.png", "../train/loss.png"))
     rows = [json.loads(line) for line in (run / "train/metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "loss" in r]
     assert [r["step"] for r in train_rows] == list(range(5, 41, 5))

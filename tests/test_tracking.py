@@ -288,11 +288,7 @@ def test_export_logs_the_model_directory_as_an_artifact(wandb_run):
 
 
 @pytest.mark.slow
-def test_killed_and_resumed_training_continues_the_same_wandb_run(tmp_path):
-    settings = {**FAST, "train.max_steps": 40, "train.checkpoint_every": 10, "train.log_every": 1}
-    config = write_config(tmp_path, {**settings, "tracking.backend": "wandb", "export.onnx": False})
-    env = wandb_env(tmp_path)
-    run = tmp_path / "run"
+def _start_and_kill(config: Path, env: dict, run: Path, at_step: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--config", str(config)],
         cwd=REPO,
@@ -303,12 +299,20 @@ def test_killed_and_resumed_training_continues_the_same_wandb_run(tmp_path):
     )
     deadline = time.monotonic() + 240
     try:
-        while logged_step(run) < 13:  # past the first checkpoint (step 10)
+        while logged_step(run) < at_step:
             assert proc.poll() is None, "training ended before it could be killed"
             assert time.monotonic() < deadline, "training too slow to reach the kill step"
             time.sleep(0.005)
     finally:
         kill_group(proc)
+
+
+def test_killed_and_resumed_training_continues_the_same_wandb_run(tmp_path):
+    settings = {**FAST, "train.max_steps": 40, "train.checkpoint_every": 10, "train.log_every": 1}
+    config = write_config(tmp_path, {**settings, "tracking.backend": "wandb", "export.onnx": False})
+    env = wandb_env(tmp_path)
+    run = tmp_path / "run"
+    _start_and_kill(config, env, run, 13)  # past the first checkpoint (step 10)
     assert not (run / "train").exists() and (run / ".train.work/checkpoints/step_10").is_dir()
     run_id = (run / ".train.work/wandb_run_id").read_text().strip()
 
@@ -324,12 +328,41 @@ def test_killed_and_resumed_training_continues_the_same_wandb_run(tmp_path):
     assert not first.exited  # killed
     rows = [r for r in jsonl(run / "train/metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == list(range(1, 41))
-    # the resumed process logs from the step after the checkpoint, with the values metrics.jsonl keeps
-    assert second.steps("train/loss") == {r["step"]: r["loss"] for r in rows if r["step"] > 10}
-    # exact resume: what the killed run got onto disk past the checkpoint (W&B flushes its offline
-    # log every 15 s, so a run killed sooner may have written nothing) the resumed one logs again
-    before = first.steps("train/loss")
-    assert all(second.steps("train/loss")[s] == v for s, v in before.items() if s > 10)
+    # exact resume in the tracker too: the killed run holds the steps up to its checkpoint (committed there
+    # and on disk before the kill), the resumed one the rest; each step once, in order, with the values
+    # metrics.jsonl keeps
+    assert sorted(first.steps("train/loss")) == list(range(1, 11))
+    assert sorted(second.steps("train/loss")) == list(range(11, 41))
+    assert {**first.steps("train/loss"), **second.steps("train/loss")} == {r["step"]: r["loss"] for r in rows}
+    assert sorted(first.steps("val/loss")) == [0, 10] and sorted(second.steps("val/loss")) == [20, 30, 40]
+
+
+def test_a_training_killed_before_its_first_checkpoint_leaves_no_wandb_run(tmp_path):
+    settings = {**FAST, "train.max_steps": 400, "train.checkpoint_every": 200, "train.log_every": 1}
+    config = write_config(tmp_path, {**settings, "tracking.backend": "wandb", "export.onnx": False})
+    run = tmp_path / "run"
+    _start_and_kill(config, wandb_env(tmp_path), run, 3)
+    assert not list(run.glob("wandb/*run-*"))
+
+
+@pytest.mark.slow
+def test_tensorboard_after_a_kill_and_a_resume_has_each_step_once(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = {**FAST, "train.max_steps": 40, "train.checkpoint_every": 10, "train.log_every": 1}
+    config = write_config(tmp_path, {**settings, "tracking.backend": "tensorboard", "export.onnx": False})
+    run = tmp_path / "run"
+    _start_and_kill(config, {}, run, 13)
+    result = cli("train", "--config", str(config))
+    assert result.returncode == 0 and "resumed from" in result.stderr, result.stderr[-2000:]
+    events = sorted((run / "tensorboard/train").glob("events.out.tfevents.*"))
+    assert len(events) == 2
+    steps = []
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        steps += [e.step for e in accumulator.Scalars("train/loss")]
+    assert steps == list(range(1, 41))  # the killed process's file ends at its checkpoint
 
 
 # ---------------------------------------------------------------- sweeps

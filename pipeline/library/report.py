@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,59 +10,92 @@ import pandas as pd
 
 from pipeline.library import metrics as M
 from pipeline.library.records import SeriesTable
-from pipeline.library.scoring import METHODS, ScoredWindows
+from pipeline.library.scoring import METHODS, ScoredWindows, forecast_times
 
 
-def write_plots(
-    directory: Path, windows: ScoredWindows, series: SeriesTable, result: dict, plot_series: int
-) -> list[str]:
-    """Forecast vs actual for a few series, and MAE by horizon step; returns the file names."""
-    pairs, positions, actual, band = windows.pairs, windows.positions, windows.actual, windows.band
-    forecasts, offsets, horizon = windows.forecasts, series.offsets, windows.actual.shape[1]
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = []
-    steps = np.arange(1, horizon + 1)
+    return plt
+
+
+def write_plots(
+    directory: Path, windows: ScoredWindows, series: SeriesTable, freq: str, result: dict, plot_series: int
+) -> list[str]:
+    """Forecast vs actual for a few series (against their timestamps), and MAE by horizon step; the file names."""
+    plt = _pyplot()
+    horizon = windows.actual.shape[1]
     fig, ax = plt.subplots(figsize=(7, 4))
     for m in METHODS:
-        ax.plot(steps, result["mae_by_horizon"][m], label=m.replace("_", " "))
+        ax.plot(np.arange(1, horizon + 1), result["mae_by_horizon"][m], label=m.replace("_", " "))
     ax.set(xlabel="horizon step", ylabel="MAE (original units)", title="Test error by horizon step")
     ax.legend()
     fig.tight_layout()
     fig.savefig(directory / "error_by_horizon.png", dpi=100)
     plt.close(fig)
-    names.append("error_by_horizon.png")
-
-    counts = np.bincount(pairs[:, 0], minlength=len(series))
-    chosen = np.argsort(-counts, kind="stable")[:plot_series]
-    chosen = [int(s) for s in chosen if counts[s] > 0]
-    if chosen:
-        fig, axes = plt.subplots(len(chosen), 1, figsize=(10, 2.6 * len(chosen)), squeeze=False)
-        for ax, s in zip(axes[:, 0], chosen):
-            rows = np.flatnonzero(pairs[:, 0] == s)[-max(1, 336 // horizon) :]
-            t = positions[rows].ravel() - offsets[s]
-            ax.plot(t, actual[rows].ravel(), color="black", lw=1, label="actual")
-            if band is not None:
-                for k, (i, j) in enumerate(M.symmetric_intervals(result["quantiles"]["levels"])):
-                    lo, hi = band[rows][..., i].ravel(), band[rows][..., j].ravel()
-                    name = M.interval_name(result["quantiles"]["levels"][i], result["quantiles"]["levels"][j])
-                    ax.fill_between(t, lo, hi, color="C0", alpha=0.15 + 0.1 * k, lw=0, label=f"model {name}")
-            ax.plot(t, forecasts["model"][rows].ravel(), lw=1, label="model" if band is None else "model (median)")
-            ax.plot(t, forecasts["seasonal_naive"][rows].ravel(), lw=0.8, ls="--", label="seasonal naive")
-            ax.set_title(f"series {series.ids[s]} (last test windows)", fontsize=9)
-            ax.set_xlabel("step in series")
-        axes[0, 0].legend(fontsize=8)
-        fig.tight_layout()
+    names = ["error_by_horizon.png"]
+    fig = forecast_figure(windows, series, freq, result, plot_series)
+    if fig is not None:
         fig.savefig(directory / "forecasts.png", dpi=100)
         plt.close(fig)
         names.append("forecasts.png")
     return names
 
 
-def report(name: str, result: dict, per_series: pd.DataFrame, plots: list[str]) -> str:
+def forecast_figure(windows: ScoredWindows, series: SeriesTable, freq: str, result: dict, plot_series: int):
+    """The last test windows of the `plot_series` series with the most of them, over real time (None: no window)."""
+    plt = _pyplot()
+    pairs, actual, band, forecasts = windows.pairs, windows.actual, windows.band, windows.forecasts
+    horizon = actual.shape[1]
+    counts = np.bincount(pairs[:, 0], minlength=len(series))
+    chosen = [int(s) for s in np.argsort(-counts, kind="stable")[:plot_series] if counts[s] > 0]
+    if not chosen:
+        return None
+    times = forecast_times(series, freq, pairs[:, 0], windows.positions - series.offsets[pairs[:, 0], None])
+    fig, axes = plt.subplots(len(chosen), 1, figsize=(10, 2.6 * len(chosen)), squeeze=False)
+    for ax, s in zip(axes[:, 0], chosen):
+        rows = np.flatnonzero(pairs[:, 0] == s)[-max(1, 336 // horizon) :]
+        t = times[rows].ravel()
+        ax.plot(t, actual[rows].ravel(), color="black", lw=1, label="actual")
+        if band is not None:
+            levels = result["quantiles"]["levels"]
+            for k, (i, j) in enumerate(M.symmetric_intervals(levels)):
+                lo, hi = band[rows][..., i].ravel(), band[rows][..., j].ravel()
+                name = M.interval_name(levels[i], levels[j])
+                ax.fill_between(t, lo, hi, color="C0", alpha=0.15 + 0.1 * k, lw=0, label=f"model {name}")
+        ax.plot(t, forecasts["model"][rows].ravel(), lw=1, label="model" if band is None else "model (median)")
+        ax.plot(t, forecasts["seasonal_naive"][rows].ravel(), lw=0.8, ls="--", label="seasonal naive")
+        ax.set_title(f"series {series.ids[s]} (last test windows)", fontsize=9)
+    axes[0, 0].legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig
+
+
+def write_loss_curve(metrics_jsonl: Path, path: Path) -> bool:
+    """train/loss.png: the training loss and the validation loss by step (whatever the tracker); False: no rows."""
+    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if not train and not val:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label in ((train, "train (logged steps)"), (val, "validation")):
+        if points:
+            ax.plot(*zip(*points), marker="o" if label == "validation" else None, ms=3, label=label)
+    ax.set(xlabel="step", ylabel="loss (scaled units)", title="Training and validation loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def report(name: str, result: dict, per_series: pd.DataFrame, plots: list[str], loss_curve: str | None = None) -> str:
     """evaluate/report.md: the metrics table, the per-series spread, quantiles, backtest, the plots."""
     rows = [("model", result["model"]), *result["baselines"].items()]
     lines = [
@@ -87,6 +121,8 @@ def report(name: str, result: dict, per_series: pd.DataFrame, plots: list[str]) 
     if "backtest" in result:
         lines += _backtest_lines(result["backtest"])
     lines += [f"![{p}]({p})" for p in plots]
+    if loss_curve:
+        lines += ["", f"Training: ![loss by step]({loss_curve})"]
     return "\n".join(lines) + "\n"
 
 

@@ -185,8 +185,9 @@ def write_outputs(cfg, key, result: dict, per_series, test: ScoredWindows, inges
             copy_fold_models(tmp, cfg.run_dir, cfg.evaluate.backtest.folds)
         per_series.to_csv(tmp / "per_series.csv", index=False)
         forecast_table(test, ingest.series, ingest.freq).to_csv(tmp / "forecasts.csv", index=False)
-        plots = write_plots(tmp, test, ingest.series, result, cfg.evaluate.plot_series)
-        (tmp / "report.md").write_text(report(cfg.name, result, per_series, plots))
+        plots = write_plots(tmp, test, ingest.series, ingest.freq, result, cfg.evaluate.plot_series)
+        loss = "../train/loss.png" if (stage_dir(cfg, "train") / "loss.png").is_file() else None
+        (tmp / "report.md").write_text(report(cfg.name, result, per_series, plots, loss))
         EvaluateRecord(key, config=cfg.to_dict()).write(tmp)
     _log_result(result)
     _track(cfg, result, per_series, stage_dir(cfg, "evaluate"), plots)

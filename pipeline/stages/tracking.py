@@ -12,6 +12,8 @@ import logging
 import netrc
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,34 +32,90 @@ def wandb_credentials_present() -> bool:
 
 
 class Tracker:
-    """A thin front to one Accelerate tracker; every method is a no-op without one."""
+    """A thin front to one Accelerate tracker; every method is a no-op without one.
 
-    def __init__(self, backend: Any = None, offline_dir: Path | None = None) -> None:
-        self.backend = backend
-        self.offline_dir = offline_dir
+    The backend starts at its first use, so a run killed before logging anything leaves no
+    tracker file. A `deferred` tracker (training with checkpoints) holds what it is given until
+    `commit()`, which training calls when a checkpoint is written: the tracker then never holds a
+    step that a resume from the last checkpoint would log again, so a killed and resumed run has
+    each step once, in order (exact resume, as for the weights). What is committed is on disk
+    within a fraction of a second (W&B's offline log is flushed every 0.25 s, TensorBoard's at
+    each commit), so a SIGKILL loses at most the steps since the last checkpoint, which the
+    resumed run logs again.
+    """
+
+    def __init__(self, opener: Callable[[], tuple[Any, Path | None]] | None = None, kind: str = "none",
+                 deferred: bool = False) -> None:  # fmt: skip
+        self._opener = opener  # starts the backend: (Accelerate tracker, W&B offline folder or None)
+        self.kind = kind if opener is not None else "none"
+        self.deferred = deferred
+        self.backend: Any = None
+        self.offline_dir: Path | None = None
+        self.pending: list[tuple[str, dict[str, Any], int | None]] = []
         self.last_step: int | None = None
 
     @property
     def name(self) -> str:
-        return self.backend.name if self.backend is not None else "none"
+        return self.kind
 
     @property
     def run(self) -> Any:
         return getattr(self.backend, "tracker", None)
 
+    def _started(self) -> bool:
+        if self.backend is None and self._opener is not None:
+            self.backend, self.offline_dir = self._opener()
+            self._opener = None
+        return self.backend is not None
+
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
-        if self.backend is None:
+        if self.kind == "none":
             return
-        if self.name == "wandb" and step is not None and step < getattr(self.run, "starting_step", 0):
-            # a resumed online run already holds this step (from before the kill); W&B would refuse it
-            return
-        self.backend.log(values, step=step)
         if step is not None:
             self.last_step = max(step, self.last_step or 0)
+        if self.deferred:
+            self.pending.append(("log", values, step))
+            return
+        self._log(values, step)
+
+    def _log(self, values: dict[str, Any], step: int | None, whole: bool = False) -> None:
+        """`whole`: every value of this step is in `values` (W&B writes the row now, not at the next step)."""
+        if not self._started():
+            return
+        if self.kind == "wandb" and step is not None and step < getattr(self.run, "starting_step", 0):
+            # a resumed online run already holds this step (from before the kill); W&B would refuse it
+            return
+        if self.kind == "wandb" and whole:
+            self.backend.log(values, step=step, commit=True)
+        else:
+            self.backend.log(values, step=step)
+
+    def commit(self) -> None:
+        """Send what a deferred tracker holds and get it onto disk (at a checkpoint, and at the end)."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        rows: dict[int | None, dict[str, Any]] = {}  # one row per step: the train and the validation values
+        for kind, values, step in pending:
+            if kind == "log":
+                rows.setdefault(step, {}).update(values)
+            else:
+                self._describe(values)
+        for step, values in rows.items():
+            self._log(values, step, whole=True)
+        if self.kind == "tensorboard":
+            self.run.flush()
+        elif self.offline_dir is not None:
+            time.sleep(WANDB_FLUSH_SECONDS * 1.5)  # the offline log's next flush
+
+    def discard(self) -> None:
+        """Drop what a deferred tracker holds (training failed: a resume from the checkpoint logs it again)."""
+        self.pending.clear()
 
     def summary(self, values: dict[str, Any]) -> None:
         """Final values (W&B run summary; TensorBoard scalars at the last logged step)."""
-        if self.backend is None:
+        self.commit()
+        if not self._started():
             return
         if self.name == "wandb":
             self.run.summary.update(values)
@@ -67,7 +125,15 @@ class Tracker:
 
     def describe(self, info: dict[str, Any]) -> None:
         """Run facts (data, world size, device, precision, versions) into the run's config."""
-        if self.backend is None:
+        if self.kind == "none":
+            return
+        if self.deferred:
+            self.pending.append(("describe", info, None))
+            return
+        self._describe(info)
+
+    def _describe(self, info: dict[str, Any]) -> None:
+        if not self._started():
             return
         if self.name == "wandb":
             self.run.config.update({"run_info": info}, allow_val_change=True)
@@ -76,7 +142,8 @@ class Tracker:
 
     def images(self, paths: dict[str, Path]) -> None:
         """PNG files as images (W&B media; TensorBoard image summaries)."""
-        if self.backend is None or not paths:
+        self.commit()
+        if not paths or not self._started():
             return
         if self.name == "wandb":
             import wandb
@@ -92,7 +159,8 @@ class Tracker:
 
     def table(self, key: str, frame: Any) -> None:
         """A data frame as a W&B Table (TensorBoard: a markdown table in the text tab)."""
-        if self.backend is None:
+        self.commit()
+        if not self._started():
             return
         if self.name == "wandb":
             import wandb
@@ -111,7 +179,8 @@ class Tracker:
         self, path: Path, name: str, type: str, metadata: dict[str, Any], description: str | None = None
     ) -> None:
         """A directory as a W&B artifact of this run (lineage links it to the run); no-op elsewhere."""
-        if self.name != "wandb":
+        self.commit()
+        if self.name != "wandb" or not self._started():
             return
         import wandb
 
@@ -120,6 +189,7 @@ class Tracker:
         self.run.log_artifact(artifact)
 
     def finish(self) -> None:
+        self.commit()
         if self.backend is None:
             return
         self.backend.finish()
@@ -140,10 +210,18 @@ def sweep_run_id() -> str | None:
     return None
 
 
-def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None = None) -> Tracker:
+def open_tracker(
+    cfg: Config, job_type: str, is_main: bool, run_id: str | None = None, deferred: bool = False
+) -> Tracker:
+    """The stage's tracker (started at its first use); `deferred`: logged values wait for `commit()`."""
     t = cfg.tracking
     if not is_main or t.backend == "none":
         return Tracker()
+    return Tracker(lambda: _start(cfg, job_type, run_id), t.backend, deferred)
+
+
+def _start(cfg: Config, job_type: str, run_id: str | None) -> tuple[Any, Path | None]:
+    t = cfg.tracking
     from accelerate import PartialState
 
     PartialState()  # Accelerate's trackers need its process state; a no-op when a launcher set it up
@@ -155,7 +233,7 @@ def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None =
         backend = TensorBoardTracker(job_type, str(run_dir / "tensorboard"))
         backend.start()
         backend.store_init_configuration(_flat(cfg.to_dict()))
-        return Tracker(backend)
+        return backend, None
 
     from accelerate.tracking import WandBTracker
 
@@ -182,13 +260,22 @@ def open_tracker(cfg: Config, job_type: str, is_main: bool, run_id: str | None =
         project = None
     backend = WandBTracker(project, **kwargs)
     backend.start()
-    return Tracker(backend, offline_dir=Path(backend.run.dir).parent if mode == "offline" else None)
+    return backend, Path(backend.run.dir).parent if mode == "offline" else None
+
+
+WANDB_FLUSH_SECONDS = 0.25
+"""How often W&B writes its offline log (its default, 15 s, would let a SIGKILL lose a checkpoint's steps)."""
 
 
 def _wandb_settings() -> Any:
     import wandb
 
-    return wandb.Settings(console="off", silent=True, x_disable_stats=True)
+    try:
+        return wandb.Settings(
+            console="off", silent=True, x_disable_stats=True, x_transaction_log_flush_interval=WANDB_FLUSH_SECONDS
+        )
+    except Exception:  # a wandb without the setting flushes on its own schedule
+        return wandb.Settings(console="off", silent=True, x_disable_stats=True)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

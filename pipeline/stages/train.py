@@ -38,6 +38,7 @@ from pipeline.library.losses import loss_function, training_loss
 from pipeline.library.model import build_model
 from pipeline.library.model_spec import ModelSpec
 from pipeline.library.records import IngestRecord, TrainRecord, TrainState, WindowRecord, is_cached
+from pipeline.library.report import write_loss_curve
 from pipeline.library.runtime import choose_threads, configure_process, make_deterministic, resolve_precision
 from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.store import read_covariates, read_values
@@ -106,7 +107,9 @@ def train(cfg: Config, key: str, fresh: bool = False) -> None:
     state = restore(cfg, accelerator, model, optimizer, work, {"key": key}, fresh)
     threads = thread_tuner(cfg, accelerator, state.step)
     setup = describe_setup(cfg, accelerator, torch.get_num_threads(), data.info)
-    tracker = open_tracker(cfg, "train", accelerator.is_main_process, run_id=_run_id(work, accelerator))
+    tracker = open_tracker(
+        cfg, "train", accelerator.is_main_process, _run_id(work, accelerator), deferred=bool(cfg.train.checkpoint_every)
+    )
     tracker.describe(setup)
     metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
     loss = loss_function(cfg.train.loss, cfg.model.quantiles)
@@ -129,7 +132,11 @@ def train(cfg: Config, key: str, fresh: bool = False) -> None:
                 ckpt.save_checkpoint(
                     work / "checkpoints", state, accelerator, model, optimizer, {"key": key}, cfg.train.keep_last
                 )
+                tracker.commit()  # the tracker holds what the checkpoint holds: a resume logs the rest once
         finish(session, state)
+    except BaseException:
+        tracker.discard()  # steps past the last checkpoint: the resumed run logs them
+        raise
     finally:
         progress.close()
         tracker.finish()
@@ -535,6 +542,7 @@ def finish(session: Session, state: TrainState) -> None:
     if accelerator.is_main_process:
         work, buffer, val = session.work, session.data.buffer, session.data.pairs["val"]
         ckpt.save_weights(ckpt.unwrapped_state(accelerator, session.model), work / "model.safetensors")
+        write_loss_curve(work / "metrics.jsonl", work / "loss.png")
         best = work / "best" / "model.safetensors"
         calibration = blend = None
         if spec.blend:
