@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # CPU-only machines get the CPU build of torch; with nvidia-smi present, pip follows pyproject's range.
 CONSTRAINT := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
 
-.PHONY: setup demo test lint format clean gpu-wheels gpu-check
+.PHONY: setup demo test lint format clean gpu-wheels gpu-check lock
 
 setup: $(STAMP)
 
@@ -43,6 +43,15 @@ gpu-wheels: setup
 # The GPU check's steps, reduced, on this machine's CPU (what a test runs too).
 gpu-check: setup
 	$(PY) bench/gpu_check.py --device cpu --quick --out runs/gpu_check
+
+# docker/requirements.lock: every package of `.[tensorboard]` for the image (Python 3.12, x86-64 Linux),
+# exact versions and hashes, torch at the version the tests run (constraints/cpu.txt).
+LOCK_COMMAND := uv pip compile pyproject.toml --extra tensorboard --python-version 3.12 \
+	--python-platform x86_64-manylinux_2_28 --generate-hashes --constraint constraints/cpu.txt \
+	--output-file docker/requirements.lock
+lock: setup
+	$(PY) -m pip install -q uv
+	$(VENV)/bin/$(LOCK_COMMAND)
 
 clean:
 	rm -rf runs .pytest_cache

@@ -100,10 +100,29 @@ def test_installs_the_package_with_the_extras_the_makefile_uses():
         assert docker_extras, "install the runtime extras, as the Makefile installs its extras"
         # the image has the runtime part of what `make setup` installs (no test tools)
         assert requirements(docker_extras) <= requirements(make_extras), docker_extras
-    # the same CPU constraint file as the Makefile, behind a build argument
-    assert "constraints/cpu.txt" in makefile and "constraints/cpu.txt" in DOCKERFILE.read_text()
-    assert any(a.startswith("TORCH_CONSTRAINT") for a in of("ARG"))
-    assert '-c "$TORCH_CONSTRAINT"' in docker_runs
+    assert all("--no-deps" in run for run in of("RUN") if "pip install" in run and '".[' in run)
+
+
+def test_the_image_installs_exactly_the_lock_file_make_lock_writes():
+    """Two builds a month apart install the same code: every dependency pinned and hashed, before the package."""
+    runs = of("RUN")
+    (locked,) = [i for i, run in enumerate(runs) if "-r docker/requirements.lock" in run]
+    assert "--require-hashes" in runs[locked] and "--no-deps" in runs[locked]
+    assert locked < min(i for i, run in enumerate(runs) if '".[' in run)  # the lock first, then the package
+    lock = (REPO / "docker/requirements.lock").read_text()
+    pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\$", lock, flags=re.M)
+    names = {name.lower() for name, _ in pins}
+    assert {"torch", "accelerate", "datasets", "wandb", "pyyaml", "tensorboard"} <= names
+    requirement_lines = [ln for ln in lock.splitlines() if ln and not ln.startswith((" ", "#"))]
+    assert len(requirement_lines) == len(pins)  # nothing unpinned
+    blocks = re.split(r"^(?=[A-Za-z0-9_.-]+==)", lock, flags=re.M)[1:]
+    assert all("--hash=sha256:" in block for block in blocks)
+    (torch,) = [v for name, v in pins if name == "torch"]
+    assert f"torch=={torch}" in (REPO / "constraints/cpu.txt").read_text()  # the version the tests run
+    command = " ".join(lock.splitlines()[1].lstrip("# ").split())
+    makefile = (REPO / "Makefile").read_text()
+    recipe = " ".join(makefile.split("LOCK_COMMAND := ", 1)[1].split("\nlock:", 1)[0].replace("\\\n", " ").split())
+    assert command == recipe, "regenerate with: make lock"
 
 
 def test_gpu_base_by_default_and_a_cpu_variant_by_build_arg():
@@ -111,7 +130,7 @@ def test_gpu_base_by_default_and_a_cpu_variant_by_build_arg():
     assert "cuda" in base and "runtime" in base
     assert of("FROM") == ["${BASE}"]
     text = DOCKERFILE.read_text()
-    assert "--build-arg BASE=ubuntu:" in text and "--build-arg TORCH_CONSTRAINT=constraints/cpu.txt" in text
+    assert "--build-arg BASE=ubuntu:" in text
 
 
 def test_runs_as_a_non_root_user_with_the_cli_entrypoint():

@@ -7,6 +7,7 @@ accelerate, lstm-pipeline, python, torchrun) that only record their arguments.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -250,3 +251,33 @@ def test_cpu_ddp_passes_config_and_overrides(tmp_path):
 def test_cpu_ddp_defaults(tmp_path):
     calls = _run_with_stubs(tmp_path, CPU_DDP, [], {})
     assert calls[-1] == "torchrun --nproc_per_node 2 -m pipeline train --config configs/default.yaml"
+
+
+RECIPES = ["cron/retrain.sh", "slurm/retrain.sbatch", "slurm/train.sbatch", "cpu_ddp.sh"]
+# variables a recipe's own code does not read but what it runs does
+READ_ELSEWHERE = {"ACCELERATE_USE_CPU"}  # read by the pipeline (pipeline/library/runtime.py)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_every_variable_a_recipe_mentions_is_read(recipe):
+    """A variable the header tells the user to set (`NAME=...`, `NAME (default ...)`) is read by the code."""
+    text = (REPO / "launch" / recipe).read_text()
+    comments = "\n".join(line for line in text.splitlines() if line.startswith("#") and not line.startswith("#!"))
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    mentioned = set(re.findall(r"\b([A-Z][A-Z0-9_]{3,})(?:=|\s\(|,\s*default)", comments)) - READ_ELSEWHERE
+    unread = sorted(name for name in mentioned if not re.search(rf"\$\{{?{name}\b", code))
+    assert unread == [], f"{recipe} mentions {unread} but never reads them"
+    # a command line shown in the header that sets a variable for another recipe: that recipe reads it
+    for line in comments.splitlines():
+        ran = re.search(r"launch/([\w/]+\.(?:sh|sbatch))", line)
+        for name in re.findall(r"\b([A-Z][A-Z0-9_]{3,})=", line) if ran else []:
+            target = (REPO / "launch" / ran.group(1)).read_text()
+            assert re.search(rf"\$\{{?{name}\b", target) or name in READ_ELSEWHERE, f"{ran.group(1)} ignores {name}"
+
+
+def test_the_kubernetes_cronjob_runs_without_a_wandb_secret():
+    docs = list(yaml.safe_load_all((REPO / "launch/k8s/cronjob.yaml").read_text()))
+    job = next(d for d in docs if d["kind"] == "CronJob")
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    key = next(e for e in container["env"] if e["name"] == "WANDB_API_KEY")
+    assert key["valueFrom"]["secretKeyRef"]["optional"] is True  # no secret: the CLI tracks offline
