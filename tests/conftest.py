@@ -70,6 +70,14 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: i
     )
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_wandb_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that runs W&B in this process leaves WANDB_SERVICE set (wandb's own service address);
+    a CLI subprocess would then join that service, and after a SIGKILL its run id stays "in use"
+    there, so a resume fails. A user's shell has no such variable: the subprocesses must not either."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture
 def small_config(tmp_path: Path) -> Path:
     return write_config(tmp_path)
