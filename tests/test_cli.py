@@ -133,7 +133,7 @@ def test_an_offline_wandb_run_says_how_to_upload_every_stage(tmp_path):
     result = cli("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-2000:]
     runs = sorted((tmp_path / "run/wandb").glob("offline-run-*"))
-    assert len(runs) == 3  # one per tracked stage: train, evaluate, export
+    assert len(runs) == 4  # one per tracked stage: ingest, train, evaluate, export
     assert f"wandb sync {tmp_path / 'run/wandb/offline-run-*'}" in result.stderr
 
 

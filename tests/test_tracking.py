@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -138,7 +139,10 @@ def read_wandb_run(run_dir: Path) -> WandbRun:
                     "name": a.name,
                     "description": a.description,
                     "metadata": json.loads(a.metadata or "{}"),
-                    "files": {e.path: e.digest for e in a.manifest.contents},
+                    "files": {e.path: e.digest for e in a.manifest.contents if not e.ref},
+                    "refs": [e.ref for e in a.manifest.contents if e.ref],
+                    "aliases": list(a.aliases),
+                    "used": a.use_after_commit,  # offline, what use_artifact records: an input of the run
                 }
             )
         elif kind == "files":
@@ -195,13 +199,13 @@ def test_stages_are_runs_of_one_group_with_a_job_type_each(wandb_run):
     run, result = wandb_run
     runs = wandb_runs(run)
     jobs = by_job(runs)
-    assert sorted(jobs) == ["evaluate", "export", "train"]
+    assert sorted(jobs) == ["evaluate", "export", "ingest", "train"]
     for job, r in jobs.items():
         assert r.run["group"] == "small" and r.run["project"] == "lstm-pipeline"
         assert r.run["name"] == f"small-{job}" and r.run["tags"] == ["ci"]
         assert r.exited, f"{job}: the run was not finished"
         assert f"wandb sync {r.dir}" in result.stderr  # how to upload what ran offline
-    assert len({r.id for r in runs}) == 3
+    assert len({r.id for r in runs}) == 4
     assert jobs["train"].id == (run / "train/wandb_run_id").read_text().strip()
     assert not (run / "tensorboard").exists()
 
@@ -284,10 +288,61 @@ def test_export_logs_the_model_directory_as_an_artifact(wandb_run):
     assert export.summary["export/onnx_parity"] == meta["onnx_parity"] is not None
 
 
-# ---------------------------------------------------------------- resume continues the W&B run
+@pytest.mark.slow
+def test_the_lineage_runs_from_the_data_through_the_weights_to_the_model(wandb_run):
+    """ingest logs the data (by reference, with its fingerprint), train uses it and logs the weights, export uses
+    those and logs the model: each edge is the same artifact content on both sides, so W&B links them."""
+    run, _ = wandb_run
+    jobs = by_job(wandb_runs(run))
+    fingerprint = json.loads((run / "ingest/meta.json").read_text())["fingerprint"]
+    [data] = jobs["ingest"].artifacts
+    assert (data["name"], data["type"], data["used"]) == ("small-data", "dataset", False)
+    assert data["metadata"]["fingerprint"] == fingerprint and data["metadata"]["n_series"] == 4
+    assert set(data["files"]) == {"data.json"}  # no copy of the data: synthetic data has no file to reference
+    train = {a["name"]: a for a in jobs["train"].artifacts}
+    assert train["small-data"]["used"] and train["small-data"]["files"] == data["files"]  # the same content
+    weights = train["small-weights"]
+    assert not weights["used"] and set(weights["files"]) == {"model.safetensors"}
+    assert weights["metadata"]["train_fingerprint"] == json.loads((run / "train/meta.json").read_text())["key"]
+    export = {a["name"]: a for a in jobs["export"].artifacts}
+    assert export["small-weights"]["used"] and export["small-weights"]["files"] == weights["files"]
+    assert not export["small-model"]["used"]
 
 
 @pytest.mark.slow
+def test_a_file_source_is_referenced_not_copied(tmp_path):
+    source = tmp_path / "data.csv"
+    frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=300, freq="h")})
+    frame["y"] = np.sin(np.arange(300) / 3.8) + 5
+    frame.to_csv(source, index=False)
+    overrides = {"data.source": str(source), "data.target_column": "y", "tracking.backend": "wandb"}
+    config = write_config(tmp_path, overrides)
+    assert cli("ingest", "--config", str(config), env=wandb_env(tmp_path)).returncode == 0
+    [data] = by_job(wandb_runs(tmp_path / "run"))["ingest"].artifacts
+    assert data["refs"] == [source.resolve().as_uri()] and set(data["files"]) == {"data.json"}
+
+
+@pytest.mark.slow
+def test_a_promotion_puts_champion_and_the_version_on_the_model_artifact(tmp_path):
+    overrides = {**FAST, "tracking.backend": "wandb", "registry.dir": str(tmp_path / "registry"),
+                 "tracking.registry_collection": "wandb-registry-model/forecasters"}  # fmt: skip
+    config = write_config(tmp_path, overrides)
+    result = cli("run", "--config", str(config), "--promote", env=wandb_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = by_job(wandb_runs(tmp_path / "run"))
+    [model] = jobs["registry"].artifacts
+    [exported] = [a for a in jobs["export"].artifacts if a["type"] == "model"]
+    assert model["name"] == exported["name"] == "small-model"
+    assert model["files"] == exported["files"]  # the same version: W&B moves the aliases onto it
+    assert {"champion", "v0001"} <= set(model["aliases"])  # W&B adds "latest"
+    assert model["metadata"]["registry"]["decision"] == "promoted"
+    assert jobs["registry"].summary["registry/decision"] == "promoted"
+    assert "link small-model to the registry collection wandb-registry-model/forecasters" in result.stderr
+
+
+# ---------------------------------------------------------------- resume continues the W&B run
+
+
 def _start_and_kill(config: Path, env: dict, run: Path, at_step: int) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "run", "--config", str(config)],
@@ -307,6 +362,7 @@ def _start_and_kill(config: Path, env: dict, run: Path, at_step: int) -> None:
         kill_group(proc)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_training_continues_the_same_wandb_run(tmp_path):
     settings = {**FAST, "train.max_steps": 40, "train.checkpoint_every": 10, "train.log_every": 1}
     config = write_config(tmp_path, {**settings, "tracking.backend": "wandb", "export.onnx": False})
@@ -320,10 +376,10 @@ def test_killed_and_resumed_training_continues_the_same_wandb_run(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from" in result.stderr
 
-    dirs = sorted((run / "wandb").glob("offline-run-*"))
-    assert len(dirs) == 2
-    assert [next(d.glob("run-*.wandb")).name for d in dirs] == [f"run-{run_id}.wandb"] * 2
-    first, second = wandb_runs(run)
+    trains = [r for r in wandb_runs(run) if r.run["job_type"] == "train"]  # ingest is a run of its own
+    assert len(trains) == 2
+    assert [next(r.dir.glob("run-*.wandb")).name for r in trains] == [f"run-{run_id}.wandb"] * 2
+    first, second = trains
     assert second.id == run_id and second.run["job_type"] == "train" and second.exited
     assert not first.exited  # killed
     rows = [r for r in jsonl(run / "train/metrics.jsonl") if "loss" in r]
@@ -342,7 +398,7 @@ def test_a_training_killed_before_its_first_checkpoint_leaves_no_wandb_run(tmp_p
     config = write_config(tmp_path, {**settings, "tracking.backend": "wandb", "export.onnx": False})
     run = tmp_path / "run"
     _start_and_kill(config, wandb_env(tmp_path), run, 3)
-    assert not list(run.glob("wandb/*run-*"))
+    assert [r.run["job_type"] for r in wandb_runs(run)] == ["ingest"]  # ingest finished; training left none
 
 
 @pytest.mark.slow
@@ -420,7 +476,7 @@ def test_sweep_agent_command_runs_a_trial_into_the_agents_run(tmp_path):
     saved = yaml.safe_load((tmp_path / "run/config.yaml").read_text())
     assert saved["train"]["lr"] == lr and saved["train"]["max_steps"] == 5
     runs = wandb_runs(tmp_path / "run")
-    assert len(runs) == 3 and {r.id for r in runs} == {"trial1"}  # every stage continues the trial's run
+    assert len(runs) == 4 and {r.id for r in runs} == {"trial1"}  # every stage continues the trial's run
     assert all(r.run["sweep_id"] == "sweep1" and r.run["job_type"] == "sweep" for r in runs)
     assert all(r.run["project"] == "lstm-pipeline" and r.run["group"] == "small" for r in runs)
     assert runs[0].config["train"]["lr"] == lr

@@ -391,6 +391,9 @@ class TrackingConfig:
     """W&B group (default: the experiment `name`)."""
     tags: list[str] = field(default_factory=list)
     """W&B tags."""
+    registry_collection: str | None = None
+    """A W&B registry collection (e.g. `wandb-registry-model/forecasters`) the promoted model is linked to, with
+    the aliases `champion` and its version (online W&B only)."""
     keep_local_runs: int = 20
     """Local tracker files kept in the run directory: the newest this many W&B run folders (an offline one
     only once `wandb sync` has uploaded it) and TensorBoard event files per stage."""

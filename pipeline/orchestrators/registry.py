@@ -189,12 +189,42 @@ def promote(cfg: Config) -> dict:
             switch_current(root, record["version"])
         append_history(root, record)
         dropped = store.prune_versions(root, cfg.registry.keep_versions)
+    track_decision(cfg, record)
     if dropped:
         log.info("registry: deleted %s (registry.keep_versions=%d)", ", ".join(dropped), cfg.registry.keep_versions)
     log.info(
         "registry: %s %s (%s); current: %s", record["version"], record["decision"], record["reason"], record["current"]
     )
     return record
+
+
+def track_decision(cfg: Config, record: dict) -> None:
+    """The decision in W&B: the export's model artifact gets the aliases `v<N>` and, when promoted,
+    `champion` (the same files as export logged, so W&B finds the same version), and is linked to the
+    registry collection `tracking.registry_collection` when one is set."""
+    if cfg.tracking.backend != "wandb":
+        return
+    from pipeline.library.forecaster import SPEC_FILE
+    from pipeline.library.records import ForecasterSpec, TrainRecord
+    from pipeline.stages.export import model_metadata
+    from pipeline.stages.tracking import open_tracker
+
+    out = stage_dir(cfg, "export")
+    spec = ForecasterSpec.from_json(json.loads((out / SPEC_FILE).read_text()))
+    trained = TrainRecord.require(stage_dir(cfg, "train"), "registry")
+    export = ExportRecord.require(out, "registry")
+    metadata = model_metadata(cfg, spec, trained, export.onnx_parity)
+    aliases = [record["version"], *(["champion"] if record["decision"] == "promoted" else [])]
+    name = f"{cfg.name}-model"
+    tracker = open_tracker(cfg, "registry", True)
+    try:
+        tracker.summary({f"registry/{k}": record[k] for k in ("decision", "challenger_mase", "champion_mase")})
+        tracker.log_artifact(out, name, "model", {**metadata, "registry": record}, aliases=aliases)
+        collection = cfg.tracking.registry_collection
+        if collection and record["decision"] == "promoted":
+            tracker.link_artifact(out, name, "model", metadata, collection, aliases)
+    finally:
+        tracker.finish()
 
 
 def _judge(cfg: Config, version_dir: Path, champion_path: Path | None, previous, windows, version: str) -> dict:

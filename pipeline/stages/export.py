@@ -36,7 +36,7 @@ from pipeline.library.runtime import dist_state
 from pipeline.library.store import read_values
 from pipeline.library.windows import read_index
 from pipeline.stages.table import cache_key, check_trained_with, stage_dir
-from pipeline.stages.tracking import open_tracker
+from pipeline.stages.tracking import open_tracker, weights_artifact
 
 log = logging.getLogger("pipeline")
 
@@ -95,8 +95,25 @@ def _track(cfg: Config, out: Path, spec: ForecasterSpec, trained: TrainRecord, p
     Its metadata carries what a reviewer needs to promote it: the test metrics of the model and
     the baselines, the data fingerprint, and the fingerprint of the training run it came from.
     """
+    metadata = model_metadata(cfg, spec, trained, parity)
+    tracker = open_tracker(cfg, "export", True)
+    try:
+        s = trained.state  # the weights train logged: the input edge of the model in W&B's lineage
+        weights = {"train_fingerprint": trained.fingerprint, "best_step": s.best_step, "best_val_loss": s.best_val}
+        tracker.use_artifact(**weights_artifact(cfg, stage_dir(cfg, "train"), weights))
+        if parity is not None:
+            tracker.summary({"export/onnx_parity": parity})
+        description = f"{cfg.name}: LSTM forecaster ({spec.horizon} steps of {spec.freq}), see README.md"
+        tracker.log_artifact(out, f"{cfg.name}-model", "model", metadata, description)
+    finally:
+        tracker.finish()
+
+
+def model_metadata(cfg: Config, spec: ForecasterSpec, trained: TrainRecord, parity: float | None) -> dict:
+    """What a reviewer needs to promote the model: test metrics of the model and the baselines, the data's
+    and the training's fingerprints (the registry logs the same export again with its aliases)."""
     metrics = spec.test_metrics
-    metadata = {
+    return {
         "name": cfg.name,
         "data_fingerprint": spec.data_fingerprint,
         "train_fingerprint": trained.fingerprint,
@@ -109,14 +126,6 @@ def _track(cfg: Config, out: Path, spec: ForecasterSpec, trained: TrainRecord, p
         "onnx_parity": parity,
         "pipeline_version": spec.pipeline_version,
     }
-    tracker = open_tracker(cfg, "export", True)
-    try:
-        if parity is not None:
-            tracker.summary({"export/onnx_parity": parity})
-        description = f"{cfg.name}: LSTM forecaster ({spec.horizon} steps of {spec.freq}), see README.md"
-        tracker.log_artifact(out, f"{cfg.name}-model", "model", metadata, description)
-    finally:
-        tracker.finish()
 
 
 def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, metrics: dict | None) -> ForecasterSpec:

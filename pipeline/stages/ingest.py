@@ -13,6 +13,7 @@ every other source is loaded whole into a pandas frame and cleaned by
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from pipeline.library.sources import load_table, parquet_batches, source_fingerp
 from pipeline.library.splits import split_and_scale
 from pipeline.library.store import VALUES_FILE, write_values
 from pipeline.stages.table import cache_key, stage_dir
+from pipeline.stages.tracking import DATA_FILE, dataset_artifact, open_tracker
 
 log = logging.getLogger("pipeline")
 
@@ -43,8 +45,16 @@ def _run(cfg: Config, force: bool) -> None:
         return
     series = read_series(cfg.data)
     record = dataclasses.replace(split_and_scale(series, cfg.data), key=key, config=cfg.to_dict())
+    identity = {
+        "fingerprint": record.fingerprint,
+        "source": cfg.data.source,
+        "freq": record.freq,
+        "n_series": record.n_series,
+        "n_points": record.n_points,
+    }
     with staged_dir(out) as tmp:
         write_values(tmp / VALUES_FILE, series.values, cfg.data.covariates, series.covariates)
+        (tmp / DATA_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
         record.write(tmp)
     log.info(
         "ingest: %d series, %d points, freq %s, fingerprint %s",
@@ -53,6 +63,19 @@ def _run(cfg: Config, force: bool) -> None:
         series.freq,
         record.fingerprint,
     )
+    _track(cfg, out)
+
+
+def _track(cfg: Config, out: Path) -> None:
+    """The data as a W&B `dataset` artifact of the ingest run: the start of the lineage (train uses it)."""
+    artifact = dataset_artifact(cfg, out)
+    if cfg.tracking.backend == "none" or artifact is None:
+        return
+    tracker = open_tracker(cfg, "ingest", True)
+    try:
+        tracker.log_artifact(None, description=f"{cfg.data.source}: the data as ingested, by reference", **artifact)
+    finally:
+        tracker.finish()
 
 
 def read_series(data: DataConfig) -> SeriesSet:

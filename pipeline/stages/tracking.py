@@ -8,6 +8,7 @@ the agent's run instead, so the sweep sees the whole trial, test metric included
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
@@ -176,17 +177,43 @@ class Tracker:
         self.run.flush()
 
     def log_artifact(
-        self, path: Path, name: str, type: str, metadata: dict[str, Any], description: str | None = None
-    ) -> None:
-        """A directory as a W&B artifact of this run (lineage links it to the run); no-op elsewhere."""
+        self, path: Path | None, name: str, type: str, metadata: dict[str, Any], description: str | None = None,
+        aliases: list[str] | None = None, files: list[Path] = (), references: list[str] = (),
+    ) -> None:  # fmt: skip
+        """An artifact this run made (a directory, files, references to data left where it is); W&B only."""
         self.commit()
         if self.name != "wandb" or not self._started():
             return
-        import wandb
+        artifact = _artifact(path, name, type, metadata, description, files, references)
+        self.run.log_artifact(artifact, aliases=aliases)
 
-        artifact = wandb.Artifact(artifact_name(name), type=type, description=description, metadata=metadata)
-        artifact.add_dir(str(path))
-        self.run.log_artifact(artifact)
+    def use_artifact(
+        self, name: str, type: str, metadata: dict[str, Any], files: list[Path] = (), references: list[str] = ()
+    ) -> None:
+        """Record that this run used an artifact an earlier run logged (built again from the same content: W&B
+        matches it by its digest), the input edge of the lineage graph; W&B only."""
+        self.commit()
+        if self.name != "wandb" or not self._started():
+            return
+        artifact = _artifact(None, name, type, metadata, None, files, references)
+        if self.offline_dir is None:
+            self.run.use_artifact(artifact)
+        elif hasattr(self.run, "_log_artifact"):  # offline: what use_artifact records online, synced later
+            self.run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
+
+    def link_artifact(self, path: Path, name: str, type: str, metadata: dict[str, Any], target: str,
+                      aliases: list[str]) -> None:  # fmt: skip
+        """Link an artifact to a W&B registry collection (online; offline W&B cannot link: said in the log)."""
+        if self.name != "wandb" or not self._started():
+            return
+        if self.offline_dir is not None:
+            log.warning(
+                "W&B is offline: link %s to the registry collection %s after `wandb sync` (W&B links online only)",
+                name,
+                target,
+            )
+            return
+        self.run.link_artifact(_artifact(path, name, type, metadata, None, (), ()), target, aliases=aliases)
 
     def finish(self) -> None:
         self.commit()
@@ -196,6 +223,19 @@ class Tracker:
         if self.offline_dir is not None:
             log.info("W&B ran offline; upload with: wandb sync %s", self.offline_dir)
         self.backend = None
+
+
+def _artifact(path, name, type, metadata, description, files, references) -> Any:
+    import wandb
+
+    artifact = wandb.Artifact(artifact_name(name), type=type, description=description, metadata=metadata)
+    if path is not None:
+        artifact.add_dir(str(path))
+    for file in files:
+        artifact.add_file(str(file))
+    for uri in references:
+        artifact.add_reference(uri, checksum=False)  # the data stays where it is; its fingerprint is in a file
+    return artifact
 
 
 def artifact_name(name: str) -> str:
@@ -326,3 +366,38 @@ def _started(folder: Path) -> str:
     """A W&B run folder's start time as it names it (`[offline-]run-YYYYMMDD_HHMMSS-<id>`)."""
     found = re.search(r"run-(\d{8}_\d{6})", folder.name)
     return found.group(1) if found else ""
+
+
+# ---------------------------------------------------------------- the lineage: data -> train -> weights -> model
+
+DATA_FILE = "data.json"
+"""ingest/data.json: the data's identity (fingerprint, source, size), the content of the dataset artifact."""
+
+
+def dataset_artifact(cfg: Config, ingest_dir: Path) -> dict[str, Any] | None:
+    """The data as an artifact: data.json (its fingerprint: a new version when the data changes) and a reference to
+    each source file (no copy of the data). None for an ingest output written before data.json existed."""
+    path = ingest_dir / DATA_FILE
+    if not path.is_file():
+        return None
+    from pipeline.library.sources import resolve_files
+
+    identity = json.loads(path.read_text())
+    files = resolve_files(cfg.data.source) or []
+    return {
+        "name": f"{cfg.name}-data",
+        "type": "dataset",
+        "metadata": identity,
+        "files": [path],
+        "references": [p.resolve().as_uri() for p in files],
+    }
+
+
+def weights_artifact(cfg: Config, train_dir: Path, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The trained weights (train/best/model.safetensors): what train logs and export uses."""
+    return {
+        "name": f"{cfg.name}-weights",
+        "type": "checkpoint",
+        "metadata": metadata,
+        "files": [train_dir / "best" / "model.safetensors"],
+    }

@@ -47,7 +47,7 @@ from pipeline.library.train_log import MetricsLog
 from pipeline.library.warm_start import warm_start_identity, warm_start_state
 from pipeline.library.windows import read_index
 from pipeline.stages.table import cache_key, stage_dir, train_settings
-from pipeline.stages.tracking import Tracker, open_tracker
+from pipeline.stages.tracking import Tracker, dataset_artifact, open_tracker, weights_artifact
 
 log = logging.getLogger("pipeline")
 
@@ -563,4 +563,15 @@ def finish(session: Session, state: TrainState) -> None:
             summary[f"val/coverage_{name}"] = c["val_coverage_before"]
             summary[f"val/coverage_{name}_calibrated"] = c["val_coverage_after"]
         session.tracker.summary(summary)
+        track_lineage(session, state)
     accelerator.wait_for_everyone()
+
+
+def track_lineage(session: Session, state: TrainState) -> None:
+    """W&B lineage: this run used the data artifact ingest logged, and made the weights artifact export uses."""
+    cfg, tracker = session.cfg, session.tracker
+    data = dataset_artifact(cfg, stage_dir(cfg, "ingest"))
+    if data is not None:
+        tracker.use_artifact(**data)
+    metadata = {"train_fingerprint": session.key, "best_step": state.best_step, "best_val_loss": state.best_val}
+    tracker.log_artifact(None, **weights_artifact(cfg, stage_dir(cfg, "train"), metadata))
