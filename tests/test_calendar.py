@@ -124,7 +124,8 @@ def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path
     x_train, _ = buffer.gather(torch.tensor([[0, start]]))
     times = pd.date_range(rec["start"], periods=rec["length"], freq=meta["freq"])
     window = (raw[start : start + 48].astype(np.float64) - rec["mean"]) / rec["scale"]
-    x_pred = forecaster._inputs(window[None], np.zeros((1, 48, 0)), None, [rec["id"]], [times[start + 47]])
+    stats = forecaster.spec.series.stats.take(forecaster.spec.series.positions([rec["id"]]))
+    x_pred = forecaster._inputs(window[None], np.zeros((1, 48, 0)), None, stats, [times[start + 47]])
     torch.testing.assert_close(x_pred, x_train, rtol=0, atol=1e-5)
 
 

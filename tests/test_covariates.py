@@ -296,11 +296,12 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
         "none",
     )
     x_train, _ = buffer.gather(torch.tensor([[1, 200 - 24]]))
-    ids, last, windows = forecaster._split_history(history, "history")
+    ids, last, windows, _ = forecaster._split_history(history, "history")
     ahead = forecaster._future_values(future, ids, last, "future")
     rec = spec["series"]["s1"]
     z = (windows[1:2, :, 0] - rec["mean"]) / rec["scale"]
-    x_pred = forecaster._inputs(z, windows[1:2, :, 1:], ahead[1:2], ids[1:2], last[1:2])
+    stats = forecaster.spec.series.stats.take(forecaster.spec.series.positions(ids[1:2]))
+    x_pred = forecaster._inputs(z, windows[1:2, :, 1:], ahead[1:2], stats, last[1:2])
     torch.testing.assert_close(x_pred, x_train, rtol=0, atol=1e-5)
     expected = forecaster.model(x_train)[0].detach().double().numpy() * rec["scale"] + rec["mean"]
     np.testing.assert_allclose(got.loc[got["id"] == "s1", "forecast"], expected, rtol=1e-5)

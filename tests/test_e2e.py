@@ -151,17 +151,18 @@ def test_predict_checks_the_history_in_array_ops_and_agrees_with_the_per_series_
     forecaster = Forecaster.load(run / "export")
     data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
     shuffled = data.sample(frac=1.0, random_state=3).reset_index(drop=True)
-    fast = forecaster._split_history_fast(shuffled)
+    fast = forecaster._split_history_fast(shuffled, "history")
     assert fast is not None
     per_series = forecaster._split_history_per_series(shuffled, "history")
-    ids, last, windows = fast
-    assert ids == list(per_series)
+    ids, last, windows, whole = fast
+    assert ids == list(per_series) and list(whole) == ids
     for k, sid in enumerate(ids):
         assert pd.Timestamp(last[k]) == per_series[sid][0]
         np.testing.assert_array_equal(windows[k], per_series[sid][1])
+        np.testing.assert_array_equal(whole[sid], per_series[sid][2])  # the whole history, in time order
     pd.testing.assert_frame_equal(forecaster.predict(shuffled), forecaster.predict(data))
     gap = data.drop(index=data.index[data["series"] == "s0002"][-5])  # a hole in one series' last window
-    assert forecaster._split_history_fast(gap) is None
+    assert forecaster._split_history_fast(gap, "training") is None
     with pytest.raises(DataError, match="series 's0002': the last 48 steps are not a regular h sequence"):
         forecaster.predict(gap)
 

@@ -189,7 +189,8 @@ def test_quantile_run_end_to_end(tmp_path):
     stats = spec["series"][sid]
     z = ((np.log1p(window) - stats["mean"]) / stats["scale"]).astype(np.float32)
     last_time = pd.Timestamp(history[history["series"] == sid]["time"].iloc[-1])
-    x = forecaster._inputs(z[None], np.zeros((1, 48, 0)), None, [sid], [last_time])  # + the calendar channels
+    served = forecaster.spec.series.stats.take(forecaster.spec.series.positions([sid]))
+    x = forecaster._inputs(z[None], np.zeros((1, 48, 0)), None, served, [last_time])  # + the calendar channels
     with torch.no_grad():
         raw = forecaster.model(x).double().numpy()[0]
     by_hand = np.expm1(raw * stats["scale"] + stats["mean"])

@@ -19,8 +19,10 @@ from safetensors.torch import load_file
 from pipeline.library import scaling
 from pipeline.library.artifacts import sha256_file
 from pipeline.library.calendar import Calendar, encode, fixed_step_ns
+from pipeline.library.covariates import static_row
 from pipeline.library.errors import DataError
 from pipeline.library.history import parse_times, read_history, row_of
+from pipeline.library.history_stats import stats_from_history
 from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model import build_model
 from pipeline.library.records import SPEC_FILE, ForecasterSpec, SeriesStats
@@ -29,6 +31,8 @@ __all__ = ["MANIFEST", "SPEC_FILE", "Forecaster", "read_history", "verify_manife
 
 MANIFEST = "manifest.json"
 REQUIRED = ("model.safetensors", SPEC_FILE, MANIFEST)
+SCALE_FROM = ("training", "history")
+"""`predict(scale=...)`: where a series' scaling statistics come from (see `Forecaster.predict`)."""
 
 
 def verify_manifest(directory: Path) -> dict[str, str]:
@@ -95,6 +99,7 @@ class Forecaster:
         source: str = "history",
         future: pd.DataFrame | None = None,
         future_source: str = "future",
+        scale: str = "training",
     ) -> pd.DataFrame:
         """Forecast the next `horizon` steps after the end of each series in `history`.
 
@@ -103,10 +108,17 @@ class Forecaster:
         with covariates reads them from `history` (its last `lookback` rows); one with future
         covariates also needs `future`: their values for the `horizon` steps after each
         series' history (columns: the id column where the data has one, the time, the names).
+
+        Any series can be forecast, not only those of the training data. `scale="training"` scales a
+        series the model was trained on by its training statistics (its train part), and any other
+        series by statistics of its own whole history, by the same rule
+        (`pipeline.library.history_stats`); `scale="history"` does the latter for every series.
         """
-        ids, last, windows = self._split_history(history, source)
+        if scale not in SCALE_FROM:
+            raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {scale!r}")
+        ids, last, windows, fresh = self._split_history(history, source, scale)
         ahead = self._future_values(future, ids, last, future_source)
-        stats = self._stats(ids)
+        stats = self._stats(ids, fresh, history, source)
         transform = self.spec.transform
         target = windows[..., 0]
         loc, scale = stats.loc[:, None], stats.scale[:, None]
@@ -114,7 +126,7 @@ class Forecaster:
             k, j = np.argwhere(target < 0)[0]
             raise DataError(f"{source}: series '{ids[k]}': negative value {target[k, j]:.6g}; this model uses log1p")
         z = scaling.forward(target, loc, scale, transform)
-        x = self._inputs(z, windows[..., 1:], ahead, ids, last)
+        x = self._inputs(z, windows[..., 1:], ahead, stats, last)
         with torch.no_grad():
             out = self.model(x).double().numpy()
         extra = (1,) * (out.ndim - 2)
@@ -139,9 +151,57 @@ class Forecaster:
             return out
         return out.drop(columns="series")
 
-    def _stats(self, ids: list[str]) -> SeriesStats:
-        """The training statistics of the series `ids`, in that order."""
-        return self.spec.series.stats.take(self.spec.series.positions(ids))
+    def _stats(self, ids: list[str], fresh: dict[str, np.ndarray], history: pd.DataFrame, source: str) -> SeriesStats:
+        """Statistics of the series `ids`, in that order: the training ones, except for the series in `fresh`
+        (their whole histories), whose statistics come from those histories."""
+        known = self.spec.series
+        if not fresh:
+            return known.stats.take(known.positions(ids))
+        model = self.model.spec
+        unseen = [sid for sid in ids if sid not in known]
+        if unseen and model.series_embedding:
+            raise DataError(
+                f"{source}: series '{unseen[0]}' was not in the training data, and this model learnt a vector per "
+                f"training series (model.series_embedding={model.series_embedding}), so it forecasts only those; "
+                f"train with model.series_embedding: 0 to forecast new series"
+            )
+        rows = [j for j, sid in enumerate(ids) if sid in fresh]
+        new = [ids[j] for j in rows]
+        statics = None
+        if model.static_covariates:
+            if not self.spec.static_loc:
+                raise DataError(
+                    f"{source}: series '{new[0]}' needs its static covariates standardised, and this export predates "
+                    f"that (no static_covariates in {SPEC_FILE}); export the model again"
+                )
+            statics = self._static_rows(history, new, source)
+        s = self.spec
+        computed = stats_from_history(
+            new, [fresh[sid] for sid in new], statics, s.scaling, s.transform, s.static_loc, s.static_scale, source
+        )
+        computed.index[:] = [known.positions([sid])[0] if sid in known else 0 for sid in new]
+        base = known.stats.take([known.positions([sid])[0] if sid in known else 0 for sid in ids])
+        return base.with_rows(rows, computed)
+
+    def _static_rows(self, history: pd.DataFrame, ids: list[str], source: str) -> np.ndarray:
+        """(len(ids), S) the static covariates of series new to the model, read from their rows."""
+        names = list(self.model.spec.static_covariates)
+        id_col = self.spec.id_column
+        for name in names:
+            if name not in history.columns:
+                found = ", ".join(map(str, history.columns))
+                raise DataError(
+                    f"{source}: static covariate column '{name}' not found (series '{ids[0]}' is new to this model: "
+                    f"its static covariates come from its rows); columns: {found}"
+                )
+        keys = history[id_col].astype(str)
+        out = []
+        for sid in ids:
+            part = history[keys == sid]
+            frame = part[names].apply(pd.to_numeric, errors="coerce")
+            frame["row"] = [row_of(part, j) for j in range(len(part))]
+            out.append(static_row(sid, frame, names, source))
+        return np.array(out, dtype=np.float64)
 
     def _step_ns(self) -> int | None:
         """Nanoseconds per step for fixed-duration frequencies (minutes, hours, days), else None."""
@@ -165,15 +225,16 @@ class Forecaster:
         """(series, horizon) datetime64[ns]: the steps after each series' last timestamp."""
         return self._shifted(last, np.arange(1, self.horizon + 1))
 
-    def _inputs(self, z: np.ndarray, covs: np.ndarray, ahead: np.ndarray | None, ids: list[str], last) -> torch.Tensor:
+    def _inputs(
+        self, z: np.ndarray, covs: np.ndarray, ahead: np.ndarray | None, stats: SeriesStats, last
+    ) -> torch.Tensor:
         """The model's input tensor, assembled as for training (`pipeline.library.inputs`).
 
         `z` (S, lookback) scaled targets, `covs` (S, lookback, K) covariates from the history,
         `ahead` (S, horizon, F) the future covariates' horizon values (original units).
         """
         spec = self.model.spec
-        stats = self._stats(ids)
-        n, lookback, horizon = len(ids), self.lookback, self.horizon
+        n, lookback, horizon = len(stats), self.lookback, self.horizon
         steps = lookback + horizon if spec.future_size else lookback
         covariates = calendar = static = index = None
         if covs.shape[-1]:
@@ -243,8 +304,11 @@ class Forecaster:
             )
         return values.reshape(len(ids), self.horizon, len(names))
 
-    def _split_history(self, history: pd.DataFrame, source: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """(series ids, last timestamps (S,) datetime64[ns], last `lookback` rows (S, lookback, 1 + K)).
+    def _split_history(
+        self, history: pd.DataFrame, source: str, scale: str = "training"
+    ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """(series ids, last timestamps (S,) datetime64[ns], last `lookback` rows (S, lookback, 1 + K), and the
+        whole histories (T, 1 + K) of the series whose statistics come from them: see `predict`'s `scale`).
 
         The rows hold the target, then the K time-varying covariates.
 
@@ -252,15 +316,21 @@ class Forecaster:
         cut in array ops over the whole history; anything else, or any problem, goes through the
         per-series checks, which name the series and what is wrong.
         """
-        fast = self._split_history_fast(history)
+        fast = self._split_history_fast(history, scale)
         if fast is not None:
             return fast
         series = self._split_history_per_series(history, source)
         ids = list(series)
         last = np.array([series[i][0].to_datetime64() for i in ids], dtype="datetime64[ns]")
-        return ids, last, np.stack([series[i][1] for i in ids])
+        fresh = {i: series[i][2] for i in ids if self._needs_history(i, scale)}
+        return ids, last, np.stack([series[i][1] for i in ids]), fresh
 
-    def _split_history_fast(self, history: pd.DataFrame) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    def _needs_history(self, sid: str, scale: str) -> bool:
+        return scale == "history" or sid not in self.spec.series
+
+    def _split_history_fast(
+        self, history: pd.DataFrame, scale: str
+    ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
         s = self.spec
         time_col, target_col, id_col = s.time_column, s.target_column, s.id_column
         n = self.lookback
@@ -288,8 +358,10 @@ class Forecaster:
             ids = [str(k) for k in keys]
         else:
             codes, ids = np.zeros(len(history), dtype=np.int64), ["series"]
-        known = s.series
-        if np.isnat(stamps).any() or (codes < 0).any() or not all(i in known for i in ids) or len(set(ids)) < len(ids):
+        fresh_ids = [i for i in ids if self._needs_history(i, scale)]
+        if fresh_ids and self.model.spec.static_covariates:  # their static values: the per-series checks read them
+            return None
+        if np.isnat(stamps).any() or (codes < 0).any() or len(set(ids)) < len(ids):
             return None
         ns = stamps.view(np.int64)
         order = np.lexsort((ns, codes))
@@ -306,12 +378,16 @@ class Forecaster:
             return None
         if (window_ns != expected).any() or not np.isfinite(windows).all():
             return None
-        return ids, last, windows
+        ends = np.cumsum(counts)
+        position = {sid: k for k, sid in enumerate(ids)}
+        fresh = {sid: values[ends[position[sid]] - counts[position[sid]] : ends[position[sid]]] for sid in fresh_ids}
+        return ids, last, windows, fresh
 
     def _split_history_per_series(
         self, history: pd.DataFrame, source: str
-    ) -> dict[str, tuple[pd.Timestamp, np.ndarray]]:
-        """Per series: (last timestamp, last `lookback` rows of target and covariates), after checking the history."""
+    ) -> dict[str, tuple[pd.Timestamp, np.ndarray, np.ndarray]]:
+        """Per series: (last timestamp, last `lookback` rows of target and covariates, all its rows in time order),
+        after checking the history."""
         s = self.spec
         covs = self.covariates
         for col in covs:
@@ -342,12 +418,10 @@ class Forecaster:
         step = pd.tseries.frequencies.to_offset(s.freq)
         out = {}
         for sid, frame in frames.items():
-            if sid not in s.series:
-                raise DataError(f"{source}: series '{sid}' was not in the training data of this model")
             out[sid] = self._last_window(sid, frame, step, time_col, source)
         return out
 
-    def _last_window(self, sid, frame, step, time_col, source) -> tuple[pd.Timestamp, np.ndarray]:
+    def _last_window(self, sid, frame, step, time_col, source) -> tuple[pd.Timestamp, np.ndarray, np.ndarray]:
         times = parse_times(frame[time_col], sid, source)
         if times.isna().any():
             row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
@@ -378,4 +452,4 @@ class Forecaster:
             j, k = np.argwhere(~np.isfinite(window))[0]
             what = f"covariate '{columns[k]}'" if k else "value"
             raise DataError(f"{source}: series '{sid}': missing or non-numeric {what} at {last[j]}")
-        return last[-1], window
+        return last[-1], window, values

@@ -473,9 +473,11 @@ class ForecasterSpec:
     test_metrics: dict[str, Any] | None  # evaluate/metrics.json of the run, as written
     pipeline_version: str
     format_version: int = 1
+    static_loc: list[float] = field(default_factory=list)  # across training series: how a new series'
+    static_scale: list[float] = field(default_factory=list)  # static covariates are standardised
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        payload = {
             "format_version": self.format_version,
             "pipeline_version": self.pipeline_version,
             "name": self.name,
@@ -493,9 +495,13 @@ class ForecasterSpec:
             "data_fingerprint": self.data_fingerprint,
             "test_metrics": self.test_metrics,
         }
+        if self.static_loc:
+            payload["static_covariates"] = {"mean": self.static_loc, "scale": self.static_scale}
+        return payload
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> ForecasterSpec:
+        static = payload.get("static_covariates") or {}
         return cls(
             format_version=int(payload.get("format_version", 1)),
             pipeline_version=payload.get("pipeline_version", "unknown"),
@@ -513,4 +519,6 @@ class ForecasterSpec:
             series=ServedSeries.from_json(payload["series"]),
             data_fingerprint=payload.get("data_fingerprint", ""),
             test_metrics=payload.get("test_metrics"),
+            static_loc=list(static.get("mean", [])),
+            static_scale=list(static.get("scale", [])),
         )

@@ -148,6 +148,8 @@ def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, met
         series=ServedSeries(list(ingest.series.ids), ingest.series.stats),
         data_fingerprint=ingest.fingerprint,
         test_metrics=metrics,
+        static_loc=list(ingest.static_loc),
+        static_scale=list(ingest.static_scale),
     )
 
 
