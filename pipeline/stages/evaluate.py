@@ -35,6 +35,8 @@ from pipeline.stages.tracking import open_tracker
 
 log = logging.getLogger("pipeline")
 
+BACKTEST_FORECASTS = "backtest_forecasts.csv"
+
 
 def run(cfg: Config, force: bool = False) -> Path:
     out = stage_dir(cfg, "evaluate")
@@ -93,12 +95,15 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
     windows = scored_windows(cfg, trained, raw, all_pairs, positions, window_scale, output)
     test = windows.rows(slice(0, len(pairs)))
     terms, result = summarise_test(cfg, test, trained)
+    folds_table = None
     if len(plan.pairs):
         backtest = windows.rows(slice(len(pairs), None))
         folds = refitted.folds if refitted is not None else None
         result["backtest"] = backtest_result(plan, backtest, ingest.series, cfg.window.lookback, ingest.freq, folds)
+        folds_table = forecast_table(backtest, ingest.series, ingest.freq)
+        folds_table.insert(0, "fold", np.repeat(plan.fold, cfg.window.horizon))
     per_series = per_series_table(test, terms, ingest.series.ids)
-    write_outputs(cfg, key, result, per_series, test, ingest, refitted)
+    write_outputs(cfg, key, result, per_series, test, ingest, refitted, folds_table)
 
 
 def plan_backtest(cfg: Config, series: SeriesTable, test_pairs: np.ndarray) -> BacktestPlan:
@@ -177,14 +182,19 @@ def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tu
     return terms, result
 
 
-def write_outputs(cfg, key, result: dict, per_series, test: ScoredWindows, ingest: IngestRecord, refitted) -> None:
-    """evaluate/: metrics.json, per_series.csv, forecasts.csv, plots, report.md (and the fold models), at once."""
+def write_outputs(
+    cfg, key, result: dict, per_series, test: ScoredWindows, ingest: IngestRecord, refitted, folds_table=None
+) -> None:
+    """evaluate/: metrics.json, per_series.csv, forecasts.csv (and backtest_forecasts.csv, the folds' rows with
+    their fold number), plots, report.md (and the fold models), at once."""
     with staged_dir(stage_dir(cfg, "evaluate")) as tmp:
         write_json_atomic(tmp / "metrics.json", result)
         if refitted is not None:
             copy_fold_models(tmp, cfg.run_dir, cfg.evaluate.backtest.folds)
         per_series.to_csv(tmp / "per_series.csv", index=False)
         forecast_table(test, ingest.series, ingest.freq).to_csv(tmp / "forecasts.csv", index=False)
+        if folds_table is not None:
+            folds_table.to_csv(tmp / BACKTEST_FORECASTS, index=False)
         plots = write_plots(tmp, test, ingest.series, ingest.freq, result, cfg.evaluate.plot_series)
         loss = "../train/loss.png" if (stage_dir(cfg, "train") / "loss.png").is_file() else None
         (tmp / "report.md").write_text(report(cfg.name, result, per_series, plots, loss))

@@ -1,0 +1,195 @@
+"""The Python API: train, forecast, cross-validate and plot from DataFrames, in a notebook or a script.
+
+    from pipeline.orchestrators.api import Experiment
+
+    exp = Experiment("configs/default.yaml", name="stores", **{"train.max_steps": 300})
+    forecaster = exp.fit(df)                      # every stage, the same run directory as the CLI
+    forecast = exp.predict(history)               # series unseen in training included
+    cv = exp.cross_validation(df, folds=3)        # one DataFrame, a row per forecast point
+    fig = exp.plot(forecast, history)
+
+`fit(df)` writes the frame to `<run dir>/input/data.parquet` and runs the same stages as
+`lstm-pipeline run` with `data.source` set to that file, so the run directory, its artifacts and
+its cache keys are the CLI's: `lstm-pipeline run --config <run dir>/config.yaml` afterwards skips
+every stage, and the CLI on the same data and settings trains the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline.config import Config, load_config
+from pipeline.config.loading import build
+from pipeline.library.errors import ConfigError, DataError
+from pipeline.library.forecast_plot import forecast_figure
+from pipeline.library.forecaster import Forecaster
+from pipeline.library.runtime import configure_process, setup_logging
+from pipeline.orchestrators.run import run_stages
+from pipeline.stages.evaluate import BACKTEST_FORECASTS
+from pipeline.stages.table import stage_dir
+
+log = logging.getLogger("pipeline")
+
+INPUT_FILE = Path("input") / "data.parquet"
+"""Where `fit` keeps the frame it was given, inside the run directory (the config's `data.source`)."""
+
+
+def make_config(config: str | Path | Config | None = None, /, **settings: Any) -> Config:
+    """A checked Config from a YAML file (or the defaults, or a Config) and keyword settings.
+
+    A setting is a top-level key (`name="stores"`), a dotted key (`**{"train.max_steps": 300}`) or a
+    whole section as a dict (`train={"max_steps": 300}`), merged over the file; a wrong key or value
+    raises ConfigError naming it, as the CLI does.
+    """
+    if isinstance(config, Config):
+        raw = config.to_dict()
+    else:
+        raw = load_config(config).to_dict() if config is not None else {}
+    for key, value in settings.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"keyword {key}: '{part}' is not a section")
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf] = {**node[leaf], **value}
+        else:
+            node[leaf] = value
+    where = f"{config} with keywords" if isinstance(config, (str, Path)) else "keywords"
+    return build(Config, raw, "", where)
+
+
+class Experiment:
+    """One experiment (one config, one run directory), driven from DataFrames."""
+
+    def __init__(self, config: str | Path | Config | None = None, /, verbose: bool = True, **settings: Any) -> None:
+        self.cfg = make_config(config, **settings)
+        self._history: pd.DataFrame | None = None
+        self._forecaster: Forecaster | None = None
+        if verbose and not log.handlers:
+            setup_logging()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.cfg.run_dir
+
+    @property
+    def forecaster(self) -> Forecaster:
+        """The exported model of the last `fit` (or of a run directory the CLI made with this config)."""
+        if self._forecaster is None:
+            self._forecaster = Forecaster.load(stage_dir(self.cfg, "export"))
+        return self._forecaster
+
+    @property
+    def metrics(self) -> dict:
+        """evaluate/metrics.json: the model's and the baselines' test metrics."""
+        return json.loads((stage_dir(self.cfg, "evaluate") / "metrics.json").read_text())
+
+    def fit(self, df: pd.DataFrame | Any, force: bool = False) -> Forecaster:
+        """Train on `df` (pandas or pyarrow; long or wide as `data.format` says) through every stage; the
+        exported Forecaster. Stages whose inputs did not change are skipped, as with the CLI."""
+        self.cfg = self._with_input(df)
+        self._run(self.cfg, force)
+        self._forecaster = None
+        return self.forecaster
+
+    def predict(
+        self, history: pd.DataFrame | None = None, future: pd.DataFrame | None = None, scale: str = "training"
+    ) -> pd.DataFrame:
+        """Forecast the `window.horizon` steps after each series of `history` (default: the frame given to
+        `fit`); the same columns as `lstm-pipeline predict`. See `Forecaster.predict` for `scale`."""
+        if history is None:
+            if self._history is None:
+                raise DataError("predict: no history given and no frame fitted in this session")
+            history = self._history
+        return self.forecaster.predict(_pandas(history), future=_pandas(future) if future is not None else None,
+                                       scale=scale)  # fmt: skip
+
+    def cross_validation(
+        self, df: pd.DataFrame | Any, folds: int = 3, step: int | None = None, refit: bool = False
+    ) -> pd.DataFrame:
+        """Rolling-origin forecasts at `folds` origins, `step` steps apart (default: the horizon), at the end of
+        each series; one row per forecast point: fold, series, origin, time, step, actual, forecast, the
+        quantiles, and the naive and seasonal-naive forecasts. `refit=False`: the model trained on the train
+        part forecasts every fold (the folds lie in the test part); `refit=True`: a model per fold, trained on
+        the data before its origin. Runs the stages with `evaluate.backtest` set, in this run directory
+        (training is reused when `fit` ran with the same settings)."""
+        if folds < 1:
+            raise ConfigError(f"cross_validation: folds must be >= 1, got {folds}")
+        cfg = self._with_input(df)
+        cfg = make_config(cfg, **{"evaluate.backtest": {"folds": folds, "step": step, "refit": refit}})
+        self._run(cfg, force=False)
+        self._forecaster = None
+        table = pd.read_csv(stage_dir(cfg, "evaluate") / BACKTEST_FORECASTS, parse_dates=["origin", "time"])
+        id_col = self.cfg.data.id_column
+        return table.rename(columns={"series": id_col}) if id_col else table
+
+    def plot(
+        self,
+        forecast: pd.DataFrame | None = None,
+        history: pd.DataFrame | None = None,
+        series: list[str] | None = None,
+        max_series: int = 4,
+    ):
+        """A matplotlib Figure of `forecast` (default: `predict()`) after `history` (default: the fitted
+        frame), one panel per series, against real timestamps."""
+        history = self._history if history is None else _pandas(history)
+        if forecast is None:
+            forecast = self.predict(history)
+        spec = self.forecaster.spec
+        id_col = spec.id_column if spec.format != "wide" else None
+        if history is not None and spec.format == "wide":
+            history = _long(history, spec.time_column, spec.target_column)
+            id_col = "series"
+        return forecast_figure(forecast, history, spec.time_column, spec.target_column, id_col, series, max_series)
+
+    def _with_input(self, df: pd.DataFrame | Any) -> Config:
+        """The config with `data.source` at this frame, written (atomically, only when it changed) to the run
+        directory: the same bytes give the same file hash, so the cache keys stay."""
+        frame = _pandas(df)
+        time_col = self.cfg.data.time_column
+        if time_col not in frame.columns and isinstance(frame.index, pd.DatetimeIndex):
+            frame = frame.rename_axis(time_col).reset_index()  # a wide frame indexed by time
+        if frame.empty:
+            raise DataError("fit: the frame has no rows")
+        self._history = frame
+        path = (self.run_dir / INPUT_FILE).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        frame.to_parquet(tmp, index=False)
+        if path.is_file() and _digest(path) == _digest(tmp):
+            tmp.unlink()
+        else:
+            os.replace(tmp, path)
+        return dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, source=str(path)))
+
+    @staticmethod
+    def _run(cfg: Config, force: bool) -> None:
+        configure_process(cfg.train.num_threads)
+        run_stages(cfg, force=force)
+
+
+def _pandas(frame: Any) -> pd.DataFrame:
+    if isinstance(frame, pd.DataFrame):
+        return frame
+    to_pandas = getattr(frame, "to_pandas", None)  # a pyarrow Table (or a polars frame)
+    if to_pandas is None:
+        raise DataError(f"expected a pandas DataFrame or a pyarrow Table, got {type(frame).__name__}")
+    return to_pandas()
+
+
+def _long(wide: pd.DataFrame, time_col: str, target: str) -> pd.DataFrame:
+    return wide.melt(id_vars=[time_col], var_name="series", value_name=target)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

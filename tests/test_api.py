@@ -1,0 +1,144 @@
+"""The Python API: fit on a DataFrame is the CLI's run (same directory, cache keys and weights)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from safetensors.torch import load_file
+
+from pipeline.config import SyntheticConfig
+from pipeline.library.errors import ConfigError, DataError
+from pipeline.library.forecaster import Forecaster
+from pipeline.library.synthetic import generate_synthetic
+from pipeline.orchestrators.api import Experiment, make_config
+
+from .conftest import REPO, cli, write_config
+
+matplotlib.use("Agg")
+DATA = {"id_column": "series", "time_column": "time", "target_column": "value", "freq": "h"}
+
+
+def frame() -> pd.DataFrame:
+    return generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("api")
+    config = write_config(tmp, {f"data.{k}": v for k, v in DATA.items()})
+    exp = Experiment(config, verbose=False)
+    df = frame()
+    forecaster = exp.fit(df)
+    return exp, forecaster, df, tmp
+
+
+@pytest.mark.slow
+def test_fit_writes_the_cli_run_directory_and_a_cli_run_then_skips_every_stage(fitted):
+    exp, forecaster, df, tmp = fitted
+    run = tmp / "run"
+    assert exp.run_dir == run and isinstance(forecaster, Forecaster)
+    for stage in ("ingest", "window", "train", "evaluate", "export"):
+        assert (run / stage / "meta.json").is_file()
+    assert set(exp.metrics) >= {"model", "baselines"}
+    result = cli("run", "--config", str(run / "config.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    skipped = re.findall(r"(\w+): up to date \(inputs unchanged\), skipped", result.stderr)
+    assert skipped == ["ingest", "window", "train", "evaluate", "export"]
+    # the same data as a pyarrow Table: the same file, nothing retrained
+    before = (run / "train" / "meta.json").stat().st_mtime_ns
+    exp.fit(pa.Table.from_pandas(df, preserve_index=False))
+    assert (run / "train" / "meta.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_the_api_and_the_cli_train_identical_weights(fitted, tmp_path):
+    exp, _, df, _ = fitted
+    df.to_csv(tmp_path / "data.csv", index=False)
+    config = write_config(
+        tmp_path, {**{f"data.{k}": v for k, v in DATA.items()}, "data.source": str(tmp_path / "data.csv")}
+    )
+    result = cli("run", "--config", str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in ("model.safetensors", "best/model.safetensors"):
+        api, by_cli = load_file(str(exp.run_dir / "train" / name)), load_file(str(tmp_path / "run" / "train" / name))
+        assert api.keys() == by_cli.keys()
+        assert all(bool((api[k] == by_cli[k]).all()) for k in api), name
+
+
+@pytest.mark.slow
+def test_predict_defaults_to_the_fitted_frame_and_serves_new_series(fitted):
+    exp, forecaster, df, _ = fitted
+    forecast = exp.predict()
+    pd.testing.assert_frame_equal(forecast, forecaster.predict(df))
+    assert list(forecast.columns) == ["series", "time", "forecast"] and len(forecast) == 4 * 12
+    renamed = exp.predict(df[df["series"] == "s0001"].assign(series="a_new_one"))
+    assert renamed["series"].unique().tolist() == ["a_new_one"] and np.isfinite(renamed["forecast"]).all()
+
+
+@pytest.mark.slow
+def test_cross_validation_is_one_frame_of_every_fold_with_actuals_and_baselines(fitted):
+    exp, _, df, _ = fitted
+    cv = exp.cross_validation(df, folds=2, step=6)
+    columns = ["fold", "series", "origin", "time", "step", "actual", "forecast", "naive", "seasonal_naive"]
+    assert list(cv.columns) == columns
+    assert sorted(cv["fold"].unique()) == [1, 2] and set(cv["step"]) == set(range(1, 13))
+    assert pd.api.types.is_datetime64_any_dtype(cv["time"]) and pd.api.types.is_datetime64_any_dtype(cv["origin"])
+    truth = df.set_index(["series", "time"])["value"]
+    looked_up = truth.reindex(pd.MultiIndex.from_frame(cv[["series", "time"]])).to_numpy()
+    np.testing.assert_allclose(cv["actual"], looked_up, rtol=1e-6)  # actual = the data at that time
+    first = cv[cv["step"] == 1]
+    assert (first["origin"] == first["time"]).all()
+    origins = cv.groupby(["series", "fold"])["origin"].first().unstack()
+    assert (abs(origins[1] - origins[2]) == pd.Timedelta(hours=6)).all()
+    assert (exp.run_dir / "evaluate" / "backtest_forecasts.csv").is_file()
+
+
+@pytest.mark.slow
+def test_plot_draws_forecasts_over_real_timestamps(fitted):
+    import matplotlib.dates as mdates
+
+    exp, _, df, _ = fitted
+    fig = exp.plot(series=["s0002"])
+    [ax] = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert {"history", "forecast"} <= set(lines)
+    x = mdates.date2num(pd.Timestamp(df[df["series"] == "s0002"]["time"].max()))
+    forecast_x = lines["forecast"].get_xdata()
+    assert pd.Timestamp(forecast_x[0]) > pd.Timestamp(mdates.num2date(x).replace(tzinfo=None))
+    assert ax.get_xlim()[0] > mdates.date2num(pd.Timestamp("2023-12-01"))  # dates, not step numbers
+    with pytest.raises(ValueError, match="series 'nope' is not in the forecast"):
+        exp.plot(series=["nope"])
+
+
+def test_make_config_merges_keywords_over_the_file_and_names_a_wrong_key(tmp_path):
+    config = write_config(tmp_path)
+    cfg = make_config(config, name="kw", window={"horizon": 5}, **{"train.max_steps": 7})
+    assert (cfg.name, cfg.window.horizon, cfg.train.max_steps) == ("kw", 5, 7)
+    assert cfg.window.lookback == 48  # the file's, kept beside the keyword
+    assert make_config(None, **{"data.source": "synthetic"}).train.loss == "mae"  # the recipe's defaults
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.max_stepz' \(did you mean 'train.max_steps'"):
+        make_config(config, **{"train.max_stepz": 7})
+    with pytest.raises(DataError, match="expected a pandas DataFrame or a pyarrow Table, got list"):
+        Experiment(config, verbose=False).fit([1, 2, 3])
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Python", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    here = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        scope: dict = {}
+        exec(compile(block, "README.md", "exec"), scope)
+    finally:
+        os.chdir(here)
+    assert (tmp_path / "runs" / "notebook" / "export" / "model.safetensors").is_file()
+    assert len(scope["forecast"]) == 3 * 24 and scope["cv"]["fold"].nunique() == 2
