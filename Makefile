@@ -44,9 +44,9 @@ gpu-wheels: setup
 gpu-check: setup
 	$(PY) bench/gpu_check.py --device cpu --quick --out runs/gpu_check
 
-# docker/requirements.lock: every package of `.[tensorboard]` for the image (Python 3.12, x86-64 Linux),
+# docker/requirements.lock: every package of `.[tensorboard,serve]` for the image (Python 3.12, x86-64 Linux),
 # exact versions and hashes, torch at the version the tests run (constraints/cpu.txt).
-LOCK_COMMAND := uv pip compile pyproject.toml --extra tensorboard --python-version 3.12 \
+LOCK_COMMAND := uv pip compile pyproject.toml --extra tensorboard --extra serve --python-version 3.12 \
 	--python-platform x86_64-manylinux_2_28 --generate-hashes --constraint constraints/cpu.txt \
 	--output-file docker/requirements.lock
 lock: setup

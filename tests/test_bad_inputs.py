@@ -479,9 +479,13 @@ CASES = [
         ("{root}/history.csv", "series 'north'", "not a regular h sequence", f"missing {LAST_NORTH.iloc[-2]}"),
     ),
     Case(
-        "history-unknown-series",
-        _history_edit(lambda f: f.assign(station=f.station.replace("east", "west"))),
-        ("{root}/history.csv", "series 'west'", "not in the training data"),
+        "history-new-series-constant",  # a new series is scaled by its own history: a flat one cannot be
+        _history_edit(
+            lambda f: f.assign(station=f.station.replace("east", "west")).assign(
+                load=lambda g: g.load.where(g.station != "west", 5.0)
+            )
+        ),
+        ("{root}/history.csv", "series 'west' is new to this model and constant over its history"),
     ),
     Case(
         "history-nan-at-end",

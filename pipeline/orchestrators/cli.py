@@ -11,11 +11,12 @@ import warnings
 from pathlib import Path
 
 from pipeline.library.errors import ConfigError, UserError
+from pipeline.orchestrators.forecast_io import one_line
 from pipeline.stages.table import NAMES as STAGES
 
 log = logging.getLogger("pipeline")
 
-COMMANDS = ("run", *STAGES, "predict", "decision")
+COMMANDS = ("run", *STAGES, "predict", "decision", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,8 +24,10 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-VALUE_FLAGS = ("--config", "--model", "--input", "--output", "--future")
+VALUE_FLAGS = ("--config", "--model", "--input", "--output", "--future", "--scale")
+VALUE_FLAGS += ("--host", "--port", "--poll", "--threads")  # serve
 SWITCHES = ("--force", "--promote", "-h", "--help")
+SERVE_INSTALL = "pip install 'lstm-pipeline[serve]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="history csv/parquet/json")
     p.add_argument("--output", required=True, help="forecast csv to write")
     p.add_argument("--future", help="future covariates for the horizon (models trained with data.future_covariates)")
+    p.add_argument(
+        "--scale",
+        choices=("training", "history"),
+        default="training",
+        help="statistics of trained series: their training ones (default) or their history's, as new series get",
+    )
     p = sub.add_parser(
         "decision", help="print the registry's last decision; exit 0 promoted or unchanged, 3 not promoted"
     )
     p.add_argument("--config", required=True, help="experiment YAML (names the registry)")
+    p = sub.add_parser("serve", help="HTTP forecasts (POST /forecast) that follow a registry's current")
+    p.add_argument("--model", required=True, help="export directory (or a registry's <dir>/<name>/current)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
+    p.add_argument("--poll", type=float, default=1.0, help="seconds between checks of a registry's current")
+    p.add_argument("--threads", type=int, help="torch threads for the forecasts (default: min(4, cores))")
     return parser
 
 
@@ -60,8 +75,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = build_parser().parse_args(flags)
     if args.command is None:
         raise UserError(f"no command given; use one of {', '.join(COMMANDS)}")
-    if overrides and args.command == "predict":
-        raise UserError(f"predict takes no config overrides: {' '.join(overrides)}")
+    if overrides and args.command in ("predict", "serve"):
+        raise UserError(f"{args.command} takes no config overrides: {' '.join(overrides)}")
     args.overrides = overrides
     return args
 
@@ -102,7 +117,12 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "predict":
         setup_logging()
         configure_process()
-        predict(Path(args.model), Path(args.input), Path(args.output), Path(args.future) if args.future else None)
+        future = Path(args.future) if args.future else None
+        predict(Path(args.model), Path(args.input), Path(args.output), future, args.scale)
+        return 0
+    if args.command == "serve":
+        setup_logging()
+        serve(args)
         return 0
     from pipeline.config import load_config
 
@@ -124,27 +144,43 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def predict(model_dir: Path, history_path: Path, output: Path, future_path: Path | None = None) -> None:
+def predict(
+    model_dir: Path, history_path: Path, output: Path, future_path: Path | None = None, scale: str = "training"
+) -> None:
     from pipeline.library.artifacts import write_text_atomic
     from pipeline.library.forecaster import Forecaster, read_history
     from pipeline.library.registry_store import resolve_model_dir
+    from pipeline.orchestrators.forecast_io import forecast, forecast_csv
 
     forecaster = Forecaster.load(resolve_model_dir(model_dir))
     future = read_history(future_path, "future covariates") if future_path else None
-    forecast = forecaster.predict(
-        read_history(history_path), source=str(history_path), future=future, future_source=str(future_path)
-    )
-    write_text_atomic(output, forecast.to_csv(index=False))
-    log.info("predict: wrote %d rows to %s", len(forecast), output)
+    result = forecast(forecaster, read_history(history_path), str(history_path), future, str(future_path), scale)
+    write_text_atomic(output, forecast_csv(result))
+    log.info("predict: wrote %d rows to %s", len(result), output)
+
+
+def serve(args: argparse.Namespace) -> None:
+    """`lstm-pipeline serve`: its flags checked first, so a bad one is one line before anything loads."""
+    from pipeline.library.runtime import available_cores
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {args.port}")
+    if not args.poll > 0:
+        raise UserError(f"--poll must be a positive number of seconds, got {args.poll:g}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    try:
+        from pipeline.orchestrators.serve import serve as run_service
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("fastapi", "starlette", "uvicorn"):
+            raise
+        raise UserError(f"serve needs FastAPI and uvicorn ({exc.name} is not installed): {SERVE_INSTALL}") from None
+    threads = args.threads or min(4, available_cores())
+    run_service(Path(args.model), args.host, args.port, args.poll, threads)
 
 
 # permission, read-only file system, a file where a directory should be, disk or quota full
 _USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC, errno.EDQUOT}
-
-
-def one_line(message: str) -> str:
-    """The message on one terminal line: line breaks and other control characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,77 @@
+"""History in, forecast out: the one path `lstm-pipeline predict` and the forecast service share.
+
+Both hand `Forecaster.predict` a history frame under the same source names, write its answer with
+the same columns and number format, and word a bad input in the same one line, so a file given to
+`predict` and the same rows posted to `serve` cannot come to different answers or different errors.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING
+
+from pipeline.library.errors import DataError
+
+if TYPE_CHECKING:  # the CLI imports `one_line` for every command: no pandas or torch for that
+    import pandas as pd
+
+    from pipeline.library.forecaster import Forecaster
+
+HISTORY = "history"
+"""What a history that is not a file (a request body) is called in error messages: `predict --input history`
+names a file of that name exactly so."""
+
+FUTURE = "future"
+
+
+def one_line(message: str) -> str:
+    """The message on one terminal line: line breaks and other control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
+def forecast(
+    forecaster: Forecaster,
+    history: pd.DataFrame,
+    source: str = HISTORY,
+    future: pd.DataFrame | None = None,
+    future_source: str = FUTURE,
+    scale: str = "training",
+) -> pd.DataFrame:
+    """The next horizon after each series of `history`; a bad input raises a `UserError` naming `source`.
+    `scale`: where series' statistics come from (`Forecaster.predict`)."""
+    return forecaster.predict(history, source=source, future=future, future_source=future_source, scale=scale)
+
+
+def forecast_csv(forecast: pd.DataFrame) -> str:
+    """The forecast as `predict` writes it (floats in their shortest exact form)."""
+    return forecast.to_csv(index=False)
+
+
+def forecast_records(forecast: pd.DataFrame) -> list[dict]:
+    """The forecast as JSON-ready rows: the same columns, times in ISO 8601, floats exact (None if not finite)."""
+    import pandas as pd
+
+    columns = {}
+    for name in forecast.columns:
+        values = forecast[name]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            columns[name] = [t.isoformat() for t in pd.DatetimeIndex(values)]
+        elif pd.api.types.is_float_dtype(values):
+            columns[name] = [v if math.isfinite(v) else None for v in values.tolist()]
+        else:
+            columns[name] = values.tolist()
+    names = list(columns)
+    return [dict(zip(names, row)) for row in zip(*columns.values())]
+
+
+def read_csv_text(data: bytes, source: str = HISTORY, what: str = "history") -> pd.DataFrame:
+    """A CSV history given as bytes (a request body), parsed as `read_history` parses a .csv file, its error
+    worded the same way."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except Exception as exc:  # pandas raises many kinds for malformed files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{source}: cannot read {what}: {first[:200]}") from None

@@ -1,0 +1,356 @@
+"""The forecast service, `lstm-pipeline serve`, as a user runs it: a real server on 127.0.0.1 (a subprocess) and
+a real HTTP client. Its endpoints; forecasts equal to `Forecaster.predict`'s, in JSON and in the CSV `predict`
+writes; the CLI's one-line errors for bad input; a model that fails its manifest never served; and a registry
+promotion under 200 concurrent requests, each answered entirely by the old or the new version."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import SyntheticConfig
+from pipeline.library import registry_store
+from pipeline.library.artifacts import sha256_file
+from pipeline.library.forecaster import Forecaster
+from pipeline.library.synthetic import generate_synthetic
+from pipeline.orchestrators.cli import main
+
+from .conftest import REPO, cli, write_config
+
+OLD, NEW = "v0001", "v0002"
+JSON = {"Content-Type": "application/json"}
+CSV = {"Content-Type": "text/csv"}
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory) -> SimpleNamespace:
+    """The small config trained with seeds 0 and 1, exported as versions v0001 and v0002 of a registry
+    (current -> v0001); a history file, and each version's forecast for it from `Forecaster.predict`."""
+    tmp = tmp_path_factory.mktemp("serve")
+    config = write_config(tmp, {"export.onnx": False, "evaluate.plot_series": 0})
+    root = tmp / "registry" / "small"
+    root.mkdir(parents=True)
+    for seed, version in ((0, OLD), (1, NEW)):  # the second run reuses the first's ingest and window stages
+        result = cli("run", "--config", str(config), f"seed={seed}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        shutil.copytree(tmp / "run" / "export", root / version)
+    registry_store.switch_current(root, OLD)
+    data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+    history_file = tmp / "history.csv"
+    data.groupby("series", observed=True).tail(60).to_csv(history_file, index=False)
+    history = pd.read_csv(history_file)  # what `predict --input` reads
+    expected = {v: Forecaster.load(root / v).predict(history) for v in (OLD, NEW)}
+    assert not expected[OLD]["forecast"].equals(expected[NEW]["forecast"])
+    return SimpleNamespace(tmp=tmp, root=root, export=tmp / "run" / "export", history_file=history_file,
+                           history=history, expected=expected)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server(model: Path, log: Path, *flags: str) -> Iterator[str]:
+    """`python -m pipeline serve --model MODEL` on a free port, up once /health answers; its base URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "pipeline", "serve", "--model", str(model), "--port", str(port)]
+    with open(log, "w") as out:  # a file, not a pipe: a pipe nobody reads would block the server
+        proc = subprocess.Popen([*command, "--threads", "1", *flags], cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"serve did not answer /health within 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def frame_of(body: dict, time_column: str = "time") -> pd.DataFrame:
+    """A JSON forecast as the frame `Forecaster.predict` returns."""
+    frame = pd.DataFrame(body["forecast"])
+    frame[time_column] = pd.to_datetime(frame[time_column]).astype("datetime64[ns]")
+    return frame
+
+
+def assert_same(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+
+
+def records(history: pd.DataFrame) -> list[dict]:
+    """A history frame as JSON records (floats exact)."""
+    return history.to_dict("records")
+
+
+@pytest.fixture(scope="module")
+def plain(exports, tmp_path_factory) -> Iterator[str]:
+    """A server on a plain export directory (not a registry)."""
+    with server(exports.export, tmp_path_factory.mktemp("plain") / "serve.log") as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_health_model_and_forecasts_equal_predict(exports, plain, tmp_path):
+    version = sha256_file(exports.export / "manifest.json")[:12]
+    health = httpx.get(f"{plain}/health")
+    assert health.status_code == 200 and health.headers["X-Model-Version"] == version
+    assert health.json() == {"status": "ok", "version": version, "error": None}
+
+    model = httpx.get(f"{plain}/model")
+    spec = Forecaster.load(exports.export).spec
+    assert model.headers["X-Model-Version"] == version
+    described = model.json()
+    assert described["version"] == version and described["path"] == str(exports.export)
+    assert described["registry"] is None
+    assert described["data_fingerprint"] == spec.data_fingerprint
+    assert described["test_metrics"] == spec.test_metrics and described["test_metrics"]["model"]["mase"] > 0
+    assert (described["lookback"], described["horizon"], described["freq"]) == (48, 12, "h")
+
+    expected = exports.expected[NEW]  # the last run's export is the seed-1 model
+    rows = records(exports.history)
+    for payload in (rows, {"records": rows}):
+        answer = httpx.post(f"{plain}/forecast", json=payload)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["X-Model-Version"] == answer.json()["version"] == version
+        assert_same(frame_of(answer.json()), expected)
+
+    csv = exports.history_file.read_bytes()
+    answer = httpx.post(f"{plain}/forecast", content=csv, headers=CSV)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/json")
+    assert_same(frame_of(answer.json()), expected)
+
+    # CSV out: byte for byte the file `lstm-pipeline predict` writes for the same history
+    answer = httpx.post(f"{plain}/forecast", content=csv, headers={**CSV, "Accept": "text/csv"})
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+    assert answer.headers["X-Model-Version"] == version
+    out = tmp_path / "forecast.csv"
+    result = cli("predict", "--model", str(exports.export), "--input", str(exports.history_file), "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert answer.text == out.read_text()
+    from_csv = pd.read_csv(io.StringIO(answer.text), float_precision="round_trip")
+    assert_same(frame_of({"forecast": from_csv}), expected)
+
+
+def too_short(history: pd.DataFrame) -> str:
+    return history.groupby("series").tail(10).to_csv(index=False)
+
+
+def malformed(history: pd.DataFrame) -> str:
+    return "series,time,value\ns0000,2024-01-01 00:00:00,1.0\ns0000,2024-01-01 01:00:00,1.0,2.0,3.0\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", [too_short, malformed])  # the forecaster's checks, and the reader's
+def test_bad_input_is_400_with_the_line_the_cli_prints(exports, plain, tmp_path, bad):
+    """The service calls a body `history`: `predict --input history` names its file exactly so."""
+    text = bad(exports.history)
+    (tmp_path / "history").write_text(text)
+    result = cli("predict", "--model", str(exports.export), "--input", "history", "--output", "out.csv", cwd=tmp_path)
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: history: ")
+
+    answer = httpx.post(f"{plain}/forecast", content=text.encode(), headers=CSV)
+    assert answer.status_code == 400 and answer.headers["X-Model-Version"]
+    assert f"error: {answer.json()['error']}" == line
+    if bad is not malformed:  # the same rows as JSON records: the same line
+        answer = httpx.post(f"{plain}/forecast", json=records(pd.read_csv(io.StringIO(text))))
+        assert answer.status_code == 400 and f"error: {answer.json()['error']}" == line
+
+
+@pytest.mark.slow
+def test_requests_the_service_does_not_read(plain):
+    for content, headers, status, words in [
+        (b"{", JSON, 400, "not valid JSON"),
+        (b'{"rows": []}', JSON, 400, 'must be a list of records, or {"records"'),
+        (b'{"records": [], "extra": 1}', JSON, 400, "unknown key 'extra'"),
+        (b"[1, 2]", JSON, 400, "record 1 is not an object"),
+        (b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json or text/csv"),
+    ]:
+        answer = httpx.post(f"{plain}/forecast", content=content, headers=headers)
+        assert answer.status_code == status, answer.text
+        assert words in answer.json()["error"] and "\n" not in answer.json()["error"]
+        assert answer.json()["version"] == answer.headers["X-Model-Version"]
+
+
+def tamper(source: Path, target: Path) -> Path:
+    """A copy of an export with one byte of its weights changed (its manifest no longer matches)."""
+    shutil.copytree(source, target)
+    weights = target / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    return target
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_its_manifest_is_never_served(exports, tmp_path):
+    bad = tamper(exports.export, tmp_path / "export")
+    result = cli("serve", "--model", str(bad), "--port", str(free_port()), timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: model directory {bad}: model.safetensors does not match its sha256 in manifest.json"
+    ]
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_one_line(exports, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--model", str(exports.export), "--port", str(port), "--threads", "1"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use", lines
+
+
+async def ask(client, body: bytes) -> tuple[int, str, dict]:
+    answer = await client.post("/forecast", content=body, headers=JSON)
+    return answer.status_code, answer.headers.get("X-Model-Version", ""), answer.json()
+
+
+async def wait_for(client, version: str, error: bool = False, seconds: float = 60) -> dict:
+    """/health once it reports `version` (and a swap error, when `error`)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        health = (await client.get("/health")).json()
+        if health["version"] == version and (health["error"] is not None) == error:
+            return health
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"/health never reported {version} (error: {error}): {health}")
+
+
+async def promote_under_load(url: str, root: Path, body: bytes) -> tuple[list, list]:
+    """200 concurrent requests: 100 sent 5 ms apart with the promotion (current -> v0002) after the 50th;
+    once /health reports the new version, 100 more."""
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        first = []
+        for i in range(100):
+            first.append(asyncio.create_task(ask(client, body)))
+            if i == 50:
+                registry_store.switch_current(root, NEW)
+            await asyncio.sleep(0.005)
+        await wait_for(client, NEW)
+        second = [asyncio.create_task(ask(client, body)) for _ in range(100)]
+        return await asyncio.gather(*first), await asyncio.gather(*second)
+
+
+@pytest.mark.slow
+def test_a_promotion_under_200_concurrent_requests(exports, tmp_path):
+    root = tmp_path / "registry" / "small"
+    root.mkdir(parents=True)
+    for version in (OLD, NEW):
+        shutil.copytree(exports.root / version, root / version)
+    registry_store.switch_current(root, OLD)
+    body = json.dumps({"records": records(exports.history)}).encode()
+    with server(root / "current", tmp_path / "serve.log", "--poll", "0.2") as url:
+        health = httpx.get(f"{url}/health").json()
+        assert health == {"status": "ok", "version": OLD, "error": None}
+        assert httpx.get(f"{url}/model").json()["registry"] == str(root)
+
+        first, second = asyncio.run(promote_under_load(url, root, body))
+        for status, header, answer in [*first, *second]:
+            assert status == 200, answer
+            assert header in (OLD, NEW) and answer["version"] == header
+            assert_same(frame_of(answer), exports.expected[header])  # all of one version, never mixed
+        assert OLD in {header for _, header, _ in first}  # most of the first 100: the swap takes a poll and a load
+        assert {header for _, header, _ in second} == {NEW}
+        described = httpx.get(f"{url}/model").json()
+        assert described["version"] == NEW and described["path"] == str(root / NEW)
+
+        # a promoted version that fails its manifest: the old one keeps serving, /health says why
+        tamper(exports.root / OLD, root / "v0003")
+        registry_store.switch_current(root, "v0003")
+
+        async def after_bad_swap() -> tuple[dict, tuple]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                return await wait_for(client, NEW, error=True), await ask(client, body)
+
+        health, (status, header, answer) = asyncio.run(after_bad_swap())
+        assert "v0003" in health["error"] and "does not match its sha256" in health["error"]
+        assert status == 200 and header == NEW
+        assert_same(frame_of(answer), exports.expected[NEW])
+        # the next change is tried again, and serves
+        registry_store.switch_current(root, OLD)
+
+        async def after_good_swap() -> tuple[dict, tuple]:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                return await wait_for(client, OLD), await ask(client, body)
+
+        health, (status, header, answer) = asyncio.run(after_good_swap())
+        assert health["error"] is None and status == 200 and header == OLD
+        assert_same(frame_of(answer), exports.expected[OLD])
+    log = (tmp_path / "serve.log").read_text()
+    assert "now serving v0002 (was v0001)" in log and "version v0003 not served" in log
+
+
+def test_serve_without_fastapi_exits_2_naming_the_extra(monkeypatch, capsys):
+    monkeypatch.delitem(sys.modules, "pipeline.orchestrators.serve", raising=False)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # an import of fastapi now fails as if it were missing
+    assert main(["serve", "--model", "anywhere"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'lstm-pipeline[serve]'" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["serve"], "--model"),
+        (["serve", "--model", "m", "--port", "70000"], "--port must be between 0 and 65535"),
+        (["serve", "--model", "m", "--poll", "0"], "--poll must be a positive number"),
+        (["serve", "--model", "m", "--threads", "0"], "--threads must be at least 1"),
+        (["serve", "--model", "m", "seed=1"], "serve takes no config overrides"),
+    ],
+)
+def test_bad_serve_flags_are_one_line(argv, words, capsys):
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and words in lines[0], lines
+
+
+@pytest.mark.slow
+def test_a_series_the_model_never_saw_and_the_scale_switch(exports, plain, tmp_path):
+    forecaster = Forecaster.load(exports.export)
+    renamed = exports.history.assign(series=exports.history["series"] + "_new")  # none of these ids was trained
+    answer = httpx.post(f"{plain}/forecast", json=records(renamed))
+    assert answer.status_code == 200, answer.text
+    assert_same(frame_of(answer.json()), forecaster.predict(renamed))
+    rescaled = httpx.post(f"{plain}/forecast", params={"scale": "history"}, json=records(exports.history))
+    assert rescaled.status_code == 200, rescaled.text
+    assert_same(frame_of(rescaled.json()), forecaster.predict(exports.history, scale="history"))
+    bad = httpx.post(f"{plain}/forecast", params={"scale": "nope"}, json=records(exports.history))
+    assert bad.status_code == 400 and bad.json()["error"] == "scale must be one of training, history, got 'nope'"
+    out = tmp_path / "forecast.csv"  # the CLI's switch gives the same numbers
+    args = ["--model", str(exports.export), "--input", str(exports.history_file), "--output", str(out)]
+    assert cli("predict", *args, "--scale", "history").returncode == 0
+    np.testing.assert_allclose(pd.read_csv(out)["forecast"], frame_of(rescaled.json())["forecast"], rtol=1e-12)
