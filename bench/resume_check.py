@@ -32,9 +32,12 @@ def config(root: Path, device: str, quick: bool) -> Path:
     cfg = {
         "name": "resume_check",
         "output_dir": str(root / "run"),
-        "data": {"source": "synthetic", "synthetic": {"n_series": 8, "length": 1500, "freq": "h", "seed": 3}},
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"n_series": 4 if quick else 8, "length": 800 if quick else 1500, "freq": "h", "seed": 3},
+        },
         "window": {"lookback": 96, "horizon": 24},
-        "model": {"hidden_size": 64, "num_layers": 2, "dropout": 0.1},
+        "model": {"hidden_size": 32 if quick else 64, "num_layers": 2, "dropout": 0.1},
         "train": {
             "max_steps": steps,
             "batch_size": 256,

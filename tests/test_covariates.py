@@ -325,7 +325,8 @@ def test_typed_parquet_with_covariates_is_read_whole(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_train_the_same_covariate_model_as_one(tmp_path):
-    """World-size invariance holds with every input kind: covariates, statics and the embedding."""
+    """World-size invariance holds with every input kind (covariates, statics, the embedding) and a quantile
+    head with instance norm; a 2-process evaluation (test and backtest) scores as one process does."""
     from tests.conftest import torchrun
     from tests.test_distributed import ATOL, assert_same_weights
 
@@ -343,6 +344,9 @@ def test_two_processes_train_the_same_covariate_model_as_one(tmp_path):
             "static_covariates": ["size"],
         },
         "model.series_embedding": 2,
+        "model.quantiles": [0.1, 0.5, 0.9],
+        "model.instance_norm": True,
+        "evaluate.backtest.folds": 2,
         "window.lookback": 24,
         "window.horizon": 6,
         "train.max_steps": 20,
@@ -358,3 +362,14 @@ def test_two_processes_train_the_same_covariate_model_as_one(tmp_path):
         assert done.returncode == 0, done.stderr[-3000:]
         runs[n] = tmp_path / str(n) / "run/train/model.safetensors"
     assert_same_weights(runs[1], runs[2], ATOL)
+    scores = []
+    for n in (1, 2):
+        done = torchrun(n, "evaluate", "--config", str(tmp_path / "2" / "config.yaml"), "--force")
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores.append(json.loads((tmp_path / "2" / "run/evaluate/metrics.json").read_text()))
+    single, double = scores
+    assert double["quantiles"]["pinball"] == pytest.approx(single["quantiles"]["pinball"], rel=1e-6)
+    assert double["quantiles"]["coverage"] == single["quantiles"]["coverage"]
+    agg = [s["backtest"]["aggregate"] for s in scores]
+    assert agg[1]["model"]["mase"] == pytest.approx(agg[0]["model"]["mase"], rel=1e-6)
+    assert double["n_windows"] == single["n_windows"]

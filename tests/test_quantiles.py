@@ -20,7 +20,7 @@ from pipeline.library.losses import pinball_loss
 from pipeline.library.model import ModelSpec, build_model, monotone_quantiles
 from pipeline.library.synthetic import generate_synthetic
 
-from .conftest import cli, torchrun, write_config
+from .conftest import cli, write_config
 
 QUANTILES = [0.1, 0.5, 0.9]
 
@@ -202,31 +202,6 @@ def test_quantile_run_end_to_end(tmp_path):
     bad.to_csv(tmp_path / "bad.csv", index=False)
     refused = cli("predict", "--model", str(run / "export"), "--input", str(tmp_path / "bad.csv"), "--output", str(out))
     assert refused.returncode == 2 and "negative value" in refused.stderr and "log1p" in refused.stderr
-
-
-@pytest.mark.slow
-def test_quantile_model_under_ddp_matches_one_process(tmp_path):
-    """World-size invariance with a quantile head; 2-process evaluation (test + backtest) scores the same."""
-    from .test_distributed import ATOL, assert_same_weights, prepared
-
-    overrides = {"model.quantiles": QUANTILES, "model.instance_norm": True, "evaluate.backtest.folds": 2}
-    one, two = prepared(tmp_path, "one", **overrides), prepared(tmp_path, "two", **overrides)
-    for nproc, config in ((1, one), (2, two)):
-        result = torchrun(nproc, "train", "--config", str(config))
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_weights(
-        tmp_path / "one/run/train/model.safetensors", tmp_path / "two/run/train/model.safetensors", ATOL
-    )
-    scores = []
-    for nproc in (1, 2):
-        result = torchrun(nproc, "evaluate", "--config", str(two), "--force")
-        assert result.returncode == 0, result.stderr[-3000:]
-        scores.append(json.loads((tmp_path / "two/run/evaluate/metrics.json").read_text()))
-    single, double = scores
-    assert double["quantiles"]["pinball"] == pytest.approx(single["quantiles"]["pinball"], rel=1e-6)
-    assert double["quantiles"]["coverage"] == single["quantiles"]["coverage"]
-    agg = [s["backtest"]["aggregate"] for s in scores]
-    assert agg[1]["model"]["mase"] == pytest.approx(agg[0]["model"]["mase"], rel=1e-6)
 
 
 @pytest.mark.slow
