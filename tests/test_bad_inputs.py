@@ -517,8 +517,8 @@ without the ~2.5 s start of a Python with torch per case (the catalogue would co
 
 @pytest.fixture
 def run_main(monkeypatch, capsys):
-    """`lstm-pipeline ARGS` through `pipeline.orchestrators.cli.main` here: its exit code and stderr; the logger
-    and torch's thread count it sets are put back afterwards."""
+    """`lstm-pipeline ARGS` through `pipeline.orchestrators.cli.main` here: its exit code and stderr; the logger,
+    torch's thread count and denormal flushing it sets are put back afterwards."""
     import torch
 
     from pipeline.orchestrators.cli import main
@@ -536,6 +536,7 @@ def run_main(monkeypatch, capsys):
         finally:
             logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
             torch.set_num_threads(threads)
+            torch.set_flush_denormal(False)  # configure_process's process-wide setting: not for later tests
         return subprocess.CompletedProcess(list(args), code, "", capsys.readouterr().err)
 
     return run

@@ -174,8 +174,17 @@ class Experiment:
 
     @staticmethod
     def _run(cfg: Config, force: bool) -> None:
+        """The stages in this process, with training's process-wide settings (threads, flushing denormals)
+        for their duration only: the notebook's own torch work keeps its settings."""
+        import torch
+
+        threads = torch.get_num_threads()
         configure_process(cfg.train.num_threads)
-        run_stages(cfg, force=force)
+        try:
+            run_stages(cfg, force=force)
+        finally:
+            torch.set_num_threads(threads)
+            torch.set_flush_denormal(False)
 
 
 def _pandas(frame: Any) -> pd.DataFrame:
