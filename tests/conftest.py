@@ -116,3 +116,31 @@ def load_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def run_main(argv: list[str]) -> tuple[int, str]:
+    """(exit code, stderr) of `main(argv)` (what the console script runs) in this process; undoes its
+    process-wide settings (log handler, torch threads, denormal flushing), which later tests in this worker
+    would otherwise inherit (hypothesis needs subnormal floats)."""
+    import contextlib
+    import io
+    import logging
+
+    import torch
+
+    from pipeline.orchestrators.cli import main
+
+    logger = logging.getLogger("pipeline")
+    saved = (list(logger.handlers), logger.level, logger.propagate, torch.get_num_threads())
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except SystemExit as exc:  # main must return, never exit on its own
+                code = exc.code
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
+        torch.set_num_threads(saved[3])
+        torch.set_flush_denormal(False)
+    return code, err.getvalue()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import random
 import shutil
@@ -27,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from .conftest import REPO, cli, write_config
+from .conftest import REPO, cli, run_main, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -516,38 +515,25 @@ without the ~2.5 s start of a Python with torch per case (the catalogue would co
 
 
 @pytest.fixture
-def run_main(monkeypatch, capsys):
-    """`lstm-pipeline ARGS` through `pipeline.orchestrators.cli.main` here: its exit code and stderr; the logger,
-    torch's thread count and denormal flushing it sets are put back afterwards."""
-    import torch
-
-    from pipeline.orchestrators.cli import main
-
+def in_process(monkeypatch):
+    """`lstm-pipeline ARGS` through the CLI's `main` in this process (`conftest.run_main`), as `cli` would run it."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.chdir(REPO)
-    logger = logging.getLogger("pipeline")
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        saved, threads = (logger.handlers[:], logger.level, logger.propagate), torch.get_num_threads()
-        capsys.readouterr()
-        try:
-            code = main(list(args))
-        finally:
-            logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
-            torch.set_num_threads(threads)
-            torch.set_flush_denormal(False)  # configure_process's process-wide setting: not for later tests
-        return subprocess.CompletedProcess(list(args), code, "", capsys.readouterr().err)
+        code, err = run_main(list(args))
+        return subprocess.CompletedProcess(list(args), code, "", err)
 
     return run
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_clear_error_and_nothing_is_lost(good, tmp_path, case, run_main):
+def test_bad_input_is_one_clear_error_and_nothing_is_lost(good, tmp_path, case, in_process):
     ws = workspace(good, tmp_path)
     args = case.args(ws)
     before = tree_hashes(ws.run)
-    result = cli(*args) if case.id in IN_A_PROCESS else run_main(*args)
+    result = cli(*args) if case.id in IN_A_PROCESS else in_process(*args)
     assert result.returncode == 2, f"exit {result.returncode}\n{result.stderr[-3000:]}"
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.splitlines()

@@ -7,43 +7,19 @@ An exit code of 2 must come with exactly one `error: ` line on stderr and no tra
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.orchestrators.cli import main
-
-from .conftest import cli, write_config
+from .conftest import cli, run_main, write_config
 
 FUZZ = settings(
     max_examples=40,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-
-
-def run_main(argv: list[str]) -> tuple[int, str]:
-    """`main(argv)` in this process; undoes its process-wide settings (log handler, threads, denormals)."""
-    logger = logging.getLogger("pipeline")
-    saved = (list(logger.handlers), logger.level, logger.propagate, torch.get_num_threads())
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            try:
-                code = main(argv)
-            except SystemExit as exc:  # main must return, never exit on its own
-                code = exc.code
-    finally:
-        logger.handlers[:], logger.level, logger.propagate = saved[0], saved[1], saved[2]
-        torch.set_num_threads(saved[3])
-        torch.set_flush_denormal(False)  # configure_process turns it on; hypothesis needs subnormals
-    return code, err.getvalue()
 
 
 def assert_clean_outcome(code: int, err: str, shown: str) -> None:

@@ -15,9 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pipeline.orchestrators.cli import main
-
-from .conftest import cli, write_config
+from .conftest import cli, run_main, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,12 +54,9 @@ def losses(run: Path) -> list[float]:
 def test_bf16_training_runs_the_lstm_in_bf16_and_validates_in_float32(tmp_path):
     config = prepared(tmp_path / "bf16", "bf16")
     kernels = RecurrentKernels()
-    saved_threads = torch.get_num_threads()
-    try:
-        with kernels:
-            assert main(["train", "--config", str(config)]) == 0
-    finally:
-        torch.set_num_threads(saved_threads)
+    with kernels:
+        code, err = run_main(["train", "--config", str(config)])
+    assert code == 0, err[-2000:]
     seen = kernels.seen
     forward_bf16 = seen[("train", False, torch.bfloat16)]
     backward_bf16 = seen[("train", True, torch.bfloat16)]

@@ -28,9 +28,8 @@ from pipeline.library import registry_store
 from pipeline.library.artifacts import sha256_file
 from pipeline.library.forecaster import Forecaster
 from pipeline.library.synthetic import generate_synthetic
-from pipeline.orchestrators.cli import main
 
-from .conftest import REPO, cli, write_config
+from .conftest import REPO, cli, run_main, write_config
 
 OLD, NEW = "v0001", "v0002"
 JSON = {"Content-Type": "application/json"}
@@ -223,13 +222,14 @@ def test_a_model_that_fails_its_manifest_is_never_served(exports, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_port_in_use_is_one_line(exports, capsys):
+def test_a_port_in_use_is_one_line(exports):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["serve", "--model", str(exports.export), "--port", str(port), "--threads", "1"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+        code, err = run_main(["serve", "--model", str(exports.export), "--port", str(port), "--threads", "1"])
+    assert code == 2
+    lines = err.strip().splitlines()
     assert lines[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use", lines
 
 
@@ -314,11 +314,12 @@ def test_a_promotion_under_200_concurrent_requests(exports, tmp_path):
     assert "now serving v0002 (was v0001)" in log and "version v0003 not served" in log
 
 
-def test_serve_without_fastapi_exits_2_naming_the_extra(monkeypatch, capsys):
+def test_serve_without_fastapi_exits_2_naming_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "pipeline.orchestrators.serve", raising=False)
     monkeypatch.setitem(sys.modules, "fastapi", None)  # an import of fastapi now fails as if it were missing
-    assert main(["serve", "--model", "anywhere"]) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    code, err = run_main(["serve", "--model", "anywhere"])
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "pip install 'lstm-pipeline[serve]'" in lines[0]
 
 
@@ -332,9 +333,10 @@ def test_serve_without_fastapi_exits_2_naming_the_extra(monkeypatch, capsys):
         (["serve", "--model", "m", "seed=1"], "serve takes no config overrides"),
     ],
 )
-def test_bad_serve_flags_are_one_line(argv, words, capsys):
-    assert main(argv) == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+def test_bad_serve_flags_are_one_line(argv, words):
+    code, err = run_main(argv)
+    assert code == 2
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], lines
 
 
