@@ -121,16 +121,16 @@ class Forecaster:
         stats = self._stats(ids, fresh, history, source)
         transform = self.spec.transform
         target = windows[..., 0]
-        loc, scale = stats.loc[:, None], stats.scale[:, None]
+        loc, spread = stats.loc[:, None], stats.scale[:, None]  # `scale` names where they come from
         if transform == "log1p" and (target < 0).any():
             k, j = np.argwhere(target < 0)[0]
             raise DataError(f"{source}: series '{ids[k]}': negative value {target[k, j]:.6g}; this model uses log1p")
-        z = scaling.forward(target, loc, scale, transform)
+        z = scaling.forward(target, loc, spread, transform)
         x = self._inputs(z, windows[..., 1:], ahead, stats, last)
         with torch.no_grad():
             out = self.model(x).double().numpy()
         extra = (1,) * (out.ndim - 2)
-        y = scaling.inverse(out, loc.reshape(-1, 1, *extra), scale.reshape(-1, 1, *extra), transform)
+        y = scaling.inverse(out, loc.reshape(-1, 1, *extra), spread.reshape(-1, 1, *extra), transform)
         columns = {"forecast": y}
         if self.quantiles:
             median = self.quantiles.index(0.5)
@@ -179,9 +179,9 @@ class Forecaster:
         computed = stats_from_history(
             new, [fresh[sid] for sid in new], statics, s.scaling, s.transform, s.static_loc, s.static_scale, source
         )
-        computed.index[:] = [known.positions([sid])[0] if sid in known else 0 for sid in new]
-        base = known.stats.take([known.positions([sid])[0] if sid in known else 0 for sid in ids])
-        return base.with_rows(rows, computed)
+        positions = [known.positions([sid])[0] if sid in known else 0 for sid in ids]  # 0: a placeholder row
+        computed.index[:] = [positions[j] for j in rows]  # a trained series keeps its embedding row
+        return known.stats.take(positions).with_rows(rows, computed)
 
     def _static_rows(self, history: pd.DataFrame, ids: list[str], source: str) -> np.ndarray:
         """(len(ids), S) the static covariates of series new to the model, read from their rows."""
