@@ -79,7 +79,8 @@ def test_resolve_fills_every_auto_and_keeps_explicit_values():
     assert cfg.window.lookback == "auto"  # the user's config is left as written
 
     explicit = ["window.lookback=20", "evaluate.season_length=6", "model.residual_season=0"]
-    explicit = load_config(None, [*explicit, "model.season_average=1", "data.calendar=[]"])
+    explicit = [*explicit, "model.season_average=1", "model.seasons=[]", "model.recurrent_steps=20"]
+    explicit = load_config(None, [*explicit, "data.calendar=[]"])
     assert auto.resolve(explicit, _meta("MS", [300])) is explicit
     mixed = load_config(None, ["window.horizon=12", "window.lookback=10"])
     out = auto.resolve(mixed, _meta("MS", [300]))

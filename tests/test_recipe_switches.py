@@ -48,6 +48,21 @@ def test_ensemble_loss_is_the_mean_of_the_members_own_losses():
         ModelSpec(1, 4, 8, 2, residual_season=4, season_average=2, instance_norm=True, ensemble=3),
         ModelSpec(1, 4, 8, 1, residual_season=4, season_average=2, base_level="half_season", blend=True),
         ModelSpec(1, 4, 8, 1, residual_season=4, instance_norm=True, ensemble=2, quantiles=(0.1, 0.5, 0.9)),
+        ModelSpec(  # a multi-seasonal base over the whole window, the recurrent layers on its end, the head seeing it
+            1,
+            4,
+            8,
+            1,
+            residual_season=2,
+            season_average=3,
+            base="multi",
+            seasons=(2, 4),
+            instance_norm=True,
+            recurrent_steps=6,
+            base_input=True,
+            blend=True,
+            base_level="half_season",
+        ),  # fmt: skip
     ],
 )
 def test_switches_export_to_one_onnx_graph_that_matches_pytorch(spec, tmp_path):
@@ -66,6 +81,24 @@ def test_switches_export_to_one_onnx_graph_that_matches_pytorch(spec, tmp_path):
     got = session.run(None, {"x": x.numpy()})[0]
     assert got.shape == (3, *spec.output_shape)
     np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4)
+
+
+def test_the_recurrent_layers_read_only_the_end_of_the_window_and_the_base_all_of_it():
+    spec = ModelSpec(1, 4, 8, 1, residual_season=4, season_average=3, instance_norm=True, recurrent_steps=6)
+    model = build_model(replace(spec, base_input=True), seed=0).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.3)
+    x, _ = _buffer().gather(torch.tensor([[0, 3], [0, 50]]))
+    changed = x.clone()
+    changed[:, 4, 0] += 5.0  # before the last 6 steps, inside the base's three seasons (window 16)
+    head, _, base = model.decompose(x)
+    head2, _, base2 = model.decompose(changed)
+    assert (base2 - base).abs().min() > 0.1  # the base reads the whole window
+    no_input = build_model(spec, seed=0).eval()
+    no_input.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("head")}, strict=False)
+    torch.nn.init.normal_(no_input.head.weight, std=0.3)
+    assert torch.equal(no_input.decompose(x)[0], no_input.decompose(changed)[0])  # the LSTM never saw the change
+    assert not torch.equal(head, head2)  # ... but with base_input the head sees the base, which did change
+    assert model.head.in_features == 8 + 4 and no_input.head.in_features == 8
 
 
 def test_blend_zero_is_the_base_and_one_is_the_trained_model():

@@ -96,8 +96,10 @@ def auto_lookback(season: int, horizon: int, shortest_train: int) -> int:
 
 def needs_resolving(cfg: Config) -> bool:
     m = cfg.model
-    auto_values = (cfg.window.lookback, cfg.evaluate.season_length, m.residual_season, m.season_average)
-    return AUTO in auto_values or isinstance(cfg.data.calendar, str)
+    auto_values = (
+        cfg.window.lookback, cfg.evaluate.season_length, m.residual_season, m.season_average, m.recurrent_steps
+    )  # fmt: skip
+    return AUTO in auto_values or m.seasons == AUTO or isinstance(cfg.data.calendar, str)
 
 
 def resolve(cfg: Config, ingest: IngestRecord | None = None) -> Config:
@@ -106,36 +108,59 @@ def resolve(cfg: Config, ingest: IngestRecord | None = None) -> Config:
         return cfg
     if ingest is None:
         ingest = IngestRecord.require(cfg.run_dir / "ingest", "resolving the auto settings")
-    return resolve_for(cfg, ingest.freq, int(ingest.series.train_end.min()))
+    return resolve_for(cfg, ingest.freq, int(ingest.series.train_end.min()), ingest.detected_seasons)
 
 
-def resolve_for(cfg: Config, freq: str, shortest_train: int) -> Config:
-    """`resolve` for data at `freq` whose shortest train part has `shortest_train` steps."""
+def resolve_for(cfg: Config, freq: str, shortest_train: int, detected: tuple[int, ...] | None = None) -> Config:
+    """`resolve` for data at `freq` whose shortest train part has `shortest_train` steps.
+
+    `detected`: the seasons ingest kept (`pipeline.library.seasonality`); None for an ingest made
+    before seasons were detected, which resolves as it did then (the frequency's one season).
+    """
     season = cfg.evaluate.season_length
     if season == AUTO:
         season = season_for(freq)
+    seasons = cfg.model.seasons
+    if seasons == AUTO:
+        seasons = list(detected) if detected is not None else ([season] if season > 1 else [])
+    main = seasons[0] if seasons else season  # the profile's season; the evaluation season when none was kept
+    horizon = cfg.window.horizon
     lookback = cfg.window.lookback
     if lookback == AUTO:
-        lookback = auto_lookback(season, cfg.window.horizon, shortest_train)
+        lookback = auto_lookback(max([main, *seasons]), horizon, shortest_train)
+    recurrent = cfg.model.recurrent_steps
+    if recurrent == AUTO:
+        recurrent = min(lookback, max(LOOKBACK_SEASONS * main, LOOKBACK_HORIZONS * horizon))
     residual = cfg.model.residual_season
     if residual == AUTO:
-        residual = season if 1 < season <= lookback else 0
+        residual = main if 1 < main <= lookback else 0
     average = cfg.model.season_average
     if average == AUTO:
         average = max(1, min(MAX_SEASON_AVERAGE, lookback // residual)) if residual else 1
     check_base_fits(residual, average, lookback)
+    features = cfg.data.calendar
+    if features == AUTO and detected is not None and cfg.model.seasons == AUTO:
+        features = calendar.features_of(seasons, freq)
     resolved = dataclasses.replace(
         cfg,
-        data=dataclasses.replace(cfg.data, calendar=list(calendar.resolve(cfg.data.calendar, freq))),
+        data=dataclasses.replace(cfg.data, calendar=list(calendar.resolve(features, freq))),
         window=dataclasses.replace(cfg.window, lookback=lookback),
         evaluate=dataclasses.replace(cfg.evaluate, season_length=season),
-        model=dataclasses.replace(cfg.model, residual_season=residual, season_average=average),
+        model=dataclasses.replace(
+            cfg.model,
+            residual_season=residual,
+            season_average=average,
+            seasons=[p for p in seasons if p <= lookback],
+            recurrent_steps=recurrent,
+        ),
     )
     log.debug(
-        "auto settings for freq %s: season %d, lookback %d, residual season %d x %d",
+        "auto settings for freq %s: season %d, seasons %s, lookback %d (recurrent %d), residual season %d x %d",
         freq,
         season,
+        seasons,
         lookback,
+        recurrent,
         residual,
         average,
     )

@@ -37,4 +37,8 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
         base_level=m.base_level,
         blend=m.blend != 1.0,
         ensemble=m.ensemble,
+        base="multi" if m.base == "multi" else "profile",  # `validation`: the train stage picks it
+        seasons=tuple(m.seasons) if m.base == "multi" else (),
+        recurrent_steps=m.recurrent_steps if m.recurrent_steps < cfg.window.lookback else 0,
+        base_input=m.base_input and m.residual_season > 0,
     )

@@ -215,6 +215,20 @@ class ModelConfig:
     ensemble: int = 1
     """Independently initialised recurrent networks and heads in one model, each trained on its own loss over the
     same batches; the forecast uses their mean correction (one graph in ONNX)."""
+    seasons: list[int] | Literal["auto"] = "auto"
+    """Seasonal periods in steps, for the residual base and the calendar features; `auto`: those of the frequency's
+    candidates (day and week below daily data, week and year daily, the year above) that the train part holds twice
+    and whose seasonal-naive forecast improves on the validation part (ingest/meta.json says which and why)."""
+    base: Literal["validation", "profile", "multi"] = "validation"
+    """The residual head's base: `validation` picks, on the validation windows before training, the best of naive,
+    seasonal naive at each season, the averaged profile, the level-adjusted profile and the multi-seasonal profile;
+    `profile`: the profile set by residual_season, season_average and base_level; `multi`: every season's profile."""
+    base_input: bool = True
+    """The linear head also reads the base forecast over the horizon (in the window's own units), so the correction
+    can depend on what it corrects; needed where the base reads further back than the recurrent layers."""
+    recurrent_steps: int | Literal["auto"] = "auto"
+    """The last steps of the input window the recurrent layers read (the base reads all of it); `auto`: three of the
+    shortest season (at least two horizons), so a window long enough for a weekly base costs no more to train."""
 
     def __post_init__(self) -> None:
         _check_quantiles(self.quantiles)
@@ -227,6 +241,13 @@ class ModelConfig:
             raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
         if self.season_average != "auto":
             _positive("model.season_average", self.season_average)
+        if self.seasons != "auto":
+            if not isinstance(self.seasons, list) or not all(isinstance(p, int) and p > 1 for p in self.seasons):
+                raise ConfigError(f"model.seasons must be auto or a list of whole numbers > 1, got {self.seasons!r}")
+            if sorted(set(self.seasons)) != self.seasons:
+                raise ConfigError(f"model.seasons must be increasing without repeats, got {self.seasons}")
+        if self.recurrent_steps != "auto":
+            _positive("model.recurrent_steps", self.recurrent_steps)
         _positive("model.hidden_size", self.hidden_size)
         _positive("model.num_layers", self.num_layers)
         if not 0.0 <= self.dropout < 1.0:

@@ -103,6 +103,23 @@ def auto_features(freq: str) -> tuple[str, ...]:
     return ()
 
 
+def features_of(seasons: list[int] | tuple[int, ...], freq: str) -> list[str]:
+    """The calendar features of the seasons kept for data at `freq` (`model.seasons: auto`): a daily season
+    gives `day`, a weekly one `week`, a yearly one `year`, for daily and finer data; none from weekly data on
+    (as `auto_features`: the base's own season is the year there)."""
+    import pandas as pd
+
+    offset = pd.tseries.frequencies.to_offset(freq)
+    step_ns = fixed_step_ns(offset) or 0
+    if offset.name == "B":
+        cycles = {5: "week", 260: "year"}
+        return [cycles[p] for p in seasons if p in cycles]
+    if not 0 < step_ns <= DAY_NS:
+        return []
+    named = {DAY_NS: "day", WEEK_NS: "week", 365 * DAY_NS: "year"}
+    return [named[p * step_ns] for p in seasons if p * step_ns in named]
+
+
 def resolve(setting: str | list[str], freq: str) -> tuple[str, ...]:
     """`data.calendar` (auto, none or a list of features) for data at `freq`, checked."""
     if setting == "auto":

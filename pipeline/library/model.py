@@ -19,6 +19,14 @@ Switches that make it robust on data it was not tuned for:
 - `season_average`: the base is the seasonal profile averaged over the last K seasons, put at
   the level of the last season. K = 1 is seasonal naive; K = 3 halves the noise a single past
   season carries, which measured better on most of bench/accuracy.py's short series.
+- `base: multi`: the base sums the average shapes of several seasons (a day's and a week's),
+  `multi_seasonal_profile`; which base a run uses is chosen before training
+  (`pipeline.library.base_choice`).
+- `recurrent_steps`: the recurrent layers read only the last steps of the input window, the
+  base all of it, so a window long enough for a weekly base costs no more to train than a
+  three-day one.
+- `base_input`: the head also reads the base over the horizon (in the window's own units), so
+  its correction can depend on what it corrects, which the recurrent layers may not have seen.
 
 With `quantiles` (sorted, including 0.5) the output is `(batch, horizon, len(quantiles))`: the
 head gives the median and, for each step away from it, a softplus increment, so the quantiles
@@ -76,6 +84,9 @@ class RecurrentForecaster(nn.Module):
             future = x[:, lookback:, ahead : ahead + spec.future_size].flatten(1)
             x = x[:, :lookback]
         x = x[..., : spec.input_size]
+        base = residual_base(x[..., 0], spec)  # read from the whole input window
+        if spec.recurrent_steps and spec.recurrent_steps < x.shape[1]:
+            x = x[:, -spec.recurrent_steps :]
         if series is not None:
             x = torch.cat([x, self.embedding(series)[:, None, :].expand(-1, x.shape[1], -1)], dim=-1)
         target = x[..., 0]
@@ -85,13 +96,13 @@ class RecurrentForecaster(nn.Module):
             loc = target.mean(dim=1, keepdim=True)
             spread = ((target - loc) ** 2).mean(dim=1, keepdim=True).add(1e-6).sqrt()
             x = torch.cat([((target - loc) / spread).unsqueeze(-1), x[..., 1:]], dim=-1)
+        if spec.base_input and base is not None:  # the head sees what it corrects, in the window's own units
+            seen = ((base - loc) / spread).to(x.dtype)
+            future = seen if future is None else torch.cat([future, seen], dim=1)
         head = self.correction(x, future, members)
         if self.spec.blend:
             head = head * self.blend
-        if spec.residual_season:
-            level_steps = spec.residual_season // 2 if spec.base_level == "half_season" else None
-            base = seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps)
-        else:
+        if base is None:
             base = loc
         if self.spec.quantiles:
             return head + self.calibration, spread[:, :, None], base[:, :, None]
@@ -140,7 +151,8 @@ def _member(spec: ModelSpec) -> tuple[nn.Module, nn.Linear]:
         dropout=spec.dropout if spec.num_layers > 1 else 0.0,
         batch_first=True,
     )
-    head = nn.Linear(spec.hidden_size + spec.horizon * spec.future_size, spec.horizon * max(1, len(spec.quantiles)))
+    ahead = spec.future_size + (1 if spec.base_input and spec.residual_season else 0)
+    head = nn.Linear(spec.hidden_size + spec.horizon * ahead, spec.horizon * max(1, len(spec.quantiles)))
     if spec.residual_season:  # start as the base: training must earn every departure from it
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
@@ -186,6 +198,44 @@ def seasonal_profile(
         level = (block[:, -1, -level_steps:] - shape[:, -level_steps:]).mean(dim=1, keepdim=True)
     phase = torch.arange(horizon, device=target.device) % season
     return level + shape[:, phase]
+
+
+def residual_base(target: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
+    """The base forecast (batch, horizon) the head corrects, from the input window's target; None without one."""
+    if not spec.residual_season:
+        return None
+    level_steps = spec.residual_season // 2 if spec.base_level == "half_season" else None
+    if spec.base == "multi":
+        return multi_seasonal_profile(target, spec.horizon, spec.seasons, spec.season_average, level_steps)
+    return seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps)
+
+
+def multi_seasonal_profile(
+    target: torch.Tensor, horizon: int, seasons: tuple[int, ...], most: int, level_steps: int | None
+) -> torch.Tensor:
+    """The sum of each season's average shape, shortest season first, at a level fresh from the window's end.
+
+    The shortest season's shape (a day's) comes from its last cycles; each longer season's shape
+    (a week's) from its last cycles after the shorter shapes are taken out, so it holds what
+    the shorter cycle does not (Sunday's day differs from Monday's). Each shape averages up to
+    `most` cycles that the window holds. The level is the mean of the last `level_steps` values
+    (half the shortest season; a whole one without) with every shape taken out. An additive
+    multi-seasonal decomposition read from one window, as MSTL's is from the whole history.
+    """
+    steps = target.shape[1]
+    rest = target
+    total = torch.zeros_like(target[:, :horizon])
+    ahead = torch.arange(horizon, device=target.device)
+    back = torch.arange(steps, device=target.device) - steps  # each position's phase, counted from the end
+    for season in seasons:
+        cycles = max(1, min(most, steps // season))
+        block = rest[:, steps - cycles * season :].reshape(-1, cycles, season)
+        shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)  # (batch, season), phase 0 = a cycle's start
+        rest = rest - shape[:, torch.remainder(back, season)]
+        total = total + shape[:, ahead % season]
+    last = level_steps if level_steps else seasons[0]
+    level = rest[:, -last:].mean(dim=1, keepdim=True)
+    return level + total
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> RecurrentForecaster:

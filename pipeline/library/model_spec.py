@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+# fields added after the format was first used, as they read when switched off
+_LATER = {"base": "profile", "seasons": [], "recurrent_steps": 0, "base_input": False}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -37,10 +40,14 @@ class ModelSpec:
     base_level: str = "season"  # the base's level: the last season's mean, or (half_season) the last half's
     blend: bool = False  # a `blend` buffer: the share of the correction kept (pipeline.library.blend)
     ensemble: int = 1  # independently initialised (rnn, head) members; the correction is their mean
+    base: str = "profile"  # the residual base: the profile of residual_season, or (multi) of every season in `seasons`
+    seasons: tuple[int, ...] = ()  # the seasons of a multi-seasonal base, shortest first
+    recurrent_steps: int = 0  # the last steps of the input window the recurrent layers read (0: all of it)
+    base_input: bool = False  # the head also reads the base forecast (in the window's own units)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
-        for name in ("calendar", "past_covariates", "future_covariates", "static_covariates"):
+        for name in ("calendar", "past_covariates", "future_covariates", "static_covariates", "seasons"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
@@ -73,8 +80,12 @@ class ModelSpec:
         return (self.horizon, len(self.quantiles)) if self.quantiles else (self.horizon,)
 
     def to_dict(self) -> dict:
-        lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates")
-        return {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
+        lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates", "seasons")
+        saved = {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
+        for name, off in _LATER.items():  # switched off, they are left out: a spec saved before them reads back equal
+            if saved[name] == off:
+                del saved[name]
+        return saved
 
     @classmethod
     def from_dict(cls, saved: dict) -> ModelSpec:

@@ -240,10 +240,18 @@ class IngestRecord(Record):
     static_scale: list[float] = field(default_factory=list)
     refit_fold: int | None = None  # set on a refit fold's ingest (cut at its cutoff)
     config: dict[str, Any] | None = None  # the config the stage ran with
+    season_checks: list[dict[str, Any]] | None = None  # each candidate season's test (pipeline.library.seasonality)
 
     @property
     def n_series(self) -> int:
         return len(self.series)
+
+    @property
+    def detected_seasons(self) -> tuple[int, ...] | None:
+        """The seasons the checks kept; None for an ingest made before seasons were detected."""
+        if self.season_checks is None:
+            return None
+        return tuple(int(c["season"]) for c in self.season_checks if c["kept"])
 
     @property
     def covariates(self) -> list[str]:
@@ -269,6 +277,8 @@ class IngestRecord(Record):
             n_points=self.n_points,
             series=self.series.to_json(),
         )
+        if self.season_checks is not None:
+            payload["seasons"] = {"kept": list(self.detected_seasons or ()), "checks": self.season_checks}
         if self.refit_fold is not None:
             payload["refit_fold"] = self.refit_fold
         if self.config is not None:
@@ -295,6 +305,7 @@ class IngestRecord(Record):
             static_scale=list(static.get("scale", [])),
             refit_fold=payload.get("refit_fold"),
             config=payload.get("config"),
+            season_checks=(payload.get("seasons") or {}).get("checks"),
         )
 
 
@@ -364,6 +375,7 @@ class TrainRecord(KeyedRecord):
     calibration: dict[str, Any] | None = None  # per interval: coverage before and after (quantile models)
     blend: dict[str, Any] | None = None  # the share of the correction kept, and the validation losses
     settings: str | None = None  # hash of the config sections training depends on (None: written before it)
+    base: dict[str, Any] | None = None  # the residual base chosen on validation, and every candidate's loss
 
     def to_json(self) -> dict[str, Any]:
         payload = {
@@ -374,6 +386,8 @@ class TrainRecord(KeyedRecord):
             "calibration": self.calibration,
             "blend": self.blend,
         }
+        if self.base is not None:
+            payload["base"] = self.base
         return {**payload, "settings": self.settings} if self.settings is not None else payload
 
     @classmethod
@@ -387,6 +401,7 @@ class TrainRecord(KeyedRecord):
             blend=payload.get("blend"),
             settings=payload.get("settings"),
             config=payload.get("config"),
+            base=payload.get("base"),
         )
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.library import covariates, scaling
+from pipeline.library import covariates, scaling, seasonality
 from pipeline.library.errors import DataError
 from pipeline.library.records import IngestRecord, SeriesStats, SeriesTable
 
@@ -80,6 +80,7 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
     starts = [t.isoformat() for t in series.starts]
     stats = SeriesStats(loc, spread, np.arange(n, dtype=np.int64), cov_loc, cov_scale, static)
     table = SeriesTable(list(series.ids), starts, np.asarray(series.lengths, dtype=np.int64), train_end, val_end, stats)
+    freq = series.freq
     return IngestRecord(
         fingerprint=fingerprint(series, table, data, scaling_name, transform),
         freq=series.freq,
@@ -93,6 +94,7 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
         static_covariates=list(data.static_covariates) if series.static is not None else [],
         static_loc=list(static_mean),
         static_scale=list(static_scale),
+        season_checks=[c.to_json() for c in seasonality.detect(series.values, offsets, train_end, val_end, freq)],
     )
 
 

@@ -58,6 +58,14 @@ def warm_start_state(choice: str, registry: Path | None, spec: ModelSpec, curren
     return state
 
 
+def warm_start_spec(choice: str, registry: Path | None) -> ModelSpec | None:
+    """The saved spec of the weights `train.init_from` names (None: a fresh start, or no spec saved with them)."""
+    if choice == "none":
+        return None
+    source = champion_dir(registry) if choice == "champion" else resolve_model_dir(Path(choice))
+    return None if source is None else _weights_and_spec(source, choice)[1]
+
+
 def _weights_and_spec(source: Path, choice: str) -> tuple[Path, ModelSpec | None]:
     """(weights file, its saved ModelSpec or None) of an export, train, checkpoint dir or .safetensors file."""
     if source.is_file() and source.suffix == ".safetensors":

@@ -175,11 +175,25 @@ def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tu
         "horizon": cfg.window.horizon,
         "season_length": cfg.evaluate.season_length,
         "mae_by_horizon": {m: terms[m]["mae"].mean(axis=0).tolist() for m in METHODS},
+        "seasons": list(cfg.model.seasons),
+        "base": describe_base(trained),
     }
     if test.quantiles:
         result["quantiles"] = {"levels": test.quantiles, "point_forecast": "median (0.5)", **result["quantiles"]}
         result["quantiles"]["calibration"] = trained.calibration
     return terms, result
+
+
+def describe_base(trained: TrainRecord) -> str:
+    """The residual base in words, for metrics.json and report.md ("none" without a residual head)."""
+    spec = trained.model
+    if trained.base is not None:
+        return f"{trained.base['chosen']} (chosen on validation)"
+    if not spec.residual_season:
+        return "none"
+    if spec.base == "multi":
+        return "multi-seasonal profile " + " + ".join(map(str, spec.seasons))
+    return f"profile {spec.residual_season} x {spec.season_average}"
 
 
 def write_outputs(

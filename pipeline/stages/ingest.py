@@ -63,6 +63,8 @@ def _run(cfg: Config, force: bool) -> None:
         series.freq,
         record.fingerprint,
     )
+    for check in record.season_checks or ():
+        log.info("ingest: season %d %s: %s", check["season"], "kept" if check["kept"] else "not kept", check["why"])
     _track(cfg, out)
 
 

@@ -29,6 +29,7 @@ from pipeline.config.auto import resolve
 from pipeline.config.model_spec import model_spec
 from pipeline.library import checkpoint as ckpt
 from pipeline.library.artifacts import recover, swap_into_place, write_json_atomic
+from pipeline.library.base_choice import choose_base
 from pipeline.library.blend import blend_best
 from pipeline.library.buffer import WindowBuffer
 from pipeline.library.calendar import Calendar
@@ -44,7 +45,7 @@ from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.store import read_covariates, read_values
 from pipeline.library.threads import ThreadTuner
 from pipeline.library.train_log import MetricsLog
-from pipeline.library.warm_start import warm_start_identity, warm_start_state
+from pipeline.library.warm_start import warm_start_identity, warm_start_spec, warm_start_state
 from pipeline.library.windows import read_index
 from pipeline.stages.table import cache_key, stage_dir, train_settings
 from pipeline.stages.tracking import Tracker, dataset_artifact, open_tracker, weights_artifact
@@ -153,6 +154,7 @@ class TrainingData:
     pairs: dict[str, torch.Tensor]
     spec: ModelSpec
     info: dict
+    base: dict | None = None  # model.base: validation: the chosen base and each candidate's validation loss
 
 
 def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
@@ -222,6 +224,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     index = {**index, "val": spread_subset(index["val"], cfg.train.val_windows)}
     pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
+    spec, base = residual_base(cfg, spec, buffer, pairs)
     if spec.quantiles:
         log.info("train: quantile head %s, trained with the pinball loss", list(spec.quantiles))
     info = {
@@ -230,7 +233,34 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         "n_series": ingest.n_series,
         "windows": window.counts,
     }
-    return TrainingData(buffer, pairs, spec, info)
+    return TrainingData(buffer, pairs, spec, info, base)
+
+
+BASE_FIELDS = ("residual_season", "season_average", "base_level", "base", "seasons")
+
+
+def residual_base(
+    cfg: Config, spec: ModelSpec, buffer: WindowBuffer, pairs: dict[str, torch.Tensor]
+) -> tuple[ModelSpec, dict | None]:
+    """The spec with the residual base `model.base: validation` picks (`pipeline.library.base_choice`).
+
+    The bases have nothing fitted, so every window before the test part tests them out of sample:
+    they are compared on the validation windows and up to `train.val_windows` training windows.
+    A warm start keeps the base of the weights it starts from: their correction was learned on it.
+    """
+    if cfg.model.base != "validation" or not spec.residual_season:
+        return spec, None
+    saved = warm_start_spec(cfg.train.init_from, cfg.registry_root)
+    if saved is not None and saved.residual_season:
+        log.info("train: residual base of the starting weights kept (train.init_from)")
+        return dataclasses.replace(spec, **{name: getattr(saved, name) for name in BASE_FIELDS}), None
+    loss = loss_function(cfg.train.loss, cfg.model.quantiles)
+    train = pairs["train"]
+    if cfg.train.val_windows and len(train) > cfg.train.val_windows:
+        train = train[torch.linspace(0, len(train) - 1, cfg.train.val_windows).round().long()]
+    windows = torch.cat([train, pairs["val"]])
+    seasons = tuple(cfg.model.seasons)
+    return choose_base(spec, seasons, cfg.window.lookback, buffer, windows, cfg.train.eval_batch_size, loss)
 
 
 def spread_subset(windows: np.ndarray, limit: int) -> np.ndarray:
@@ -553,8 +583,9 @@ def finish(session: Session, state: TrainState) -> None:
             session.setup["thread_choices"] = session.threads.choices
         given = session.ran_with or cfg  # evaluate and export compare their config with this one
         record = TrainRecord(
-            session.key, spec, state, session.setup, calibration, blend, train_settings(given), config=given.to_dict()
-        )
+            session.key, spec, state, session.setup, calibration, blend, train_settings(given), config=given.to_dict(),
+            base=session.data.base,
+        )  # fmt: skip
         record.write(work)
         swap_into_place(work, stage_dir(cfg, "train"))
         log.info("train: done at step %d; best val loss %.5f at step %d", state.step, state.best_val, state.best_step)

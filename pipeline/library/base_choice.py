@@ -1,0 +1,96 @@
+"""`model.base: validation`: the residual head's base, chosen before training on the windows before the test part.
+
+The head learns a correction to its base and starts at zero, so the untrained model is the base,
+and early stopping and the blend (`pipeline.library.blend`) can always fall back to it. That
+fallback is only as good as the base: on data with a daily and a weekly cycle, a daily profile
+is a weak base where last week's same day is a strong one, and no share of a correction trained
+on top of the weak one recovers it. So the base is picked first, among a small fixed set read
+from the input window, by the training loss on the validation windows and on up to
+`train.val_windows` training windows. A base has nothing fitted, so a training window tests it
+out of sample as well as a validation window does, and there are many more of them: on the
+short series of bench/accuracy.py a choice on the validation windows alone (a few heavily
+overlapping windows) followed their noise and forecast the test part worse (bench/LOG.md).
+
+- naive (the last value), and seasonal naive at each season;
+- the averaged profile of the shortest season (up to three cycles at the last cycle's mean);
+- the same at a fresher level (`base_level: half_season`);
+- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`).
+
+The first in that order wins a tie, so a simpler base is kept unless another is better. A run
+never does worse on validation than its base: the untrained model is a candidate of early
+stopping and `w = 0` one of the blend.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import torch
+
+from pipeline.library.model import residual_base
+from pipeline.library.model_spec import ModelSpec
+
+log = logging.getLogger("pipeline")
+
+MOST_CYCLES = 3
+
+
+def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict[str, ModelSpec]:
+    """The bases to compare, by name, in order of preference on a tie; each a variant of `spec`."""
+    main = spec.residual_season
+    plain = {"base": "profile", "seasons": (), "base_level": "season"}
+    found = {"naive": dataclasses.replace(spec, residual_season=1, season_average=1, **plain)}
+    for season in sorted({main, *seasons}):
+        if 1 < season <= lookback:
+            found[f"seasonal naive {season}"] = dataclasses.replace(
+                spec, residual_season=season, season_average=1, **plain
+            )
+    cycles = min(MOST_CYCLES, lookback // main) if main > 1 else 0
+    if cycles >= 2:
+        found[f"profile {main} x {cycles}"] = dataclasses.replace(
+            spec, residual_season=main, season_average=cycles, **plain
+        )
+        found[f"level-adjusted profile {main} x {cycles}"] = dataclasses.replace(
+            spec, residual_season=main, season_average=cycles, **{**plain, "base_level": "half_season"}
+        )
+    usable = tuple(p for p in seasons if 1 < p <= lookback)
+    if len(usable) >= 2:
+        found["multi-seasonal profile " + " + ".join(map(str, usable))] = dataclasses.replace(
+            spec, residual_season=usable[0], season_average=MOST_CYCLES, base="multi", seasons=usable,
+            base_level="half_season",
+        )  # fmt: skip
+    return found
+
+
+@torch.no_grad()
+def window_losses(bases: dict[str, ModelSpec], buffer, pairs: torch.Tensor, batch_size: int, loss) -> dict:
+    """Each base's mean training loss on the windows `pairs` (the loss of the untrained model with that base)."""
+    sums = dict.fromkeys(bases, 0.0)
+    count = 0
+    for chunk in pairs.split(batch_size):
+        x, y = buffer.gather(chunk)
+        any_spec = next(iter(bases.values()))
+        target = x[:, : x.shape[1] - (any_spec.horizon if any_spec.future_size else 0), 0]
+        for name, spec in bases.items():
+            base = residual_base(target, spec)
+            forecast = base[:, :, None].expand(-1, -1, len(spec.quantiles)) if spec.quantiles else base
+            sums[name] += float(loss(forecast.float(), y, reduction="none").sum(dtype=torch.float64))
+        count += y.numel()
+    return {name: total / count for name, total in sums.items()}
+
+
+def choose_base(spec: ModelSpec, seasons: tuple[int, ...], lookback: int, buffer, pairs, batch_size: int, loss):
+    """(the spec with the best base on the windows `pairs`, the record for train/meta.json)."""
+    bases = candidates(spec, seasons, lookback)
+    losses = window_losses(bases, buffer, pairs, batch_size, loss)
+    order = list(bases)
+    best = min(order, key=lambda name: (losses[name], order.index(name)))
+    log.info(
+        "train: residual base %s (loss %.5f on %d windows before the test part; %s)",
+        best,
+        losses[best],
+        len(pairs),
+        ", ".join(f"{name} {value:.5f}" for name, value in losses.items() if name != best),
+    )
+    return bases[best], {"chosen": best, "loss": losses, "windows": len(pairs)}

@@ -1,0 +1,174 @@
+"""Several seasonalities (found on the train and validation parts) and a residual base chosen on validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.config import auto, load_config
+from pipeline.library import seasonality
+from pipeline.library.errors import ConfigError
+from pipeline.library.model import multi_seasonal_profile, seasonal_profile
+from tests.conftest import run_main, write_config
+
+DAY, WEEK = 24, 168
+
+
+@pytest.mark.parametrize(
+    ("freq", "expected"),
+    [
+        ("30min", (48, 336)),
+        ("h", (24, 168)),
+        ("5min", (288, 2016)),
+        ("D", (7, 365)),
+        ("B", (5, 260)),
+        ("W-FRI", (52,)),
+        ("MS", (12,)),
+        ("QS-JAN", (4,)),
+        ("3MS", (4,)),
+        ("YS-JAN", ()),
+        ("7h", ()),
+    ],
+)
+def test_candidate_seasons_follow_the_frequency(freq: str, expected: tuple[int, ...]):
+    assert seasonality.candidates(freq) == expected
+
+
+def _hourly(weeks: int, weekly: float, seed: int = 0, noise: float = 0.3) -> np.ndarray:
+    """A daily cycle of amplitude 3, weekends lower by `weekly`, a slow level and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(weeks * WEEK)
+    day = 3 * np.sin(2 * np.pi * t / DAY)
+    weekend = weekly * ((t // DAY) % 7 >= 5)
+    level = np.cumsum(rng.normal(0, 0.02, len(t)))
+    return 10 + day - weekend + level + rng.normal(0, noise, len(t))
+
+
+def _detect(values: np.ndarray, freq: str = "h") -> list[seasonality.SeasonCheck]:
+    n = len(values)
+    val_end, train_end = int(n * 0.8), int(n * 0.7)
+    return seasonality.detect(values, np.array([0]), np.array([train_end]), np.array([val_end]), freq)
+
+
+def test_a_daily_and_a_weekly_cycle_are_both_kept():
+    checks = _detect(_hourly(12, weekly=4.0))
+    assert seasonality.kept(checks) == (DAY, WEEK)
+    assert all(c.error < c.without for c in checks)
+    assert "beats naive" in checks[0].why and "beats seasonal naive at 24" in checks[1].why
+
+
+def test_a_week_that_adds_nothing_to_the_day_is_not_kept():
+    checks = _detect(_hourly(12, weekly=0.0))
+    assert seasonality.kept(checks) == (DAY,)
+    assert checks[1].error >= checks[1].without  # last week's hour is no better a guess than yesterday's
+
+
+def test_a_random_walk_has_no_season_and_a_short_train_part_cannot_show_one():
+    walk = np.cumsum(np.random.default_rng(1).normal(size=12 * WEEK))
+    assert seasonality.kept(_detect(walk)) == ()
+    short = _detect(_hourly(3, weekly=4.0))  # a train part of 2.1 weeks: one week fits twice, barely
+    assert [c.kept for c in short] == [True, True]
+    shorter = _detect(_hourly(2, weekly=4.0))
+    assert seasonality.kept(shorter) == (DAY,)
+    assert "holds < 2 cycles" in shorter[1].why
+
+
+def test_the_test_part_is_never_read():
+    values = _hourly(12, weekly=4.0)
+    changed = values.copy()
+    changed[int(len(values) * 0.8) :] = np.random.default_rng(2).normal(size=len(values) - int(len(values) * 0.8))
+    assert _detect(values) == _detect(changed)
+
+
+def _ingest(freq: str, detected):
+    from pipeline.library.records import IngestRecord
+    from tests.conftest import series_table
+
+    table = series_table([{"id": "a", "length": 4000, "train_end": 3000, "val_end": 3500}])
+    checks = None if detected is None else [{"season": p, "kept": True, "why": ""} for p in detected]
+    return IngestRecord("f", freq, "standard", "none", 4000, table, season_checks=checks)
+
+
+@pytest.mark.parametrize(
+    ("detected", "lookback", "recurrent", "calendar", "seasons"),
+    [
+        ((48, 336), 1008, 144, ["day", "week"], [48, 336]),  # the base holds three weeks, the LSTM reads three days
+        ((48,), 144, 144, ["day"], [48]),
+        ((), 144, 144, [], []),  # none kept: no calendar; the profile of the frequency's season stays a candidate
+        (None, 144, 144, ["day", "week"], [48]),  # an ingest made before detection resolves as it did
+    ],
+)
+def test_auto_settings_follow_the_detected_seasons(detected, lookback, recurrent, calendar, seasons):
+    cfg = auto.resolve(load_config(None, ["window.horizon=48"]), _ingest("30min", detected))
+    assert (cfg.window.lookback, cfg.model.recurrent_steps) == (lookback, recurrent)
+    assert (cfg.data.calendar, cfg.model.seasons) == (calendar, seasons)
+    assert cfg.model.residual_season == 48 and cfg.evaluate.season_length == 48
+
+
+def test_explicit_seasons_are_used_as_given():
+    cfg = load_config(None, ["window.horizon=48", "model.seasons=[169, 845]"])
+    resolved = auto.resolve(cfg, _ingest("5min", (288,)))
+    assert resolved.model.seasons == [169, 845] and resolved.model.residual_season == 169
+    assert resolved.window.lookback == (3000 - 48) // 2  # three weeks do not fit: half the train part
+    assert resolved.model.recurrent_steps == 3 * 169
+    with pytest.raises(ConfigError, match=r"model\.seasons must be increasing"):
+        load_config(None, ["model.seasons=[336, 48]"])
+
+
+def test_multi_seasonal_profile_continues_an_exact_double_cycle():
+    t = torch.arange(3 * WEEK + 24, dtype=torch.float64)
+    day = torch.sin(2 * torch.pi * t / DAY)
+    week = 2.0 * ((t // DAY) % 7 >= 5) - 4.0 / 7  # weekends up, mean zero over a week
+    series = 5 + day + week
+    window, future = series[None, : 3 * WEEK], series[3 * WEEK :]
+    multi = multi_seasonal_profile(window, 24, (DAY, WEEK), 3, None)
+    torch.testing.assert_close(multi[0], future, rtol=0, atol=1e-9)
+    daily = seasonal_profile(window, 24, DAY, 3)  # the daily profile alone misses the weekend's step
+    assert (daily[0] - future).abs().max() > 1.0
+    same = multi_seasonal_profile(window, 24, (DAY,), 3, None)  # one season: the plain profile
+    torch.testing.assert_close(same, daily, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_weekly_seasonal_naive_is_chosen_where_it_is_the_best_forecast(tmp_path):
+    """A seasonal random walk at the week: last week's same hour is the best forecast there is."""
+    rng = np.random.default_rng(0)
+    weeks = 16
+    pattern = rng.normal(0, 1, WEEK)
+    values = np.concatenate([pattern := pattern + rng.normal(0, 0.15, WEEK) for _ in range(weeks)]) + 20
+    frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=len(values), freq="h"), "value": values})
+    source = tmp_path / "weekly.csv"
+    frame.to_csv(source, index=False)
+    overrides = {
+        "data": {"source": str(source), "time_column": "time", "target_column": "value", "freq": "h"},
+        "window": {"horizon": 24},
+        "model": {"hidden_size": 16, "num_layers": 1},
+        "train.max_steps": 30,
+        "train.loss": "mae",
+        "train.checkpoint_every": 0,
+        "evaluate.plot_series": 0,
+        "export.onnx": True,
+    }
+    config = write_config(tmp_path, overrides)
+    code, err = run_main(["run", "--config", str(config)])
+    assert code == 0, err[-2000:]
+    run = tmp_path / "run"
+    ingest = json.loads((run / "ingest" / "meta.json").read_text())
+    assert 168 in ingest["seasons"]["kept"]
+    train = json.loads((run / "train" / "meta.json").read_text())
+    losses = train["base"]["loss"]  # on the validation windows and the training windows
+    assert train["base"]["chosen"] == "seasonal naive 168", losses
+    assert losses["seasonal naive 168"] < 0.9 * min(v for k, v in losses.items() if k != "seasonal naive 168")
+    base_val = train["blend"]["val_loss"]["0.0"]  # the chosen base alone on the validation windows
+    assert train["state"]["best_val"] <= base_val + 1e-9  # the model never does worse there than its base
+    assert train["blend"]["val_loss"][str(train["blend"]["weight"])] <= base_val + 1e-9
+    assert train["model"]["residual_season"] == 168 and train["model"]["season_average"] == 1
+    report = (run / "evaluate" / "report.md").read_text()
+    assert "residual base: seasonal naive 168 (chosen on validation)" in report
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert 168 in metrics["seasons"]
+    assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
