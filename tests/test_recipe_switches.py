@@ -62,7 +62,7 @@ def test_ensemble_loss_is_the_mean_of_the_members_own_losses():
             base_input=True,
             blend=True,
             base_level="half_season",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_switches_export_to_one_onnx_graph_that_matches_pytorch(spec, tmp_path):
