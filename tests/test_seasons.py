@@ -96,7 +96,7 @@ def _ingest(freq: str, detected):
 @pytest.mark.parametrize(
     ("detected", "lookback", "recurrent", "calendar", "seasons"),
     [
-        ((48, 336), 1008, 144, ["day", "week"], [48, 336]),  # the base holds three weeks, the LSTM reads three days
+        ((48, 336), 1008, 336, ["day", "week"], [48, 336]),  # the base holds three weeks, the LSTM reads one
         ((48,), 144, 144, ["day"], [48]),
         ((), 144, 144, [], []),  # none kept: no calendar; the profile of the frequency's season stays a candidate
         (None, 144, 144, ["day", "week"], [48]),  # an ingest made before detection resolves as it did
@@ -114,7 +114,7 @@ def test_explicit_seasons_are_used_as_given():
     resolved = auto.resolve(cfg, _ingest("5min", (288,)))
     assert resolved.model.seasons == [169, 845] and resolved.model.residual_season == 169
     assert resolved.window.lookback == (3000 - 48) // 2  # three weeks do not fit: half the train part
-    assert resolved.model.recurrent_steps == 3 * 169
+    assert resolved.model.recurrent_steps == 845  # a whole week
     with pytest.raises(ConfigError, match=r"model\.seasons must be increasing"):
         load_config(None, ["model.seasons=[336, 48]"])
 

@@ -130,7 +130,7 @@ def resolve_for(cfg: Config, freq: str, shortest_train: int, detected: tuple[int
         lookback = auto_lookback(max([main, *seasons]), horizon, shortest_train)
     recurrent = cfg.model.recurrent_steps
     if recurrent == AUTO:
-        recurrent = min(lookback, max(LOOKBACK_SEASONS * main, LOOKBACK_HORIZONS * horizon))
+        recurrent = min(lookback, max(LOOKBACK_SEASONS * main, LOOKBACK_HORIZONS * horizon, *seasons))
     residual = cfg.model.residual_season
     if residual == AUTO:
         residual = main if 1 < main <= lookback else 0

@@ -227,8 +227,9 @@ class ModelConfig:
     """The linear head also reads the base forecast over the horizon (in the window's own units), so the correction
     can depend on what it corrects; needed where the base reads further back than the recurrent layers."""
     recurrent_steps: int | Literal["auto"] = "auto"
-    """The last steps of the input window the recurrent layers read (the base reads all of it); `auto`: three of the
-    shortest season (at least two horizons), so a window long enough for a weekly base costs no more to train."""
+    """The last steps of the input window the recurrent layers read (the base reads all of it); `auto`: one cycle of
+    the longest season, three of the shortest, at least two horizons: a window that holds three weeks for a weekly
+    base costs the training of one week."""
 
     def __post_init__(self) -> None:
         _check_quantiles(self.quantiles)
