@@ -109,6 +109,20 @@ def test_auto_settings_follow_the_detected_seasons(detected, lookback, recurrent
     assert cfg.model.residual_season == 48 and cfg.evaluate.season_length == 48
 
 
+def test_a_warm_start_keeps_the_seasons_and_calendar_its_weights_were_trained_with(tmp_path):
+    from pipeline.library.model_spec import ModelSpec
+
+    champion = ModelSpec(5, 48, 8, 1, residual_season=48, base="multi", seasons=(48, 336), calendar=("day", "week"))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "forecaster.json").write_text(json.dumps({"model": champion.to_dict()}))
+    cfg = load_config(None, ["window.horizon=48", f"train.init_from={tmp_path}"])
+    tonight = auto.resolve(cfg, _ingest("30min", (48,)))  # tonight's data shows no weekly cycle
+    assert tonight.model.seasons == [48, 336] and tonight.data.calendar == ["day", "week"]
+    assert tonight.window.lookback == 1008
+    fresh = auto.resolve(load_config(None, ["window.horizon=48"]), _ingest("30min", (48,)))
+    assert fresh.model.seasons == [48] and fresh.data.calendar == ["day"]
+
+
 def test_explicit_seasons_are_used_as_given():
     cfg = load_config(None, ["window.horizon=48", "model.seasons=[169, 845]"])
     resolved = auto.resolve(cfg, _ingest("5min", (288,)))

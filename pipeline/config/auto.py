@@ -17,7 +17,9 @@ import logging
 from pipeline.config.sections import Config, check_base_fits
 from pipeline.library import calendar
 from pipeline.library.errors import ConfigError
+from pipeline.library.model_spec import ModelSpec
 from pipeline.library.records import IngestRecord
+from pipeline.library.warm_start import warm_start_spec
 
 log = logging.getLogger("pipeline")
 
@@ -108,15 +110,27 @@ def resolve(cfg: Config, ingest: IngestRecord | None = None) -> Config:
         return cfg
     if ingest is None:
         ingest = IngestRecord.require(cfg.run_dir / "ingest", "resolving the auto settings")
-    return resolve_for(cfg, ingest.freq, int(ingest.series.train_end.min()), ingest.detected_seasons)
+    warm = warm_start_spec(cfg.train.init_from, cfg.registry_root)
+    return resolve_for(cfg, ingest.freq, int(ingest.series.train_end.min()), ingest.detected_seasons, warm)
 
 
-def resolve_for(cfg: Config, freq: str, shortest_train: int, detected: tuple[int, ...] | None = None) -> Config:
+def resolve_for(
+    cfg: Config,
+    freq: str,
+    shortest_train: int,
+    detected: tuple[int, ...] | None = None,
+    warm: ModelSpec | None = None,
+) -> Config:
     """`resolve` for data at `freq` whose shortest train part has `shortest_train` steps.
 
     `detected`: the seasons ingest kept (`pipeline.library.seasonality`); None for an ingest made
     before seasons were detected, which resolves as it did then (the frequency's one season).
+    `warm`: the spec of the weights a warm start begins from (`train.init_from`): its seasons and
+    calendar features stand in for the detected ones, so a nightly retrain from the champion
+    trains the network the champion's weights fit even on a night the detection would differ.
     """
+    if warm is not None and warm.residual_season and cfg.model.seasons == AUTO:
+        detected = warm.seasons or tuple(p for p in (warm.residual_season,) if p > 1)
     season = cfg.evaluate.season_length
     if season == AUTO:
         season = season_for(freq)
@@ -139,7 +153,9 @@ def resolve_for(cfg: Config, freq: str, shortest_train: int, detected: tuple[int
         average = max(1, min(MAX_SEASON_AVERAGE, lookback // residual)) if residual else 1
     check_base_fits(residual, average, lookback)
     features = cfg.data.calendar
-    if features == AUTO and detected is not None and cfg.model.seasons == AUTO:
+    if features == AUTO and warm is not None:
+        features = list(warm.calendar)
+    elif features == AUTO and detected is not None and cfg.model.seasons == AUTO:
         features = calendar.features_of(seasons, freq)
     resolved = dataclasses.replace(
         cfg,
