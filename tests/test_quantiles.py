@@ -163,7 +163,8 @@ def test_quantile_run_end_to_end(tmp_path):
 
     forecaster = Forecaster.load(run / "export")
     session = ort.InferenceSession(str(run / "export/model.onnx"), providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).normal(size=(7, 48 + 12, 1 + 4)).astype(np.float32)  # lookback + horizon, calendar
+    channels = 1 + 2 * len(forecaster.spec.model.calendar)  # the target, sin/cos per calendar feature
+    x = np.random.default_rng(0).normal(size=(7, 48 + 12, channels)).astype(np.float32)  # lookback + horizon
     onnx_out = session.run(None, {"x": x})[0]
     assert onnx_out.shape == (7, 12, 3) and (np.diff(onnx_out, axis=-1) >= 0).all()
     with torch.no_grad():
