@@ -19,7 +19,7 @@ from pipeline.library.forecaster import Forecaster
 from pipeline.library.synthetic import generate_synthetic
 from pipeline.orchestrators.api import Experiment, make_config
 
-from .conftest import REPO, cli, write_config
+from .conftest import REPO, cli, cli_in_process, write_config
 
 matplotlib.use("Agg")
 DATA = {"id_column": "series", "time_column": "time", "target_column": "value", "freq": "h"}
@@ -47,7 +47,7 @@ def test_fit_writes_the_cli_run_directory_and_a_cli_run_then_skips_every_stage(f
     for stage in ("ingest", "window", "train", "evaluate", "export"):
         assert (run / stage / "meta.json").is_file()
     assert set(exp.metrics) >= {"model", "baselines"}
-    result = cli("run", "--config", str(run / "config.yaml"))
+    result = cli_in_process("run", "--config", str(run / "config.yaml"))
     assert result.returncode == 0, result.stderr[-2000:]
     skipped = re.findall(r"(\w+): up to date \(inputs unchanged\), skipped", result.stderr)
     assert skipped == ["ingest", "window", "train", "evaluate", "export"]

@@ -13,7 +13,7 @@ from pipeline.config import auto, load_config
 from pipeline.library.errors import ConfigError
 from pipeline.library.records import IngestRecord
 from pipeline.stages.train import fit_batch
-from tests.conftest import cli, series_table, write_config
+from tests.conftest import cli_in_process, series_table, write_config
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_monthly_data_runs_with_auto_settings_end_to_end(tmp_path):
             "export": {"onnx": False},
         },
     )
-    done = cli("run", "--config", str(config))
+    done = cli_in_process("run", "--config", str(config))
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     window = json.loads((run / "window" / "meta.json").read_text())

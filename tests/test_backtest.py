@@ -14,7 +14,7 @@ from pipeline.library.backtest import backtest_windows
 from pipeline.library.errors import ConfigError
 from pipeline.library.model import ModelSpec, build_model
 
-from .conftest import cli, write_config
+from .conftest import cli_in_process, write_config
 
 
 def test_folds_end_at_the_series_end_and_step_back():
@@ -61,7 +61,7 @@ def test_fold_metrics_equal_a_hand_computation(tmp_path):
             "export.onnx": False,
         },
     )
-    result = cli("run", "--config", str(config))
+    result = cli_in_process("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     bt = json.loads((run / "evaluate/metrics.json").read_text())["backtest"]
@@ -101,7 +101,7 @@ def test_fold_metrics_equal_a_hand_computation(tmp_path):
     assert agg["model"]["rmse"] == pytest.approx(np.sqrt(np.mean(np.square(pooled["model"]))), rel=1e-5)
     assert "## Backtest" in (run / "evaluate/report.md").read_text()
 
-    too_many = cli("evaluate", "--config", str(config), "evaluate.backtest.folds=8")
+    too_many = cli_in_process("evaluate", "--config", str(config), "evaluate.backtest.folds=8")
     assert too_many.returncode == 2
     assert "evaluate.backtest: 8 folds" in too_many.stderr and "series 'series'" in too_many.stderr
     assert len(too_many.stderr.strip().splitlines()) == 1

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from pipeline.library import blend
 from pipeline.library.forecaster import Forecaster
 
-from .conftest import cli, write_config
+from .conftest import cli_in_process, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("value", [0.5, "validation"])
 def test_blend_is_set_after_training_and_exported(tmp_path, value):
     config = write_config(tmp_path, {"model.blend": value, "train.max_steps": 20})
-    result = cli("run", "--config", str(config))
+    result = cli_in_process("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     meta = json.loads((run / "train/meta.json").read_text())

@@ -16,7 +16,7 @@ from pipeline.library.buffer import WindowBuffer
 from pipeline.library.calendar import Calendar, encode
 from pipeline.library.errors import ConfigError
 from pipeline.library.forecaster import Forecaster
-from tests.conftest import cli, series_table, write_config
+from tests.conftest import cli_in_process, series_table, write_config
 
 
 def _angles(features: tuple[str, ...], freq: str, start: str, positions: list[int]) -> np.ndarray:
@@ -109,7 +109,7 @@ def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path
             "train.checkpoint_every": 0,
         },
     )
-    done = cli("run", "--config", str(config))
+    done = cli_in_process("run", "--config", str(config))
     assert done.returncode == 0, done.stderr[-2000:]
     run = tmp_path / "run"
     spec = json.loads((run / "export" / "forecaster.json").read_text())

@@ -14,7 +14,7 @@ from pipeline.config import load_config
 from pipeline.library.errors import UserError
 from pipeline.orchestrators.cli import parse_args
 
-from .conftest import REPO, cli, write_config
+from .conftest import REPO, cli, cli_in_process, write_config
 
 
 @pytest.mark.parametrize(
@@ -87,17 +87,17 @@ def test_the_command_line_a_wandb_agent_builds_runs_a_trial_with_top_level_and_n
 @pytest.mark.slow
 def test_evaluate_refuses_a_model_trained_with_other_overrides_and_keeps_config_yaml(tmp_path):
     config = write_config(tmp_path, {"export.onnx": False})
-    assert cli("run", "--config", str(config), "train.lr=0.001").returncode == 0
+    assert cli_in_process("run", "--config", str(config), "train.lr=0.001").returncode == 0
     saved = (tmp_path / "run/config.yaml").read_text()
     meta = json.loads((tmp_path / "run/train/meta.json").read_text())
     assert meta["config"]["train"]["lr"] == 0.001 and meta["settings"]  # the config train ran with, in its record
     for stage in ("evaluate", "export"):
-        result = cli(stage, "--config", str(config))
+        result = cli_in_process(stage, "--config", str(config))
         assert result.returncode == 2
         line = result.stderr.strip().splitlines()[-1]
         assert f"error: {stage}: " in line and "other settings" in line and "train.lr=0.001 there, 0.01 here" in line
     assert (tmp_path / "run/config.yaml").read_text() == saved  # it never claims settings the model did not use
-    assert cli("evaluate", "--config", str(config), "--train.lr", "0.001").returncode == 0
+    assert cli_in_process("evaluate", "--config", str(config), "--train.lr", "0.001").returncode == 0
 
 
 @pytest.mark.slow
@@ -107,7 +107,7 @@ def test_a_fitted_batch_and_an_auto_budget_are_the_same_settings(tmp_path):
     overrides = {"train.batch_size": 4096, "train.max_steps": "auto", "train.eval_every": 100, "export.onnx": False}
     config = write_config(tmp_path, overrides)
     for stage in ("ingest", "window", "train", "evaluate", "export"):
-        result = cli(stage, "--config", str(config))
+        result = cli_in_process(stage, "--config", str(config))
         assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((tmp_path / "run/train/meta.json").read_text())
     assert meta["config"]["train"]["batch_size"] == 4096 and meta["state"]["step"] >= 400
@@ -118,10 +118,10 @@ def test_force_starts_a_killed_training_over_and_ends_like_an_unbroken_one(tmp_p
     from .test_resume import assert_bitwise_equal, kill_at_step, prepared
 
     reference = prepared(tmp_path / "reference", **{"train.max_steps": 80})
-    assert cli("train", "--config", str(reference)).returncode == 0
+    assert cli_in_process("train", "--config", str(reference)).returncode == 0
     config = prepared(tmp_path / "killed", **{"train.max_steps": 80})
     kill_at_step(config, 1, 55)
-    result = cli("train", "--config", str(config), "--force")
+    result = cli_in_process("train", "--config", str(config), "--force")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "starting over" in result.stderr and "resumed from" not in result.stderr
     assert_bitwise_equal(tmp_path / "killed/run", tmp_path / "reference/run")

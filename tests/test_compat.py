@@ -24,7 +24,7 @@ from pipeline.library.records import (
     WindowRecord,
 )
 
-from .conftest import cli
+from .conftest import cli_in_process
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_2232a71"
 RECORDS = {
@@ -69,7 +69,7 @@ def test_the_old_export_loads_and_predicts_what_it_predicted_then(old_run):
     assert spec.model.series_embedding == 2 and spec.model.quantiles == (0.1, 0.5, 0.9)
     assert spec.to_json() == json.loads((FIXTURE / "run/export" / SPEC_FILE).read_text())
     out = old_run / "forecast.csv"
-    result = cli(
+    result = cli_in_process(
         "predict", "--model", "run/export", "--input", "data.csv", "--future", "future.csv", "--output", str(out),
         cwd=old_run,
     )  # fmt: skip
@@ -80,7 +80,9 @@ def test_the_old_export_loads_and_predicts_what_it_predicted_then(old_run):
 @pytest.mark.slow
 def test_run_on_the_old_directory_keeps_its_data_stages_and_reproduces_its_scores(old_run):
     # the recipe of 2232a71: the base it fixed and a head that does not read it (both chosen by default since)
-    result = cli("run", "--config", "config.yaml", "model.base=profile", "model.base_input=false", cwd=old_run)
+    result = cli_in_process(
+        "run", "--config", "config.yaml", "model.base=profile", "model.base_input=false", cwd=old_run
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ingest: up to date" in result.stderr and "window: up to date" in result.stderr
     # train's cache key is computed differently since the stage table: it trained again, to the same weights
@@ -113,7 +115,7 @@ def test_a_record_missing_what_a_stage_needs_is_one_line_asking_for_force(old_ru
     payload = json.loads(meta.read_text())
     del payload["model"]
     meta.write_text(json.dumps(payload))
-    result = cli("evaluate", "--config", "config.yaml", cwd=old_run)
+    result = cli_in_process("evaluate", "--config", "config.yaml", cwd=old_run)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "run/train/meta.json" in lines[-1] and "--force" in lines[-1]

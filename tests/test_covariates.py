@@ -18,7 +18,7 @@ from pipeline.library.model import ModelSpec, build_model
 from pipeline.library.series import prepare_series
 from pipeline.library.splits import split_and_scale
 from pipeline.library.store import read_values
-from tests.conftest import cli, series_table, write_config
+from tests.conftest import cli_in_process, series_table, write_config
 
 LENGTH = 300
 
@@ -254,7 +254,7 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
             "evaluate.plot_series": 0,
         },
     )
-    done = cli("run", "--config", str(config))
+    done = cli_in_process("run", "--config", str(config))
     assert done.returncode == 0, done.stderr[-2000:]
     run = tmp_path / "run"
     spec = json.loads((run / "export" / "forecaster.json").read_text())
@@ -272,13 +272,13 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
     future.to_csv(tmp_path / "future.csv", index=False)
     out = tmp_path / "forecast.csv"
     base = ["predict", "--model", str(run / "export"), "--input", str(tmp_path / "history.csv"), "--output", str(out)]
-    missing = cli(*base)
+    missing = cli_in_process(*base)
     assert missing.returncode == 2 and "--future" in missing.stderr and not out.exists()
     short = tmp_path / "short.csv"
     future.drop(index=future.index[-1]).to_csv(short, index=False)
-    bad = cli(*base, "--future", str(short))
+    bad = cli_in_process(*base, "--future", str(short))
     assert bad.returncode == 2 and "series 's2': no row at 2024-01-09 13:00:00" in bad.stderr
-    ok = cli(*base, "--future", str(tmp_path / "future.csv"))
+    ok = cli_in_process(*base, "--future", str(tmp_path / "future.csv"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     got = pd.read_csv(out)
     assert len(got) == 18 and list(got.columns) == ["id", "time", "forecast"]
@@ -328,7 +328,7 @@ def test_two_processes_train_the_same_covariate_model_as_one(tmp_path):
     """World-size invariance holds with every input kind (covariates, statics, the embedding) and a quantile
     head with instance norm; a 2-process evaluation (test and backtest) scores as one process does."""
     from tests.conftest import torchrun
-    from tests.test_distributed import ATOL, assert_same_weights
+    from tests.test_distributed import ATOL, assert_same_weights, one_process
 
     data = tmp_path / "shop.csv"
     _frame().to_csv(data, index=False)
@@ -357,14 +357,16 @@ def test_two_processes_train_the_same_covariate_model_as_one(tmp_path):
     for n in (1, 2):
         config = write_config(tmp_path / str(n), overrides)
         for stage in ("ingest", "window"):
-            assert cli(stage, "--config", str(config)).returncode == 0
-        done = torchrun(n, "train", "--config", str(config))
+            assert cli_in_process(stage, "--config", str(config)).returncode == 0
+        args = ("train", "--config", str(config))
+        done = one_process(*args) if n == 1 else torchrun(n, *args)
         assert done.returncode == 0, done.stderr[-3000:]
         runs[n] = tmp_path / str(n) / "run/train/model.safetensors"
     assert_same_weights(runs[1], runs[2], ATOL)
     scores = []
     for n in (1, 2):
-        done = torchrun(n, "evaluate", "--config", str(tmp_path / "2" / "config.yaml"), "--force")
+        args = ("evaluate", "--config", str(tmp_path / "2" / "config.yaml"), "--force")
+        done = one_process(*args) if n == 1 else torchrun(n, *args)
         assert done.returncode == 0, done.stderr[-3000:]
         scores.append(json.loads((tmp_path / "2" / "run/evaluate/metrics.json").read_text()))
     single, double = scores

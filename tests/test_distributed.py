@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.library.model import ModelSpec, build_model
 
-from .conftest import cli, load_weights, torchrun, write_config
+from .conftest import cli_in_process, load_weights, torchrun, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,10 @@ BASE = {
 
 
 def prepared(tmp_path, name, **overrides):
-    """A config whose ingest and window stages are done (in one process), ready to train."""
+    """A config whose ingest and window stages are done (in this process), ready to train."""
     config = write_config(tmp_path / name, {**BASE, **overrides})
     for stage in ("ingest", "window"):
-        result = cli(stage, "--config", str(config))
+        result = cli_in_process(stage, "--config", str(config))
         assert result.returncode == 0, result.stderr[-2000:]
     return config
 
@@ -41,10 +41,16 @@ def assert_same_weights(a, b, atol):
     return worst
 
 
+def one_process(*args: str):
+    """A 1-process run (the reference for DDP): the CLI's `main` in this process, with torchrun's CPU setting.
+    torchrun with one process is the same run (world size 1: no process group), after two more Python starts."""
+    return cli_in_process(*args, env={"ACCELERATE_USE_CPU": "true"})
+
+
 def test_two_processes_train_the_same_model_as_one(tmp_path):
     one = prepared(tmp_path, "one")
     two = prepared(tmp_path, "two")
-    r1 = torchrun(1, "train", "--config", str(one))
+    r1 = one_process("train", "--config", str(one))
     assert r1.returncode == 0, r1.stderr[-3000:]
     r2 = torchrun(2, "train", "--config", str(two))
     assert r2.returncode == 0, r2.stderr[-3000:]
@@ -63,7 +69,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     assert max(float((final[k] - init[k]).abs().max()) for k in init) > 100 * ATOL
 
     # evaluation under 2 processes scores every test window exactly once: same numbers as 1 process
-    e1 = torchrun(1, "evaluate", "--config", str(two), "--force")
+    e1 = one_process("evaluate", "--config", str(two), "--force")
     assert e1.returncode == 0, e1.stderr[-3000:]
     single = json.loads((tmp_path / "two/run/evaluate/metrics.json").read_text())
     e2 = torchrun(2, "evaluate", "--config", str(two), "--force")
@@ -80,7 +86,7 @@ def test_gradient_accumulation_matches_the_same_effective_batch(tmp_path):
     plain = prepared(tmp_path, "plain")
     accum = prepared(tmp_path, "accum", **{"train.gradient_accumulation_steps": 2})
     for config in (plain, accum):
-        result = cli("train", "--config", str(config), "train.num_threads=1")
+        result = cli_in_process("train", "--config", str(config), "train.num_threads=1")
         assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(
         tmp_path / "plain/run/train/model.safetensors", tmp_path / "accum/run/train/model.safetensors", ATOL

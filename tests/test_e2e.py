@@ -15,7 +15,7 @@ from pipeline.library.errors import DataError
 from pipeline.library.forecaster import Forecaster
 from pipeline.library.synthetic import generate_synthetic
 
-from .conftest import cli, write_config
+from .conftest import cli, cli_in_process, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -171,26 +171,26 @@ def test_predict_checks_the_history_in_array_ops_and_agrees_with_the_per_series_
 def test_unchanged_rerun_skips_every_stage_and_force_redoes(finished_run):
     run, config, _ = finished_run
     before = (run / "train/model.safetensors").stat().st_mtime_ns
-    again = cli("run", "--config", str(config))
+    again = cli_in_process("run", "--config", str(config))
     assert again.returncode == 0, again.stderr[-2000:]
     for stage in ("ingest", "window", "train", "evaluate", "export"):
         assert f"{stage}: up to date" in again.stderr
     assert (run / "train/model.safetensors").stat().st_mtime_ns == before
-    forced = cli("evaluate", "--config", str(config), "--force")
+    forced = cli_in_process("evaluate", "--config", str(config), "--force")
     assert forced.returncode == 0 and "evaluate: up to date" not in forced.stderr
 
 
 def test_stages_one_by_one_and_in_the_wrong_order(tmp_path):
     config = write_config(tmp_path, {"train.max_steps": 10, "train.checkpoint_every": 0, "export.onnx": False})
-    early = cli("evaluate", "--config", str(config))
+    early = cli_in_process("evaluate", "--config", str(config))
     assert early.returncode == 2
     assert early.stderr.strip().count("\n") == 0
     assert "train" in early.stderr and "run 'lstm-pipeline train'" in early.stderr
     for stage in ("ingest", "window", "train", "evaluate", "export"):
-        result = cli(stage, "--config", str(config))
+        result = cli_in_process(stage, "--config", str(config))
         assert result.returncode == 0, (stage, result.stderr[-2000:])
     assert (tmp_path / "run/export/model.safetensors").is_file()
-    changed = cli("train", "--config", str(config), "train.lr=0.005")
+    changed = cli_in_process("train", "--config", str(config), "train.lr=0.005")
     assert changed.returncode == 0 and "train: up to date" not in changed.stderr
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import cli, run_main, write_config
+from .conftest import cli_in_process, run_main, write_config
 
 FUZZ = settings(
     max_examples=40,
@@ -238,7 +238,7 @@ def model_dir(tmp_path_factory) -> Path:
             "export.onnx": False,
         },
     )
-    result = cli("run", "--config", str(config))
+    result = cli_in_process("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     return root / "run" / "export"
 

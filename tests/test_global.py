@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 
-from .conftest import cli
+from .conftest import cli_in_process
 
 CONFIG = "configs/global_synthetic.yaml"
 
@@ -41,7 +41,7 @@ def test_one_model_many_series_with_per_series_metrics(tmp_path):
         "export.onnx=false",
         "tracking.backend=none",
     ]
-    result = cli("run", "--config", CONFIG, *shrink)
+    result = cli_in_process("run", "--config", CONFIG, *shrink)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     ingest = json.loads((run / "ingest/meta.json").read_text())

@@ -16,7 +16,7 @@ from pipeline.library.history_stats import stats_from_history
 from pipeline.library.model import build_model
 from pipeline.library.synthetic import generate_synthetic
 
-from .conftest import cli, write_config
+from .conftest import cli_in_process, write_config
 
 HORIZON, SEASON, ORIGINS = 24, 24, 4
 TRAINED, HELD_OUT = 40, 10
@@ -34,7 +34,7 @@ def _train(tmp, frame: pd.DataFrame) -> Forecaster:
             "train.eval_every": 50, "train.checkpoint_every": 0, "evaluate.plot_series": 0, "export.onnx": False,
         },
     )  # fmt: skip
-    result = cli("run", "--config", str(config))
+    result = cli_in_process("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     return Forecaster.load(tmp / "run" / "export")
 
@@ -129,13 +129,13 @@ def test_the_cli_forecasts_a_new_series_and_refuses_a_constant_one(global_model,
     history.to_csv(tmp_path / "new.csv", index=False)
     out = tmp_path / "forecast.csv"
     model = str(run_tmp / "run" / "export")
-    ok = cli("predict", "--model", model, "--input", str(tmp_path / "new.csv"), "--output", str(out))
+    ok = cli_in_process("predict", "--model", model, "--input", str(tmp_path / "new.csv"), "--output", str(out))
     assert ok.returncode == 0, ok.stderr[-2000:]
     got = pd.read_csv(out)
     np.testing.assert_allclose(got["forecast"], forecaster.predict(history)["forecast"], rtol=1e-6)
     flat = history.assign(value=np.where(history["series"] == new_ids[1], 5.0, history["value"]))
     flat.to_csv(tmp_path / "flat.csv", index=False)
-    bad = cli("predict", "--model", model, "--input", str(tmp_path / "flat.csv"), "--output", str(out))
+    bad = cli_in_process("predict", "--model", model, "--input", str(tmp_path / "flat.csv"), "--output", str(out))
     assert bad.returncode == 2
     assert (
         bad.stderr.strip()

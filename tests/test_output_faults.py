@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import cli, write_config
+from .conftest import cli, cli_in_process, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def tiny_fs(tmp_path):
 
 def test_disk_full_is_exit_2_naming_the_path_and_keeps_previous_output(tiny_fs: Path, tmp_path: Path):
     config = write_config(tmp_path, {"output_dir": str(tiny_fs / "run")})
-    first = cli("ingest", "--config", str(config))  # the small synthetic data fits
+    first = cli_in_process("ingest", "--config", str(config))  # the small synthetic data fits
     assert first.returncode == 0, first.stderr[-2000:]
     before = {p.name: p.read_bytes() for p in (tiny_fs / "run/ingest").iterdir()}
     # the bundled vic_elec buffer (70 KB) plus what is already there does not fit in what is left
@@ -49,7 +49,7 @@ def test_disk_full_is_exit_2_naming_the_path_and_keeps_previous_output(tiny_fs: 
 def test_read_only_output_dir_is_exit_2_naming_the_path(tiny_fs: Path, tmp_path: Path):
     """A read-only file system (a remount of the tmpfs): even root cannot write there."""
     config = write_config(tmp_path, {"output_dir": str(tiny_fs / "run")})
-    assert cli("ingest", "--config", str(config)).returncode == 0
+    assert cli_in_process("ingest", "--config", str(config)).returncode == 0
     before = {p.name: p.read_bytes() for p in (tiny_fs / "run/ingest").iterdir()}
     remount = subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], capture_output=True)
     if remount.returncode != 0:

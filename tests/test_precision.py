@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .conftest import cli, run_main, write_config
+from .conftest import cli_in_process, run_main, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ class RecurrentKernels(TorchDispatchMode):
 def prepared(root: Path, precision: str) -> Path:
     config = write_config(root, {**SETTINGS, "train.mixed_precision": precision, "export.onnx": False})
     for stage in ("ingest", "window"):
-        assert cli(stage, "--config", str(config)).returncode == 0
+        assert cli_in_process(stage, "--config", str(config)).returncode == 0
     return config
 
 
@@ -67,7 +67,7 @@ def test_bf16_training_runs_the_lstm_in_bf16_and_validates_in_float32(tmp_path):
     assert seen[("no_grad", False, torch.bfloat16)] == 0, seen
 
     reference = prepared(tmp_path / "fp32", "no")
-    assert cli("train", "--config", str(reference)).returncode == 0
+    assert cli_in_process("train", "--config", str(reference)).returncode == 0
     bf16, fp32 = losses(tmp_path / "bf16/run"), losses(tmp_path / "fp32/run")
     assert len(bf16) == len(fp32) == 4
     assert bf16 != fp32  # the precision changes the numbers...
@@ -120,7 +120,7 @@ def test_auto_precision_is_resolved_logged_and_recorded_by_a_real_train(tmp_path
     from pipeline.library.runtime import native_bf16
 
     config = prepared(tmp_path, "auto")
-    result = cli("train", "--config", str(config))
+    result = cli_in_process("train", "--config", str(config))
     assert result.returncode == 0, result.stderr[-2000:]
     native, found = native_bf16(torch.device("cpu"))
     expected = "bf16" if native else "no"

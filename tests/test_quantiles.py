@@ -20,7 +20,7 @@ from pipeline.library.losses import pinball_loss
 from pipeline.library.model import ModelSpec, build_model, monotone_quantiles
 from pipeline.library.synthetic import generate_synthetic
 
-from .conftest import cli, write_config
+from .conftest import cli, cli_in_process, write_config
 
 QUANTILES = [0.1, 0.5, 0.9]
 
@@ -139,7 +139,7 @@ def test_quantile_run_end_to_end(tmp_path):
         "train.max_steps": 30,
     }
     config = write_config(tmp_path, overrides)
-    result = cli("run", "--config", str(config))
+    result = cli_in_process("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     assert "pinball" in (run / "config.yaml").read_text()
@@ -174,7 +174,7 @@ def test_quantile_run_end_to_end(tmp_path):
     history = data[data["time"] <= data["time"].max() - pd.Timedelta(hours=30)]
     history.to_csv(tmp_path / "history.csv", index=False)
     out = tmp_path / "forecast.csv"
-    predicted = cli(
+    predicted = cli_in_process(
         "predict", "--model", str(run / "export"), "--input", str(tmp_path / "history.csv"), "--output", str(out)
     )
     assert predicted.returncode == 0, predicted.stderr[-2000:]
@@ -201,7 +201,9 @@ def test_quantile_run_end_to_end(tmp_path):
     bad = history.copy()
     bad.loc[bad.index[-1], "value"] = -1.0
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    refused = cli("predict", "--model", str(run / "export"), "--input", str(tmp_path / "bad.csv"), "--output", str(out))
+    refused = cli_in_process(
+        "predict", "--model", str(run / "export"), "--input", str(tmp_path / "bad.csv"), "--output", str(out)
+    )
     assert refused.returncode == 2 and "negative value" in refused.stderr and "log1p" in refused.stderr
 
 

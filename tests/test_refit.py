@@ -17,12 +17,12 @@ from pipeline.library.errors import ConfigError
 from pipeline.library.model import ModelSpec, build_model
 from pipeline.library.store import cut_table
 
-from .conftest import cli, series_table, torchrun, write_config
+from .conftest import cli_in_process, series_table, torchrun, write_config
 
 
 def _run_backtest(config) -> tuple:
-    """(the finished process, run dir, metrics.json's backtest) of `lstm-pipeline run`, which must succeed."""
-    done = cli("run", "--config", str(config))
+    """(the finished command, run dir, metrics.json's backtest) of `lstm-pipeline run`, which must succeed."""
+    done = cli_in_process("run", "--config", str(config))
     assert done.returncode == 0, done.stderr[-3000:]
     run = config.parent / "run"
     return done, run, json.loads((run / "evaluate/metrics.json").read_text())["backtest"]
@@ -158,9 +158,9 @@ def test_refit_end_to_end_no_leakage_and_cached_folds(tmp_path):
     assert bt["per_fold"][0]["model"]["mase"] == pytest.approx(np.mean(scaled_errors), rel=1e-5)
 
     # a re-run with unchanged inputs retrains nothing; a changed evaluate section reuses every fold model
-    again = cli("evaluate", "--config", str(config))
+    again = cli_in_process("evaluate", "--config", str(config))
     assert again.returncode == 0 and "evaluate: up to date" in again.stderr
-    replot = cli("evaluate", "--config", str(config), "evaluate.plot_series=1")
+    replot = cli_in_process("evaluate", "--config", str(config), "evaluate.plot_series=1")
     assert replot.returncode == 0, replot.stderr[-3000:]
     assert replot.stderr.count("train: up to date") == 3 and "train: world size" not in replot.stderr
 
@@ -168,7 +168,7 @@ def test_refit_end_to_end_no_leakage_and_cached_folds(tmp_path):
     fold1_weights = (record / "model.safetensors").read_bytes()
     changed = {sid: np.concatenate([y[: len(y) - 26], y[len(y) - 26 :] * 1.5 + 3]) for sid, y in ys.items()}
     write_csv(changed)
-    second = cli("run", "--config", str(config))
+    second = cli_in_process("run", "--config", str(config))
     assert second.returncode == 0, second.stderr[-3000:]
     assert "train: up to date" in _fold_block(second.stderr, 1)
     assert "train: world size" in _fold_block(second.stderr, 2) and "train: world size" in _fold_block(second.stderr, 3)
@@ -176,19 +176,21 @@ def test_refit_end_to_end_no_leakage_and_cached_folds(tmp_path):
     assert json.loads((record / "ingest_meta.json").read_text())["series"] == fold_ingest["series"]
 
     # --force retrains every fold
-    forced = cli("evaluate", "--config", str(config), "--force")
+    forced = cli_in_process("evaluate", "--config", str(config), "--force")
     assert forced.returncode == 0 and forced.stderr.count("train: world size") == 3
 
     # too many folds for series 'b' (200 steps): exit 2, one line naming it
-    too_many = cli("evaluate", "--config", str(config), "evaluate.backtest.folds=15")
+    too_many = cli_in_process("evaluate", "--config", str(config), "evaluate.backtest.folds=15")
     assert too_many.returncode == 2
     assert "evaluate.backtest.refit: fold 1 of 15 cuts series 'b'" in too_many.stderr
     assert len(too_many.stderr.strip().splitlines()) == 1
 
     # refit: false keeps the folds inside the test part: 26 steps do not fit a 20-step test part
-    inside = cli("evaluate", "--config", str(config), "evaluate.backtest.refit=false")
+    inside = cli_in_process("evaluate", "--config", str(config), "evaluate.backtest.refit=false")
     assert inside.returncode == 2 and "series 'a' has a test part of 20 steps" in inside.stderr
-    plain = cli("evaluate", "--config", str(config), "evaluate.backtest.refit=false", "evaluate.backtest.step=4")
+    plain = cli_in_process(
+        "evaluate", "--config", str(config), "evaluate.backtest.refit=false", "evaluate.backtest.step=4"
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "refit fold" not in plain.stderr and not (run / "evaluate/refit").exists()
     assert json.loads((run / "evaluate/metrics.json").read_text())["backtest"]["refit"] is False
@@ -207,7 +209,7 @@ def test_two_processes_train_the_fold_models_like_one(tmp_path):
             "export.onnx": False,
         },
     )
-    single = cli("run", "--config", str(config))
+    single = cli_in_process("run", "--config", str(config))
     assert single.returncode == 0, single.stderr[-3000:]
     one = json.loads((tmp_path / "run/evaluate/metrics.json").read_text())["backtest"]
     double = torchrun(2, "evaluate", "--config", str(config), "--force")

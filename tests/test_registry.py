@@ -37,7 +37,7 @@ from pipeline.library.synthetic import generate_synthetic
 from pipeline.library.warm_start import warm_start_state
 from pipeline.orchestrators import registry
 
-from .conftest import REPO, cli, load_weights
+from .conftest import REPO, cli_in_process, load_weights
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +132,7 @@ def registry_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def run_promote(config: Path, *overrides: str):
-    result = cli("run", "--config", str(config), "--promote", *overrides)
+    result = cli_in_process("run", "--config", str(config), "--promote", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -276,7 +276,7 @@ def test_a_run_killed_in_training_leaves_the_registry_as_it_was(schedule):
 def test_predict_from_the_registry_current(schedule, tmp_path):
     tmp = schedule["tmp"]
     out = tmp_path / "forecast.csv"
-    result = cli(
+    result = cli_in_process(
         "predict", "--model", str(tmp / "registry" / NAME / "current"), "--input", str(tmp / "data.csv"),
         "--output", str(out),
     )  # fmt: skip
@@ -297,13 +297,13 @@ def test_current_pointing_at_a_missing_version_is_a_clear_error(schedule, tmp_pa
     copy = tmp_path / "registry"
     shutil.copytree(schedule["tmp"] / "registry", copy, symlinks=True)
     shutil.rmtree(copy / NAME / "v0003")
-    predicted = cli(
+    predicted = cli_in_process(
         "predict", "--model", str(copy / NAME / "current"), "--input", str(schedule["tmp"] / "data.csv"),
         "--output", str(tmp_path / "f.csv"),
     )  # fmt: skip
     assert predicted.returncode == 2
     assert "v0003" in predicted.stderr and "missing" in predicted.stderr and "Traceback" not in predicted.stderr
-    decision = registry_cli("decision", "--config", str(schedule["config"]), f"registry.dir={copy}")
+    decision = cli_in_process("decision", "--config", str(schedule["config"]), f"registry.dir={copy}")
     assert decision.returncode == 2 and "v0003" in decision.stderr
     cfg = load_config(schedule["config"], [f"registry.dir={copy}", "registry.promote=true"])
     with pytest.raises(UserError, match="v0003"):
@@ -325,7 +325,7 @@ def warm_config(schedule, tmp_path: Path) -> Path:
 
 def test_init_from_champion_starts_from_its_weights(schedule, tmp_path):
     config = warm_config(schedule, tmp_path)
-    result = cli(
+    result = cli_in_process(
         "train", "--config", str(config), "train.init_from=champion", "train.lr=1e-12", "train.max_steps=2",
         "train.warmup_steps=0",
     )  # fmt: skip
@@ -344,14 +344,14 @@ def test_a_new_champion_makes_a_warm_started_train_run_again(schedule, tmp_path)
     """The train cache key holds the champion's version: a promotion alone invalidates it."""
     config = warm_config(schedule, tmp_path)
     args = ("train", "--config", str(config), "train.init_from=champion", "train.max_steps=2", "train.warmup_steps=0")
-    assert cli(*args).returncode == 0
-    assert "train: up to date" in cli(*args).stderr
+    assert cli_in_process(*args).returncode == 0
+    assert "train: up to date" in cli_in_process(*args).stderr
     root = schedule["tmp"] / "registry" / NAME
     serving = registry_store.current_version(root)
     other = next(v for v in registry_store.versions(root) if v != serving)
     registry_store.switch_current(root, other)
     try:
-        again = cli(*args)
+        again = cli_in_process(*args)
     finally:
         registry_store.switch_current(root, serving)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -361,7 +361,7 @@ def test_a_new_champion_makes_a_warm_started_train_run_again(schedule, tmp_path)
 
 def test_init_from_a_different_architecture_is_exit_2(schedule, tmp_path):
     config = warm_config(schedule, tmp_path)
-    result = cli("train", "--config", str(config), "train.init_from=champion", "model.hidden_size=16")
+    result = cli_in_process("train", "--config", str(config), "train.init_from=champion", "model.hidden_size=16")
     assert result.returncode == 2
     assert "hidden_size=8 (config: 16)" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: train.init_from: the architecture of champion")
@@ -426,7 +426,7 @@ def test_registry_config_is_validated(overrides, words):
 
 
 def test_promote_flag_without_a_registry_is_exit_2(tmp_path):
-    result = cli("run", "--config", str(REPO / "configs/default.yaml"), "--promote")
+    result = cli_in_process("run", "--config", str(REPO / "configs/default.yaml"), "--promote")
     assert result.returncode == 2 and "needs registry.dir" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 

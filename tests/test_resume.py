@@ -16,7 +16,7 @@ import psutil
 import pytest
 import torch
 
-from .conftest import REPO, cli, load_weights, torchrun, write_config
+from .conftest import REPO, cli, cli_in_process, load_weights, torchrun, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ SETTINGS = {
 def prepared(root: Path, **overrides) -> Path:
     config = write_config(root, {**SETTINGS, **overrides})
     for stage in ("ingest", "window"):
-        result = cli(stage, "--config", str(config))
+        result = cli_in_process(stage, "--config", str(config))
         assert result.returncode == 0, result.stderr[-2000:]
     return config
 
@@ -107,8 +107,13 @@ def kill_at_step(config: Path, nproc: int, target: int) -> None:
     assert not (run / "train/meta.json").exists(), "the run finished before the kill"
 
 
-def finish(config: Path, nproc: int) -> str:
-    result = cli("train", "--config", str(config)) if nproc == 1 else torchrun(nproc, "train", "--config", str(config))
+def finish(config: Path, nproc: int, real_process: bool = False) -> str:
+    """Train to the end (resuming where a killed run left off): 1 process runs the CLI's `main` here unless
+    `real_process`, more run under torchrun."""
+    if nproc > 1:
+        result = torchrun(nproc, "train", "--config", str(config))
+    else:
+        result = (cli if real_process else cli_in_process)("train", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stderr
 
@@ -148,7 +153,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_for_bit(tmp_path, reference
     kill_at_step(config, nproc, target)
     work = tmp_path / "run/.train.work/checkpoints"
     assert any(p.name.startswith("step_") for p in work.iterdir()), f"no checkpoint before the kill (seed {seed})"
-    stderr = finish(config, nproc)
+    stderr = finish(config, nproc, real_process=True)  # resumed as a user resumes: a new process
     assert "resumed from" in stderr, stderr[-2000:]
     assert_bitwise_equal(tmp_path / "run", reference[nproc])
 
@@ -189,9 +194,11 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
 def test_resume_with_a_different_config_is_a_clear_error(tmp_path):
     config = prepared(tmp_path)
     kill_at_step(config, 1, 40)
-    changed = cli("train", "--config", str(config), "train.lr=0.001")
+    changed = cli_in_process("train", "--config", str(config), "train.lr=0.001")
     assert changed.returncode == 2
     assert "was made with a different" in changed.stderr and "train.resume=never" in changed.stderr
-    fresh = cli("train", "--config", str(config), "train.lr=0.001", "train.resume=never", "train.max_steps=30")
+    fresh = cli_in_process(
+        "train", "--config", str(config), "train.lr=0.001", "train.resume=never", "train.max_steps=30"
+    )
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resumed from" not in fresh.stderr

@@ -15,7 +15,7 @@ from pipeline.library.errors import DataError
 from pipeline.library.series import SeriesSet
 from pipeline.library.splits import split_and_scale
 
-from .conftest import cli, series_table, write_config
+from .conftest import cli_in_process, series_table, write_config
 
 
 def test_statistics_by_hand():
@@ -122,11 +122,11 @@ def test_log1p_on_negative_data_is_exit_2_naming_series_and_row(tmp_path):
     path = tmp_path / "data.csv"
     data.to_csv(path, index=False)
     overrides = {"data.source": str(path), "data.id_column": "id", "data.target_column": "y", "data.transform": "log1p"}
-    result = cli("ingest", "--config", str(write_config(tmp_path, overrides)))
+    result = cli_in_process("ingest", "--config", str(write_config(tmp_path, overrides)))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "series 'b'" in result.stderr and "(row 78)" in result.stderr and "log1p" in result.stderr
-    ok = cli("ingest", "--config", str(write_config(tmp_path, overrides)), "data.transform=none")
+    ok = cli_in_process("ingest", "--config", str(write_config(tmp_path, overrides)), "data.transform=none")
     assert ok.returncode == 0, ok.stderr[-2000:]
 
 

@@ -29,7 +29,7 @@ from pipeline.library.artifacts import sha256_file
 from pipeline.library.forecaster import Forecaster
 from pipeline.library.synthetic import generate_synthetic
 
-from .conftest import REPO, cli, run_main, write_config
+from .conftest import REPO, cli, cli_in_process, run_main, write_config
 
 OLD, NEW = "v0001", "v0002"
 JSON = {"Content-Type": "application/json"}
@@ -45,7 +45,7 @@ def exports(tmp_path_factory) -> SimpleNamespace:
     root = tmp / "registry" / "small"
     root.mkdir(parents=True)
     for seed, version in ((0, OLD), (1, NEW)):  # the second run reuses the first's ingest and window stages
-        result = cli("run", "--config", str(config), f"seed={seed}")
+        result = cli_in_process("run", "--config", str(config), f"seed={seed}")
         assert result.returncode == 0, result.stderr[-3000:]
         shutil.copytree(tmp / "run" / "export", root / version)
     registry_store.switch_current(root, OLD)
@@ -152,7 +152,9 @@ def test_health_model_and_forecasts_equal_predict(exports, plain, tmp_path):
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
     assert answer.headers["X-Model-Version"] == version
     out = tmp_path / "forecast.csv"
-    result = cli("predict", "--model", str(exports.export), "--input", str(exports.history_file), "--output", str(out))
+    result = cli_in_process(
+        "predict", "--model", str(exports.export), "--input", str(exports.history_file), "--output", str(out)
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert answer.text == out.read_text()
     from_csv = pd.read_csv(io.StringIO(answer.text), float_precision="round_trip")
@@ -173,7 +175,9 @@ def test_bad_input_is_400_with_the_line_the_cli_prints(exports, plain, tmp_path,
     """The service calls a body `history`: `predict --input history` names its file exactly so."""
     text = bad(exports.history)
     (tmp_path / "history").write_text(text)
-    result = cli("predict", "--model", str(exports.export), "--input", "history", "--output", "out.csv", cwd=tmp_path)
+    result = cli_in_process(
+        "predict", "--model", str(exports.export), "--input", "history", "--output", "out.csv", cwd=tmp_path
+    )
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: history: ")
@@ -354,5 +358,5 @@ def test_a_series_the_model_never_saw_and_the_scale_switch(exports, plain, tmp_p
     assert bad.status_code == 400 and bad.json()["error"] == "scale must be one of training, history, got 'nope'"
     out = tmp_path / "forecast.csv"  # the CLI's switch gives the same numbers
     args = ["--model", str(exports.export), "--input", str(exports.history_file), "--output", str(out)]
-    assert cli("predict", *args, "--scale", "history").returncode == 0
+    assert cli_in_process("predict", *args, "--scale", "history").returncode == 0
     np.testing.assert_allclose(pd.read_csv(out)["forecast"], frame_of(rescaled.json())["forecast"], rtol=1e-12)

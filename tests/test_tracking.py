@@ -28,7 +28,7 @@ from pipeline.config import load_config
 from pipeline.library.runtime import dist_state
 from pipeline.stages.tracking import Tracker, artifact_name, open_tracker
 
-from .conftest import REPO, cli, write_config
+from .conftest import REPO, cli, cli_in_process, write_config
 from .test_resume import kill_group, logged_step
 
 # ---------------------------------------------------------------- reading W&B's offline run files
@@ -409,6 +409,7 @@ def test_tensorboard_after_a_kill_and_a_resume_has_each_step_once(tmp_path):
     config = write_config(tmp_path, {**settings, "tracking.backend": "tensorboard", "export.onnx": False})
     run = tmp_path / "run"
     _start_and_kill(config, {}, run, 13)
+    # a new process, as a user resumes: the file names (seconds, host, pid) then sort in the order they were written
     result = cli("train", "--config", str(config))
     assert result.returncode == 0 and "resumed from" in result.stderr, result.stderr[-2000:]
     events = sorted((run / "tensorboard/train").glob("events.out.tfevents.*"))
@@ -493,7 +494,7 @@ def test_tensorboard_event_files_hold_the_same_scalars(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     config = write_config(tmp_path, {**FAST, "tracking.backend": "tensorboard", "export.onnx": False})
-    result = cli("run", "--config", str(config))
+    result = cli_in_process("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     assert not (run / "wandb").exists()

@@ -13,16 +13,18 @@ from pipeline.library.errors import DataError
 from pipeline.library.model import ModelSpec, build_model
 from pipeline.stages.train import make_accelerator, train_step
 
-from .conftest import cli, write_config
+from .conftest import cli_in_process, write_config
 
 pytestmark = pytest.mark.slow
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     config = write_config(tmp_path, {"train.checkpoint_every": 1, "train.warmup_steps": 0, "export.onnx": False})
-    assert cli("run", "--config", str(config), "train.max_steps=5").returncode == 0
+    assert cli_in_process("run", "--config", str(config), "train.max_steps=5").returncode == 0
     # an absurd learning rate after a good checkpoint: the loss overflows within a few steps
-    result = cli("train", "--config", str(config), "train.max_steps=40", "train.lr=1e30", "train.resume=never")
+    result = cli_in_process(
+        "train", "--config", str(config), "train.max_steps=40", "train.lr=1e30", "train.resume=never"
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("error: train:") and "train.skip_nonfinite=true" in line
@@ -62,7 +64,7 @@ def test_a_batch_with_nan_is_skipped_or_stops_training(skip):
 
 def test_bf16_on_cpu_trains_and_is_recorded(tmp_path):
     config = write_config(tmp_path, {"train.mixed_precision": "bf16", "export.onnx": False})
-    result = cli("run", "--config", str(config))
+    result = cli_in_process("run", "--config", str(config))
     assert result.returncode == 0, result.stderr[-2000:]
     meta = json.loads((tmp_path / "run/train/meta.json").read_text())
     assert meta["setup"]["precision"] == "bf16"
@@ -84,7 +86,7 @@ def test_bf16_on_cpu_trains_and_is_recorded(tmp_path):
 def test_fp16_without_a_gpu_is_a_config_error(tmp_path):
     config = write_config(tmp_path)
     for stage in ("ingest", "window"):
-        assert cli(stage, "--config", str(config)).returncode == 0
-    result = cli("train", "--config", str(config), "train.mixed_precision=fp16")
+        assert cli_in_process(stage, "--config", str(config)).returncode == 0
+    result = cli_in_process("train", "--config", str(config), "train.mixed_precision=fp16")
     assert result.returncode == 2
     assert "train.mixed_precision: fp16 needs a GPU" in result.stderr
