@@ -47,6 +47,8 @@ EXPECTED = {
     "gasoline": ("W-FRI", {"series": 1355}, "1991-02-08"),
     "vic_elec": ("30min", {"series": 17520}, "2014-01-01"),
     "calls": ("5min", {"series": 27716}, "2003-03-03 07:00"),
+    "taylor": ("30min", {"series": 4032}, "2000-06-05"),
+    "flights": ("h", {k: 8760 for k in ("EWR", "JFK", "LGA")}, "2013-01-01"),
 }
 
 
@@ -90,6 +92,7 @@ def test_calls_file_has_real_call_centre_timestamps(tmp_path):
         ("quarterly", 127, 8, 4, 16, 3),  # two horizons are longer than three seasons
         ("weekly", 1355, 52, 52, 156, 3),
         ("half-hourly", 17520, 48, 48, 144, 3),
+        ("hourly", 8760, 24, 24, 72, 3),
         ("5-minute", 27716, 169, 169, 507, 3),
         ("monthly", 60, 12, 12, 15, 1),  # bounded: half of the train part (42) left after a horizon
         ("monthly", 40, 12, 12, 8, 1),  # shorter than a season: no residual head
@@ -150,3 +153,151 @@ def test_ets_on_a_hand_made_series():
     failures: list[str] = []
     result = acc.score([periodic], [120], [np.array([150, 170])], 30, 30, acc.ets(30, failures))
     assert not failures and result["mase"] < 0.1
+
+
+def test_taylor_and_flights_files():
+    """taylor: 84 days x 48 half-hours from Monday 2000-06-05; flights: 2013 hourly, every nycflights13 flight."""
+    taylor = pd.read_csv(REPO / "bench" / "data" / "taylor.csv", parse_dates=["time"])
+    assert len(taylor) == 4032 and taylor["time"].iloc[0] == pd.Timestamp("2000-06-05 00:00")
+    assert taylor["time"].iloc[0].day_name() == "Monday"
+    assert (taylor["time"].diff().dropna() == pd.Timedelta(minutes=30)).all()
+    flights = pd.read_csv(REPO / "bench" / "data" / "flights.csv", parse_dates=["time"])
+    assert flights.groupby("id").size().to_dict() == {"EWR": 8760, "JFK": 8760, "LGA": 8760}
+    assert int(flights["value"].sum()) == 336776  # nycflights13::flights has one row per scheduled flight
+    dst = flights[flights["time"] == pd.Timestamp("2013-03-10 02:00")]
+    assert (dst["value"] == 0).all()  # the local clock skips 02:00 on 10 March
+
+
+def test_series_seasons_and_overrides(tmp_path):
+    """Two seasonal periods for the sub-daily series, one elsewhere; calls' clock cycles reach the pipeline."""
+    assert acc.seasons_of(acc.SERIES["vic_elec"]) == acc.seasons_of(acc.SERIES["taylor"]) == [48, 336]
+    assert acc.seasons_of(acc.SERIES["flights"]) == [24, 168]
+    assert acc.seasons_of(acc.SERIES["calls"]) == [169, 845]
+    assert acc.seasons_of(acc.SERIES["a10"]) == [12] and acc.seasons_of(acc.SERIES["ausbeer"]) == [4]
+    assert acc.FREQUENCIES["hourly"] == acc.Frequency("h", 24, 24)
+    calls = acc.SERIES["calls"]
+    assert "model.seasons=[169,845]" in calls.overrides
+    data = dataclasses.replace(acc.data_config(acc.SERIES["a10"], tmp_path), freq="5min")  # no calls copy needed
+    overrides = acc.overrides_for(calls, data, acc.protocol(calls.freq), tmp_path)
+    assert "model.seasons=[169,845]" in overrides
+    cfg = load_config(acc.DEFAULT_CONFIG, overrides)
+    assert list(cfg.model.seasons) == [169, 845]
+    assert not any(o.startswith("model.seasons") for s in acc.SERIES.values() if s.name != "calls" for o in s.overrides)
+
+
+class _Mean:
+    """A cheap stand-in for a statsforecast model: the history's last value, a +-1 interval; counts its fits."""
+
+    fits = 0
+
+    def fit(self, y):
+        _Mean.fits += 1
+        self.last = float(y[-1])
+        return self
+
+    def predict(self, h, level):
+        mean = np.full(h, self.last)
+        return {"mean": mean, f"lo-{level[0]}": mean - 1.0, f"hi-{level[0]}": mean + 1.0}
+
+
+def test_cached_forecasts_are_reused_until_their_inputs_change(tmp_path):
+    y = _trend()
+    cache = tmp_path / "baselines" / "trend.json"
+    args = ([y], [28], [np.array([28, 32])], 4, cache, "test")
+    fit = acc.fitter(_Mean)
+
+    def forecaster(history, h, failures):
+        return fit(history, h)
+
+    _Mean.fits = 0
+    entry, hit = acc.rolling_forecasts("ets", "Mean()", forecaster, *args)
+    assert not hit and _Mean.fits == 2 and entry["complete"]
+    assert np.asarray(entry["forecasts"][0])[:, 0, :].tolist() == [
+        [y[27] - 1, y[27], y[27] + 1],
+        [y[31] - 1, y[31], y[31] + 1],
+    ]
+    again, hit = acc.rolling_forecasts("ets", "Mean()", forecaster, *args)
+    assert hit and _Mean.fits == 2 and again["forecasts"] == entry["forecasts"]
+    changed = y.copy()
+    changed[5] += 1.0  # any value, even one no forecast looks at
+    _, hit = acc.rolling_forecasts("ets", "Mean()", forecaster, [changed], *args[1:])
+    assert not hit and _Mean.fits == 4
+    _, hit = acc.rolling_forecasts("ets", "Mean(2)", forecaster, [changed], *args[1:])  # another model
+    assert not hit and _Mean.fits == 6
+    _, hit = acc.rolling_forecasts("ets", "Mean(2)", forecaster, [changed], *args[1:4], cache, "other version")
+    assert not hit and _Mean.fits == 8
+    _, hit = acc.rolling_forecasts("ets", "Mean(2)", forecaster, [changed], [28], [np.array([32])], 4, cache, "x")
+    assert not hit and _Mean.fits == 9
+    _, hit = acc.rolling_forecasts("mstl", "Mean()", forecaster, *args)  # another column, same file
+    assert not hit and _Mean.fits == 11
+    _, hit = acc.rolling_forecasts("mstl", "Mean()", forecaster, *args)
+    assert hit and _Mean.fits == 11
+    assert set(acc.read_cache(cache)) == {"ets", "mstl"}
+
+
+def test_interrupted_forecasts_resume(tmp_path):
+    y = _trend()
+    cache = tmp_path / "c.json"
+    fit = acc.fitter(_Mean)
+    key = acc.cache_key([y], [28], [np.array([28, 32])], 4, "Mean()", "v")
+    partial = {"key": key, "spec": "Mean()", "complete": False, "seconds": 1.0, "failures": []}
+    partial["forecasts"] = [[fit(y[:28], 4).tolist()]]  # the first window done
+    acc.write_cache_entry(cache, "ets", partial)
+    _Mean.fits = 0
+    entry, hit = acc.rolling_forecasts(
+        "ets", "Mean()", lambda h_, n, f: fit(h_, n), [y], [28], [np.array([28, 32])], 4, cache, "v"
+    )
+    assert not hit and _Mean.fits == 1 and entry["complete"] and len(entry["forecasts"][0]) == 2
+
+
+def test_interval_scores_by_hand():
+    """Quantiles 0.1/0.5/0.9 of one window: pinball per point and quantile, scaled by the MASE scale."""
+    y = _trend()  # scale 8 at season 4
+    assert y[28:32].tolist() == [66, 68, 70, 72]
+    lo = np.array([65.0, 69.0, 60.0, 72.0])  # inside, above the actual, inside, on the bound
+    mid = np.array([66.0, 70.0, 71.0, 72.0])
+    hi = np.array([67.0, 71.0, 80.0, 73.0])
+    forecast = np.stack([lo, mid, hi], axis=1)[None]
+    result = acc.score_intervals([y], [28], [np.array([28])], 4, 4, [forecast])
+    # pinball per point (q=0.1, 0.5, 0.9): 66: 0.1, 0, 0.1 | 68: 0.9, 1.0, 0.3 | 70: 1.0, 0.5, 1.0 | 72: 0, 0, 0.1
+    assert result["pinball"] == pytest.approx(5.0 / 12)
+    assert result["scaled_pinball"] == pytest.approx(5.0 / 12 / 8)
+    assert (result["inside"], result["points"], result["coverage"]) == (3, 4, 0.75)
+    assert result["interval"] == "0.1-0.9" and result["nominal"] == pytest.approx(0.8)
+
+
+def _row(name, model, naive, snaive, ets, mstl=None, seasons=(12,), interval=None, ets_interval=None):
+    row = {"series": name, "freq": "x", "horizon": 4, "n_windows": 2, "seasons": list(seasons)}
+    row.update({k: {"mase": v, "smape": 1.0} for k, v in (("model", model), ("naive", naive)) if v is not None})
+    row.update({"seasonal_naive": {"mase": snaive}, "ets": {"mase": ets}, "theta": {"mase": 2 * ets}})
+    if mstl is not None:
+        row["mstl"] = {"mase": mstl}
+    for key, block in (("model_interval", interval), ("ets_interval", ets_interval)):
+        if block:
+            inside, points, pinball = block
+            row[key] = {"inside": inside, "points": points, "coverage": inside / points, "scaled_pinball": pinball}
+    return row
+
+
+def test_summary_of_hand_made_rows():
+    rows = [
+        _row("a", 0.5, 1.0, 0.8, 1.0, 0.6, interval=(80, 100, 0.2), ets_interval=(70, 100, 0.3)),
+        _row("b", 0.9, 1.0, 0.8, 0.9, 1.0, seasons=(24, 168), interval=(150, 200, 0.4), ets_interval=(190, 200, 0.5)),
+        _row("c", 0.7, 1.0, 0.8, 0.5, 0.6, seasons=(48, 336), interval=(20, 100, 0.6), ets_interval=(80, 100, 0.1)),
+        {"series": "d", "freq": "x", "horizon": 4, "n_windows": 0, "error": "pipeline exit 1: boom", "notes": []},
+    ]
+    s = acc.summarise(rows)
+    assert (s["n_series"], s["n_scored"], s["failed"]) == (4, 3, ["d"])
+    assert s["beats_both_naive"] == ["a", "c"] and s["not_beating_naive"] == ["b"]
+    assert s["median_ratio_ets"] == pytest.approx(1.0)  # 0.5, 1.0, 1.4
+    assert s["median_ratio_theta"] == pytest.approx(0.5)
+    assert s["median_ratio_mstl"] == pytest.approx(0.9)  # 0.833, 0.9, 1.167
+    assert s["multi_seasonal"] == ["b", "c"] and s["beats_mstl"] == ["b"] and s["not_beating_mstl"] == ["c"]
+    iv = s["intervals"]
+    assert iv["model"]["coverage"] == pytest.approx(250 / 400) and iv["model"]["points"] == 400
+    assert iv["model"]["mean_scaled_pinball"] == pytest.approx(0.4)
+    assert iv["ets"]["coverage"] == pytest.approx(340 / 400) and iv["ets"]["mean_scaled_pinball"] == pytest.approx(0.3)
+    line = acc.summary_line(s)
+    assert "2 of 3 series; not on b" in line and "62.5% of 400 test points" in line and "failed: d" in line
+    md = acc.markdown(rows, s)
+    assert "| a | x | 4 | 2 | **0.500** |" in md and "| b | x | 4 | 2 | 0.900 |" in md and "| d |" in md
