@@ -111,6 +111,7 @@ from pipeline.config import (  # noqa: E402
     load_config,
 )
 from pipeline.library import metrics as M  # noqa: E402
+from pipeline.library import seasonality  # noqa: E402
 from pipeline.library.series import prepare_series  # noqa: E402
 from pipeline.library.sources import load_table  # noqa: E402
 from pipeline.library.splits import split_sizes  # noqa: E402
@@ -213,9 +214,12 @@ def seasons_of(series: Series) -> list[int]:
 
 
 def resolved(cfg: Config, values: list[np.ndarray]) -> Config:
-    """`cfg` with its `auto` settings resolved as the pipeline's stages will resolve them."""
-    shortest = min(split_sizes(len(v), cfg.data.val_size, cfg.data.test_size)[0] for v in values)
-    return auto.resolve_for(cfg, cfg.data.freq, shortest)
+    """`cfg` with its `auto` settings resolved as the pipeline's stages will resolve them (the seasons as ingest
+    detects them)."""
+    ends = np.array([split_sizes(len(v), cfg.data.val_size, cfg.data.test_size) for v in values])
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])[:-1]])
+    checks = seasonality.detect(np.concatenate(values), offsets, ends[:, 0], ends[:, 1], cfg.data.freq)
+    return auto.resolve_for(cfg, cfg.data.freq, int(ends[:, 0].min()), seasonality.kept(checks))
 
 
 def data_config(series: Series, workdir: Path) -> DataConfig:
@@ -556,6 +560,7 @@ def statistical_columns(
     cache_dir: Path | None,
     columns=tuple(STATISTICAL),
     log=print,
+    cached_only: bool = False,
 ) -> dict[str, Any]:
     """Row fields of the statistical columns: `<column>` (point scores), `<column>_per_series`,
     `<column>_interval` (80% interval as quantiles 0.1/0.5/0.9), `<column>_seconds`, `<column>_spec`,
@@ -566,6 +571,12 @@ def statistical_columns(
     fields: dict[str, Any] = {"notes": []}
     for column in columns:
         spec, make = statistical_model(column, season, seasons)
+        if cached_only:
+            key = cache_key(*scored[:4], spec, version)
+            entry = read_cache(cache).get(column) if cache is not None else None
+            if entry is None or entry.get("key") != key or not entry.get("complete"):
+                fields["notes"].append(f"{STATISTICAL[column]} left out: not in the cache yet (--cached-only)")
+                continue
 
         def forecaster(history, h, failures, make=make):
             return fitter(make, failures)(history, h)
@@ -664,6 +675,7 @@ def add_statistical(prep: Prepared, args: argparse.Namespace) -> None:
         row["seasons"],
         cache_dir,
         log=lambda line: print(line, flush=True),
+        cached_only=args.cached_only,
     )
     row["notes"].extend(fields.pop("notes"))
     row.update(fields)
@@ -921,6 +933,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--baselines-only", action="store_true", help="compute (and cache) the statistical columns, no pipeline runs"
     )
+    p.add_argument("--cached-only", action="store_true", help="statistical columns only from the cache")
     p.add_argument("--json", type=Path, help="write the results (rows, per-series detail, summary) here")
     p.add_argument("--markdown", type=Path, help="write the markdown table and summary line here (also printed)")
     p.add_argument("--list", action="store_true", help="list the series and their protocol, then exit")
