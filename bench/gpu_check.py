@@ -78,7 +78,7 @@ def tests(check: Check) -> None:
     done = check.run(
         "gpu_tests",
         [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs", "tests"],
-        limit=60 if check.quick else 150,
+        limit=180 if check.quick else 150,
     )
     if done is not None:
         counts = {k: int(v) for v, k in re.findall(r"(\d+) (passed|failed|skipped|error|deselected)", done.stdout)}
@@ -114,7 +114,7 @@ def demo(check: Check) -> None:
         command = [sys.executable, "-m", "pipeline", "run", "--config", "configs/default.yaml",
                    f"output_dir={run_dir}", f"train.mixed_precision={precision}", "tracking.backend=none",
                    "export.onnx=false", "evaluate.plot_series=0", *quick]  # fmt: skip
-        done = check.run(name, command, limit=60 if check.quick else 150)
+        done = check.run(name, command, limit=180 if check.quick else 150)
         metrics = run_dir / "evaluate" / "metrics.json"
         if done is None or done.returncode != 0 or not metrics.is_file():
             continue
@@ -144,7 +144,7 @@ def throughput(check: Check) -> None:
         name = f"throughput_{'fp32' if precision == 'no' else precision}"
         command = [sys.executable, "bench/throughput.py", "--device", check.device, "--precision", precision,
                    "--skip-default", *shape]  # fmt: skip
-        done = check.run(name, command, limit=60 if check.quick else 120)
+        done = check.run(name, command, limit=180 if check.quick else 120)
         if done is None or done.returncode != 0:
             continue
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -163,7 +163,7 @@ def throughput(check: Check) -> None:
 def resume(check: Check) -> None:
     """d. Exact resume on the device."""
     command = [sys.executable, "bench/resume_check.py", "--device", check.device, "--out", str(check.out / "resume")]
-    done = check.run("resume", [*command, *(["--quick"] if check.quick else [])], limit=90 if check.quick else 150)
+    done = check.run("resume", [*command, *(["--quick"] if check.quick else [])], limit=180 if check.quick else 150)
     if done is not None and done.returncode == 0:
         check.record("resume", json.loads(done.stdout.strip().splitlines()[-1]))
 
