@@ -68,10 +68,11 @@ def window_losses(bases: dict[str, ModelSpec], buffer, pairs: torch.Tensor, batc
     """Each base's mean training loss on the windows `pairs` (the loss of the untrained model with that base)."""
     sums = dict.fromkeys(bases, 0.0)
     count = 0
+    shared = next(iter(bases.values()))  # the candidates differ only in their base, not in their inputs
+    ahead = shared.horizon if shared.future_size else 0  # known-ahead inputs extend the window past the lookback
     for chunk in pairs.split(batch_size):
         x, y = buffer.gather(chunk)
-        any_spec = next(iter(bases.values()))
-        target = x[:, : x.shape[1] - (any_spec.horizon if any_spec.future_size else 0), 0]
+        target = x[:, : x.shape[1] - ahead, 0]
         for name, spec in bases.items():
             base = residual_base(target, spec)
             forecast = base[:, :, None].expand(-1, -1, len(spec.quantiles)) if spec.quantiles else base

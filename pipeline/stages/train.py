@@ -224,7 +224,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     index = {**index, "val": spread_subset(index["val"], cfg.train.val_windows)}
     pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
-    spec, base = residual_base(cfg, spec, buffer, pairs)
+    spec, base = choose_residual_base(cfg, spec, buffer, pairs)
     if spec.quantiles:
         log.info("train: quantile head %s, trained with the pinball loss", list(spec.quantiles))
     info = {
@@ -239,7 +239,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
 BASE_FIELDS = ("residual_season", "season_average", "base_level", "base", "seasons")
 
 
-def residual_base(
+def choose_residual_base(
     cfg: Config, spec: ModelSpec, buffer: WindowBuffer, pairs: dict[str, torch.Tensor]
 ) -> tuple[ModelSpec, dict | None]:
     """The spec with the residual base `model.base: validation` picks (`pipeline.library.base_choice`).
