@@ -88,12 +88,12 @@ def test_calls_file_has_real_call_centre_timestamps(tmp_path):
 @pytest.mark.parametrize(
     ("freq", "length", "horizon", "season", "lookback", "average"),
     [
-        ("monthly", 204, 12, 12, 36, 3),
-        ("quarterly", 127, 8, 4, 16, 3),  # two horizons are longer than three seasons
-        ("weekly", 1355, 52, 52, 156, 3),
-        ("half-hourly", 17520, 48, 48, 144, 3),
-        ("hourly", 8760, 24, 24, 72, 3),
-        ("5-minute", 27716, 169, 169, 507, 3),
+        ("monthly", 204, 12, 12, 60, 3),  # five seasons for the base; the plain profile averages three
+        ("quarterly", 127, 8, 4, 20, 3),
+        ("weekly", 1355, 52, 52, 260, 3),
+        ("half-hourly", 17520, 48, 48, 240, 3),
+        ("hourly", 8760, 24, 24, 120, 3),
+        ("5-minute", 27716, 169, 169, 845, 3),
         ("monthly", 60, 12, 12, 15, 1),  # bounded: half of the train part (42) left after a horizon
         ("monthly", 40, 12, 12, 8, 1),  # shorter than a season: no residual head
     ],
@@ -119,13 +119,13 @@ def test_overrides_resolve_and_windows_start_at_the_test_part(tmp_path):
     p = acc.protocol(series.freq)
     cfg = acc.resolved(load_config(acc.DEFAULT_CONFIG, acc.overrides_for(series, data, p, tmp_path)), values)
     assert (cfg.data.test_size, cfg.data.val_size, cfg.window.test_stride) == (0.2, 0.1, 12)
-    assert (cfg.evaluate.season_length, cfg.model.residual_season, cfg.window.lookback) == (12, 12, 36)
+    assert (cfg.evaluate.season_length, cfg.model.residual_season, cfg.window.lookback) == (12, 12, 60)
     assert (cfg.tracking.backend, cfg.export.onnx, cfg.data.id_column) == ("none", False, None)
     assert cfg.run_dir == tmp_path / "a10"
     windows = acc.test_windows(ids, values, cfg)
     _, val_end = split_sizes(204, 0.1, 0.2)
     assert val_end == 163 and windows.origins[0].tolist() == [163, 175, 187]
-    assert windows.n_train_windows == 143 - 36 - 12 + 1
+    assert windows.n_train_windows == 143 - 60 - 12 + 1
 
 
 def _trend(n: int = 40) -> np.ndarray:

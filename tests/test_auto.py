@@ -50,10 +50,11 @@ def test_season_follows_the_calendar_cycle_of_the_frequency(freq: str, season: i
 @pytest.mark.parametrize(
     ("season", "horizon", "shortest_train", "lookback"),
     [
-        (12, 12, 142, 36),  # monthly (a10: 204 points, 70% train): three years
-        (4, 8, 152, 16),  # quarterly, long horizon: two horizons beat three seasons
-        (52, 52, 948, 156),  # weekly: three years
-        (48, 48, 14016, 144),  # half-hourly vic_elec: three days
+        (12, 12, 142, 60),  # monthly (a10: 204 points, 70% train): five years
+        (4, 8, 152, 20),  # quarterly, long horizon: five seasons beat two horizons
+        (4, 24, 152, 48),  # ... a longer one: two horizons beat five seasons
+        (52, 52, 948, 260),  # weekly: five years
+        (48, 48, 14016, 240),  # half-hourly vic_elec with its day only: five days
         (12, 12, 60, 24),  # a short series: at most half of what the train part leaves
     ],
 )
@@ -74,8 +75,8 @@ def _meta(freq: str, train_ends: list[int]) -> IngestRecord:
 def test_resolve_fills_every_auto_and_keeps_explicit_values():
     cfg = load_config(None, ["window.horizon=12"])
     resolved = auto.resolve(cfg, _meta("MS", [300, 142]))
-    assert (resolved.window.lookback, resolved.evaluate.season_length, resolved.model.residual_season) == (36, 12, 12)
-    assert resolved.model.season_average == 3  # the 36-step lookback holds three seasons
+    assert (resolved.window.lookback, resolved.evaluate.season_length, resolved.model.residual_season) == (60, 12, 12)
+    assert resolved.model.season_average == 3  # the 60-step lookback holds five seasons; the plain profile takes three
     assert cfg.window.lookback == "auto"  # the user's config is left as written
 
     explicit = ["window.lookback=20", "evaluate.season_length=6", "model.residual_season=0"]
@@ -162,13 +163,13 @@ def test_monthly_data_runs_with_auto_settings_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     window = json.loads((run / "window" / "meta.json").read_text())
-    assert window["lookback"] == 36  # 3 seasons of 12 (train part 126 leaves room for 57)
+    assert window["lookback"] == 57  # 5 seasons of 12 do not fit: the train part (126) leaves room for 57
     assert json.loads((run / "evaluate" / "metrics.json").read_text())["season_length"] == 12
     train = json.loads((run / "train" / "meta.json").read_text())
     assert train["model"]["residual_season"] == 12 and train["model"]["instance_norm"] is True
-    assert "batch is 64" in done.stderr  # 180 points leave 79 training windows for the default batch of 256
+    assert "batch is 32" in done.stderr  # 180 points leave 58 training windows for the default batch of 256
     spec = json.loads((run / "export" / "forecaster.json").read_text())
-    assert spec["lookback"] == 36
+    assert spec["lookback"] == 57
 
 
 def test_validation_windows_are_capped_evenly_and_the_same_for_any_world_size():

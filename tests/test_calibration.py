@@ -36,13 +36,15 @@ def test_offsets_grow_outwards_and_reach_unpaired_outer_quantiles():
     assert (np.diff(table, axis=1) >= 0).all()
 
 
-@pytest.mark.parametrize("instance_norm", [False, True])
-def test_calibrated_intervals_cover_the_calibration_windows(instance_norm):
+@pytest.mark.parametrize(("instance_norm", "interval_scale"), [(False, 0), (True, 0), (False, 5), (True, 5)])
+def test_calibrated_intervals_cover_the_calibration_windows(instance_norm, interval_scale):
     rng = np.random.default_rng(0)
     raw = (np.sin(np.arange(600) / 5.0) + rng.normal(0, 4.0, 600)).astype(np.float32)
     buffer = WindowBuffer.from_ingest(raw, series_table([{"length": 600}]), lookback=20, horizon=4)
     pairs = torch.stack([torch.zeros(500, dtype=torch.long), torch.arange(500)], dim=1)
-    spec = ModelSpec(1, 4, 8, 1, instance_norm=instance_norm, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9))
+    spec = ModelSpec(
+        1, 4, 8, 1, instance_norm=instance_norm, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), interval_scale=interval_scale
+    )
     model = build_model(spec, seed=0).eval()
     with torch.no_grad():  # intervals far too narrow: softplus(-5) ~ 0.007 between quantiles
         model.head.weight.mul_(0.01)
@@ -62,3 +64,38 @@ def test_calibrated_intervals_cover_the_calibration_windows(instance_norm):
     first = model.calibration.clone()
     calibrate(model, buffer, pairs, batch_size=128)
     torch.testing.assert_close(model.calibration, first, rtol=0, atol=1e-6)
+
+
+def test_the_widening_scales_with_the_windows_recent_error():
+    """The same offsets widen a window whose last cycle broke from the one before more than a repeating one, and
+    most at the phases that moved most."""
+    spec = ModelSpec(1, 4, 8, 1, instance_norm=True, residual_season=4, quantiles=(0.1, 0.5, 0.9), interval_scale=4)
+    model = build_model(spec, seed=0).eval()
+    cycle = torch.tensor([0.0, 1.0, 3.0, 1.0])
+    repeating = cycle.repeat(3)
+    broken = torch.cat([cycle, cycle, cycle + torch.tensor([0.0, 2.0, -2.0, 4.0])])
+    x = torch.stack([repeating, broken])[:, :, None]
+    with torch.no_grad():
+        plain = model(x)
+        model.calibration.copy_(torch.tensor([[-1.0, 0.0, 1.0]] * 4))
+        widened = model(x)
+    spread = x[..., 0].std(dim=1, unbiased=False)[:, None]  # instance norm's spread, over the whole window here
+    # per phase, the mean |change| over the window's two cycle-to-cycle changes: 0 and |0, 2, -2, 4| -> 0, 1, 1, 2;
+    # a phase that never moved gets a tenth of the mean (0.1); a window that never moved, 1% of its spread
+    recent = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.1, 1.0, 1.0, 2.0]])
+    scale = (recent / spread).clamp_min(0.01)
+    grown = (widened[..., 2] - widened[..., 0]) - (plain[..., 2] - plain[..., 0])  # per window and step
+    torch.testing.assert_close(grown, 2 * scale * spread, rtol=1e-4, atol=1e-5)
+    assert float(grown[1, 3]) > 15 * float(grown[0, 3])
+    assert float(grown[1, 3]) == pytest.approx(2 * float(grown[1, 1]), rel=1e-4)
+    torch.testing.assert_close(widened[..., 1], plain[..., 1])  # the median does not move
+
+
+def test_a_warm_start_matches_architectures_whatever_the_interval_scale():
+    """The widening's unit is set again after every training: a champion saved before it existed still warm-starts."""
+    ours = ModelSpec(1, 4, 8, 1, residual_season=4, quantiles=(0.1, 0.5, 0.9), interval_scale=4)
+    saved = {k: v for k, v in ours.to_dict().items() if k not in ("interval_scale", "trend")}  # an older spec
+    theirs = ModelSpec.from_dict(saved)
+    assert (theirs.interval_scale, theirs.trend) == (0, 0.0)
+    assert theirs.architecture() == ours.architecture()
+    assert ModelSpec.from_dict({**saved, "trend": 0.5}).architecture() != ours.architecture()  # the base differs

@@ -79,9 +79,16 @@ def test_the_old_export_loads_and_predicts_what_it_predicted_then(old_run):
 
 @pytest.mark.slow
 def test_run_on_the_old_directory_keeps_its_data_stages_and_reproduces_its_scores(old_run):
-    # the recipe of 2232a71: the base it fixed and a head that does not read it (both chosen by default since)
+    # the recipe of 2232a71: the base it fixed, a head that does not read it, intervals widened in units of the
+    # spread (all chosen otherwise by default since)
     result = cli_in_process(
-        "run", "--config", "config.yaml", "model.base=profile", "model.base_input=false", cwd=old_run
+        "run",
+        "--config",
+        "config.yaml",
+        "model.base=profile",
+        "model.base_input=false",
+        "model.calibration_unit=spread",
+        cwd=old_run,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ingest: up to date" in result.stderr and "window: up to date" in result.stderr

@@ -213,8 +213,9 @@ def test_bad_input_exits_2_with_one_line(args, words, tmp_path):
 
 
 def test_step_zero_validation_scores_the_seasonal_base(finished_run):
-    """Before any step the residual model is its base: the profile of the last 2 seasons of 24, at
-    the level of the last 12 steps with the profile taken out (the default `model.base_level`).
+    """Before any step the residual model is its base: here the profile of the last 2 seasons of 24, at
+    the level of the last 12 steps with the profile taken out (`model.base_level: half_season`),
+    carrying on half the slope between the two seasons' means (the base chosen on the windows).
 
     Recomputed with plain loops on the scaled data: the mean squared error (the SMALL config's
     loss) of every validation window, against the step-0 row of metrics.jsonl.
@@ -222,8 +223,10 @@ def test_step_zero_validation_scores_the_seasonal_base(finished_run):
     run, _, _ = finished_run
     rows = [json.loads(line) for line in (run / "train/metrics.jsonl").read_text().splitlines()]
     step0 = next(r for r in rows if r["step"] == 0 and "val_loss" in r)
-    spec = json.loads((run / "train/meta.json").read_text())["model"]
-    assert (spec["residual_season"], spec["season_average"]) == (24, 2)  # auto: the 48-step lookback holds 2
+    train = json.loads((run / "train/meta.json").read_text())
+    spec = train["model"]
+    assert train["base"]["chosen"] == "level-adjusted profile 24 x 2 with half its trend"
+    assert (spec["residual_season"], spec["season_average"], spec["trend"]) == (24, 2, 0.5)
     data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
     lookback, horizon, season = 48, 12, 24
     total, count = 0.0, 0
@@ -233,11 +236,14 @@ def test_step_zero_validation_scores_the_seasonal_base(finished_run):
         train_end, val_end = n - 2 * round(n * 0.15), n - round(n * 0.15)
         z = (y - y[:train_end].mean()) / y[:train_end].std()
         for origin in range(max(train_end, lookback), val_end - horizon + 1):  # targets inside val
-            window = z[origin - 2 * season : origin]
+            raw = z[origin - 2 * season : origin]
+            slope = (raw[season:].mean() - raw[:season].mean()) / season
+            window = raw - slope * (np.arange(2 * season) - (2 * season - 1))  # the slope taken out, from the end
             last = window[season:].mean()
             shape = [(window[p] - window[:season].mean() + window[season + p] - last) / 2 for p in range(season)]
             level = np.mean([window[season + p] - shape[p] for p in range(season // 2, season)])  # half_season
             for h in range(horizon):
-                total += (z[origin + h] - (level + shape[h % season])) ** 2
+                forecast = level + shape[h % season] + 0.5 * slope * (h + 1)
+                total += (z[origin + h] - forecast) ** 2
                 count += 1
     assert step0["val_loss"] == pytest.approx(total / count, rel=1e-4)

@@ -70,11 +70,15 @@ def test_symmetric_intervals_pair_q_with_one_minus_q():
     quantiles=st.sampled_from([(0.5,), (0.1, 0.5, 0.9), (0.02, 0.1, 0.25, 0.5, 0.75, 0.99), (0.5, 0.6, 0.7)]),
     instance_norm=st.booleans(),
     residual=st.sampled_from([0, 3]),
+    interval_scale=st.sampled_from([0, 1, 6]),
     weight_scale=st.floats(0.01, 30.0),
     input_scale=st.floats(1e-3, 1e4),
 )
-def test_quantiles_never_cross(seed, quantiles, instance_norm, residual, weight_scale, input_scale):
-    spec = ModelSpec(1, 5, 8, 2, instance_norm=instance_norm, residual_season=residual, quantiles=quantiles)
+def test_quantiles_never_cross(seed, quantiles, instance_norm, residual, interval_scale, weight_scale, input_scale):
+    spec = ModelSpec(
+        1, 5, 8, 2, instance_norm=instance_norm, residual_season=residual, quantiles=quantiles,
+        interval_scale=interval_scale,
+    )  # fmt: skip
     model = build_model(spec, seed=seed).eval()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

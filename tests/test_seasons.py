@@ -96,10 +96,10 @@ def _ingest(freq: str, detected):
 @pytest.mark.parametrize(
     ("detected", "lookback", "recurrent", "calendar", "seasons"),
     [
-        ((48, 336), 1008, 336, ["day", "week"], [48, 336]),  # the base holds three weeks, the LSTM reads one
-        ((48,), 144, 144, ["day"], [48]),
-        ((), 144, 144, [], []),  # none kept: no calendar; the profile of the frequency's season stays a candidate
-        (None, 144, 144, ["day", "week"], [48]),  # an ingest made before detection resolves as it did
+        ((48, 336), 1476, 336, ["day", "week"], [48, 336]),  # the base: five weeks, cut to half the train part
+        ((48,), 240, 144, ["day"], [48]),  # five days for the base, three for the recurrent layers
+        ((), 240, 144, [], []),  # none kept: no calendar; the profile of the frequency's season stays a candidate
+        (None, 240, 144, ["day", "week"], [48]),  # an ingest made before detection: the frequency's season
     ],
 )
 def test_auto_settings_follow_the_detected_seasons(detected, lookback, recurrent, calendar, seasons):
@@ -118,7 +118,7 @@ def test_a_warm_start_keeps_the_seasons_and_calendar_its_weights_were_trained_wi
     cfg = load_config(None, ["window.horizon=48", f"train.init_from={tmp_path}"])
     tonight = auto.resolve(cfg, _ingest("30min", (48,)))  # tonight's data shows no weekly cycle
     assert tonight.model.seasons == [48, 336] and tonight.data.calendar == ["day", "week"]
-    assert tonight.window.lookback == 1008
+    assert tonight.window.lookback == 1476
     fresh = auto.resolve(load_config(None, ["window.horizon=48"]), _ingest("30min", (48,)))
     assert fresh.model.seasons == [48] and fresh.data.calendar == ["day"]
 
@@ -145,6 +145,54 @@ def test_multi_seasonal_profile_continues_an_exact_double_cycle():
     assert (daily[0] - future).abs().max() > 1.0
     same = multi_seasonal_profile(window, 24, (DAY,), 3, None)  # one season: the plain profile
     torch.testing.assert_close(same, daily, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("level_steps", [None, 6])
+def test_a_profile_with_its_trend_continues_a_trending_season_exactly(level_steps):
+    t = torch.arange(36 + 12, dtype=torch.float64)
+    series = 100 + 0.5 * t + 3 * torch.sin(2 * torch.pi * t / 12)
+    window, future = series[None, :36], series[36:]
+    full = seasonal_profile(window, 12, 12, 3, level_steps, trend=1.0)
+    torch.testing.assert_close(full[0], future, rtol=0, atol=1e-9)
+    flat = seasonal_profile(window, 12, 12, 3, level_steps)  # no trend: the level stays where it was read
+    assert (flat[0] - future).abs().min() > 3.0
+    half = seasonal_profile(window, 12, 12, 3, level_steps, trend=0.5)  # half the slope from the last step on
+    torch.testing.assert_close(half[0], future - 0.25 * torch.arange(1, 13, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_a_multi_seasonal_profile_with_its_trend_continues_a_trending_double_cycle_exactly():
+    t = torch.arange(3 * WEEK + 24, dtype=torch.float64)
+    series = 5 + 0.01 * t + torch.sin(2 * torch.pi * t / DAY) + 2.0 * ((t // DAY) % 7 >= 5)
+    window, future = series[None, : 3 * WEEK], series[3 * WEEK :]
+    torch.testing.assert_close(
+        multi_seasonal_profile(window, 24, (DAY, WEEK), 3, 12, trend=1.0)[0], future, rtol=0, atol=1e-9
+    )
+    assert (multi_seasonal_profile(window, 24, (DAY, WEEK), 3, 12)[0] - future).abs().max() > 0.5
+
+
+@pytest.mark.parametrize(
+    ("lookback", "seasons", "profiles"),
+    [
+        (60, (12,), ["profile 12 x 3", "profile 12 x 5"]),  # five years: three and five cycles
+        (40, (12,), ["profile 12 x 3"]),  # three years only
+        (1476, (48, 336), ["profile 48 x 3", "profile 48 x 5", "multi-seasonal profile 48 + 336 x 3",
+                           "multi-seasonal profile 48 + 336 x 4"]),  # four weeks fit: four stand in for five
+    ],
+)  # fmt: skip
+def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, profiles):
+    from pipeline.library import base_choice
+    from pipeline.library.model_spec import ModelSpec
+
+    spec = ModelSpec(1, 12, 8, 1, residual_season=seasons[0], season_average=3, base_level="half_season")
+    found = base_choice.candidates(spec, seasons, lookback)
+    plain = [name for name in found if "profile" in name and "level-adjusted" not in name and "trend" not in name]
+    assert plain == profiles
+    for name in profiles:  # each with a fresher level (the multi-seasonal one has it already) and both trends
+        adjusted = name if name.startswith("multi") else f"level-adjusted {name}"
+        assert {adjusted, f"{adjusted} with half its trend", f"{adjusted} with its trend"} <= set(found)
+        assert (found[f"{adjusted} with half its trend"].trend, found[f"{adjusted} with its trend"].trend) == (0.5, 1)
+        assert found[name].season_average == int(name.rsplit(" ", 1)[1])
+    assert list(found)[:2] == ["naive", f"seasonal naive {seasons[0]}"]  # the simplest first: they win a tie
 
 
 @pytest.mark.slow

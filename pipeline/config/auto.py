@@ -24,7 +24,8 @@ from pipeline.library.warm_start import warm_start_spec
 log = logging.getLogger("pipeline")
 
 AUTO = "auto"
-LOOKBACK_SEASONS = 3  # input windows hold this many seasons
+LOOKBACK_SEASONS = 5  # input windows hold this many of the longest season (the residual base's profiles)
+RECURRENT_SEASONS = 3  # ... and the recurrent layers read the last this many of the shortest
 LOOKBACK_HORIZONS = 2  # ... and at least this many horizons
 MAX_SEASON_AVERAGE = 3  # seasons averaged into the residual head's base, when the lookback holds them
 MAX_DAILY_SEASON = 1440  # sub-daily steps: the daily cycle, down to one-minute data
@@ -144,7 +145,7 @@ def resolve_for(
         lookback = auto_lookback(max([main, *seasons]), horizon, shortest_train)
     recurrent = cfg.model.recurrent_steps
     if recurrent == AUTO:
-        recurrent = min(lookback, max(LOOKBACK_SEASONS * main, LOOKBACK_HORIZONS * horizon, *seasons))
+        recurrent = min(lookback, max(RECURRENT_SEASONS * main, LOOKBACK_HORIZONS * horizon, *seasons))
     residual = cfg.model.residual_season
     if residual == AUTO:
         residual = main if 1 < main <= lookback else 0

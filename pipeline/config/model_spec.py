@@ -41,4 +41,15 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
         seasons=tuple(m.seasons) if m.base == "multi" else (),
         recurrent_steps=m.recurrent_steps if m.recurrent_steps < cfg.window.lookback else 0,
         base_input=m.base_input and m.residual_season > 0,
+        interval_scale=interval_season(cfg)
+        if m.quantiles and m.calibrate and m.calibration_unit == "recent_error"
+        else 0,
     )
+
+
+def interval_season(cfg: Config) -> int:
+    """The season whose last two cycles in the window measure its recent error (`model.recent_error`):
+    the longest the lookback holds twice, else one step (the error of naive)."""
+    m, lookback = cfg.model, cfg.window.lookback
+    seasons = (*m.seasons, m.residual_season, cfg.evaluate.season_length)
+    return max((p for p in seasons if p > 1 and 2 * p <= lookback), default=1)

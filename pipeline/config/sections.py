@@ -158,7 +158,8 @@ class WindowConfig:
     """How each series is cut into (input, target) windows."""
 
     lookback: int | Literal["auto"] = "auto"
-    """Input length in steps; `auto`: three seasons (at least two horizons), at most half the shortest train part."""
+    """Input length in steps; `auto`: five of the longest season (at least two horizons), at most half the shortest
+    train part: the residual base's profiles average up to five cycles (`model.base`)."""
     horizon: int = 48
     """Forecast length in steps."""
     stride: int = 1
@@ -203,6 +204,10 @@ class ModelConfig:
 
     calibrate: bool = True
     """With quantiles: after training, widen each central interval to its nominal coverage on the validation windows."""
+    calibration_unit: Literal["recent_error", "spread"] = "recent_error"
+    """The unit of that widening in each window: `recent_error`, how far the window's cycles moved from one to the
+    next at the forecast step's phase (so it grows where the series stops repeating itself, and is small at quiet
+    phases); `spread`, the window's spread alone (the unit before 2026-11-28)."""
     series_embedding: int = 0
     """Global models: a learned vector of this size per series, fed to the recurrent layers beside the inputs
     (0 = off); `predict` then serves only the series it was trained on (as it does anyway)."""
@@ -220,15 +225,16 @@ class ModelConfig:
     candidates (day and week below daily data, week and year daily, the year above) that the train part holds twice
     and whose seasonal-naive forecast improves on the validation part (ingest/meta.json says which and why)."""
     base: Literal["validation", "profile", "multi"] = "validation"
-    """The residual head's base: `validation` picks, on the validation windows before training, the best of naive,
-    seasonal naive at each season, the averaged profile, the level-adjusted profile and the multi-seasonal profile;
-    `profile`: the profile set by residual_season, season_average and base_level; `multi`: every season's profile."""
+    """The residual head's base: `validation` picks, on the windows before the test part, before training, the best
+    of naive, seasonal naive at each season, and the averaged, the level-adjusted and the multi-seasonal profile over
+    three and over five cycles, the last two also carrying on half or all of the window's slope; `profile`: the
+    profile set by residual_season, season_average and base_level; `multi`: every season's profile."""
     base_input: bool = True
     """The linear head also reads the base forecast over the horizon (in the window's own units), so the correction
     can depend on what it corrects; needed where the base reads further back than the recurrent layers."""
     recurrent_steps: int | Literal["auto"] = "auto"
     """The last steps of the input window the recurrent layers read (the base reads all of it); `auto`: one cycle of
-    the longest season, three of the shortest, at least two horizons: a window that holds three weeks for a weekly
+    the longest season, three of the shortest, at least two horizons: a window that holds five weeks for a weekly
     base costs the training of one week."""
 
     def __post_init__(self) -> None:

@@ -12,9 +12,16 @@ short series of bench/accuracy.py a choice on the validation windows alone (a fe
 overlapping windows) followed their noise and forecast the test part worse (bench/LOG.md).
 
 - naive (the last value), and seasonal naive at each season;
-- the averaged profile of the shortest season (up to three cycles at the last cycle's mean);
+- the averaged profile of the shortest season at the last cycle's mean;
 - the same at a fresher level (`base_level: half_season`);
-- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`).
+- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`);
+- the last two carrying on half, or all, of the window's slope (`model.window_slope`): the
+  profiles alone hold the level flat, and on a trending series the correction trained on top
+  then has to learn the trend from a few years (half the slope is the theta method's drift).
+
+Each profile averages the last three cycles, and again the last five where the window holds
+them: more cycles carry less noise, fewer follow a changing shape sooner, and which matters more
+differs between data sets (bench/README.md).
 
 The first in that order wins a tie, so a simpler base is kept unless another is better. A run
 never does worse on validation than its base: the untrained model is a candidate of early
@@ -33,34 +40,50 @@ from pipeline.library.model_spec import ModelSpec
 
 log = logging.getLogger("pipeline")
 
-MOST_CYCLES = 3
+CYCLES = (3, 5)  # the profiles average this many of the last cycles (fewer where the window holds fewer)
+TRENDS = ((0.5, "with half its trend"), (1.0, "with its trend"))  # shares of the window's slope carried on
 
 
 def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict[str, ModelSpec]:
     """The bases to compare, by name, in order of preference on a tie; each a variant of `spec`."""
     main = spec.residual_season
-    plain = {"base": "profile", "seasons": (), "base_level": "season"}
+    plain = {"base": "profile", "seasons": (), "base_level": "season", "trend": 0.0}
     found = {"naive": dataclasses.replace(spec, residual_season=1, season_average=1, **plain)}
     for season in sorted({main, *seasons}):
         if 1 < season <= lookback:
             found[f"seasonal naive {season}"] = dataclasses.replace(
                 spec, residual_season=season, season_average=1, **plain
             )
-    cycles = min(MOST_CYCLES, lookback // main) if main > 1 else 0
-    if cycles >= 2:
+    for cycles in held(main, lookback) if main > 1 else ():
         found[f"profile {main} x {cycles}"] = dataclasses.replace(
             spec, residual_season=main, season_average=cycles, **plain
         )
-        found[f"level-adjusted profile {main} x {cycles}"] = dataclasses.replace(
+        adjusted = dataclasses.replace(
             spec, residual_season=main, season_average=cycles, **{**plain, "base_level": "half_season"}
         )
+        found[f"level-adjusted profile {main} x {cycles}"] = adjusted
+        for share, name in TRENDS:
+            found[f"level-adjusted profile {main} x {cycles} {name}"] = dataclasses.replace(adjusted, trend=share)
     usable = tuple(p for p in seasons if 1 < p <= lookback)
     if len(usable) >= 2:
-        found["multi-seasonal profile " + " + ".join(map(str, usable))] = dataclasses.replace(
-            spec, residual_season=usable[0], season_average=MOST_CYCLES, base="multi", seasons=usable,
-            base_level="half_season",
-        )  # fmt: skip
+        for cycles in held(usable[-1], lookback):
+            multi = dataclasses.replace(
+                spec, residual_season=usable[0], season_average=cycles, base="multi", seasons=usable,
+                base_level="half_season", trend=0.0,
+            )  # fmt: skip
+            found[multi_name(usable, cycles)] = multi
+            for share, name in TRENDS:
+                found[f"{multi_name(usable, cycles)} {name}"] = dataclasses.replace(multi, trend=share)
     return found
+
+
+def held(season: int, lookback: int) -> list[int]:
+    """The numbers of cycles of CYCLES a profile of `season` averages in a window of `lookback` (at least 2)."""
+    return sorted({min(cycles, lookback // season) for cycles in CYCLES} - {0, 1})
+
+
+def multi_name(seasons: tuple[int, ...], cycles: int) -> str:
+    return "multi-seasonal profile " + " + ".join(map(str, seasons)) + f" x {cycles}"
 
 
 @torch.no_grad()

@@ -55,16 +55,18 @@ def calibrate(model, buffer, pairs: torch.Tensor, batch_size: int) -> dict:
     parts = []
     for chunk in pairs.split(batch_size):
         x, y = buffer.gather(chunk)
-        parts.append((*model.decompose(x), y))
-    head, spread, base, target = (torch.cat([p[k] for p in parts]).double().cpu().numpy() for k in range(4))
+        head, spread, base, scale = model.parts(x)
+        parts.append((head, spread, base, scale[:, :, None], y))
+    head, spread, base, scale, target = (torch.cat([p[k] for p in parts]).double().cpu().numpy() for k in range(5))
     forecast = base + head * spread
+    unit = (spread * scale)[..., 0]  # the widening's unit in each window
     widening, report = {}, {}
     for i, j in M.symmetric_intervals(spec.quantiles):
         nominal = spec.quantiles[j] - spec.quantiles[i]
-        widening[(i, j)] = conformal_widening(forecast[..., i], forecast[..., j], target, spread[..., 0], nominal)
+        widening[(i, j)] = conformal_widening(forecast[..., i], forecast[..., j], target, unit, nominal)
     table = offsets(widening, len(spec.quantiles), spec.median_index, spec.horizon)
     model.calibration.copy_(torch.from_numpy(table))
-    after = base + (head + table) * spread
+    after = base + (head + table * scale) * spread
     for i, j in widening:
         name = M.interval_name(spec.quantiles[i], spec.quantiles[j])
         report[name] = {

@@ -72,8 +72,18 @@ class RecurrentForecaster(nn.Module):
         `head` is (B, horizon) or (B, horizon, Q) in the window's own units; spread and base
         broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
         With known-ahead channels, `x` spans lookback + horizon and the head also reads the
-        horizon's known-ahead channels (the other channels there are ignored).
+        horizon's known-ahead channels (the other channels there are ignored). A quantile
+        head's calibration offsets are in it, times the window's `interval_scale`.
         """
+        head, spread, base, scale = self.parts(x, members)
+        if self.spec.quantiles:
+            return head + self.calibration * scale[:, :, None], spread, base
+        return head, spread, base
+
+    def parts(
+        self, x: torch.Tensor, members: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`decompose` without the calibration offsets, and the scale they are multiplied by ((B, 1) or (B, H))."""
         spec = self.spec
         future = series = None
         if spec.series_embedding:
@@ -85,6 +95,7 @@ class RecurrentForecaster(nn.Module):
             x = x[:, :lookback]
         x = x[..., : spec.input_size]
         base = residual_base(x[..., 0], spec)  # read from the whole input window
+        recent = recent_error(x[..., 0], spec.interval_scale, spec.horizon) if spec.interval_scale else None
         if spec.recurrent_steps and spec.recurrent_steps < x.shape[1]:
             x = x[:, -spec.recurrent_steps :]
         if series is not None:
@@ -104,9 +115,10 @@ class RecurrentForecaster(nn.Module):
             head = head * self.blend
         if base is None:
             base = loc
+        scale = torch.ones_like(spread) if recent is None else (recent / spread).clamp_min(MIN_INTERVAL_SCALE)
         if self.spec.quantiles:
-            return head + self.calibration, spread[:, :, None], base[:, :, None]
-        return head, spread, base
+            return head, spread[:, :, None], base[:, :, None], scale
+        return head, spread, base, scale
 
     def correction(self, x: torch.Tensor, future: torch.Tensor | None, members: bool = False) -> torch.Tensor:
         """The head's output (B, horizon) or (B, horizon, Q) for inputs `x` (B, lookback, features).
@@ -131,6 +143,26 @@ class RecurrentForecaster(nn.Module):
                 )
             outs.append(head)
         return torch.stack(outs)
+
+
+MIN_INTERVAL_SCALE = 0.01  # a window that repeats its last cycle exactly still gets some of the widening
+PHASE_ERROR_FLOOR = 0.1  # a phase that never changed still gets this share of the window's mean recent error
+
+
+def recent_error(target: torch.Tensor, season: int, horizon: int) -> torch.Tensor:
+    """(batch, horizon): how far the window's cycles moved from one to the next, at each forecast step's phase.
+
+    The error seasonal naive made inside the window, averaged over the cycles it holds, per phase
+    (at least a tenth of its mean over the phases): it grows as soon as the series stops repeating
+    itself (a schedule change, a holiday season, a storm), which the window's spread, dominated by
+    the season's own swing, hardly notices; and it is small at the quiet phases (night hours) and
+    large at the busy ones, where a single widening for every phase covers the first and misses
+    the second."""
+    cycles = max(1, target.shape[1] // season - 1)
+    change = (target[:, season:] - target[:, :-season]).abs()
+    per_phase = change[:, change.shape[1] - cycles * season :].reshape(-1, cycles, season).mean(dim=1)
+    floor = PHASE_ERROR_FLOOR * per_phase.mean(dim=1, keepdim=True)
+    return torch.maximum(per_phase[:, torch.arange(horizon, device=target.device) % season], floor)
 
 
 def float32_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -180,7 +212,12 @@ def seasonal_naive(target: torch.Tensor, horizon: int, season: int) -> torch.Ten
 
 
 def seasonal_profile(
-    target: torch.Tensor, horizon: int, season: int, seasons: int, level_steps: int | None = None
+    target: torch.Tensor,
+    horizon: int,
+    season: int,
+    seasons: int,
+    level_steps: int | None = None,
+    trend: float = 0.0,
 ) -> torch.Tensor:
     """The last `seasons` seasons' average shape, at the last season's level (batch, horizon).
 
@@ -188,16 +225,37 @@ def seasonal_profile(
     deviations from their season's mean, so a single noisy or unusual year weighs less. With
     `level_steps` (fewer than a season), the level is the mean of the last `level_steps` values
     with the shape taken out: a fresher level (it lags a trend by half as much for half a season).
+    With `trend`, the window's slope (`window_slope`) is taken out before the shape and level are
+    read, and that share of it is carried on from the window's last step.
     """
     if seasons == 1:
         return seasonal_naive(target, horizon, season)  # the same values, without rounding
     block = target[:, target.shape[1] - seasons * season :].reshape(target.shape[0], seasons, season)
+    if trend:
+        slope = window_slope(block)
+        block = block - slope[:, :, None] * _from_last(seasons * season, target).reshape(seasons, season)
     level = block[:, -1].mean(dim=1, keepdim=True)
     shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)
     if level_steps and level_steps < season:
         level = (block[:, -1, -level_steps:] - shape[:, -level_steps:]).mean(dim=1, keepdim=True)
-    phase = torch.arange(horizon, device=target.device) % season
-    return level + shape[:, phase]
+    ahead = torch.arange(horizon, device=target.device)
+    forecast = level + shape[:, ahead % season]
+    if trend:
+        forecast = forecast + trend * slope * (1 + ahead.to(target.dtype))
+    return forecast
+
+
+def window_slope(block: torch.Tensor) -> torch.Tensor:
+    """(batch, 1): the change per step between the first and the last cycle's mean of `block` (batch, cycles, season).
+
+    Whole cycles' means hold every phase once, so the season does not leak into the slope."""
+    means = block.mean(dim=2)
+    return ((means[:, -1] - means[:, 0]) / ((block.shape[1] - 1) * block.shape[2]))[:, None]
+
+
+def _from_last(steps: int, like: torch.Tensor) -> torch.Tensor:
+    """Each of the last `steps` positions' offset from the last one: -(steps - 1), ..., -1, 0."""
+    return torch.arange(1 - steps, 1, device=like.device, dtype=like.dtype)
 
 
 def residual_base(target: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
@@ -206,12 +264,17 @@ def residual_base(target: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
         return None
     level_steps = spec.residual_season // 2 if spec.base_level == "half_season" else None
     if spec.base == "multi":
-        return multi_seasonal_profile(target, spec.horizon, spec.seasons, spec.season_average, level_steps)
-    return seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps)
+        return multi_seasonal_profile(target, spec.horizon, spec.seasons, spec.season_average, level_steps, spec.trend)
+    return seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps, spec.trend)
 
 
 def multi_seasonal_profile(
-    target: torch.Tensor, horizon: int, seasons: tuple[int, ...], most: int, level_steps: int | None
+    target: torch.Tensor,
+    horizon: int,
+    seasons: tuple[int, ...],
+    most: int,
+    level_steps: int | None,
+    trend: float = 0.0,
 ) -> torch.Tensor:
     """The sum of each season's average shape, shortest season first, at a level fresh from the window's end.
 
@@ -221,9 +284,16 @@ def multi_seasonal_profile(
     `most` cycles that the window holds. The level is the mean of the last `level_steps` values
     (half the shortest season; a whole one without) with every shape taken out. An additive
     multi-seasonal decomposition read from one window, as MSTL's is from the whole history.
+    With `trend`, the slope between the first and the last cycle's mean of the longest season the
+    window holds twice is taken out first, and that share of it carried on from the last step.
     """
     steps = target.shape[1]
     rest = target
+    twice = [p for p in seasons if steps // p >= 2]
+    if trend and twice:
+        cycles = min(most, steps // twice[-1])
+        slope = window_slope(target[:, steps - cycles * twice[-1] :].reshape(-1, cycles, twice[-1]))
+        rest = target - slope * _from_last(steps, target)
     total = torch.zeros_like(target[:, :horizon])
     ahead = torch.arange(horizon, device=target.device)
     back = torch.arange(steps, device=target.device) - steps  # each position's phase, counted from the end
@@ -235,6 +305,8 @@ def multi_seasonal_profile(
         total = total + shape[:, ahead % season]
     last = level_steps if level_steps else seasons[0]
     level = rest[:, -last:].mean(dim=1, keepdim=True)
+    if trend and twice:
+        level = level + trend * slope * (1 + ahead.to(target.dtype))
     return level + total
 
 

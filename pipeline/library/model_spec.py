@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 # fields added after the format was first used, as they read when switched off
-_LATER = {"base": "profile", "seasons": [], "recurrent_steps": 0, "base_input": False}
+_LATER = {
+    "base": "profile",
+    "seasons": [],
+    "recurrent_steps": 0,
+    "base_input": False,
+    "trend": 0.0,
+    "interval_scale": 0,
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class ModelSpec:
     seasons: tuple[int, ...] = ()  # the seasons of a multi-seasonal base, shortest first
     recurrent_steps: int = 0  # the last steps of the input window the recurrent layers read (0: all of it)
     base_input: bool = False  # the head also reads the base forecast (in the window's own units)
+    trend: float = 0.0  # the share of the window's slope the base carries on over the horizon (0: a flat level)
+    interval_scale: int = 0  # calibration offsets scale with the window's recent error at this season (0: spread only)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
@@ -96,5 +105,11 @@ class ModelSpec:
         return cls(**saved)
 
     def architecture(self) -> dict:
-        """The fields that change what the weights mean (all but dropout): what a warm start must match."""
-        return {k: v for k, v in self.to_dict().items() if k != "dropout"}
+        """The fields that change what the weights mean: what a warm start must match.
+
+        All of them, switched-off ones included (a spec saved before a field existed compares as
+        switched off), but dropout and interval_scale: the calibration offsets are set again after
+        every training."""
+        lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates", "seasons")
+        full = {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
+        return {k: v for k, v in full.items() if k not in ("dropout", "interval_scale")}

@@ -192,7 +192,7 @@ def describe_base(trained: TrainRecord) -> str:
     if not spec.residual_season:
         return "none"
     if spec.base == "multi":
-        return "multi-seasonal profile " + " + ".join(map(str, spec.seasons))
+        return "multi-seasonal profile " + " + ".join(map(str, spec.seasons)) + f" x {spec.season_average}"
     return f"profile {spec.residual_season} x {spec.season_average}"
 
 

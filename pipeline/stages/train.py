@@ -236,7 +236,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
     return TrainingData(buffer, pairs, spec, info, base)
 
 
-BASE_FIELDS = ("residual_season", "season_average", "base_level", "base", "seasons")
+BASE_FIELDS = ("residual_season", "season_average", "base_level", "base", "seasons", "trend")
 
 
 def choose_residual_base(
