@@ -73,7 +73,8 @@ class RecurrentForecaster(nn.Module):
         broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
         With known-ahead channels, `x` spans lookback + horizon and the head also reads the
         horizon's known-ahead channels (the other channels there are ignored). A quantile
-        head's calibration offsets are in it, times the window's `interval_scale`.
+        head's calibration offsets are in it, in the window's unit (`parts`: its recent error
+        relative to its spread with `spec.interval_scale`, else 1).
         """
         head, spread, base, scale = self.parts(x, members)
         if self.spec.quantiles:
