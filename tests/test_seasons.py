@@ -123,6 +123,22 @@ def test_a_warm_start_keeps_the_seasons_and_calendar_its_weights_were_trained_wi
     assert fresh.model.seasons == [48] and fresh.data.calendar == ["day"]
 
 
+def test_a_warm_start_whose_base_reads_more_than_the_window_is_one_config_error(tmp_path):
+    from pipeline.library.model_spec import ModelSpec
+    from pipeline.stages.train import choose_residual_base
+
+    champion = ModelSpec(1, 12, 8, 1, residual_season=12, season_average=5, base_level="half_season", trend=0.5)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    (tmp_path / "forecaster.json").write_text(json.dumps({"model": champion.to_dict()}))
+    spec = ModelSpec(1, 12, 8, 1, residual_season=12, season_average=3)
+    short = load_config(None, ["window.horizon=12", "window.lookback=48", f"train.init_from={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"residual base reads 60 input steps, window.lookback is 48"):
+        choose_residual_base(short, spec, None, {})
+    wide = load_config(None, ["window.horizon=12", "window.lookback=60", f"train.init_from={tmp_path}"])
+    kept, record = choose_residual_base(wide, spec, None, {})
+    assert (kept.season_average, kept.trend, kept.base_level, record) == (5, 0.5, "half_season", None)
+
+
 def test_explicit_seasons_are_used_as_given():
     cfg = load_config(None, ["window.horizon=48", "model.seasons=[169, 845]"])
     resolved = auto.resolve(cfg, _ingest("5min", (288,)))

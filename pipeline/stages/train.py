@@ -252,6 +252,12 @@ def choose_residual_base(
         return spec, None
     saved = warm_start_spec(cfg.train.init_from, cfg.registry_root)
     if saved is not None and saved.residual_season:
+        needs = base_steps(saved)
+        if needs > cfg.window.lookback:
+            raise ConfigError(
+                f"train.init_from: the starting weights' residual base reads {needs} input steps, "
+                f"window.lookback is {cfg.window.lookback}: set window.lookback to at least {needs} or train afresh"
+            )
         log.info("train: residual base of the starting weights kept (train.init_from)")
         return dataclasses.replace(spec, **{name: getattr(saved, name) for name in BASE_FIELDS}), None
     loss = loss_function(cfg.train.loss, cfg.model.quantiles)
@@ -261,6 +267,14 @@ def choose_residual_base(
     windows = torch.cat([train, pairs["val"]])
     seasons = tuple(cfg.model.seasons)
     return choose_base(spec, seasons, cfg.window.lookback, buffer, windows, cfg.train.eval_batch_size, loss)
+
+
+def base_steps(spec: ModelSpec) -> int:
+    """The input steps a residual base needs: its cycles of its longest season (a multi-seasonal profile
+    averages fewer where the window holds fewer, but at least one of each season)."""
+    if spec.base == "multi":
+        return max(spec.seasons)
+    return spec.residual_season * spec.season_average
 
 
 def spread_subset(windows: np.ndarray, limit: int) -> np.ndarray:
