@@ -48,7 +48,7 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
 
 
 def interval_season(cfg: Config) -> int:
-    """The season whose last two cycles in the window measure its recent error (`model.recent_error`):
+    """The season whose cycle-to-cycle changes in the window measure its recent error (`model.recent_error`):
     the longest the lookback holds twice, else one step (the error of naive)."""
     m, lookback = cfg.model, cfg.window.lookback
     seasons = (*m.seasons, m.residual_season, cfg.evaluate.season_length)
