@@ -88,9 +88,13 @@ class ModelSpec:
         """Shape of one sample's output: (horizon,) or (horizon, quantiles)."""
         return (self.horizon, len(self.quantiles)) if self.quantiles else (self.horizon,)
 
-    def to_dict(self) -> dict:
+    def _plain(self) -> dict:
+        """Every field, tuples as lists (as JSON holds them)."""
         lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates", "seasons")
-        saved = {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
+        return {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
+
+    def to_dict(self) -> dict:
+        saved = self._plain()
         for name, off in _LATER.items():  # switched off, they are left out: a spec saved before them reads back equal
             if saved[name] == off:
                 del saved[name]
@@ -110,6 +114,4 @@ class ModelSpec:
         All of them, switched-off ones included (a spec saved before a field existed compares as
         switched off), but dropout and interval_scale: the calibration offsets are set again after
         every training."""
-        lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates", "seasons")
-        full = {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
-        return {k: v for k, v in full.items() if k not in ("dropout", "interval_scale")}
+        return {k: v for k, v in self._plain().items() if k not in ("dropout", "interval_scale")}
