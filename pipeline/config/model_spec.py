@@ -44,12 +44,14 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
         interval_scale=interval_season(cfg)
         if m.quantiles and m.calibrate and m.calibration_unit == "recent_error"
         else 0,
+        band_season=interval_season(cfg) if m.quantiles and m.calibrate and m.calibration_band else 0,
     )
 
 
 def interval_season(cfg: Config) -> int:
-    """The season whose cycle-to-cycle changes in the window measure its recent error (`model.recent_error`):
-    the longest the lookback holds twice, else one step (the error of naive)."""
+    """The season whose cycle-to-cycle changes in the window measure its recent error and volatility
+    (`model.recent_error`, `model.recent_volatility`): the longest the lookback holds twice, else one step
+    (the error of naive)."""
     m, lookback = cfg.model, cfg.window.lookback
     seasons = (*m.seasons, m.residual_season, cfg.evaluate.season_length)
     return max((p for p in seasons if p > 1 and 2 * p <= lookback), default=1)

@@ -37,6 +37,8 @@ same base keeps the order). Without quantiles the output is `(batch, horizon)` a
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -60,6 +62,8 @@ class RecurrentForecaster(nn.Module):
             self.register_buffer("blend", torch.ones(()))
         if spec.quantiles:  # offsets added to the quantiles after training (see pipeline.library.calibration)
             self.register_buffer("calibration", torch.zeros(spec.horizon, len(spec.quantiles)))
+        if spec.quantiles and spec.band_season:  # the volatility band's offsets around the median, set likewise
+            self.register_buffer("band", torch.zeros(spec.horizon, len(spec.quantiles)))
 
     def forward(self, x: torch.Tensor, members: bool = False) -> torch.Tensor:
         """The forecast; with `members`, each ensemble member's forecast stacked first (ensemble, ...)."""
@@ -73,18 +77,20 @@ class RecurrentForecaster(nn.Module):
         broadcast against it (base: the seasonal-naive forecast or the window's mean or 0).
         With known-ahead channels, `x` spans lookback + horizon and the head also reads the
         horizon's known-ahead channels (the other channels there are ignored). A quantile
-        head's calibration offsets are in it, in the window's unit (`parts`: its recent error
-        relative to its spread with `spec.interval_scale`, else 1).
+        head's calibration is in it, in the window's units (`Parts`): its offsets widen each
+        interval, and with `spec.band_season` every quantile below the median is at most, every
+        one above at least, the median plus its offset in the volatility band.
         """
-        head, spread, base, scale = self.parts(x, members)
-        if self.spec.quantiles:
-            return head + self.calibration * scale[:, :, None], spread, base
+        head, spread, base, scale, band_scale = self.parts(x, members)
+        if not self.spec.quantiles:
+            return head, spread, base
+        head = head + self.calibration * scale[:, :, None]
+        if self.spec.band_season:
+            head = widest(head, self.band * band_scale[:, :, None], self.spec.median_index)
         return head, spread, base
 
-    def parts(
-        self, x: torch.Tensor, members: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`decompose` without the calibration offsets, and the scale they are multiplied by ((B, 1) or (B, H))."""
+    def parts(self, x: torch.Tensor, members: bool = False) -> Parts:
+        """`decompose` before calibration, with the units its offsets are multiplied by."""
         spec = self.spec
         future = series = None
         if spec.series_embedding:
@@ -97,6 +103,7 @@ class RecurrentForecaster(nn.Module):
         x = x[..., : spec.input_size]
         base = residual_base(x[..., 0], spec)  # read from the whole input window
         recent = recent_error(x[..., 0], spec.interval_scale, spec.horizon) if spec.interval_scale else None
+        volatility = recent_volatility(x[..., 0], spec.band_season) if spec.band_season else None
         if spec.recurrent_steps and spec.recurrent_steps < x.shape[1]:
             x = x[:, -spec.recurrent_steps :]
         if series is not None:
@@ -116,10 +123,11 @@ class RecurrentForecaster(nn.Module):
             head = head * self.blend
         if base is None:
             base = loc
-        scale = torch.ones_like(spread) if recent is None else (recent / spread).clamp_min(MIN_INTERVAL_SCALE)
+        scale = relative_unit(recent, spread)
+        band_scale = relative_unit(volatility, spread)
         if self.spec.quantiles:
-            return head, spread[:, :, None], base[:, :, None], scale
-        return head, spread, base, scale
+            return Parts(head, spread[:, :, None], base[:, :, None], scale, band_scale)
+        return Parts(head, spread, base, scale, band_scale)
 
     def correction(self, x: torch.Tensor, future: torch.Tensor | None, members: bool = False) -> torch.Tensor:
         """The head's output (B, horizon) or (B, horizon, Q) for inputs `x` (B, lookback, features).
@@ -146,6 +154,30 @@ class RecurrentForecaster(nn.Module):
         return torch.stack(outs)
 
 
+class Parts(NamedTuple):
+    """A forecast before calibration: quantiles = base + (head + offsets * unit) * spread.
+
+    `scale` ((B, 1) or (B, horizon)) is the unit of the calibration offsets, `band_scale` (B, 1)
+    the unit of the volatility band's, both relative to the window's spread."""
+
+    head: torch.Tensor
+    spread: torch.Tensor
+    base: torch.Tensor
+    scale: torch.Tensor
+    band_scale: torch.Tensor
+
+
+def widest(head: torch.Tensor, band: torch.Tensor, median: int) -> torch.Tensor:
+    """The quantiles `head` (..., Q) widened to the band `band` (offsets from the median, <= 0 below it, >= 0
+    above it): the lower of the two below the median, the higher above it. The minimum of two non-decreasing
+    sequences is non-decreasing, so quantiles that did not cross still do not."""
+    centre = head[..., median : median + 1]
+    around = centre + band
+    lower = torch.minimum(head[..., :median], around[..., :median])
+    upper = torch.maximum(head[..., median + 1 :], around[..., median + 1 :])
+    return torch.cat([lower, centre, upper], dim=-1)
+
+
 MIN_INTERVAL_SCALE = 0.01  # a window that repeats its last cycle exactly still gets some of the widening
 PHASE_ERROR_FLOOR = 0.1  # a phase that never changed still gets this share of the window's mean recent error
 
@@ -164,6 +196,23 @@ def recent_error(target: torch.Tensor, season: int, horizon: int) -> torch.Tenso
     per_phase = change[:, change.shape[1] - cycles * season :].reshape(-1, cycles, season).mean(dim=1)
     floor = PHASE_ERROR_FLOOR * per_phase.mean(dim=1, keepdim=True)
     return torch.maximum(per_phase[:, torch.arange(horizon, device=target.device) % season], floor)
+
+
+def relative_unit(unit: torch.Tensor | None, spread: torch.Tensor) -> torch.Tensor:
+    """`unit` in units of the window's spread (1 without one), at least MIN_INTERVAL_SCALE."""
+    return torch.ones_like(spread) if unit is None else (unit / spread).clamp_min(MIN_INTERVAL_SCALE)
+
+
+def recent_volatility(target: torch.Tensor, season: int) -> torch.Tensor:
+    """(batch, 1): the root-mean-square change from each of the window's cycles to the next, over all of it.
+
+    Seasonal naive's typical error inside the window, one number for every phase: the unit of the
+    volatility band (`widest`). Unlike `recent_error` it does not follow the quiet phases down, and
+    the square lets one broken cycle (a holiday, a schedule change) widen every later forecast
+    that still sees it."""
+    cycles = max(1, target.shape[1] // season - 1)
+    change = target[:, season:] - target[:, :-season]
+    return change[:, change.shape[1] - cycles * season :].square().mean(dim=1, keepdim=True).sqrt()
 
 
 def float32_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ _LATER = {
     "base_input": False,
     "trend": 0.0,
     "interval_scale": 0,
+    "band_season": 0,
 }
 
 
@@ -53,6 +54,7 @@ class ModelSpec:
     base_input: bool = False  # the head also reads the base forecast (in the window's own units)
     trend: float = 0.0  # the share of the window's slope the base carries on over the horizon (0: a flat level)
     interval_scale: int = 0  # calibration offsets scale with the window's recent error at this season (0: spread only)
+    band_season: int = 0  # intervals also span a calibrated band of the window's volatility at this season (0: none)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
@@ -112,6 +114,6 @@ class ModelSpec:
         """The fields that change what the weights mean: what a warm start must match.
 
         All of them, switched-off ones included (a spec saved before a field existed compares as
-        switched off), but dropout and interval_scale: the calibration offsets are set again after
+        switched off), but dropout, interval_scale and band_season: the calibration is set again after
         every training."""
-        return {k: v for k, v in self._plain().items() if k not in ("dropout", "interval_scale")}
+        return {k: v for k, v in self._plain().items() if k not in ("dropout", "interval_scale", "band_season")}

@@ -160,7 +160,11 @@ def _quantile_lines(block: dict) -> list[str]:
             f"{k}: {c['val_coverage_before']:.1%} before, {c['val_coverage_after']:.1%} after"
             for k, c in block["calibration"].items()
         )
-        lines += ["", f"Intervals calibrated on the validation windows (model.calibrate; validation coverage {cal})."]
+        band = " and model.calibration_band" if any("mean_band" in c for c in block["calibration"].values()) else ""
+        lines += [
+            "",
+            f"Intervals calibrated on the validation windows (model.calibrate{band}; validation coverage {cal}).",
+        ]
     elif block.get("coverage"):
         lines += ["", "Intervals not calibrated (model.calibrate: false)."]
     return [*lines, ""]

@@ -53,6 +53,7 @@ def warm_start_state(choice: str, registry: Path | None, spec: ModelSpec, curren
         state = load_file(str(weights))
     except (OSError, SafetensorError) as exc:
         raise DataError(f"train.init_from: cannot read {weights}: {exc}") from None
+    state = _calibration_as_here(state, current)
     _check_architecture(label, saved, spec, state, current)
     log.info("train: starting from the weights of %s (train.init_from)", label)
     return state
@@ -83,6 +84,16 @@ def _weights_and_spec(source: Path, choice: str) -> tuple[Path, ModelSpec | None
         f"train.init_from: {choice} is not none, champion, a .safetensors file or a directory "
         f"with model.safetensors (an export, a registry version, train/ or a checkpoint)"
     )
+
+
+SET_AFTER_TRAINING = ("band",)
+"""Buffers a model has or lacks by its calibration settings alone (`ModelSpec.band_season`): training starts
+them at zero and `finish` sets them, so a champion calibrated otherwise still warm-starts."""
+
+
+def _calibration_as_here(state: dict, current: dict) -> dict:
+    kept = {k: v for k, v in state.items() if k in current or k not in SET_AFTER_TRAINING}
+    return {**kept, **{k: current[k] for k in SET_AFTER_TRAINING if k in current and k not in state}}
 
 
 def _check_architecture(label: str, saved: ModelSpec | None, spec: ModelSpec, state: dict, current: dict) -> None:

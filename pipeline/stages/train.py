@@ -164,6 +164,8 @@ def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
         model.load_state_dict(state)
         if spec.quantiles:  # training runs uncalibrated; `finish` calibrates the new best weights
             model.calibration.zero_()
+        if spec.quantiles and spec.band_season:
+            model.band.zero_()
         if spec.blend:  # training runs with all of the correction; `finish` sets the share
             model.blend.fill_(1.0)
 
