@@ -71,13 +71,16 @@ def test_symmetric_intervals_pair_q_with_one_minus_q():
     instance_norm=st.booleans(),
     residual=st.sampled_from([0, 3]),
     interval_scale=st.sampled_from([0, 1, 6]),
+    band_season=st.sampled_from([0, 1, 4]),
     weight_scale=st.floats(0.01, 30.0),
     input_scale=st.floats(1e-3, 1e4),
 )
-def test_quantiles_never_cross(seed, quantiles, instance_norm, residual, interval_scale, weight_scale, input_scale):
+def test_quantiles_never_cross(
+    seed, quantiles, instance_norm, residual, interval_scale, band_season, weight_scale, input_scale
+):
     spec = ModelSpec(
         1, 5, 8, 2, instance_norm=instance_norm, residual_season=residual, quantiles=quantiles,
-        interval_scale=interval_scale,
+        interval_scale=interval_scale, band_season=band_season,
     )  # fmt: skip
     model = build_model(spec, seed=seed).eval()
     gen = torch.Generator().manual_seed(seed)
@@ -88,6 +91,9 @@ def test_quantiles_never_cross(seed, quantiles, instance_norm, residual, interva
             pair: torch.rand(5, generator=gen).numpy() * weight_scale for pair in M.symmetric_intervals(quantiles)
         }
         model.calibration.copy_(torch.from_numpy(offsets(widening, len(quantiles), spec.median_index, 5)))
+        if band_season:
+            half = {pair: torch.rand(5, generator=gen).numpy() * weight_scale for pair in widening}
+            model.band.copy_(torch.from_numpy(offsets(half, len(quantiles), spec.median_index, 5)))
         y = model(torch.randn(16, 12, 1, generator=gen) * input_scale)
     assert y.shape == (16, 5, len(quantiles))
     assert bool(torch.isfinite(y).all())
@@ -166,6 +172,7 @@ def test_quantile_run_end_to_end(tmp_path):
     assert json.loads((run / "export/meta.json").read_text())["onnx_parity"] <= 1e-4
 
     forecaster = Forecaster.load(run / "export")
+    assert forecaster.spec.model.band_season == 24 and float(forecaster.model.band[:, 2].min()) > 0  # in the ONNX
     session = ort.InferenceSession(str(run / "export/model.onnx"), providers=["CPUExecutionProvider"])
     channels = 1 + 2 * len(forecaster.spec.model.calendar)  # the target, sin/cos per calendar feature
     x = np.random.default_rng(0).normal(size=(7, 48 + 12, channels)).astype(np.float32)  # lookback + horizon

@@ -212,7 +212,7 @@ class ModelConfig:
     """With quantiles and calibrate: each central interval is also at least as wide as a symmetric band around the
     median, in units of the window's root-mean-square cycle-to-cycle change, itself calibrated to the nominal
     coverage on the validation windows: the learned quantiles carry what training saw, the band what the window
-    shows now (a schedule change, a holiday season); `false`: the widened quantiles alone (before 2026-11-29)."""
+    shows now (a schedule change, a holiday season); `false`: the widened quantiles alone (as before)."""
     series_embedding: int = 0
     """Global models: a learned vector of this size per series, fed to the recurrent layers beside the inputs
     (0 = off); `predict` then serves only the series it was trained on (as it does anyway)."""
