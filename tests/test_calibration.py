@@ -76,15 +76,19 @@ def test_calibrated_intervals_cover_the_calibration_windows(instance_norm, inter
         torch.testing.assert_close(model.band, band, rtol=0, atol=1e-6)
 
 
+def repeating_and_broken() -> torch.Tensor:
+    """Two windows of three 4-step cycles: one repeats its cycle, the other's last cycle moves by 0, 2, -2, 4."""
+    cycle = torch.tensor([0.0, 1.0, 3.0, 1.0])
+    broken = torch.cat([cycle, cycle, cycle + torch.tensor([0.0, 2.0, -2.0, 4.0])])
+    return torch.stack([cycle.repeat(3), broken])[:, :, None]
+
+
 def test_the_widening_scales_with_the_windows_recent_error():
     """The same offsets widen a window whose last cycle broke from the one before more than a repeating one, and
     most at the phases that moved most."""
     spec = ModelSpec(1, 4, 8, 1, instance_norm=True, residual_season=4, quantiles=(0.1, 0.5, 0.9), interval_scale=4)
     model = build_model(spec, seed=0).eval()
-    cycle = torch.tensor([0.0, 1.0, 3.0, 1.0])
-    repeating = cycle.repeat(3)
-    broken = torch.cat([cycle, cycle, cycle + torch.tensor([0.0, 2.0, -2.0, 4.0])])
-    x = torch.stack([repeating, broken])[:, :, None]
+    x = repeating_and_broken()
     with torch.no_grad():
         plain = model(x)
         model.calibration.copy_(torch.tensor([[-1.0, 0.0, 1.0]] * 4))
@@ -116,10 +120,7 @@ def test_the_volatility_band_by_hand():
     cycle-to-cycle change; the median never moves and nothing crosses."""
     spec = ModelSpec(1, 4, 8, 1, instance_norm=True, residual_season=4, quantiles=(0.1, 0.5, 0.9), band_season=4)
     model = build_model(spec, seed=0).eval()
-    cycle = torch.tensor([0.0, 1.0, 3.0, 1.0])
-    repeating = cycle.repeat(3)
-    broken = torch.cat([cycle, cycle, cycle + torch.tensor([0.0, 2.0, -2.0, 4.0])])
-    x = torch.stack([repeating, broken])[:, :, None]
+    x = repeating_and_broken()
     with torch.no_grad():
         plain = model(x)
         model.band.copy_(torch.tensor([[-1.0, 0.0, 1.0], [-1.0, 0.0, 1.0], [-3.0, 0.0, 3.0], [-3.0, 0.0, 3.0]]))
