@@ -191,9 +191,7 @@ def recent_error(target: torch.Tensor, season: int, horizon: int) -> torch.Tenso
     the season's own swing, hardly notices; and it is small at the quiet phases (night hours) and
     large at the busy ones, where a single widening for every phase covers the first and misses
     the second."""
-    cycles = max(1, target.shape[1] // season - 1)
-    change = (target[:, season:] - target[:, :-season]).abs()
-    per_phase = change[:, change.shape[1] - cycles * season :].reshape(-1, cycles, season).mean(dim=1)
+    per_phase = cycle_changes(target, season).abs().mean(dim=1)
     floor = PHASE_ERROR_FLOOR * per_phase.mean(dim=1, keepdim=True)
     return torch.maximum(per_phase[:, torch.arange(horizon, device=target.device) % season], floor)
 
@@ -210,9 +208,15 @@ def recent_volatility(target: torch.Tensor, season: int) -> torch.Tensor:
     volatility band (`widest`). Unlike `recent_error` it does not follow the quiet phases down, and
     the square lets one broken cycle (a holiday, a schedule change) widen every later forecast
     that still sees it."""
+    return cycle_changes(target, season).flatten(1).square().mean(dim=1, keepdim=True).sqrt()
+
+
+def cycle_changes(target: torch.Tensor, season: int) -> torch.Tensor:
+    """(batch, cycles, season): the change from each of the window's last cycles to the next, by phase
+    (every whole cycle-to-cycle change the window holds, at least one)."""
     cycles = max(1, target.shape[1] // season - 1)
     change = target[:, season:] - target[:, :-season]
-    return change[:, change.shape[1] - cycles * season :].square().mean(dim=1, keepdim=True).sqrt()
+    return change[:, change.shape[1] - cycles * season :].reshape(-1, cycles, season)
 
 
 def float32_linear(linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
