@@ -186,13 +186,65 @@ def test_a_multi_seasonal_profile_with_its_trend_continues_a_trending_double_cyc
     assert (multi_seasonal_profile(window, 24, (DAY, WEEK), 3, 12)[0] - future).abs().max() > 0.5
 
 
+def _drifting_day(weeks: int, shift: float = 0.4) -> torch.Tensor:
+    """Hourly: a daily sine whose phase moves by `shift` radians a week, a weekend step, level 5."""
+    t = torch.arange(weeks * WEEK, dtype=torch.float64)
+    phase = shift * (t // WEEK)
+    return 5 + torch.sin(2 * torch.pi * t / DAY + phase) + 2.0 * ((t // DAY) % 7 >= 5)
+
+
+def test_a_recent_multi_seasonal_profile_follows_a_day_that_changed_within_the_window():
+    t = torch.arange(4 * WEEK + 24, dtype=torch.float64)
+    early = torch.sin(2 * torch.pi * t / DAY)
+    late = 0.5 * torch.sin(2 * torch.pi * t / DAY + 1.0)  # the day's shape from the fourth week on
+    week = 2.0 * ((t // DAY) % 7 >= 5)
+    series = 5 + torch.where(t < 3 * WEEK, early, late) + week
+    window, future = series[None, : 4 * WEEK], series[4 * WEEK :]
+    recent = multi_seasonal_profile(window, 24, (DAY, WEEK), 4, 12, recent=True)
+    torch.testing.assert_close(recent[0], future, rtol=0, atol=1e-9)  # the last week's day, the weeks' weekend
+    averaged = multi_seasonal_profile(window, 24, (DAY, WEEK), 4, 12)  # the four weeks' average day
+    assert (averaged[0] - future).abs().max() > 0.9
+    one = multi_seasonal_profile(window, 24, (DAY,), 4, 12, recent=True)  # one season: nothing to read afresh
+    torch.testing.assert_close(one, multi_seasonal_profile(window, 24, (DAY,), 4, 12), rtol=0, atol=0)
+
+
+def test_a_recent_multi_seasonal_profile_with_its_trend_continues_a_trending_double_cycle_exactly():
+    t = torch.arange(3 * WEEK + 24, dtype=torch.float64)
+    series = 5 + 0.01 * t + torch.sin(2 * torch.pi * t / DAY) + 2.0 * ((t // DAY) % 7 >= 5)
+    window, future = series[None, : 3 * WEEK], series[3 * WEEK :]
+    forecast = multi_seasonal_profile(window, 24, (DAY, WEEK), 3, 12, trend=1.0, recent=True)
+    torch.testing.assert_close(forecast[0], future, rtol=0, atol=1e-9)
+
+
+def test_the_recent_profile_is_chosen_where_the_day_drifts_and_the_averaged_one_where_it_does_not():
+    from pipeline.library import base_choice
+    from pipeline.library.buffer import WindowBuffer
+    from pipeline.library.losses import loss_function
+    from pipeline.library.model_spec import ModelSpec
+
+    lookback = 4 * WEEK
+    spec = ModelSpec(1, 24, 8, 1, residual_season=DAY, season_average=3, base_level="half_season")
+    for shift, noise, expected in ((0.4, 0.05, "recent multi-seasonal profile 24 + 168 x 4"),
+                                   (0.0, 0.3, "multi-seasonal profile 24 + 168 x 4")):  # fmt: skip
+        values = _drifting_day(12, shift) + torch.from_numpy(np.random.default_rng(1).normal(0, noise, 12 * WEEK))
+        buffer = WindowBuffer(values.float(), torch.zeros(1, dtype=torch.int64), lookback, 24)
+        pairs = torch.tensor([[0, start] for start in range(0, 12 * WEEK - lookback - 24, 5)])
+        chosen, record = base_choice.choose_base(spec, (DAY, WEEK), lookback, buffer, pairs, 256, loss_function("mae"))
+        losses = record["loss"]
+        assert record["chosen"] == expected, losses
+        other = expected.removeprefix("recent ") if shift else f"recent {expected}"
+        assert losses[expected] < 0.97 * losses[other]
+        assert chosen.recent_shapes == bool(shift) and chosen.base == "multi" and chosen.seasons == (DAY, WEEK)
+
+
 @pytest.mark.parametrize(
     ("lookback", "seasons", "profiles"),
     [
         (60, (12,), ["profile 12 x 3", "profile 12 x 5"]),  # five years: three and five cycles
         (40, (12,), ["profile 12 x 3"]),  # three years only
         (1476, (48, 336), ["profile 48 x 3", "profile 48 x 5", "multi-seasonal profile 48 + 336 x 3",
-                           "multi-seasonal profile 48 + 336 x 4"]),  # four weeks fit: four stand in for five
+                           "multi-seasonal profile 48 + 336 x 4", "recent multi-seasonal profile 48 + 336 x 3",
+                           "recent multi-seasonal profile 48 + 336 x 4"]),  # four weeks fit: four stand in for five
     ],
 )  # fmt: skip
 def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, profiles):
@@ -204,10 +256,11 @@ def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, pro
     plain = [name for name in found if "profile" in name and "level-adjusted" not in name and "trend" not in name]
     assert plain == profiles
     for name in profiles:  # each with a fresher level (the multi-seasonal one has it already) and both trends
-        adjusted = name if name.startswith("multi") else f"level-adjusted {name}"
+        adjusted = name if "multi" in name else f"level-adjusted {name}"
         assert {adjusted, f"{adjusted} with half its trend", f"{adjusted} with its trend"} <= set(found)
         assert (found[f"{adjusted} with half its trend"].trend, found[f"{adjusted} with its trend"].trend) == (0.5, 1)
         assert found[name].season_average == int(name.rsplit(" ", 1)[1])
+        assert found[name].recent_shapes == name.startswith("recent")
     assert list(found)[:2] == ["naive", f"seasonal naive {seasons[0]}"]  # the simplest first: they win a tie
 
 

@@ -12,6 +12,8 @@ from pipeline.library.calendar import Calendar
 from pipeline.library.model_spec import ModelSpec
 from pipeline.library.records import IngestRecord
 
+MULTI = ("multi", "multi_recent")  # the `model.base` values of a multi-seasonal base
+
 
 def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
     """The spec of the network `cfg` trains on this ingest (`cfg` resolved: no `auto` left)."""
@@ -37,8 +39,9 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
         base_level=m.base_level,
         blend=m.blend != 1.0,
         ensemble=m.ensemble,
-        base="multi" if m.base == "multi" else "profile",  # `validation`: the train stage picks it
-        seasons=tuple(m.seasons) if m.base == "multi" else (),
+        base="multi" if m.base in MULTI else "profile",  # `validation`: the train stage picks it
+        seasons=tuple(m.seasons) if m.base in MULTI else (),
+        recent_shapes=m.base == "multi_recent",
         recurrent_steps=m.recurrent_steps if m.recurrent_steps < cfg.window.lookback else 0,
         base_input=m.base_input and m.residual_season > 0,
         interval_scale=interval_season(cfg)

@@ -14,7 +14,9 @@ overlapping windows) followed their noise and forecast the test part worse (benc
 - naive (the last value), and seasonal naive at each season;
 - the averaged profile of the shortest season at the last cycle's mean;
 - the same at a fresher level (`base_level: half_season`);
-- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`);
+- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`),
+  and the same with the shorter shapes from the last cycle of the longest (`recent`: a day's shape
+  from the last week, which follows a drift over the weeks but carries more noise);
 - the last two carrying on half, or all, of the window's slope (`model.window_slope`): the
   profiles alone hold the level flat, and on a trending series the correction trained on top
   then has to learn the trend from a few years (half the slope is the theta method's drift).
@@ -66,14 +68,15 @@ def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict
             found[f"level-adjusted profile {main} x {cycles} {name}"] = dataclasses.replace(adjusted, trend=share)
     usable = tuple(p for p in seasons if 1 < p <= lookback)
     if len(usable) >= 2:
-        for cycles in held(usable[-1], lookback):
-            multi = dataclasses.replace(
-                spec, residual_season=usable[0], season_average=cycles, base="multi", seasons=usable,
-                base_level="half_season", trend=0.0,
-            )  # fmt: skip
-            found[multi_name(usable, cycles)] = multi
-            for share, name in TRENDS:
-                found[f"{multi_name(usable, cycles)} {name}"] = dataclasses.replace(multi, trend=share)
+        for recent in (False, True):
+            for cycles in held(usable[-1], lookback):
+                multi = dataclasses.replace(
+                    spec, residual_season=usable[0], season_average=cycles, base="multi", seasons=usable,
+                    base_level="half_season", trend=0.0, recent_shapes=recent,
+                )  # fmt: skip
+                found[multi_name(usable, cycles, recent)] = multi
+                for share, name in TRENDS:
+                    found[f"{multi_name(usable, cycles, recent)} {name}"] = dataclasses.replace(multi, trend=share)
     return found
 
 
@@ -82,8 +85,9 @@ def held(season: int, lookback: int) -> list[int]:
     return sorted({min(cycles, lookback // season) for cycles in CYCLES} - {0, 1})
 
 
-def multi_name(seasons: tuple[int, ...], cycles: int) -> str:
-    return "multi-seasonal profile " + " + ".join(map(str, seasons)) + f" x {cycles}"
+def multi_name(seasons: tuple[int, ...], cycles: int, recent: bool = False) -> str:
+    kind = "recent multi-seasonal profile " if recent else "multi-seasonal profile "
+    return kind + " + ".join(map(str, seasons)) + f" x {cycles}"
 
 
 @torch.no_grad()

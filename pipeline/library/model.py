@@ -318,7 +318,9 @@ def residual_base(target: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
         return None
     level_steps = spec.residual_season // 2 if spec.base_level == "half_season" else None
     if spec.base == "multi":
-        return multi_seasonal_profile(target, spec.horizon, spec.seasons, spec.season_average, level_steps, spec.trend)
+        return multi_seasonal_profile(
+            target, spec.horizon, spec.seasons, spec.season_average, level_steps, spec.trend, spec.recent_shapes
+        )
     return seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps, spec.trend)
 
 
@@ -329,6 +331,7 @@ def multi_seasonal_profile(
     most: int,
     level_steps: int | None,
     trend: float = 0.0,
+    recent: bool = False,
 ) -> torch.Tensor:
     """The sum of each season's average shape, shortest season first, at a level fresh from the window's end.
 
@@ -340,6 +343,12 @@ def multi_seasonal_profile(
     multi-seasonal decomposition read from one window, as MSTL's is from the whole history.
     With `trend`, the slope between the first and the last cycle's mean of the longest season the
     window holds twice is taken out first, and that share of it carried on from the last step.
+
+    With `recent`, the shorter shapes are read afresh in each cycle of the longest season and the
+    forecast carries the last cycle's (`recent_shapes`): a day's shape that drifts over the weeks
+    (daylight moves the evening peak) follows within a week, while the week's own shape still
+    averages `most` weeks. Without it the shorter shapes average the same weeks as the longest,
+    so the forecast is the week's average profile and lags such a drift by half of them.
     """
     steps = target.shape[1]
     rest = target
@@ -348,13 +357,18 @@ def multi_seasonal_profile(
         cycles = min(most, steps // twice[-1])
         slope = window_slope(target[:, steps - cycles * twice[-1] :].reshape(-1, cycles, twice[-1]))
         rest = target - slope * _from_last(steps, target)
+    if recent and len(seasons) > 1 and steps >= seasons[-1]:
+        shapes = recent_shapes(rest, seasons, most)
+    else:
+        shapes = [None] * len(seasons)
     total = torch.zeros_like(target[:, :horizon])
     ahead = torch.arange(horizon, device=target.device)
     back = torch.arange(steps, device=target.device) - steps  # each position's phase, counted from the end
-    for season in seasons:
-        cycles = max(1, min(most, steps // season))
-        block = rest[:, steps - cycles * season :].reshape(-1, cycles, season)
-        shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)  # (batch, season), phase 0 = a cycle's start
+    for season, shape in zip(seasons, shapes):
+        if shape is None:
+            cycles = max(1, min(most, steps // season))
+            block = rest[:, steps - cycles * season :].reshape(-1, cycles, season)
+            shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)  # (batch, season), phase 0 = a cycle's start
         rest = rest - shape[:, torch.remainder(back, season)]
         total = total + shape[:, ahead % season]
     last = level_steps if level_steps else seasons[0]
@@ -362,6 +376,29 @@ def multi_seasonal_profile(
     if trend and twice:
         level = level + trend * slope * (1 + ahead.to(target.dtype))
     return level + total
+
+
+def recent_shapes(target: torch.Tensor, seasons: tuple[int, ...], most: int) -> list[torch.Tensor]:
+    """Each season's shape (batch, season) for `multi_seasonal_profile(recent=True)`, shortest first.
+
+    Each of the last `most` cycles of the longest season (that the window holds) is taken apart on
+    its own, shortest season first, each shorter shape from every cycle of it inside; the longest
+    shape averages what is left of those cycles. The shorter shapes returned are the last cycle's.
+    """
+    longest = seasons[-1]
+    batch, steps = target.shape
+    cycles = max(1, min(most, steps // longest))
+    blocks = target[:, steps - cycles * longest :].reshape(batch * cycles, longest)
+    back = torch.arange(longest, device=target.device) - longest
+    shorter = []
+    for season in seasons[:-1]:
+        held = longest // season
+        part = blocks[:, longest - held * season :].reshape(-1, held, season)
+        shape = (part - part.mean(dim=2, keepdim=True)).mean(dim=1)  # (batch * cycles, season)
+        blocks = blocks - shape[:, torch.remainder(back, season)]
+        shorter.append(shape.reshape(batch, cycles, season)[:, -1])
+    left = blocks.reshape(batch, cycles, longest)
+    return [*shorter, (left - left.mean(dim=2, keepdim=True)).mean(dim=1)]
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> RecurrentForecaster:

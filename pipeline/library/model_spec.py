@@ -17,6 +17,7 @@ _LATER = {
     "trend": 0.0,
     "interval_scale": 0,
     "band_season": 0,
+    "recent_shapes": False,
 }
 
 
@@ -55,6 +56,7 @@ class ModelSpec:
     trend: float = 0.0  # the share of the window's slope the base carries on over the horizon (0: a flat level)
     interval_scale: int = 0  # calibration offsets scale with the window's recent error at this season (0: spread only)
     band_season: int = 0  # intervals also span a calibrated band of the window's volatility at this season (0: none)
+    recent_shapes: bool = False  # a multi-seasonal base's shorter shapes come from its longest season's last cycle
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list
