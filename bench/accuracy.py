@@ -7,6 +7,7 @@
     python bench/accuracy.py --markdown runs/accuracy/table.md # a markdown table per run (also printed)
     python bench/accuracy.py model.quantiles=[0.1,0.5,0.9]     # quantile mode: coverage and pinball loss
     python bench/accuracy.py --baselines-only                  # compute and cache the statistical columns only
+    python bench/accuracy.py --series taylor --rows-from old.json  # rerun one series, the others' rows from old.json
 
 Runs `python -m pipeline run --config CONFIG key=value ...` once per data set of
 `bench/data/` (see its README.md) plus `builtin:vic_elec`, reads each run's
@@ -879,7 +880,14 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
                 cells += [num(r, "model_interval", "coverage", ".1%"), num(r, "model_interval", "scaled_pinball")]
                 cells += [num(r, "ets_interval", "coverage", ".1%"), num(r, "ets_interval", "scaled_pinball")]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + summary_line(summary) + "\n"
+    text = "\n".join(lines) + "\n\n" + summary_line(summary) + "\n"
+    reused: dict[str, list[str]] = {}
+    for r in rows:
+        if "reused_from" in r:
+            reused.setdefault(r["reused_from"], []).append(r["series"])
+    for path, names in reused.items():
+        text += f"\nrows of an earlier run ({path}): {', '.join(names)}\n"
+    return text
 
 
 def summary_line(s: dict[str, Any]) -> str:
@@ -920,6 +928,21 @@ def summary_line(s: dict[str, Any]) -> str:
     return text
 
 
+def with_earlier_rows(rows: list[dict[str, Any]], path: Path, overrides: list[str]) -> list[dict[str, Any]]:
+    """`rows`, and in SERIES order the rows of `path` (an earlier --json) for the series not in them.
+
+    For a change that can only move some series (a base that needs two seasons): the others'
+    rows stand, each marked `reused_from`. The earlier run must have had the same overrides
+    (seed, quantiles), or its rows would measure something else.
+    """
+    earlier = json.loads(path.read_text())
+    if earlier.get("overrides") != overrides:
+        raise SystemExit(f"--rows-from {path}: its overrides {earlier.get('overrides')} differ from {overrides}")
+    ran = {r["series"]: r for r in rows}
+    old = {r["series"]: {**r, "reused_from": str(path)} for r in earlier["rows"]}
+    return [ran.get(name) or old[name] for name in SERIES if name in ran or name in old]
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="recipe to measure (default: %(default)s)")
@@ -937,6 +960,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="write the results (rows, per-series detail, summary) here")
     p.add_argument("--markdown", type=Path, help="write the markdown table and summary line here (also printed)")
     p.add_argument("--list", action="store_true", help="list the series and their protocol, then exit")
+    p.add_argument(
+        "--rows-from",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier --json output (repeatable, the first wins): its rows complete the table for the series not"
+        " run now; it must have had the same overrides",
+    )
+    p.add_argument("--rows-only", action="store_true", help="run nothing: the table from the --rows-from files alone")
     p.add_argument("overrides", nargs="*", help="extra key.sub=value overrides, applied last")
     args = p.parse_args(argv)
     args.workdir = args.workdir.resolve()
@@ -946,7 +978,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown series {', '.join(unknown)} (choose from {', '.join(SERIES)})")
     if args.baselines_only and args.no_ets:
         p.error("--baselines-only computes the statistical columns: drop --no-ets")
-    args.names = names or list(SERIES)
+    if args.rows_only and not args.rows_from:
+        p.error("--rows-only needs --rows-from")
+    args.names = [] if args.rows_only else names or list(SERIES)
     return args
 
 
@@ -982,6 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
         for note in row["notes"]:
             print(f"[{name}] note: {note}", flush=True)
         rows.append(row)
+    for path in args.rows_from:
+        rows = with_earlier_rows(rows, path, args.overrides)
     summary = summarise(rows)
     print()
     print(table(rows))

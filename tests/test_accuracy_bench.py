@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -301,3 +302,17 @@ def test_summary_of_hand_made_rows():
     assert "2 of 3 series; not on b" in line and "62.5% of 400 test points" in line and "failed: d" in line
     md = acc.markdown(rows, s)
     assert "| a | x | 4 | 2 | **0.500** |" in md and "| b | x | 4 | 2 | 0.900 |" in md and "| d |" in md
+
+
+def test_rows_of_an_earlier_run_complete_a_partial_one(tmp_path):
+    earlier = [_row(name, 1.5, 2.0, 1.8, 1.0, 1.0) for name in ("a10", "h02", "taylor")]
+    path = tmp_path / "earlier.json"
+    path.write_text(json.dumps({"overrides": ["seed=1"], "rows": earlier}))
+    now = [_row("taylor", 0.5, 2.0, 1.8, 1.0, 1.0)]
+    rows = acc.with_earlier_rows(now, path, ["seed=1"])
+    assert [r["series"] for r in rows] == ["a10", "h02", "taylor"]  # the suite's order
+    assert rows[2] is now[0] and "reused_from" not in rows[2]  # the run's own row wins
+    assert [r["model"]["mase"] for r in rows] == [1.5, 1.5, 0.5] and rows[0]["reused_from"] == str(path)
+    assert f"rows of an earlier run ({path}): a10, h02" in acc.markdown(rows, acc.summarise(rows))
+    with pytest.raises(SystemExit, match=r"overrides \['seed=1'\] differ from \['seed=2'\]"):
+        acc.with_earlier_rows(now, path, ["seed=2"])  # another seed's rows would measure something else
