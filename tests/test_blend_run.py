@@ -24,9 +24,14 @@ def test_blend_is_set_after_training_and_exported(tmp_path, value):
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     meta = json.loads((run / "train/meta.json").read_text())
-    losses = {float(w): v for w, v in meta["blend"]["val_loss"].items()}
-    expected = 0.5 if value == 0.5 else blend.choose(losses)
-    assert meta["blend"]["weight"] == expected and meta["model"]["blend"] is True
+    record = meta["blend"]
+    losses = {float(w): v for w, v in record["val_loss"].items()}
+    assert list(losses) == list(blend.GRID) and record["lowest"] == min(losses, key=losses.get)
+    expected = 0.5 if value == 0.5 else record["weight"]
+    if value == "validation":  # the one-standard-error rule moves from the lowest towards the base, never past it
+        assert expected in blend.GRID and expected <= record["lowest"] and losses[expected] <= losses[0.0]
+        assert 1 <= record["effective_windows"] <= meta["setup"]["data"]["windows"]["val"]
+    assert record["weight"] == expected and meta["model"]["blend"] is True
     assert float(load_file(str(run / "train/best/model.safetensors"))["blend"]) == expected
     assert json.loads((run / "export/meta.json").read_text())["onnx_parity"] <= 1e-4  # the graph holds the share
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ModelConfig, load_config
-from pipeline.library import blend
+from pipeline.library import blend, selection
 from pipeline.library.buffer import WindowBuffer
 from pipeline.library.errors import ConfigError
 from pipeline.library.losses import loss_function, training_loss
@@ -118,23 +118,25 @@ def test_blend_zero_is_the_base_and_one_is_the_trained_model():
 
 
 def test_blend_chosen_on_validation_by_hand():
-    """The grid's losses are those of base + w * correction; the lowest wins, the smaller on a tie."""
+    """The grid's losses are those of base + w * correction per window; the rule picks among them."""
     buffer = _buffer()
     spec = ModelSpec(1, 4, 8, 1, residual_season=4, instance_norm=True, blend=True)
     model = build_model(spec, seed=0).eval()
     torch.nn.init.normal_(model.head.weight, std=0.2)
     pairs = torch.tensor([[0, s] for s in range(300, 380, 3)])
-    losses = blend.validation_losses(model, buffer, pairs, 7, F.l1_loss)
-    assert list(losses) == [round(0.05 * i, 2) for i in range(21)]
+    per_window = blend.validation_losses(model, buffer, pairs, 7, F.l1_loss)
+    assert per_window.shape == (len(pairs), 21) and tuple(round(0.05 * i, 2) for i in range(21)) == blend.GRID
     x, y = buffer.gather(pairs)
     with torch.no_grad():
         head, spread, base = model.decompose(x)
-    for w in (0.0, 0.35, 1.0):
-        assert losses[w] == pytest.approx(float((base + w * head * spread - y).abs().mean()), rel=1e-5)
-    assert blend.choose(losses) == min(losses, key=losses.get)
-    assert blend.choose({0.0: 1.0, 0.5: 0.5, 1.0: 0.5}) == 0.5
-    untrained = build_model(spec, seed=0).eval()  # no correction: every weight ties, the smallest wins
-    assert blend.choose(blend.validation_losses(untrained, buffer, pairs, 64, F.l1_loss)) == 0.0
+    for i in (0, 7, 20):
+        w = blend.GRID[i]
+        by_hand = (base + w * head * spread - y).abs().mean(dim=1).double().numpy()
+        np.testing.assert_allclose(per_window[:, i], by_hand, rtol=1e-5)
+    chosen = blend.choose(per_window, pairs.numpy(), 4)
+    assert chosen == blend.GRID[selection.one_standard_error(per_window, (377 - 300) / 4 + 1)]
+    untrained = build_model(spec, seed=0).eval()  # no correction: every share ties, the smallest wins
+    assert blend.choose(blend.validation_losses(untrained, buffer, pairs, 64, F.l1_loss), pairs.numpy(), 4) == 0.0
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, "often"])

@@ -5,9 +5,11 @@ profile (the untrained model) and `correction` what training added. On short ser
 correction learned on the training years often carries a trend that breaks later (bench/README:
 h02, usmelec, arrivals); keeping only part of it is the classic combination of two forecasts.
 After training, `w` is set in the best weights' `blend` buffer (so evaluate, export, ONNX and
-predict all use it): a fixed value, or (`validation`) the value on a grid of 0, 0.05, ..., 1
-with the lowest training loss on the validation windows (the smaller on a tie). Training itself
-always runs with `w = 1`.
+predict all use it): a fixed value, or (`validation`) the smallest value on a grid of 0, 0.05,
+..., 1 whose training loss on the validation windows is within one standard error of the
+lowest (`pipeline.library.selection`): on a few overlapping windows the lowest alone follows
+their noise. The share chosen never does worse on the validation windows than `w = 0`, the base
+alone. Training itself always runs with `w = 1`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from pipeline.library.checkpoint import save_weights
 from pipeline.library.inference import load_model
 from pipeline.library.model_spec import ModelSpec
+from pipeline.library.selection import effective_windows, one_standard_error
 
 log = logging.getLogger("pipeline")
 
@@ -28,23 +31,23 @@ GRID = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 21))
 
 
 @torch.no_grad()
-def validation_losses(model, buffer, pairs: torch.Tensor, batch_size: int, loss) -> dict[float, float]:
-    """The loss of `base + w * correction` on the windows `pairs` for each `w` of GRID."""
+def validation_losses(model, buffer, pairs: torch.Tensor, batch_size: int, loss) -> np.ndarray:
+    """(windows, len(GRID)): the loss of `base + w * correction` per window of `pairs` for each `w` of GRID."""
     model.blend.fill_(1.0)
-    sums = np.zeros(len(GRID))
-    count = 0
+    rows = []
     for chunk in pairs.split(batch_size):
         x, y = buffer.gather(chunk)
         head, spread, base = model.decompose(x)
-        for i, w in enumerate(GRID):
-            sums[i] += float(loss((base + w * head * spread).float(), y, reduction="none").sum(dtype=torch.float64))
-        count += y.numel()
-    return {w: s / count for w, s in zip(GRID, sums)}
+        columns = [
+            loss((base + w * head * spread).float(), y, reduction="none").flatten(1).double().mean(dim=1) for w in GRID
+        ]
+        rows.append(torch.stack(columns, dim=1).cpu())
+    return torch.cat(rows).numpy()
 
 
-def choose(losses: dict[float, float]) -> float:
-    """The weight with the lowest loss; the smaller weight on a tie."""
-    return min(losses, key=lambda w: (losses[w], w))
+def choose(per_window: np.ndarray, pairs: np.ndarray, horizon: int) -> float:
+    """The smallest share whose validation loss is within one standard error of the lowest (`selection`)."""
+    return GRID[one_standard_error(per_window, effective_windows(pairs, horizon))]
 
 
 def blend_best(
@@ -52,8 +55,10 @@ def blend_best(
 ) -> dict:
     """Set the `blend` share in the weights file (`model.blend`: a fixed share, or `validation`; idempotent)."""
     model = load_model(weights, spec).to(buffer.device)
-    losses = validation_losses(model, buffer, val_pairs, batch_size, loss)
-    weight = choose(losses) if setting == "validation" else float(setting)
+    per_window = validation_losses(model, buffer, val_pairs, batch_size, loss)
+    losses = dict(zip(GRID, per_window.mean(axis=0).tolist()))
+    pairs = val_pairs.cpu().numpy()
+    weight = choose(per_window, pairs, spec.horizon) if setting == "validation" else float(setting)
     model.blend.fill_(weight)
     save_weights(model.state_dict(), weights)
     log.info(
@@ -63,4 +68,9 @@ def blend_best(
         losses[1.0],
         losses[0.0],
     )
-    return {"weight": weight, "val_loss": {str(w): v for w, v in losses.items()}}
+    return {
+        "weight": weight,
+        "lowest": min(losses, key=lambda w: (losses[w], w)),
+        "effective_windows": effective_windows(pairs, spec.horizon),
+        "val_loss": {str(w): v for w, v in losses.items()},
+    }
