@@ -218,7 +218,8 @@ class ModelConfig:
     (0 = off); `predict` then serves only the series it was trained on (as it does anyway)."""
     blend: float | Literal["validation"] = "validation"
     """Share of the trained correction kept over the residual base after training, in [0, 1] (1 = all of it), or
-    `validation`: the share on a grid of 0.05 steps with the lowest loss on the validation windows."""
+    `validation`: on a grid of 0.05 steps, the smallest share whose loss on the validation windows is within one
+    standard error of the lowest (over the windows that do not overlap) and no worse than the base alone."""
     base_level: Literal["season", "half_season"] = "half_season"
     """The residual base's level (with season_average > 1): the last season's mean, or the mean of the last half
     season with the seasonal shape taken out (half the lag behind a trend, a little more noise)."""
