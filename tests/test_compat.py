@@ -80,7 +80,8 @@ def test_the_old_export_loads_and_predicts_what_it_predicted_then(old_run):
 @pytest.mark.slow
 def test_run_on_the_old_directory_keeps_its_data_stages_and_reproduces_its_scores(old_run):
     # the recipe of 2232a71: the base it fixed, a head that does not read it, intervals widened in units of the
-    # spread without the volatility band (all chosen otherwise by default since)
+    # spread without the volatility band, the blend share its rule chose (the lowest validation loss; all chosen
+    # otherwise by default since)
     result = cli_in_process(
         "run",
         "--config",
@@ -89,6 +90,7 @@ def test_run_on_the_old_directory_keeps_its_data_stages_and_reproduces_its_score
         "model.base_input=false",
         "model.calibration_unit=spread",
         "model.calibration_band=false",
+        f"model.blend={json.loads((FIXTURE / 'run/train/meta.json').read_text())['blend']['weight']}",
         cwd=old_run,
     )
     assert result.returncode == 0, result.stderr[-3000:]

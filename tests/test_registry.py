@@ -334,9 +334,12 @@ def test_init_from_champion_starts_from_its_weights(schedule, tmp_path):
     trained = load_weights(tmp_path / "run/train/model.safetensors")
     champion = load_weights(schedule["tmp"] / "registry" / NAME / "current" / "model.safetensors")
     assert trained.keys() == champion.keys()
-    for key in trained:
-        torch.testing.assert_close(trained[key], champion[key], rtol=0, atol=1e-9)
     meta = json.loads((tmp_path / "run/train/meta.json").read_text())
+    for key in trained.keys() - {"blend"}:
+        torch.testing.assert_close(trained[key], champion[key], rtol=0, atol=1e-9)
+    assert float(trained["blend"]) == 1.0  # training runs with all of the correction (the champion's share aside)
+    best = load_weights(tmp_path / "run/train/best/model.safetensors")
+    assert float(best["blend"]) == pytest.approx(meta["blend"]["weight"])  # set after training, on this run's windows
     assert meta["state"]["step"] == 2
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -216,25 +217,27 @@ def test_a_recent_multi_seasonal_profile_with_its_trend_continues_a_trending_dou
     torch.testing.assert_close(forecast[0], future, rtol=0, atol=1e-9)
 
 
-def test_the_recent_profile_is_chosen_where_the_day_drifts_and_the_averaged_one_where_it_does_not():
+def test_model_base_multi_recent_reads_the_day_from_the_last_week():
+    from pipeline.config.model_spec import model_spec
     from pipeline.library import base_choice
     from pipeline.library.buffer import WindowBuffer
     from pipeline.library.losses import loss_function
-    from pipeline.library.model_spec import ModelSpec
 
+    specs = {}
+    for base in ("multi", "multi_recent"):
+        cfg = load_config(None, ["window.horizon=24", f"model.base={base}", "model.seasons=[24, 168]"])
+        specs[base] = model_spec(auto.resolve(cfg, _ingest("h", (24, 168))), _ingest("h", (24, 168)))
+        assert specs[base].base == "multi" and specs[base].seasons == (DAY, WEEK)
+    assert (specs["multi"].recent_shapes, specs["multi_recent"].recent_shapes) == (False, True)
     lookback = 4 * WEEK
-    spec = ModelSpec(1, 24, 8, 1, residual_season=DAY, season_average=3, base_level="half_season")
-    for shift, noise, expected in ((0.4, 0.05, "recent multi-seasonal profile 24 + 168 x 4"),
-                                   (0.0, 0.3, "multi-seasonal profile 24 + 168 x 4")):  # fmt: skip
+    bases = {name: replace(spec, season_average=4, calendar=()) for name, spec in specs.items()}  # the target alone
+    for shift, noise, better in ((0.4, 0.05, "multi_recent"), (0.0, 0.3, "multi")):
         values = _drifting_day(12, shift) + torch.from_numpy(np.random.default_rng(1).normal(0, noise, 12 * WEEK))
         buffer = WindowBuffer(values.float(), torch.zeros(1, dtype=torch.int64), lookback, 24)
         pairs = torch.tensor([[0, start] for start in range(0, 12 * WEEK - lookback - 24, 5)])
-        chosen, record = base_choice.choose_base(spec, (DAY, WEEK), lookback, buffer, pairs, 256, loss_function("mae"))
-        losses = record["loss"]
-        assert record["chosen"] == expected, losses
-        other = expected.removeprefix("recent ") if shift else f"recent {expected}"
-        assert losses[expected] < 0.97 * losses[other]
-        assert chosen.recent_shapes == bool(shift) and chosen.base == "multi" and chosen.seasons == (DAY, WEEK)
+        losses = base_choice.window_losses(bases, buffer, pairs, 256, loss_function("mae"))
+        worse = ({"multi", "multi_recent"} - {better}).pop()
+        assert losses[better] < 0.97 * losses[worse], losses  # a drifting day: the last week's; a steady one: all four
 
 
 @pytest.mark.parametrize(
@@ -243,8 +246,7 @@ def test_the_recent_profile_is_chosen_where_the_day_drifts_and_the_averaged_one_
         (60, (12,), ["profile 12 x 3", "profile 12 x 5"]),  # five years: three and five cycles
         (40, (12,), ["profile 12 x 3"]),  # three years only
         (1476, (48, 336), ["profile 48 x 3", "profile 48 x 5", "multi-seasonal profile 48 + 336 x 3",
-                           "multi-seasonal profile 48 + 336 x 4", "recent multi-seasonal profile 48 + 336 x 3",
-                           "recent multi-seasonal profile 48 + 336 x 4"]),  # four weeks fit: four stand in for five
+                           "multi-seasonal profile 48 + 336 x 4"]),  # four weeks fit: four stand in for five
     ],
 )  # fmt: skip
 def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, profiles):
@@ -260,7 +262,7 @@ def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, pro
         assert {adjusted, f"{adjusted} with half its trend", f"{adjusted} with its trend"} <= set(found)
         assert (found[f"{adjusted} with half its trend"].trend, found[f"{adjusted} with its trend"].trend) == (0.5, 1)
         assert found[name].season_average == int(name.rsplit(" ", 1)[1])
-        assert found[name].recent_shapes == name.startswith("recent")
+        assert not found[name].recent_shapes  # the recent profile is for `model.base: multi_recent` alone
     assert list(found)[:2] == ["naive", f"seasonal naive {seasons[0]}"]  # the simplest first: they win a tie
 
 

