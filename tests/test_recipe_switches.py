@@ -133,10 +133,11 @@ def test_blend_chosen_on_validation_by_hand():
         w = blend.GRID[i]
         by_hand = (base + w * head * spread - y).abs().mean(dim=1).double().numpy()
         np.testing.assert_allclose(per_window[:, i], by_hand, rtol=1e-5)
-    chosen = blend.choose(per_window, pairs.numpy(), 4)
-    assert chosen == blend.GRID[selection.one_standard_error(per_window, (377 - 300) / 4 + 1)]
+    n_effective = selection.effective_windows(pairs.numpy(), 4)
+    assert n_effective == (378 - 300) / 4 + 1  # 27 windows starting at 300, 303, ..., 378: 20.5 horizons
+    assert blend.choose(per_window, n_effective) == blend.GRID[selection.one_standard_error(per_window, n_effective)]
     untrained = build_model(spec, seed=0).eval()  # no correction: every share ties, the smallest wins
-    assert blend.choose(blend.validation_losses(untrained, buffer, pairs, 64, F.l1_loss), pairs.numpy(), 4) == 0.0
+    assert blend.choose(blend.validation_losses(untrained, buffer, pairs, 64, F.l1_loss), n_effective) == 0.0
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, "often"])

@@ -45,9 +45,10 @@ def validation_losses(model, buffer, pairs: torch.Tensor, batch_size: int, loss)
     return torch.cat(rows).numpy()
 
 
-def choose(per_window: np.ndarray, pairs: np.ndarray, horizon: int) -> float:
-    """The smallest share whose validation loss is within one standard error of the lowest (`selection`)."""
-    return GRID[one_standard_error(per_window, effective_windows(pairs, horizon))]
+def choose(per_window: np.ndarray, n_effective: float) -> float:
+    """The smallest share whose validation loss is within one standard error of the lowest over `n_effective`
+    independent windows (`selection`)."""
+    return GRID[one_standard_error(per_window, n_effective)]
 
 
 def blend_best(
@@ -57,8 +58,8 @@ def blend_best(
     model = load_model(weights, spec).to(buffer.device)
     per_window = validation_losses(model, buffer, val_pairs, batch_size, loss)
     losses = dict(zip(GRID, per_window.mean(axis=0).tolist()))
-    pairs = val_pairs.cpu().numpy()
-    weight = choose(per_window, pairs, spec.horizon) if setting == "validation" else float(setting)
+    n_effective = effective_windows(val_pairs.cpu().numpy(), spec.horizon)
+    weight = choose(per_window, n_effective) if setting == "validation" else float(setting)
     model.blend.fill_(weight)
     save_weights(model.state_dict(), weights)
     log.info(
@@ -71,6 +72,6 @@ def blend_best(
     return {
         "weight": weight,
         "lowest": min(losses, key=lambda w: (losses[w], w)),
-        "effective_windows": effective_windows(pairs, spec.horizon),
+        "effective_windows": n_effective,
         "val_loss": {str(w): v for w, v in losses.items()},
     }

@@ -289,7 +289,7 @@ def seasonal_profile(
         slope = window_slope(block)
         block = block - slope[:, :, None] * _from_last(seasons * season, target).reshape(seasons, season)
     level = block[:, -1].mean(dim=1, keepdim=True)
-    shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)
+    shape = average_shape(block)
     if level_steps and level_steps < season:
         level = (block[:, -1, -level_steps:] - shape[:, -level_steps:]).mean(dim=1, keepdim=True)
     ahead = torch.arange(horizon, device=target.device)
@@ -368,7 +368,7 @@ def multi_seasonal_profile(
         if shape is None:
             cycles = max(1, min(most, steps // season))
             block = rest[:, steps - cycles * season :].reshape(-1, cycles, season)
-            shape = (block - block.mean(dim=2, keepdim=True)).mean(dim=1)  # (batch, season), phase 0 = a cycle's start
+            shape = average_shape(block)  # (batch, season), phase 0 = a cycle's start
         rest = rest - shape[:, torch.remainder(back, season)]
         total = total + shape[:, ahead % season]
     last = level_steps if level_steps else seasons[0]
@@ -394,11 +394,17 @@ def recent_shapes(target: torch.Tensor, seasons: tuple[int, ...], most: int) -> 
     for season in seasons[:-1]:
         held = longest // season
         part = blocks[:, longest - held * season :].reshape(-1, held, season)
-        shape = (part - part.mean(dim=2, keepdim=True)).mean(dim=1)  # (batch * cycles, season)
+        shape = average_shape(part)  # (batch * cycles, season)
         blocks = blocks - shape[:, torch.remainder(back, season)]
         shorter.append(shape.reshape(batch, cycles, season)[:, -1])
     left = blocks.reshape(batch, cycles, longest)
-    return [*shorter, (left - left.mean(dim=2, keepdim=True)).mean(dim=1)]
+    return [*shorter, average_shape(left)]
+
+
+def average_shape(block: torch.Tensor) -> torch.Tensor:
+    """(batch, season): the mean over `block`'s cycles (batch, cycles, season) of each cycle's deviations from its
+    own mean, so a level that moves between cycles does not enter the shape."""
+    return (block - block.mean(dim=2, keepdim=True)).mean(dim=1)
 
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> RecurrentForecaster:
