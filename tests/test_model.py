@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline.library.model import ModelSpec, build_model, seasonal_naive, seasonal_profile
+from pipeline.library.model import ModelSpec, build_model, residual_base, seasonal_naive, seasonal_profile
 
 
 def test_forward_shape_and_batch_independence():
@@ -136,3 +136,33 @@ def test_untrained_model_with_half_season_level_is_that_base():
     expected = seasonal_profile(x[..., 0], 5, 4, 3, level_steps=2)
     torch.testing.assert_close(build_model(spec, seed=0)(x), expected, rtol=0, atol=1e-6)
     assert not torch.allclose(expected, seasonal_profile(x[..., 0], 5, 4, 3))
+
+
+def test_smoothed_level_by_hand():
+    """Level = the exponentially weighted mean of the averaged seasons with the shape taken out."""
+    seasons = torch.tensor([[0.0, 2, 4, 2], [1, 1, 5, 5], [10, 12, 14, 16]])  # means 2, 3, 13
+    shape = torch.tensor([(-2 - 2 - 3) / 3, (0 - 2 - 1) / 3, (2 + 2 + 1) / 3, (0 + 2 + 3) / 3])
+    target = seasons.flatten()[None]
+    rest = (seasons - shape).flatten()
+    weights = 0.5 ** torch.arange(11, -1, -1.0)  # 1 for the last step, 1/2 the one before, ...
+    level = (rest * weights).sum() / weights.sum()  # 14.20: the last season's 13 plus its rise
+    expected = level + shape[[0, 1, 2, 3, 0]]
+    torch.testing.assert_close(seasonal_profile(target, 5, 4, 3, smoothing=0.5), expected[None])
+    last = rest[-1] + shape[[0, 1, 2, 3, 0]]  # rate 1: the last value with its phase's shape taken out
+    torch.testing.assert_close(seasonal_profile(target, 5, 4, 3, smoothing=1.0), last[None])
+    spec = ModelSpec(1, 5, 8, 1, residual_season=4, season_average=3, base_level="smoothed", level_smoothing=0.5)
+    torch.testing.assert_close(residual_base(target, spec), expected[None])
+    x = torch.randn(2, 14, 1)  # the untrained model is that base
+    torch.testing.assert_close(
+        build_model(spec, seed=0)(x), seasonal_profile(x[..., 0], 5, 4, 3, smoothing=0.5), rtol=0, atol=1e-6
+    )
+
+
+def test_a_smoothed_level_follows_a_shift_the_seasons_mean_lags():
+    """Five years of a monthly pattern whose level rose by 10 three months before the window's end."""
+    pattern = torch.tensor([1.0, -1, 2, -2, 0, 3, -3, 1, 0, -1, 2, -2])
+    values = pattern.repeat(5) + torch.cat([torch.zeros(57), torch.full((3,), 10.0)])
+    errors = {}
+    for name, kwargs in {"season": {}, "half": {"level_steps": 6}, "fast": {"smoothing": 0.8}}.items():
+        errors[name] = float((seasonal_profile(values[None], 12, 12, 5, **kwargs)[0] - (pattern + 10)).abs().mean())
+    assert errors["fast"] < 0.3 * errors["half"] < 0.3 * errors["season"], errors  # 1.56, 5.5, 7.5

@@ -145,3 +145,11 @@ def test_blend_config_values(value):
     with pytest.raises(ConfigError, match=r"model\.blend"):
         ModelConfig(blend=value) if not isinstance(value, str) else load_config(None, [f"model.blend={value}"])
     assert ModelConfig(blend="validation").blend == "validation"
+
+
+@pytest.mark.parametrize("value", [0.0, -0.5, 1.5])
+def test_level_smoothing_is_a_rate(value):
+    with pytest.raises(ConfigError, match=r"model\.level_smoothing must be in \(0, 1\]"):
+        load_config(None, [f"model.level_smoothing={value}"])
+    smoothed = load_config(None, ["model.base_level=smoothed", "model.level_smoothing=0.3"]).model
+    assert (smoothed.base_level, smoothed.level_smoothing) == ("smoothed", 0.3)

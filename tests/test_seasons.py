@@ -255,7 +255,8 @@ def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, pro
 
     spec = ModelSpec(1, 12, 8, 1, residual_season=seasons[0], season_average=3, base_level="half_season")
     found = base_choice.candidates(spec, seasons, lookback)
-    plain = [name for name in found if "profile" in name and "level-adjusted" not in name and "trend" not in name]
+    variants = {"level-adjusted", "smoothed-level", "trend"}
+    plain = [name for name in found if "profile" in name and not variants & set(name.split())]
     assert plain == profiles
     for name in profiles:  # each with a fresher level (the multi-seasonal one has it already) and both trends
         adjusted = name if "multi" in name else f"level-adjusted {name}"
@@ -263,6 +264,11 @@ def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, pro
         assert (found[f"{adjusted} with half its trend"].trend, found[f"{adjusted} with its trend"].trend) == (0.5, 1)
         assert found[name].season_average == int(name.rsplit(" ", 1)[1])
         assert not found[name].recent_shapes  # the recent profile is for `model.base: multi_recent` alone
+        if "multi" not in name:  # a season's profile also at a smoothed level, at three rates
+            smoothed = [found[f"smoothed-level {name} at {rate}"] for rate in (0.2, 0.5, 0.8)]
+            assert [(b.base_level, b.level_smoothing, b.trend) for b in smoothed] == [
+                ("smoothed", rate, 0.0) for rate in (0.2, 0.5, 0.8)
+            ]
     assert list(found)[:2] == ["naive", f"seasonal naive {seasons[0]}"]  # the simplest first: they win a tie
 
 

@@ -37,6 +37,7 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
         series_embedding=m.series_embedding,
         n_series=ingest.n_series if m.series_embedding else 0,
         base_level=m.base_level,
+        level_smoothing=m.level_smoothing if m.base_level == "smoothed" else 0.0,
         blend=m.blend != 1.0,
         ensemble=m.ensemble,
         base="multi" if m.base in MULTI else "profile",  # `validation`: the train stage picks it

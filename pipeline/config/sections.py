@@ -220,9 +220,12 @@ class ModelConfig:
     """Share of the trained correction kept over the residual base after training, in [0, 1] (1 = all of it), or
     `validation`: on a grid of 0.05 steps, the smallest share whose loss on the validation windows is within one
     standard error of the lowest (over the windows that do not overlap) and no worse than the base alone."""
-    base_level: Literal["season", "half_season"] = "half_season"
-    """The residual base's level (with season_average > 1): the last season's mean, or the mean of the last half
-    season with the seasonal shape taken out (half the lag behind a trend, a little more noise)."""
+    base_level: Literal["season", "half_season", "smoothed"] = "half_season"
+    """The residual base's level (with season_average > 1): the last season's mean, the mean of the last half
+    season with the seasonal shape taken out (half the lag behind a trend, a little more noise), or `smoothed`: the
+    exponentially weighted mean of the averaged seasons with the shape taken out, at the rate `level_smoothing`."""
+    level_smoothing: float = 0.5
+    """With `base_level: smoothed`: the rate in (0, 1] of the level's exponential weights (1: the last value's)."""
     ensemble: int = 1
     """Independently initialised recurrent networks and heads in one model, each trained on its own loss over the
     same batches; the forecast uses their mean correction (one graph in ONNX)."""
@@ -232,8 +235,9 @@ class ModelConfig:
     and whose seasonal-naive forecast improves on the validation part (ingest/meta.json says which and why)."""
     base: Literal["validation", "profile", "multi", "multi_recent"] = "validation"
     """The residual head's base: `validation` picks, on the windows before the test part, before training, the best
-    of naive, seasonal naive at each season, and the averaged, the level-adjusted and the multi-seasonal profile over
-    three and over five cycles, the last two also carrying on half or all of the window's slope; `profile`: the
+    of naive, seasonal naive at each season, and the averaged, the level-adjusted, the smoothed-level (at rates 0.2,
+    0.5 and 0.8) and the multi-seasonal profile over three and over five cycles, the level-adjusted and the
+    multi-seasonal also carrying on half or all of the window's slope; `profile`: the
     profile set by residual_season, season_average and base_level; `multi`: every season's profile; `multi_recent`:
     the same with the shorter seasons' shapes read from the longest season's last cycle (a day's shape from the last
     week, for a day that drifts over the weeks), the longest's averaged over season_average cycles."""
@@ -252,6 +256,8 @@ class ModelConfig:
         _positive("model.ensemble", self.ensemble)
         if self.blend != "validation" and not 0.0 <= self.blend <= 1.0:
             raise ConfigError(f"model.blend must be in [0, 1] or validation, got {self.blend}")
+        if not 0.0 < self.level_smoothing <= 1.0:
+            raise ConfigError(f"model.level_smoothing must be in (0, 1], got {self.level_smoothing}")
         if self.residual_season != "auto" and self.residual_season < 0:
             raise ConfigError(f"model.residual_season must be >= 0, got {self.residual_season}")
         if self.season_average != "auto":

@@ -14,6 +14,10 @@ overlapping windows) followed their noise and forecast the test part worse (benc
 - naive (the last value), and seasonal naive at each season;
 - the averaged profile of the shortest season at the last cycle's mean;
 - the same at a fresher level (`base_level: half_season`);
+- the same at an exponentially smoothed level (`base_level: smoothed`) at three rates: where the
+  level shifts (a recession in a monthly series) the mean of a season lags the shift for a year,
+  and simple exponential smoothing's level, what AutoETS forecasts from, follows it within a few
+  steps at the fast rate;
 - with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`).
   Its `recent` variant (`model.base: multi_recent`) is not a candidate: validation preferred it on
   taylor and vic_elec, and on vic_elec's test part it did worse (bench/LOG.md, 2026-11-29);
@@ -44,12 +48,13 @@ log = logging.getLogger("pipeline")
 
 CYCLES = (3, 5)  # the profiles average this many of the last cycles (fewer where the window holds fewer)
 TRENDS = ((0.5, "with half its trend"), (1.0, "with its trend"))  # shares of the window's slope carried on
+SMOOTHING = (0.2, 0.5, 0.8)  # the rates of the smoothed-level profiles: slow, middling and fast to follow a shift
 
 
 def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict[str, ModelSpec]:
     """The bases to compare, by name, in order of preference on a tie; each a variant of `spec`."""
     main = spec.residual_season
-    plain = {"base": "profile", "seasons": (), "base_level": "season", "trend": 0.0}
+    plain = {"base": "profile", "seasons": (), "base_level": "season", "trend": 0.0, "level_smoothing": 0.0}
     found = {"naive": dataclasses.replace(spec, residual_season=1, season_average=1, **plain)}
     for season in sorted({main, *seasons}):
         if 1 < season <= lookback:
@@ -66,12 +71,17 @@ def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict
         found[f"level-adjusted profile {main} x {cycles}"] = adjusted
         for share, name in TRENDS:
             found[f"level-adjusted profile {main} x {cycles} {name}"] = dataclasses.replace(adjusted, trend=share)
+        for rate in SMOOTHING:
+            found[f"smoothed-level profile {main} x {cycles} at {rate}"] = dataclasses.replace(
+                spec, residual_season=main, season_average=cycles,
+                **{**plain, "base_level": "smoothed", "level_smoothing": rate},
+            )  # fmt: skip
     usable = tuple(p for p in seasons if 1 < p <= lookback)
     if len(usable) >= 2:
         for cycles in held(usable[-1], lookback):
             multi = dataclasses.replace(
                 spec, residual_season=usable[0], season_average=cycles, base="multi", seasons=usable,
-                base_level="half_season", trend=0.0,
+                base_level="half_season", trend=0.0, level_smoothing=0.0,
             )  # fmt: skip
             found[multi_name(usable, cycles)] = multi
             for share, name in TRENDS:

@@ -272,6 +272,7 @@ def seasonal_profile(
     seasons: int,
     level_steps: int | None = None,
     trend: float = 0.0,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """The last `seasons` seasons' average shape, at the last season's level (batch, horizon).
 
@@ -279,8 +280,12 @@ def seasonal_profile(
     deviations from their season's mean, so a single noisy or unusual year weighs less. With
     `level_steps` (fewer than a season), the level is the mean of the last `level_steps` values
     with the shape taken out: a fresher level (it lags a trend by half as much for half a season).
-    With `trend`, the window's slope (`window_slope`) is taken out before the shape and level are
-    read, and that share of it is carried on from the window's last step.
+    With `smoothing`, the level is instead the exponentially weighted mean of the last `seasons`
+    seasons with the shape taken out (`smoothed_level`), as simple exponential smoothing reads it:
+    a level that shifted within the last season is followed at once at a high rate, where the
+    season's mean would still hold the old level for a year. With `trend`, the window's slope
+    (`window_slope`) is taken out before the shape and level are read, and that share of it is
+    carried on from the window's last step.
     """
     if seasons == 1:
         return seasonal_naive(target, horizon, season)  # the same values, without rounding
@@ -290,13 +295,24 @@ def seasonal_profile(
         block = block - slope[:, :, None] * _from_last(seasons * season, target).reshape(seasons, season)
     level = block[:, -1].mean(dim=1, keepdim=True)
     shape = average_shape(block)
-    if level_steps and level_steps < season:
+    if smoothing:
+        level = smoothed_level((block - shape[:, None, :]).flatten(1), smoothing)
+    elif level_steps and level_steps < season:
         level = (block[:, -1, -level_steps:] - shape[:, -level_steps:]).mean(dim=1, keepdim=True)
     ahead = torch.arange(horizon, device=target.device)
     forecast = level + shape[:, ahead % season]
     if trend:
         forecast = forecast + trend * slope * (1 + ahead.to(target.dtype))
     return forecast
+
+
+def smoothed_level(values: torch.Tensor, rate: float) -> torch.Tensor:
+    """(batch, 1): the mean of `values` (batch, steps) weighted by (1 - rate) ** (steps back from the last).
+
+    Simple exponential smoothing's level at the last step, with the weights that fall off the
+    window's start spread over the rest (so it is a mean, whatever the first value)."""
+    weights = (1.0 - rate) ** -_from_last(values.shape[1], values)
+    return (values * weights).sum(dim=1, keepdim=True) / weights.sum()
 
 
 def window_slope(block: torch.Tensor) -> torch.Tensor:
@@ -319,9 +335,12 @@ def residual_base(target: torch.Tensor, spec: ModelSpec) -> torch.Tensor | None:
     level_steps = spec.residual_season // 2 if spec.base_level == "half_season" else None
     if spec.base == "multi":
         return multi_seasonal_profile(
-            target, spec.horizon, spec.seasons, spec.season_average, level_steps, spec.trend, spec.recent_shapes
-        )
-    return seasonal_profile(target, spec.horizon, spec.residual_season, spec.season_average, level_steps, spec.trend)
+            target, spec.horizon, spec.seasons, spec.season_average, level_steps, spec.trend, spec.recent_shapes,
+            spec.level_smoothing,
+        )  # fmt: skip
+    return seasonal_profile(
+        target, spec.horizon, spec.residual_season, spec.season_average, level_steps, spec.trend, spec.level_smoothing
+    )
 
 
 def multi_seasonal_profile(
@@ -332,6 +351,7 @@ def multi_seasonal_profile(
     level_steps: int | None,
     trend: float = 0.0,
     recent: bool = False,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """The sum of each season's average shape, shortest season first, at a level fresh from the window's end.
 
@@ -341,8 +361,10 @@ def multi_seasonal_profile(
     `most` cycles that the window holds. The level is the mean of the last `level_steps` values
     (half the shortest season; a whole one without) with every shape taken out. An additive
     multi-seasonal decomposition read from one window, as MSTL's is from the whole history.
-    With `trend`, the slope between the first and the last cycle's mean of the longest season the
-    window holds twice is taken out first, and that share of it carried on from the last step.
+    With `smoothing`, the level is the exponentially weighted mean of the whole window with every
+    shape taken out (`smoothed_level`). With `trend`, the slope between the first and the last
+    cycle's mean of the longest season the window holds twice is taken out first, and that share
+    of it carried on from the last step.
 
     With `recent`, the shorter shapes are read afresh in each cycle of the longest season and the
     forecast carries the last cycle's (`recent_shapes`): a day's shape that drifts over the weeks
@@ -372,7 +394,7 @@ def multi_seasonal_profile(
         rest = rest - shape[:, torch.remainder(back, season)]
         total = total + shape[:, ahead % season]
     last = level_steps if level_steps else seasons[0]
-    level = rest[:, -last:].mean(dim=1, keepdim=True)
+    level = smoothed_level(rest, smoothing) if smoothing else rest[:, -last:].mean(dim=1, keepdim=True)
     if trend and twice:
         level = level + trend * slope * (1 + ahead.to(target.dtype))
     return level + total

@@ -18,6 +18,7 @@ _LATER = {
     "interval_scale": 0,
     "band_season": 0,
     "recent_shapes": False,
+    "level_smoothing": 0.0,
 }
 
 
@@ -57,6 +58,7 @@ class ModelSpec:
     interval_scale: int = 0  # calibration offsets scale with the window's recent error at this season (0: spread only)
     band_season: int = 0  # intervals also span a calibrated band of the window's volatility at this season (0: none)
     recent_shapes: bool = False  # a multi-seasonal base's shorter shapes come from its longest season's last cycle
+    level_smoothing: float = 0.0  # base_level smoothed: the rate of the exponentially weighted level (0: off)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantiles", tuple(float(q) for q in self.quantiles))  # JSON gives a list

@@ -238,7 +238,9 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
     return TrainingData(buffer, pairs, spec, info, base)
 
 
-BASE_FIELDS = ("residual_season", "season_average", "base_level", "base", "seasons", "trend")
+BASE_FIELDS = (
+    "residual_season", "season_average", "base_level", "base", "seasons", "trend", "recent_shapes", "level_smoothing"
+)  # fmt: skip
 
 
 def choose_residual_base(
