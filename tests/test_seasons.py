@@ -217,6 +217,26 @@ def test_a_recent_multi_seasonal_profile_with_its_trend_continues_a_trending_dou
     torch.testing.assert_close(forecast[0], future, rtol=0, atol=1e-9)
 
 
+def test_a_smoothed_level_profile_from_the_config_is_built_and_reported_as_such():
+    from types import SimpleNamespace
+
+    from pipeline.config.model_spec import model_spec
+    from pipeline.stages.evaluate import describe_base
+
+    overrides = ["window.horizon=12", "model.base=profile", "model.base_level=smoothed", "model.level_smoothing=0.8"]
+    ingest = _ingest("MS", (12,))
+    spec = model_spec(auto.resolve(load_config(None, overrides), ingest), ingest)
+    assert (spec.base, spec.base_level, spec.level_smoothing) == ("profile", "smoothed", 0.8)
+    assert spec.to_dict()["level_smoothing"] == 0.8
+    assert (
+        describe_base(SimpleNamespace(model=spec, base=None))
+        == f"smoothed-level profile 12 x {spec.season_average} at 0.8"
+    )
+    half = model_spec(auto.resolve(load_config(None, overrides[:3]), ingest), ingest)
+    assert (half.base_level, half.level_smoothing) == ("smoothed", 0.5)
+    assert "level_smoothing" not in model_spec(auto.resolve(load_config(None, overrides[:2]), ingest), ingest).to_dict()
+
+
 def test_model_base_multi_recent_reads_the_day_from_the_last_week():
     from pipeline.config.model_spec import model_spec
     from pipeline.library import base_choice

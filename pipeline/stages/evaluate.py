@@ -194,6 +194,8 @@ def describe_base(trained: TrainRecord) -> str:
         return "none"
     if spec.base == "multi":
         return multi_name(spec.seasons, spec.season_average, spec.recent_shapes)
+    if spec.level_smoothing:  # named as the candidate of `model.base: validation` is
+        return f"smoothed-level profile {spec.residual_season} x {spec.season_average} at {spec.level_smoothing}"
     return f"profile {spec.residual_season} x {spec.season_average}"
 
 
