@@ -158,6 +158,16 @@ def test_multi_seasonal_profile_continues_an_exact_double_cycle():
     window, future = series[None, : 3 * WEEK], series[3 * WEEK :]
     multi = multi_seasonal_profile(window, 24, (DAY, WEEK), 3, None)
     torch.testing.assert_close(multi[0], future, rtol=0, atol=1e-9)
+    for rate in (0.2, 1.0):  # a steady level: any smoothed level is that level
+        smoothed = multi_seasonal_profile(window, 24, (DAY, WEEK), 3, None, smoothing=rate)
+        torch.testing.assert_close(smoothed[0], future, rtol=0, atol=1e-9)
+    stepped = window.clone()
+    stepped[0, -2:] += 3.0  # the level rose by 3 two steps before the end (a third of it goes into the shapes)
+    moved = {
+        rate: float((multi_seasonal_profile(stepped, 24, (DAY, WEEK), 3, None, smoothing=rate)[0] - future).mean())
+        for rate in (0.0, 1.0)  # 0: the mean of the last day with the shapes taken out
+    }
+    assert moved[0.0] < 0.3 and moved[1.0] > 1.9, moved
     daily = seasonal_profile(window, 24, DAY, 3)  # the daily profile alone misses the weekend's step
     assert (daily[0] - future).abs().max() > 1.0
     same = multi_seasonal_profile(window, 24, (DAY,), 3, None)  # one season: the plain profile
