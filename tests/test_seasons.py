@@ -138,6 +138,22 @@ def test_a_warm_start_whose_base_reads_more_than_the_window_is_one_config_error(
     wide = load_config(None, ["window.horizon=12", "window.lookback=60", f"train.init_from={tmp_path}"])
     kept, record = choose_residual_base(wide, spec, None, {})
     assert (kept.season_average, kept.trend, kept.base_level, record) == (5, 0.5, "half_season", None)
+    for saved in (  # every field of the starting weights' base is kept, the smoothed level's rate and recent shapes too
+        replace(champion, base_level="smoothed", level_smoothing=0.8, trend=0.0),
+        replace(champion, residual_season=2, base="multi", seasons=(2, 12), recent_shapes=True),
+    ):
+        (tmp_path / "forecaster.json").write_text(json.dumps({"model": saved.to_dict()}))
+        kept, _ = choose_residual_base(wide, spec, None, {})
+        fields = (
+            "residual_season",
+            "season_average",
+            "base_level",
+            "level_smoothing",
+            "base",
+            "seasons",
+            "recent_shapes",
+        )
+        assert [getattr(kept, name) for name in fields] == [getattr(saved, name) for name in fields]
 
 
 def test_explicit_seasons_are_used_as_given():

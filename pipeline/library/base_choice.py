@@ -72,7 +72,7 @@ def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict
         for share, name in TRENDS:
             found[f"level-adjusted profile {main} x {cycles} {name}"] = dataclasses.replace(adjusted, trend=share)
         for rate in SMOOTHING:
-            found[f"smoothed-level profile {main} x {cycles} at {rate}"] = dataclasses.replace(
+            found[smoothed_name(main, cycles, rate)] = dataclasses.replace(
                 spec, residual_season=main, season_average=cycles,
                 **{**plain, "base_level": "smoothed", "level_smoothing": rate},
             )  # fmt: skip
@@ -92,6 +92,10 @@ def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict
 def held(season: int, lookback: int) -> list[int]:
     """The numbers of cycles of CYCLES a profile of `season` averages in a window of `lookback` (at least 2)."""
     return sorted({min(cycles, lookback // season) for cycles in CYCLES} - {0, 1})
+
+
+def smoothed_name(season: int, cycles: int, rate: float) -> str:
+    return f"smoothed-level profile {season} x {cycles} at {rate}"
 
 
 def multi_name(seasons: tuple[int, ...], cycles: int, recent: bool = False) -> str:

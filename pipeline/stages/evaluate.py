@@ -20,7 +20,7 @@ from pipeline.config.auto import resolve
 from pipeline.library import metrics as M
 from pipeline.library.artifacts import staged_dir, write_json_atomic
 from pipeline.library.backtest import BacktestPlan, backtest_result, backtest_windows, refit_windows
-from pipeline.library.base_choice import multi_name
+from pipeline.library.base_choice import multi_name, smoothed_name
 from pipeline.library.buffer import WindowBuffer
 from pipeline.library.errors import ConfigError
 from pipeline.library.inference import forecast_sharded, load_model, point_of, to_original_units
@@ -195,7 +195,7 @@ def describe_base(trained: TrainRecord) -> str:
     if spec.base == "multi":
         return multi_name(spec.seasons, spec.season_average, spec.recent_shapes)
     if spec.level_smoothing:  # named as the candidate of `model.base: validation` is
-        return f"smoothed-level profile {spec.residual_season} x {spec.season_average} at {spec.level_smoothing}"
+        return smoothed_name(spec.residual_season, spec.season_average, spec.level_smoothing)
     return f"profile {spec.residual_season} x {spec.season_average}"
 
 
