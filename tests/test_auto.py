@@ -81,7 +81,7 @@ def test_resolve_fills_every_auto_and_keeps_explicit_values():
 
     explicit = ["window.lookback=20", "evaluate.season_length=6", "model.residual_season=0"]
     explicit = [*explicit, "model.season_average=1", "model.seasons=[]", "model.recurrent_steps=20"]
-    explicit = load_config(None, [*explicit, "data.calendar=[]"])
+    explicit = load_config(None, [*explicit, "data.calendar=[]", "data.transform=none"])
     assert auto.resolve(explicit, _meta("MS", [300])) is explicit
     mixed = load_config(None, ["window.horizon=12", "window.lookback=10"])
     out = auto.resolve(mixed, _meta("MS", [300]))

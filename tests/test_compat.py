@@ -81,11 +81,12 @@ def test_the_old_export_loads_and_predicts_what_it_predicted_then(old_run):
 def test_run_on_the_old_directory_keeps_its_data_stages_and_reproduces_its_scores(old_run):
     # the recipe of 2232a71: the base it fixed, a head that does not read it, intervals widened in units of the
     # spread without the volatility band, the blend share its rule chose (the lowest validation loss; all chosen
-    # otherwise by default since)
+    # otherwise by default since), the values as they are (`data.transform: auto` chooses since)
     result = cli_in_process(
         "run",
         "--config",
         "config.yaml",
+        "data.transform=none",
         "model.base=profile",
         "model.base_input=false",
         "model.calibration_unit=spread",
@@ -99,6 +100,7 @@ def test_run_on_the_old_directory_keeps_its_data_stages_and_reproduces_its_score
     before = json.loads((FIXTURE / "run/evaluate/metrics.json").read_text())
     after = json.loads((old_run / "run/evaluate/metrics.json").read_text())
     assert after.pop("seasons") == [24] and after.pop("base") == "profile 24 x 2"  # reported since
+    assert after.pop("transform") == "none"
     assert _close(after, before)
     assert (old_run / "run/train/best/model.safetensors").read_bytes() == (
         FIXTURE / "run/train/best/model.safetensors"

@@ -46,6 +46,7 @@ def _data_cfg(**kw) -> DataConfig:
         "static_covariates": ["size"],
         "val_size": 0.15,
         "test_size": 0.15,
+        "transform": "none",
     }
     return DataConfig(**{**base, **kw})
 

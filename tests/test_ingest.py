@@ -40,6 +40,7 @@ def _single(values, freq="h") -> pd.DataFrame:
 
 def _cfg(source="mem.csv", **kw) -> DataConfig:
     kw.setdefault("target_column", "y")
+    kw.setdefault("transform", "none")  # `auto` is the ingest stage's choice (tests/test_transform_choice.py)
     return DataConfig(source=str(source), **kw)
 
 

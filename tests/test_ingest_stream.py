@@ -54,6 +54,7 @@ def write_parquet(df: pd.DataFrame, path, row_group_size: int = 64) -> str:
 def cfg_for(source, **kw) -> DataConfig:
     kw.setdefault("id_column", "id")
     kw.setdefault("target_column", "y")
+    kw.setdefault("transform", "none")  # `auto` is the ingest stage's choice (tests/test_transform_choice.py)
     return DataConfig(source=str(source), val_size=0.1, test_size=0.2, **kw)
 
 
@@ -296,7 +297,7 @@ import resource, sys
 from pipeline.config import DataConfig
 from pipeline.stages.ingest import read_series
 from pipeline.library.splits import split_and_scale
-cfg = DataConfig(source=sys.argv[1], id_column="series", target_column="value", freq="h")
+cfg = DataConfig(source=sys.argv[1], id_column="series", target_column="value", freq="h", transform="none")
 split_and_scale(read_series(cfg), cfg)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """

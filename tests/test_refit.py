@@ -108,6 +108,7 @@ def test_refit_end_to_end_no_leakage_and_cached_folds(tmp_path):
             "data": {
                 "source": str(tmp_path / "two.csv"), "id_column": "site", "target_column": "y",
                 "val_size": val, "test_size": 20, "calendar": "none",
+                "transform": "none",  # the statistics are checked by hand below, on the values as they are
             },
             "window": {"lookback": lookback, "horizon": horizon, "stride": 1},
             "train.batch_size": 16,
@@ -135,6 +136,7 @@ def test_refit_end_to_end_no_leakage_and_cached_folds(tmp_path):
     # own train part, and its model's forecast from those statistics gives the fold's metrics
     record = run / "evaluate/refit/fold_1"
     fold_ingest = json.loads((record / "ingest_meta.json").read_text())
+    assert fold_ingest["transform"] == "none"
     spec = ModelSpec(**json.loads((record / "train_meta.json").read_text())["model"])
     model = build_model(spec)
     model.load_state_dict(load_file(str(record / "model.safetensors")))

@@ -343,6 +343,18 @@ def test_init_from_champion_starts_from_its_weights(schedule, tmp_path):
     assert meta["state"]["step"] == 2
 
 
+def test_a_warm_start_keeps_the_transform_of_the_champion(schedule, tmp_path):
+    config = warm_config(schedule, tmp_path)
+    champion = json.loads((schedule["tmp"] / "registry" / NAME / "current" / "forecaster.json").read_text())
+    result = cli_in_process(
+        "ingest", "--config", str(config), "--force", "train.init_from=champion", "data.transform=auto"
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((tmp_path / "run/ingest/meta.json").read_text())
+    assert meta["transform"] == champion["transform"]
+    assert meta["transform_check"]["why"] == "kept from the starting weights (train.init_from)"
+
+
 def test_a_new_champion_makes_a_warm_started_train_run_again(schedule, tmp_path):
     """The train cache key holds the champion's version: a promotion alone invalidates it."""
     config = warm_config(schedule, tmp_path)

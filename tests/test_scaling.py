@@ -96,7 +96,7 @@ def _series(a: np.ndarray) -> SeriesSet:
 @pytest.mark.parametrize("kind", ["robust", "minmax"])
 def test_ingest_statistics_come_from_the_train_part_only(kind):
     a = np.arange(50.0) ** 1.5
-    meta = split_and_scale(_series(a), DataConfig(scaling=kind, val_size=10, test_size=10)).to_json()
+    meta = split_and_scale(_series(a), DataConfig(scaling=kind, transform="none", val_size=10, test_size=10)).to_json()
     r = meta["series"][0]
     assert (r["mean"], r["scale"]) == scaling.fit(a[:30], kind)
     assert meta["scaling"] == kind and meta["transform"] == "none"
@@ -106,7 +106,8 @@ def test_ingest_statistics_come_from_the_train_part_only(kind):
 def test_ingest_refuses_a_constant_train_part(kind):
     with pytest.raises(DataError, match="series 'a' is constant on its train part"):
         split_and_scale(
-            _series(np.r_[np.ones(30), np.arange(20.0)]), DataConfig(scaling=kind, val_size=10, test_size=10)
+            _series(np.r_[np.ones(30), np.arange(20.0)]),
+            DataConfig(scaling=kind, transform="none", val_size=10, test_size=10),
         )
 
 

@@ -102,7 +102,7 @@ def needs_resolving(cfg: Config) -> bool:
     auto_values = (
         cfg.window.lookback, cfg.evaluate.season_length, m.residual_season, m.season_average, m.recurrent_steps
     )  # fmt: skip
-    return AUTO in auto_values or m.seasons == AUTO or isinstance(cfg.data.calendar, str)
+    return AUTO in auto_values or m.seasons == AUTO or isinstance(cfg.data.calendar, str) or cfg.data.transform == AUTO
 
 
 def resolve(cfg: Config, ingest: IngestRecord | None = None) -> Config:
@@ -112,6 +112,8 @@ def resolve(cfg: Config, ingest: IngestRecord | None = None) -> Config:
     if ingest is None:
         ingest = IngestRecord.require(cfg.run_dir / "ingest", "resolving the auto settings")
     warm = warm_start_spec(cfg.train.init_from, cfg.registry_root)
+    if cfg.data.transform == AUTO:  # ingest chose it (`pipeline.library.transform_choice`)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, transform=ingest.transform))
     return resolve_for(cfg, ingest.freq, int(ingest.series.train_end.min()), ingest.detected_seasons, warm)
 
 

@@ -85,8 +85,10 @@ class DataConfig:
     """Test part at the end of each series: a fraction, or steps."""
     scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
     """Per-series scaling fitted on the train part only: mean/std, median/IQR, min/range, or none."""
-    transform: Literal["none", "log1p"] = "none"
-    """Target transform before scaling; `log1p` needs values >= 0 (outputs are mapped back to original units)."""
+    transform: Literal["none", "log1p", "auto"] = "auto"
+    """Target transform before scaling; `log1p` needs values >= 0 (outputs are mapped back to original units).
+    `auto`: `log1p` where the windows before the test part forecast better from the log by more than a standard
+    error (seasonal swings that grow with the level), else `none`; chosen at ingest, in ingest/meta.json."""
     calendar: list[str] | Literal["auto", "none"] = "auto"
     """Calendar features from the timestamps, known ahead: `day` (time of day), `week` (day of week), `year` (time
     of year), encoded as sine and cosine; `auto`: the cycles the seasonal base lacks (day+week below daily,

@@ -241,6 +241,7 @@ class IngestRecord(Record):
     refit_fold: int | None = None  # set on a refit fold's ingest (cut at its cutoff)
     config: dict[str, Any] | None = None  # the config the stage ran with
     season_checks: list[dict[str, Any]] | None = None  # each candidate season's test (pipeline.library.seasonality)
+    transform_check: dict[str, Any] | None = None  # how `data.transform: auto` chose (library.transform_choice)
 
     @property
     def n_series(self) -> int:
@@ -279,6 +280,8 @@ class IngestRecord(Record):
         )
         if self.season_checks is not None:
             payload["seasons"] = {"kept": list(self.detected_seasons or ()), "checks": self.season_checks}
+        if self.transform_check is not None:
+            payload["transform_check"] = self.transform_check
         if self.refit_fold is not None:
             payload["refit_fold"] = self.refit_fold
         if self.config is not None:
@@ -306,6 +309,7 @@ class IngestRecord(Record):
             refit_fold=payload.get("refit_fold"),
             config=payload.get("config"),
             season_checks=(payload.get("seasons") or {}).get("checks"),
+            transform_check=payload.get("transform_check"),
         )
 
 

@@ -115,7 +115,8 @@ def report(name: str, result: dict, per_series: pd.DataFrame, plots: list[str], 
     wins = int((per_series["model_mase"] < per_series["seasonal_naive_mase"]).sum())
     if "base" in result:
         seasons = ", ".join(map(str, result["seasons"])) or "none"
-        lines += ["", f"Seasons (steps): {seasons}; residual base: {result['base']}."]
+        transform = f"; target transform: {result['transform']}" if result.get("transform", "none") != "none" else ""
+        lines += ["", f"Seasons (steps): {seasons}; residual base: {result['base']}{transform}."]
     lines += ["", f"The model beats seasonal naive on {wins} of {len(per_series)} series (per-series MASE).", ""]
     if len(per_series) > 1:
         lines += _per_series_lines(per_series)

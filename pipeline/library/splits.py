@@ -46,6 +46,8 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
     passes 0, its series already end at the fold's cutoff.
     """
     val_size, scaling_name, transform = data.val_size, data.scaling, data.transform
+    if transform not in scaling.TRANSFORMS:  # `auto` is decided by the ingest stage before it gets here
+        raise ValueError(f"split_and_scale needs a transform of {scaling.TRANSFORMS}, got {transform!r}")
     test_size = data.test_size if test_size is None else test_size
     offsets = series.offsets
     n = len(series.ids)

@@ -67,6 +67,26 @@ def warm_start_spec(choice: str, registry: Path | None) -> ModelSpec | None:
     return None if source is None else _weights_and_spec(source, choice)[1]
 
 
+def warm_start_transform(choice: str, registry: Path | None) -> str | None:
+    """The target transform the weights `train.init_from` names were trained on (None: a fresh start, or not saved).
+
+    An export or registry version says it in forecaster.json; a train/ directory in the config of its meta.json."""
+    if choice == "none":
+        return None
+    source = champion_dir(registry) if choice == "champion" else resolve_model_dir(Path(choice))
+    if source is None or source.is_file():
+        return None
+    for spec_file, read in (
+        (source / "forecaster.json", lambda payload: payload["transform"]),
+        (source / "meta.json", lambda payload: payload["config"]["data"]["transform"]),
+    ):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            found = read(json.loads(spec_file.read_text()))
+            if found in ("none", "log1p"):
+                return found
+    return None
+
+
 def _weights_and_spec(source: Path, choice: str) -> tuple[Path, ModelSpec | None]:
     """(weights file, its saved ModelSpec or None) of an export, train, checkpoint dir or .safetensors file."""
     if source.is_file() and source.suffix == ".safetensors":

@@ -178,6 +178,7 @@ def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tu
         "mae_by_horizon": {m: terms[m]["mae"].mean(axis=0).tolist() for m in METHODS},
         "seasons": list(cfg.model.seasons),
         "base": describe_base(trained),
+        "transform": cfg.data.transform,
     }
     if test.quantiles:
         result["quantiles"] = {"levels": test.quantiles, "point_forecast": "median (0.5)", **result["quantiles"]}

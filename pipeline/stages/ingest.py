@@ -18,14 +18,20 @@ import logging
 from pathlib import Path
 
 from pipeline.config import Config, DataConfig
+from pipeline.config.auto import resolve
+from pipeline.config.model_spec import model_spec
 from pipeline.library.artifacts import staged_dir
-from pipeline.library.records import is_cached
+from pipeline.library.base_choice import candidates
+from pipeline.library.errors import ConfigError, DataError
+from pipeline.library.records import IngestRecord, is_cached
 from pipeline.library.runtime import main_process_only
 from pipeline.library.series import SeriesSet, prepare_series
 from pipeline.library.series_stream import stream_series
 from pipeline.library.sources import load_table, parquet_batches, source_fingerprint
 from pipeline.library.splits import split_and_scale
 from pipeline.library.store import VALUES_FILE, write_values
+from pipeline.library.transform_choice import TransformCheck, choose_transform, first_negative
+from pipeline.library.warm_start import warm_start_transform
 from pipeline.stages.table import cache_key, stage_dir
 from pipeline.stages.tracking import DATA_FILE, dataset_artifact, open_tracker
 
@@ -44,7 +50,7 @@ def _run(cfg: Config, force: bool) -> None:
         log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
         return
     series = read_series(cfg.data)
-    record = dataclasses.replace(split_and_scale(series, cfg.data), key=key, config=cfg.to_dict())
+    record = dataclasses.replace(split_and_transform(cfg, series), key=key, config=cfg.to_dict())
     identity = {
         "fingerprint": record.fingerprint,
         "source": cfg.data.source,
@@ -65,7 +71,55 @@ def _run(cfg: Config, force: bool) -> None:
     )
     for check in record.season_checks or ():
         log.info("ingest: season %d %s: %s", check["season"], "kept" if check["kept"] else "not kept", check["why"])
+    if record.transform_check:
+        log.info("ingest: data.transform auto -> %s: %s", record.transform, record.transform_check["why"])
     _track(cfg, out)
+
+
+def split_and_transform(cfg: Config, series: SeriesSet) -> IngestRecord:
+    """The ingest record, with `data.transform: auto` decided on the windows before the test part.
+
+    The bases compared are the ones the train stage will choose from (or its one configured base),
+    read at the lookback and seasons the later stages resolve from the untransformed record: the
+    transform does not move the split, the seasons or the lookback. A warm start keeps the
+    transform of the weights it starts from, as it keeps their base: the correction was learned there.
+    """
+    if cfg.data.transform != "auto":
+        return split_and_scale(series, cfg.data)
+    plain = split_and_scale(series, dataclasses.replace(cfg.data, transform="none"))
+    kept = warm_start_transform(cfg.train.init_from, cfg.registry_root)
+    if kept is not None:
+        negative = first_negative(series.values, series.offsets, series.lengths) if kept == "log1p" else None
+        if negative is not None:
+            raise DataError(
+                f"{cfg.data.source}: series '{series.ids[negative]}' has a value below 0, and the starting weights "
+                f"(train.init_from) were trained on log1p of the data: set data.transform: none and train afresh"
+            )
+        check = TransformCheck(kept, "kept from the starting weights (train.init_from)")
+    else:
+        try:
+            check = _check_transform(cfg, series, plain)
+        except ConfigError as error:  # the window stage after this one says it, where it belongs
+            check = TransformCheck("none", f"not checked: {error}")
+    record = plain
+    if check.transform != "none":
+        record = split_and_scale(series, dataclasses.replace(cfg.data, transform=check.transform))
+    return dataclasses.replace(record, transform_check=check.to_json())
+
+
+def _check_transform(cfg: Config, series: SeriesSet, plain: IngestRecord) -> TransformCheck:
+    resolved = resolve(cfg, plain)
+    spec = model_spec(resolved, plain)
+    seasons, lookback = tuple(resolved.model.seasons), resolved.window.lookback
+    if resolved.model.base == "validation" or not spec.residual_season:
+        bases = candidates(spec, seasons if spec.residual_season else (), lookback)
+    else:
+        bases = {"the configured base": spec}
+    t = plain.series
+    return choose_transform(
+        series.values, series.offsets, t.train_end, t.val_end, t.lengths, bases, lookback, resolved.window.horizon,
+        list(series.ids),
+    )  # fmt: skip
 
 
 def _track(cfg: Config, out: Path) -> None:

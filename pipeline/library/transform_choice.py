@@ -1,0 +1,153 @@
+"""`data.transform: auto`: model the log of the data where its seasonal swing grows with its level.
+
+A seasonal profile is additive: it carries the same swing in units at any level. Sales whose
+January dip is a fixed share of the level (multiplicative seasonality) grow out of it as the level
+rises, and a trend that compounds is a straight line only in logs. `log1p` turns both into the
+additive case; on data without them it only bends the errors. Which one a data set is, the
+windows before the test part tell: each candidate base of the train stage
+(`pipeline.library.base_choice`) forecasts the same windows from the values as they are and from
+their log, and the errors of both, mapped back to the data's units, are compared in each series'
+units (its train part's standard deviation), as the train stage's loss compares bases.
+
+The log is taken only when the best base on the log is better than the best on the values by more
+than one standard error of the per-window differences (`pipeline.library.selection`): the plain
+values are the simpler model, kept unless the windows show otherwise. Data with a negative value
+anywhere keep them (log1p is not defined there). Nothing is fitted, so training and validation
+windows alike test the bases out of sample; the test part is never read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.library.model import residual_base
+from pipeline.library.model_spec import ModelSpec
+from pipeline.library.selection import effective_windows, one_standard_error
+
+CHUNK = 1024  # windows gathered at a time (a window of calls is 4,394 values)
+MAX_WINDOWS = 8192  # at most this many training windows, and as many validation windows, evenly spaced
+
+
+@dataclass(frozen=True)
+class TransformCheck:
+    """The choice and its evidence, for ingest's meta.json and the report."""
+
+    transform: str
+    why: str
+    loss: dict[str, float] | None = None  # the best base's mean loss per transform
+    base: dict[str, str] | None = None  # which base that was
+    windows: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "transform": self.transform, "why": self.why, "loss": self.loss, "base": self.base, "windows": self.windows
+        }  # fmt: skip
+
+
+def choose_transform(
+    values: np.ndarray,
+    offsets: np.ndarray,
+    train_end: np.ndarray,
+    val_end: np.ndarray,
+    lengths: np.ndarray,
+    bases: dict[str, ModelSpec],
+    lookback: int,
+    horizon: int,
+    ids: list[str] | None = None,
+) -> TransformCheck:
+    """`none` or `log1p` for the series `values[offsets[i] : offsets[i] + lengths[i]]`, read up to `val_end[i]`."""
+    if not bases:
+        return TransformCheck("none", "no base to compare the transforms with")
+    negative = first_negative(values, offsets, lengths)
+    if negative is not None:
+        name = ids[negative] if ids else negative
+        return TransformCheck("none", f"series '{name}' has a value below 0 (log1p needs values >= 0)")
+    pairs = _windows(train_end, val_end, lookback, horizon)
+    if len(pairs) == 0:
+        return TransformCheck("none", "no window before the test part")
+    units = _units(values, offsets, train_end)
+    spaces = (("none", _same, _same), ("log1p", np.log1p, np.expm1))
+    errors = {kind: [] for kind, _, _ in spaces}
+    for chunk in np.array_split(pairs, max(1, len(pairs) // CHUNK)):
+        x, y = _gather(values, offsets, chunk, lookback, horizon)
+        unit = units[chunk[:, 0]][:, None]
+        for kind, forward, inverse in spaces:
+            errors[kind].append(_base_errors(forward(x), bases, inverse, y, unit))
+    losses, names = {}, {}
+    for kind, parts in errors.items():
+        per_base = np.concatenate(parts)  # (windows, bases)
+        best = int(np.argmin(per_base.mean(axis=0)))
+        losses[kind], names[kind] = per_base[:, best], list(bases)[best]
+    columns = np.stack([losses["none"], losses["log1p"]], axis=1)
+    chosen = ("none", "log1p")[one_standard_error(columns, effective_windows(pairs, horizon))]
+    means = {kind: float(loss.mean()) for kind, loss in losses.items()}
+    figures = f"loss {means['log1p']:.4f} on the log, {means['none']:.4f} on the values"
+    if chosen == "log1p":
+        why = f"the log's best base is better by more than a standard error ({figures})"
+    elif means["log1p"] < means["none"]:
+        why = f"the log's best base is better by less than a standard error ({figures})"
+    else:
+        why = f"the values' best base is better ({figures})"
+    return TransformCheck(chosen, why, means, names, len(pairs))
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return a
+
+
+def first_negative(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int | None:
+    """The index of the first series with a value below 0 (outside log1p's domain), or None."""
+    if not (np.asarray(values) < 0).any():
+        return None
+    for i, (start, length) in enumerate(zip(offsets, lengths)):
+        if (values[start : start + length] < 0).any():
+            return i
+    return None
+
+
+def _windows(train_end: np.ndarray, val_end: np.ndarray, lookback: int, horizon: int) -> np.ndarray:
+    """(series, start) of every window whose target ends by the validation part's end; up to MAX_WINDOWS of those
+    that end in the train part and as many of the rest, evenly spaced (the train stage's choice reads the same mix)."""
+    train, val = [], []
+    for i, (t, v) in enumerate(zip(train_end.tolist(), val_end.tolist())):
+        starts = np.arange(0, v - lookback - horizon + 1)
+        ends_in_train = starts + lookback + horizon <= t
+        train.append(np.stack([np.full(int(ends_in_train.sum()), i), starts[ends_in_train]], 1))
+        val.append(np.stack([np.full(int((~ends_in_train).sum()), i), starts[~ends_in_train]], 1))
+    chosen = [_spread(np.concatenate(part) if part else np.empty((0, 2), np.int64)) for part in (train, val)]
+    return np.concatenate(chosen).astype(np.int64)
+
+
+def _spread(pairs: np.ndarray) -> np.ndarray:
+    if len(pairs) <= MAX_WINDOWS:
+        return pairs
+    return pairs[np.linspace(0, len(pairs) - 1, MAX_WINDOWS).round().astype(np.int64)]
+
+
+def _units(values: np.ndarray, offsets: np.ndarray, train_end: np.ndarray) -> np.ndarray:
+    """Each series' train part's standard deviation: the loss's unit under the train stage's standard scaling."""
+    units = np.array(
+        [np.nanstd(values[start : start + end], dtype=np.float64) for start, end in zip(offsets, train_end)]
+    )
+    return np.where(units > 0, units, 1.0)
+
+
+def _gather(values: np.ndarray, offsets: np.ndarray, pairs: np.ndarray, lookback: int, horizon: int):
+    """Inputs (W, lookback) and targets (W, horizon) of the windows `pairs`, in float64 (a chunk at a time: the
+    data's buffer stays as it is)."""
+    index = offsets[pairs[:, 0]][:, None] + pairs[:, 1][:, None] + np.arange(lookback + horizon)
+    rows = np.asarray(values[index], dtype=np.float64)
+    return rows[:, :lookback], rows[:, lookback:]
+
+
+def _base_errors(inputs, bases, inverse, target, unit) -> np.ndarray:
+    """Each base's mean absolute error per window (W, bases) in series units, its forecast mapped back by `inverse`."""
+    window = torch.from_numpy(np.ascontiguousarray(inputs))
+    out = np.empty((len(inputs), len(bases)))
+    for j, spec in enumerate(bases.values()):
+        forecast = inverse(residual_base(window, spec).numpy())
+        out[:, j] = np.abs(forecast - target).mean(axis=1) / unit[:, 0]
+    return out

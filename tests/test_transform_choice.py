@@ -1,0 +1,127 @@
+"""`data.transform: auto`: the log where the seasonal swing grows with the level, chosen at ingest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import auto, load_config
+from pipeline.library.records import IngestRecord
+from tests.conftest import run_main, write_config
+
+MONTHS = 204  # 17 years, as the monthly sets of bench/accuracy.py
+
+
+def _monthly(multiplicative: bool, seed: int = 0) -> np.ndarray:
+    """A rising monthly series with a yearly swing: a share of the level (multiplicative) or fixed units (additive)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(MONTHS)
+    season = np.sin(2 * np.pi * t / 12) + 0.5 * np.sin(4 * np.pi * t / 12)
+    if multiplicative:  # 1.5% growth a month, a swing of +-35% of the level, 2% noise
+        return 20 * np.exp(0.015 * t) * (1 + 0.35 * season) * np.exp(rng.normal(0, 0.02, MONTHS))
+    return 200 + 1.5 * t + 40 * season + rng.normal(0, 4, MONTHS)  # the same rise in a straight line, fixed swing
+
+
+def _config(tmp_path: Path, values: np.ndarray, **overrides) -> Path:
+    frame = pd.DataFrame({"time": pd.date_range("1991-07-01", periods=len(values), freq="MS"), "value": values})
+    source = tmp_path / "monthly.csv"
+    frame.to_csv(source, index=False)
+    settings = {
+        "data": {"source": str(source), "time_column": "time", "target_column": "value", "freq": "MS"},
+        "data.val_size": 0.1,
+        "data.test_size": 0.2,
+        "window": {"lookback": "auto", "horizon": 12, "stride": 1, "test_stride": 12},
+        "evaluate.season_length": "auto",
+        **overrides,
+    }
+    return write_config(tmp_path, settings)
+
+
+def _ingest(config: Path) -> dict:
+    code, err = run_main(["ingest", "--config", str(config)])
+    assert code == 0, err[-2000:]
+    return json.loads((Path(load_config(config).output_dir) / "ingest" / "meta.json").read_text())
+
+
+def test_a_swing_that_grows_with_the_level_gets_the_log(tmp_path):
+    config = _config(tmp_path, _monthly(multiplicative=True))
+    meta = _ingest(config)
+    check = meta["transform_check"]
+    assert meta["transform"] == "log1p" and check["transform"] == "log1p", check
+    assert check["loss"]["log1p"] < 0.8 * check["loss"]["none"], check  # far apart, not a near tie
+    assert check["windows"] == 92  # every window ending by the validation part's end (163): lookback 60, horizon 12
+    assert "better by more than a standard error" in check["why"]
+    ingest = IngestRecord.from_json(meta)
+    values = _monthly(multiplicative=True)[: int(ingest.series.train_end[0])]
+    assert ingest.series.stats.loc[0] == pytest.approx(np.log1p(values).mean())  # statistics of the log's train part
+    resolved = auto.resolve(load_config(config), ingest)
+    assert resolved.data.transform == "log1p"  # what every later stage runs with
+
+
+def test_a_fixed_swing_keeps_the_values(tmp_path):
+    meta = _ingest(_config(tmp_path, _monthly(multiplicative=False)))
+    check = meta["transform_check"]
+    assert meta["transform"] == "none" and check["transform"] == "none", check
+    assert check["loss"]["none"] <= check["loss"]["log1p"] or "less than a standard error" in check["why"]
+    ingest = IngestRecord.from_json(meta)
+    assert auto.resolve(load_config(tmp_path / "config.yaml"), ingest).data.transform == "none"
+
+
+def test_a_negative_value_keeps_the_values_and_says_which_series(tmp_path):
+    values = _monthly(multiplicative=True)
+    values[5] = -1.0
+    check = _ingest(_config(tmp_path, values))["transform_check"]
+    assert check["transform"] == "none"
+    assert check["why"] == "series 'series' has a value below 0 (log1p needs values >= 0)"
+
+
+def test_a_transform_set_in_the_config_is_not_checked(tmp_path):
+    meta = _ingest(_config(tmp_path, _monthly(multiplicative=True), **{"data.transform": "none"}))
+    assert meta["transform"] == "none" and "transform_check" not in meta
+
+
+def test_a_warm_start_keeps_the_transform_of_its_weights(tmp_path):
+    """A nightly retrain from the champion keeps the space its correction was learned in, whatever the data say."""
+    start = tmp_path / "champion"
+    start.mkdir()
+    (start / "model.safetensors").write_bytes(b"")  # only the saved forecaster.json is read at ingest
+    (start / "forecaster.json").write_text(json.dumps({"transform": "log1p", "model": {}}))
+    config = _config(tmp_path, _monthly(multiplicative=False), **{"train.init_from": str(start)})
+    meta = _ingest(config)
+    assert meta["transform"] == "log1p"
+    assert meta["transform_check"]["why"] == "kept from the starting weights (train.init_from)"
+    values = _monthly(multiplicative=False)
+    values[7] = -3.0
+    code, err = run_main(["ingest", "--config", str(_config(tmp_path, values, **{"train.init_from": str(start)}))])
+    assert code == 2
+    assert "series 'series' has a value below 0, and the starting weights (train.init_from)" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_run_on_the_log_reports_it_and_serves_in_the_data_units(tmp_path):
+    values = _monthly(multiplicative=True)
+    overrides = {
+        "model": {"hidden_size": 16, "num_layers": 1},
+        "train.max_steps": 20,
+        "train.checkpoint_every": 0,
+        "train.loss": "mae",
+        "evaluate.plot_series": 0,
+        "export.onnx": True,
+    }
+    config = _config(tmp_path, values, **overrides)
+    code, err = run_main(["run", "--config", str(config)])
+    assert code == 0, err[-2000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
+    assert metrics["transform"] == "log1p"
+    assert "target transform: log1p." in (run / "evaluate" / "report.md").read_text()
+    forecaster = json.loads((run / "export" / "forecaster.json").read_text())
+    assert forecaster["transform"] == "log1p"
+    assert json.loads((run / "train" / "meta.json").read_text())["config"]["data"]["transform"] == "log1p"
+    # in the data's units: seasonal naive lags a year of growth (20%), the log's profile carries it
+    assert metrics["model"]["mae"] < 0.5 * metrics["baselines"]["seasonal_naive"]["mae"], metrics["model"]
