@@ -125,3 +125,26 @@ def test_a_run_on_the_log_reports_it_and_serves_in_the_data_units(tmp_path):
     assert json.loads((run / "train" / "meta.json").read_text())["config"]["data"]["transform"] == "log1p"
     # in the data's units: seasonal naive lags a year of growth (20%), the log's profile carries it
     assert metrics["model"]["mae"] < 0.5 * metrics["baselines"]["seasonal_naive"]["mae"], metrics["model"]
+
+
+@pytest.mark.parametrize("limit", [5, 40, 10_000])
+def test_the_windows_compared_are_the_train_stages_mix_without_listing_them_all(monkeypatch, limit):
+    """Up to MAX_WINDOWS windows ending in the train part and as many ending after it, evenly spaced, picked from
+    the counts alone (listing every window of 10,000 long series would take gigabytes)."""
+    from pipeline.library import transform_choice
+
+    monkeypatch.setattr(transform_choice, "MAX_WINDOWS", limit)
+    train_end, val_end, lookback, horizon = np.array([30, 12, 50, 40]), np.array([36, 20, 60, 40]), 8, 4
+    every = {"train": [], "rest": []}
+    for i, (t, v) in enumerate(zip(train_end, val_end)):
+        for start in range(v - lookback - horizon + 1):
+            every["train" if start + lookback + horizon <= t else "rest"].append((i, start))
+    expected = []
+    for part in every.values():
+        rows = np.array(part)
+        if len(rows) > limit:
+            rows = rows[np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+        expected.append(rows)
+    got = transform_choice._windows(train_end, val_end, lookback, horizon)
+    np.testing.assert_array_equal(got, np.concatenate(expected))
+    assert len(got) == min(limit, 19 + 1 + 39 + 29) + min(limit, 6 + 8 + 10 + 0)  # per series, in train + after

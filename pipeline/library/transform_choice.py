@@ -100,7 +100,7 @@ def _same(a: np.ndarray) -> np.ndarray:
 
 def first_negative(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int | None:
     """The index of the first series with a value below 0 (outside log1p's domain), or None."""
-    if not (np.asarray(values) < 0).any():
+    if len(values) == 0 or np.nanmin(values) >= 0:  # no temporary the size of the data
         return None
     for i, (start, length) in enumerate(zip(offsets, lengths)):
         if (values[start : start + length] < 0).any():
@@ -109,22 +109,24 @@ def first_negative(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray)
 
 
 def _windows(train_end: np.ndarray, val_end: np.ndarray, lookback: int, horizon: int) -> np.ndarray:
-    """(series, start) of every window whose target ends by the validation part's end; up to MAX_WINDOWS of those
-    that end in the train part and as many of the rest, evenly spaced (the train stage's choice reads the same mix)."""
-    train, val = [], []
-    for i, (t, v) in enumerate(zip(train_end.tolist(), val_end.tolist())):
-        starts = np.arange(0, v - lookback - horizon + 1)
-        ends_in_train = starts + lookback + horizon <= t
-        train.append(np.stack([np.full(int(ends_in_train.sum()), i), starts[ends_in_train]], 1))
-        val.append(np.stack([np.full(int((~ends_in_train).sum()), i), starts[~ends_in_train]], 1))
-    chosen = [_spread(np.concatenate(part) if part else np.empty((0, 2), np.int64)) for part in (train, val)]
-    return np.concatenate(chosen).astype(np.int64)
+    """(series, start) of the windows whose target ends by the validation part's end: up to MAX_WINDOWS of those
+    that end in the train part and as many of the rest, evenly spaced (the mix the train stage's choice reads).
+    Only the chosen pairs are made: 10,000 long series hold tens of millions of windows."""
+    span = lookback + horizon
+    total = np.maximum(np.asarray(val_end, dtype=np.int64) - span + 1, 0)
+    in_train = np.clip(np.asarray(train_end, dtype=np.int64) - span + 1, 0, total)
+    return np.concatenate([_spread(in_train, np.zeros_like(in_train)), _spread(total - in_train, in_train)])
 
 
-def _spread(pairs: np.ndarray) -> np.ndarray:
-    if len(pairs) <= MAX_WINDOWS:
-        return pairs
-    return pairs[np.linspace(0, len(pairs) - 1, MAX_WINDOWS).round().astype(np.int64)]
+def _spread(counts: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Up to MAX_WINDOWS pairs evenly spaced over windows numbered series by series, series i holding `counts[i]`
+    windows that start at `first[i]`, `first[i] + 1`, ..."""
+    n = int(counts.sum())
+    picked = np.arange(n) if n <= MAX_WINDOWS else np.linspace(0, n - 1, MAX_WINDOWS).round().astype(np.int64)
+    ends = np.cumsum(counts)
+    series = np.searchsorted(ends, picked, side="right")
+    starts = picked - (ends[series] - counts[series]) + first[series]
+    return np.stack([series, starts], axis=1).astype(np.int64)
 
 
 def _units(values: np.ndarray, offsets: np.ndarray, train_end: np.ndarray) -> np.ndarray:
