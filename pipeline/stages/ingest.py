@@ -16,12 +16,12 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import Config, DataConfig
 from pipeline.config.auto import resolve
 from pipeline.config.model_spec import model_spec
 from pipeline.library.artifacts import staged_dir
-from pipeline.library.base_choice import candidates
 from pipeline.library.errors import ConfigError, DataError
 from pipeline.library.records import IngestRecord, is_cached
 from pipeline.library.runtime import main_process_only
@@ -30,10 +30,12 @@ from pipeline.library.series_stream import stream_series
 from pipeline.library.sources import load_table, parquet_batches, source_fingerprint
 from pipeline.library.splits import split_and_scale
 from pipeline.library.store import VALUES_FILE, write_values
-from pipeline.library.transform_choice import TransformCheck, choose_transform, first_negative
 from pipeline.library.warm_start import warm_start_transform
 from pipeline.stages.table import cache_key, stage_dir
 from pipeline.stages.tracking import DATA_FILE, dataset_artifact, open_tracker
+
+if TYPE_CHECKING:
+    from pipeline.library.transform_choice import TransformCheck
 
 log = logging.getLogger("pipeline")
 
@@ -86,6 +88,9 @@ def split_and_transform(cfg: Config, series: SeriesSet) -> IngestRecord:
     """
     if cfg.data.transform != "auto":
         return split_and_scale(series, cfg.data)
+    # imported here: the bases are torch code, and torch (190 MB) stays out of an ingest given its transform
+    from pipeline.library.transform_choice import TransformCheck, first_negative
+
     plain = split_and_scale(series, dataclasses.replace(cfg.data, transform="none"))
     kept = warm_start_transform(cfg.train.init_from, cfg.registry_root)
     if kept is not None:
@@ -108,6 +113,10 @@ def split_and_transform(cfg: Config, series: SeriesSet) -> IngestRecord:
 
 
 def _check_transform(cfg: Config, series: SeriesSet, plain: IngestRecord) -> TransformCheck:
+    """`choose_transform` on the bases the train stage will compare, at the lookback and seasons it will resolve."""
+    from pipeline.library.base_choice import candidates
+    from pipeline.library.transform_choice import choose_transform
+
     resolved = resolve(cfg, plain)
     spec = model_spec(resolved, plain)
     seasons, lookback = tuple(resolved.model.seasons), resolved.window.lookback
