@@ -148,3 +148,12 @@ def test_the_windows_compared_are_the_train_stages_mix_without_listing_them_all(
     got = transform_choice._windows(train_end, val_end, lookback, horizon)
     np.testing.assert_array_equal(got, np.concatenate(expected))
     assert len(got) == min(limit, 19 + 1 + 39 + 29) + min(limit, 6 + 8 + 10 + 0)  # per series, in train + after
+
+
+def test_a_window_that_cannot_be_resolved_is_left_to_the_window_stage(tmp_path):
+    """Ingest is about the data: a horizon the train part cannot hold is the window stage's error, not ingest's."""
+    config = _config(tmp_path, _monthly(multiplicative=True)[:60], **{"window.horizon": 42})
+    check = _ingest(config)["transform_check"]
+    assert check["transform"] == "none" and check["why"].startswith("not checked: window.lookback: auto:"), check
+    code, err = run_main(["window", "--config", str(config)])
+    assert code == 2 and "window.lookback: auto: the shortest train part" in err

@@ -90,7 +90,7 @@ def choose_transform(
     elif means["log1p"] < means["none"]:
         why = f"the log's best base is better by less than a standard error ({figures})"
     else:
-        why = f"the values' best base is better ({figures})"
+        why = f"the log's best base is no better ({figures})"
     return TransformCheck(chosen, why, means, names, len(pairs))
 
 
