@@ -28,6 +28,7 @@ def _monthly(multiplicative: bool, seed: int = 0) -> np.ndarray:
 
 def _config(tmp_path: Path, values: np.ndarray, **overrides) -> Path:
     frame = pd.DataFrame({"time": pd.date_range("1991-07-01", periods=len(values), freq="MS"), "value": values})
+    tmp_path.mkdir(parents=True, exist_ok=True)
     source = tmp_path / "monthly.csv"
     frame.to_csv(source, index=False)
     settings = {
@@ -60,6 +61,16 @@ def test_a_swing_that_grows_with_the_level_gets_the_log(tmp_path):
     assert ingest.series.stats.loc[0] == pytest.approx(np.log1p(values).mean())  # statistics of the log's train part
     resolved = auto.resolve(load_config(config), ingest)
     assert resolved.data.transform == "log1p"  # what every later stage runs with
+
+
+def test_the_test_part_does_not_move_the_choice(tmp_path):
+    """No leakage: the check reads the windows up to the validation part's end, whatever the test part holds (kept
+    >= 0: a negative value anywhere rules the log out, its inputs at test time included)."""
+    values = _monthly(multiplicative=True)
+    first = _ingest(_config(tmp_path / "a", values))["transform_check"]
+    changed = values.copy()
+    changed[-41:] = changed[-41:][::-1] * 3  # the 41 test points: reversed and tripled
+    assert _ingest(_config(tmp_path / "b", changed))["transform_check"] == first
 
 
 def test_a_fixed_swing_keeps_the_values(tmp_path):

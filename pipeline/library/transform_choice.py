@@ -18,13 +18,16 @@ windows alike test the bases out of sample; the test part is never read.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from pipeline.library import scaling
 from pipeline.library.model import residual_base
 from pipeline.library.model_spec import ModelSpec
+from pipeline.library.records import SeriesTable
 from pipeline.library.selection import effective_windows, one_standard_error
 
 CHUNK = 1024  # windows gathered at a time (a window of calls is 4,394 values)
@@ -42,33 +45,23 @@ class TransformCheck:
     windows: int = 0
 
     def to_json(self) -> dict:
-        return {
-            "transform": self.transform, "why": self.why, "loss": self.loss, "base": self.base, "windows": self.windows
-        }  # fmt: skip
+        return dataclasses.asdict(self)
 
 
 def choose_transform(
-    values: np.ndarray,
-    offsets: np.ndarray,
-    train_end: np.ndarray,
-    val_end: np.ndarray,
-    lengths: np.ndarray,
-    bases: dict[str, ModelSpec],
-    lookback: int,
-    horizon: int,
-    ids: list[str] | None = None,
+    values: np.ndarray, table: SeriesTable, bases: dict[str, ModelSpec], lookback: int, horizon: int
 ) -> TransformCheck:
-    """`none` or `log1p` for the series `values[offsets[i] : offsets[i] + lengths[i]]`, read up to `val_end[i]`."""
+    """`none` or `log1p` for the series of `table` in `values` (back to back), read up to their validation ends."""
     if not bases:
         return TransformCheck("none", "no base to compare the transforms with")
-    negative = first_negative(values, offsets, lengths)
+    negative = first_negative(values, table.offsets)
     if negative is not None:
-        name = ids[negative] if ids else negative
-        return TransformCheck("none", f"series '{name}' has a value below 0 (log1p needs values >= 0)")
-    pairs = _windows(train_end, val_end, lookback, horizon)
+        return TransformCheck("none", f"series '{table.ids[negative]}' has a value below 0 (log1p needs values >= 0)")
+    offsets = table.offsets
+    pairs = _windows(table.train_end, table.val_end, lookback, horizon)
     if len(pairs) == 0:
         return TransformCheck("none", "no window before the test part")
-    units = _units(values, offsets, train_end)
+    units = _units(values, offsets, table.train_end)
     spaces = (("none", _same, _same), ("log1p", np.log1p, np.expm1))
     errors = {kind: [] for kind, _, _ in spaces}
     for chunk in np.array_split(pairs, max(1, len(pairs) // CHUNK)):
@@ -98,14 +91,12 @@ def _same(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def first_negative(values: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int | None:
-    """The index of the first series with a value below 0 (outside log1p's domain), or None."""
-    if len(values) == 0 or np.nanmin(values) >= 0:  # no temporary the size of the data
+def first_negative(values: np.ndarray, offsets: np.ndarray) -> int | None:
+    """The index of the first series (starting at `offsets`) with a value outside log1p's domain, or None."""
+    if len(values) == 0 or np.nanmin(values) >= 0:  # the common case without a temporary the size of the data
         return None
-    for i, (start, length) in enumerate(zip(offsets, lengths)):
-        if (values[start : start + length] < 0).any():
-            return i
-    return None
+    first = scaling.first_outside_domain(values, "log1p")
+    return None if first is None else int(np.searchsorted(offsets, first, side="right")) - 1
 
 
 def _windows(train_end: np.ndarray, val_end: np.ndarray, lookback: int, horizon: int) -> np.ndarray:

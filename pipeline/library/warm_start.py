@@ -61,9 +61,7 @@ def warm_start_state(choice: str, registry: Path | None, spec: ModelSpec, curren
 
 def warm_start_spec(choice: str, registry: Path | None) -> ModelSpec | None:
     """The saved spec of the weights `train.init_from` names (None: a fresh start, or no spec saved with them)."""
-    if choice == "none":
-        return None
-    source = champion_dir(registry) if choice == "champion" else resolve_model_dir(Path(choice))
+    source = _source(choice, registry)
     return None if source is None else _weights_and_spec(source, choice)[1]
 
 
@@ -71,9 +69,7 @@ def warm_start_transform(choice: str, registry: Path | None) -> str | None:
     """The target transform the weights `train.init_from` names were trained on (None: a fresh start, or not saved).
 
     An export or registry version says it in forecaster.json; a train/ directory in the config of its meta.json."""
-    if choice == "none":
-        return None
-    source = champion_dir(registry) if choice == "champion" else resolve_model_dir(Path(choice))
+    source = _source(choice, registry)
     if source is None or source.is_file():
         return None
     for spec_file, read in (
@@ -85,6 +81,14 @@ def warm_start_transform(choice: str, registry: Path | None) -> str | None:
             if found in ("none", "log1p"):
                 return found
     return None
+
+
+def _source(choice: str, registry: Path | None) -> Path | None:
+    """The directory (or weights file) `train.init_from` names; None for a fresh start or a registry without a
+    champion."""
+    if choice == "none":
+        return None
+    return champion_dir(registry) if choice == "champion" else resolve_model_dir(Path(choice))
 
 
 def _weights_and_spec(source: Path, choice: str) -> tuple[Path, ModelSpec | None]:

@@ -94,7 +94,7 @@ def split_and_transform(cfg: Config, series: SeriesSet) -> IngestRecord:
     plain = split_and_scale(series, dataclasses.replace(cfg.data, transform="none"))
     kept = warm_start_transform(cfg.train.init_from, cfg.registry_root)
     if kept is not None:
-        negative = first_negative(series.values, series.offsets, series.lengths) if kept == "log1p" else None
+        negative = first_negative(series.values, series.offsets) if kept == "log1p" else None
         if negative is not None:
             raise DataError(
                 f"{cfg.data.source}: series '{series.ids[negative]}' has a value below 0, and the starting weights "
@@ -124,11 +124,7 @@ def _check_transform(cfg: Config, series: SeriesSet, plain: IngestRecord) -> Tra
         bases = candidates(spec, seasons if spec.residual_season else (), lookback)
     else:
         bases = {"the configured base": spec}
-    t = plain.series
-    return choose_transform(
-        series.values, series.offsets, t.train_end, t.val_end, t.lengths, bases, lookback, resolved.window.horizon,
-        list(series.ids),
-    )  # fmt: skip
+    return choose_transform(series.values, plain.series, bases, lookback, resolved.window.horizon)
 
 
 def _track(cfg: Config, out: Path) -> None:
