@@ -97,7 +97,7 @@ def _ingest(freq: str, detected):
 @pytest.mark.parametrize(
     ("detected", "lookback", "recurrent", "calendar", "seasons"),
     [
-        ((48, 336), 1476, 336, ["day", "week"], [48, 336]),  # the base: five weeks, cut to half the train part
+        ((48, 336), 1680, 336, ["day", "week"], [48, 336]),  # the base: five weeks (a third of the train part left)
         ((48,), 240, 144, ["day"], [48]),  # five days for the base, three for the recurrent layers
         ((), 240, 144, [], []),  # none kept: no calendar; the profile of the frequency's season stays a candidate
         (None, 240, 144, ["day", "week"], [48]),  # an ingest made before detection: the frequency's season
@@ -119,7 +119,7 @@ def test_a_warm_start_keeps_the_seasons_and_calendar_its_weights_were_trained_wi
     cfg = load_config(None, ["window.horizon=48", f"train.init_from={tmp_path}"])
     tonight = auto.resolve(cfg, _ingest("30min", (48,)))  # tonight's data shows no weekly cycle
     assert tonight.model.seasons == [48, 336] and tonight.data.calendar == ["day", "week"]
-    assert tonight.window.lookback == 1476
+    assert tonight.window.lookback == 1680  # five weeks: the weekly season is kept
     fresh = auto.resolve(load_config(None, ["window.horizon=48"]), _ingest("30min", (48,)))
     assert fresh.model.seasons == [48] and fresh.data.calendar == ["day"]
 
@@ -136,14 +136,14 @@ def test_a_warm_start_whose_base_reads_more_than_the_window_is_one_config_error(
     with pytest.raises(ConfigError, match=r"residual base reads 60 input steps, window.lookback is 48"):
         choose_residual_base(short, spec, None, {})
     wide = load_config(None, ["window.horizon=12", "window.lookback=60", f"train.init_from={tmp_path}"])
-    kept, record = choose_residual_base(wide, spec, None, {})
-    assert (kept.season_average, kept.trend, kept.base_level, record) == (5, 0.5, "half_season", None)
+    kept, fallback, record = choose_residual_base(wide, spec, None, {})
+    assert (kept.season_average, kept.trend, kept.base_level, fallback, record) == (5, 0.5, "half_season", None, None)
     for saved in (  # every field of the starting weights' base is kept, the smoothed level's rate and recent shapes too
         replace(champion, base_level="smoothed", level_smoothing=0.8, trend=0.0),
         replace(champion, residual_season=2, base="multi", seasons=(2, 12), recent_shapes=True),
     ):
         (tmp_path / "forecaster.json").write_text(json.dumps({"model": saved.to_dict()}))
-        kept, _ = choose_residual_base(wide, spec, None, {})
+        kept, _, _ = choose_residual_base(wide, spec, None, {})
         fields = (
             "residual_season",
             "season_average",
@@ -160,7 +160,7 @@ def test_explicit_seasons_are_used_as_given():
     cfg = load_config(None, ["window.horizon=48", "model.seasons=[169, 845]"])
     resolved = auto.resolve(cfg, _ingest("5min", (288,)))
     assert resolved.model.seasons == [169, 845] and resolved.model.residual_season == 169
-    assert resolved.window.lookback == (3000 - 48) // 2  # three weeks do not fit: half the train part
+    assert resolved.window.lookback == (3000 - 48) * 2 // 3  # five cycles of 845 do not fit: a third kept for origins
     assert resolved.model.recurrent_steps == 845  # a whole week
     with pytest.raises(ConfigError, match=r"model\.seasons must be increasing"):
         load_config(None, ["model.seasons=[336, 48]"])
@@ -286,6 +286,34 @@ def test_model_base_multi_recent_reads_the_day_from_the_last_week():
         assert losses[better] < 0.97 * losses[worse], losses  # a drifting day: the last week's; a steady one: all four
 
 
+def test_the_recent_profile_is_a_fallback_never_trained_over():
+    from pipeline.library import base_choice
+    from pipeline.library.buffer import WindowBuffer
+    from pipeline.library.losses import loss_function
+    from pipeline.library.model_spec import ModelSpec
+
+    lookback = 5 * WEEK
+    spec = ModelSpec(1, 24, 8, 1, residual_season=DAY, season_average=3, base_level="half_season")
+    pairs = torch.tensor([[0, start] for start in range(0, 12 * WEEK - lookback - 24, 5)])
+    for shift, fallback_expected in ((0.4, "recent multi-seasonal profile 24 + 168 x 5"), (0.0, None)):
+        values = _drifting_day(12, shift) + torch.from_numpy(np.random.default_rng(1).normal(0, 0.05, 12 * WEEK))
+        buffer = WindowBuffer(values.float(), torch.zeros(1, dtype=torch.int64), lookback, 24)
+        trained, fallback, record = base_choice.choose_base(
+            spec, (DAY, WEEK), lookback, buffer, pairs, 256, loss_function("mae")
+        )
+        assert not trained.recent_shapes and not record["chosen"].startswith("recent")
+        assert record.get("fallback") == fallback_expected
+        if fallback_expected:  # a drifting day: the recent profile is the best base, by more than 3%
+            assert fallback.recent_shapes
+            assert (fallback.base, fallback.seasons, fallback.trend) == ("multi", (24, 168), 0)
+            assert record["loss"][fallback_expected] < 0.97 * record["loss"][record["chosen"]]
+            assert record["fallback_used"] is False  # until the blend keeps none of the correction
+        else:  # a steady one: no fallback, the plain profile is better
+            assert fallback is None and record["loss"][record["chosen"]] < min(
+                v for k, v in record["loss"].items() if k.startswith("recent")
+            )
+
+
 @pytest.mark.parametrize(
     ("lookback", "seasons", "profiles"),
     [
@@ -301,7 +329,7 @@ def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, pro
 
     spec = ModelSpec(1, 12, 8, 1, residual_season=seasons[0], season_average=3, base_level="half_season")
     found = base_choice.candidates(spec, seasons, lookback)
-    variants = {"level-adjusted", "smoothed-level", "trend"}
+    variants = {"level-adjusted", "smoothed-level", "trend", "recent"}
     plain = [name for name in found if "profile" in name and not variants & set(name.split())]
     assert plain == profiles
     for name in profiles:  # each with a fresher level (the multi-seasonal one has it already) and both trends
@@ -309,7 +337,12 @@ def test_the_candidate_bases_follow_what_the_window_holds(lookback, seasons, pro
         assert {adjusted, f"{adjusted} with half its trend", f"{adjusted} with its trend"} <= set(found)
         assert (found[f"{adjusted} with half its trend"].trend, found[f"{adjusted} with its trend"].trend) == (0.5, 1)
         assert found[name].season_average == int(name.rsplit(" ", 1)[1])
-        assert not found[name].recent_shapes  # the recent profile is for `model.base: multi_recent` alone
+        assert not found[name].recent_shapes
+        if "multi" in name:  # and as `model.base: multi_recent` reads it (the day from the last week), flat
+            recent = found[f"recent {name}"]
+            assert (recent.recent_shapes, recent.trend) == (True, 0.0)
+            assert recent.season_average == found[name].season_average
+            assert f"recent {name} with half its trend" not in found
         if "multi" not in name:  # a season's profile also at a smoothed level, at three rates
             smoothed = [found[f"smoothed-level {name} at {rate}"] for rate in (0.2, 0.5, 0.8)]
             assert [(b.base_level, b.level_smoothing, b.trend) for b in smoothed] == [
@@ -357,3 +390,39 @@ def test_weekly_seasonal_naive_is_chosen_where_it_is_the_best_forecast(tmp_path)
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert 168 in metrics["seasons"]
     assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
+
+
+@pytest.mark.slow
+def test_with_no_correction_kept_the_forecast_is_the_recent_profile_it_was_not_trained_over(tmp_path):
+    values = _drifting_day(12).numpy() + np.random.default_rng(2).normal(0, 0.05, 12 * WEEK)
+    frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=len(values), freq="h"), "value": values})
+    frame.to_csv(tmp_path / "drift.csv", index=False)
+    for blend, used in ((0.0, True), (1.0, False)):
+        out = tmp_path / f"blend{blend}"
+        overrides = {
+            "output_dir": str(out),
+            "data": {"source": str(tmp_path / "drift.csv"), "time_column": "time", "target_column": "value"},
+            "data.freq": "h",
+            "data.transform": "none",
+            "window": {"horizon": 24},
+            "model": {"hidden_size": 8, "num_layers": 1, "seasons": [DAY, WEEK], "blend": blend},
+            "train.max_steps": 10,
+            "train.loss": "mae",
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+            "export.onnx": used,
+        }
+        code, err = run_main(["run", "--config", str(write_config(tmp_path, overrides))])
+        assert code == 0, err[-2000:]
+        train = json.loads((out / "train" / "meta.json").read_text())
+        recent = "recent multi-seasonal profile 24 + 168 x 5"
+        assert (train["base"]["fallback"], train["base"]["fallback_used"]) == (recent, used)
+        assert not train["base"]["chosen"].startswith("recent")  # the correction is trained over another base
+        assert train["model"].get("recent_shapes", False) is used
+        assert (train["blend"] or {"weight": 1.0})["weight"] == blend  # 1: no blend, no fallback
+        base = json.loads((out / "evaluate" / "metrics.json").read_text())["base"]
+        if used:  # the report names what forecasts; ONNX runs the same base
+            assert base == f"{recent} (chosen on validation; no correction kept over {train['base']['chosen']})"
+            assert json.loads((out / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
+        else:
+            assert base == f"{train['base']['chosen']} (chosen on validation)"

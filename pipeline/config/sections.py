@@ -160,8 +160,9 @@ class WindowConfig:
     """How each series is cut into (input, target) windows."""
 
     lookback: int | Literal["auto"] = "auto"
-    """Input length in steps; `auto`: five of the longest season (at least two horizons), at most half the shortest
-    train part: the residual base's profiles average up to five cycles (`model.base`)."""
+    """Input length in steps; `auto`: five of the longest season (at least two horizons), leaving at least a
+    third of the shortest train part as training-window origins: the residual base's profiles average up to five
+    cycles (`model.base`)."""
     horizon: int = 48
     """Forecast length in steps."""
     stride: int = 1
@@ -239,7 +240,8 @@ class ModelConfig:
     """The residual head's base: `validation` picks, on the windows before the test part, before training, the best
     of naive, seasonal naive at each season, and the averaged, the level-adjusted, the smoothed-level (at rates 0.2,
     0.5 and 0.8) and the multi-seasonal profile over three and over five cycles, the level-adjusted and the
-    multi-seasonal also carrying on half or all of the window's slope; `profile`: the
+    multi-seasonal also carrying on half or all of the window's slope, and the multi-seasonal as `multi_recent` reads
+    it (never trained over: where it is best, the forecast if the blend keeps none of the correction); `profile`: the
     profile set by residual_season, season_average and base_level; `multi`: every season's profile; `multi_recent`:
     the same with the shorter seasons' shapes read from the longest season's last cycle (a day's shape from the last
     week, for a day that drifts over the weeks), the longest's averaged over season_average cycles."""

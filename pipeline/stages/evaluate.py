@@ -189,6 +189,8 @@ def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tu
 def describe_base(trained: TrainRecord) -> str:
     """The residual base in words, for metrics.json and report.md ("none" without a residual head)."""
     spec = trained.model
+    if trained.base is not None and trained.base.get("fallback_used"):
+        return f"{trained.base['fallback']} (chosen on validation; no correction kept over {trained.base['chosen']})"
     if trained.base is not None:
         return f"{trained.base['chosen']} (chosen on validation)"
     if not spec.residual_season:

@@ -155,6 +155,7 @@ class TrainingData:
     spec: ModelSpec
     info: dict
     base: dict | None = None  # model.base: validation: the chosen base and each candidate's validation loss
+    fallback: ModelSpec | None = None  # ... and the best base of all where the correction is not trained over it
 
 
 def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
@@ -226,7 +227,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         raise DataError("no validation window: increase data.val_size or decrease window.horizon")
     index = {**index, "val": spread_subset(index["val"], cfg.train.val_windows)}
     pairs = {s: torch.from_numpy(index[s]).to(buffer.values.device) for s in ("train", "val")}
-    spec, base = choose_residual_base(cfg, spec, buffer, pairs)
+    spec, fallback, base = choose_residual_base(cfg, spec, buffer, pairs)
     if spec.quantiles:
         log.info("train: quantile head %s, trained with the pinball loss", list(spec.quantiles))
     info = {
@@ -235,7 +236,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         "n_series": ingest.n_series,
         "windows": window.counts,
     }
-    return TrainingData(buffer, pairs, spec, info, base)
+    return TrainingData(buffer, pairs, spec, info, base, fallback)
 
 
 BASE_FIELDS = (
@@ -245,15 +246,16 @@ BASE_FIELDS = (
 
 def choose_residual_base(
     cfg: Config, spec: ModelSpec, buffer: WindowBuffer, pairs: dict[str, torch.Tensor]
-) -> tuple[ModelSpec, dict | None]:
-    """The spec with the residual base `model.base: validation` picks (`pipeline.library.base_choice`).
+) -> tuple[ModelSpec, ModelSpec | None, dict | None]:
+    """The spec with the residual base `model.base: validation` picks (`pipeline.library.base_choice`), the spec
+    with its fallback (None without one) and the choice's record.
 
     The bases have nothing fitted, so every window before the test part tests them out of sample:
     they are compared on the validation windows and up to `train.val_windows` training windows.
     A warm start keeps the base of the weights it starts from: their correction was learned on it.
     """
     if cfg.model.base != "validation" or not spec.residual_season:
-        return spec, None
+        return spec, None, None
     saved = warm_start_spec(cfg.train.init_from, cfg.registry_root)
     if saved is not None and saved.residual_season:
         needs = base_steps(saved)
@@ -263,7 +265,7 @@ def choose_residual_base(
                 f"window.lookback is {cfg.window.lookback}: set window.lookback to at least {needs} or train afresh"
             )
         log.info("train: residual base of the starting weights kept (train.init_from)")
-        return dataclasses.replace(spec, **{name: getattr(saved, name) for name in BASE_FIELDS}), None
+        return dataclasses.replace(spec, **{name: getattr(saved, name) for name in BASE_FIELDS}), None, None
     loss = loss_function(cfg.train.loss, cfg.model.quantiles)
     train = pairs["train"]
     if cfg.train.val_windows and len(train) > cfg.train.val_windows:
@@ -595,6 +597,7 @@ def finish(session: Session, state: TrainState) -> None:
         calibration = blend = None
         if spec.blend:
             blend = blend_best(best, spec, buffer, val, cfg.train.eval_batch_size, session.loss, cfg.model.blend)
+            spec = fall_back(session.data, spec, blend["weight"])
         if spec.quantiles and cfg.model.calibrate:
             calibration = calibrate_best(best, spec, buffer, val, cfg.train.eval_batch_size)
         if session.threads is not None and session.threads.active:
@@ -614,6 +617,18 @@ def finish(session: Session, state: TrainState) -> None:
         session.tracker.summary(summary)
         track_lineage(session, state)
     accelerator.wait_for_everyone()
+
+
+def fall_back(data: TrainingData, spec: ModelSpec, weight: float) -> ModelSpec:
+    """The spec the forecast runs with: with none of the correction kept the forecast is a base alone, and then
+    the best base of all (`base_choice.fallback_only`) where the correction was trained over another.
+
+    Only base fields differ, and no weight depends on them, so the weights file stays as it is."""
+    if data.fallback is None or weight != 0.0:
+        return spec
+    data.base["fallback_used"] = True
+    log.info("train: the forecast is %s alone (none of the correction kept)", data.base["fallback"])
+    return data.fallback
 
 
 def track_lineage(session: Session, state: TrainState) -> None:
