@@ -95,8 +95,8 @@ def test_calls_file_has_real_call_centre_timestamps(tmp_path):
         ("half-hourly", 17520, 48, 48, 240, 3),
         ("hourly", 8760, 24, 24, 120, 3),
         ("5-minute", 27716, 169, 169, 845, 3),
-        ("monthly", 60, 12, 12, 20, 1),  # bounded: a third of the train part (42) after a horizon kept for origins
-        ("monthly", 40, 12, 12, 10, 1),  # shorter than a season: no residual head
+        ("monthly", 60, 12, 12, 15, 1),  # bounded: half of the train part (42) left after a horizon
+        ("monthly", 40, 12, 12, 8, 1),  # shorter than a season: no residual head
     ],
 )
 def test_protocol_per_frequency_and_the_auto_recipe(freq, length, horizon, season, lookback, average):

@@ -55,9 +55,12 @@ def test_season_follows_the_calendar_cycle_of_the_frequency(freq: str, season: i
         (4, 24, 152, 48),  # ... a longer one: two horizons beat five seasons
         (52, 52, 948, 260),  # weekly: five years
         (48, 48, 14016, 240),  # half-hourly vic_elec with its day only: five days
-        (12, 12, 60, 32),  # a short series: a third of what the train part leaves kept for origins
-        (336, 48, 2823, 1680),  # taylor (eight weeks of half-hourly train part): the five weeks fit
-        (336, 48, 2400, 1568),  # ... seven weeks: they do not
+        (12, 12, 60, 24),  # a short series: at most half of what the train part leaves
+        (12, 12, 62, 25),  # ... two thirds hold no more whole seasons (two) than half does: half
+        (12, 12, 90, 48),  # ... they hold four, half (39) three: four
+        (1, 40, 100, 30),  # no season: half, even where two horizons want more
+        (336, 48, 2823, 1680),  # taylor (eight weeks of half-hourly train part): five whole weeks in two thirds
+        (336, 48, 2400, 1344),  # ... seven weeks: four whole weeks, more than half (1176)
     ],
 )
 def test_auto_lookback(season: int, horizon: int, shortest_train: int, lookback: int):
@@ -95,7 +98,7 @@ def test_explicit_residual_season_longer_than_an_auto_lookback_is_a_config_error
     cfg = load_config(None, ["window.horizon=12", "model.residual_season=48"])
     with pytest.raises(
         ConfigError,
-        match=r"model.residual_season \(48\) x model.season_average \(1\) is longer than window.lookback \(32\)",
+        match=r"model.residual_season \(48\) x model.season_average \(1\) is longer than window.lookback \(24\)",
     ):
         auto.resolve(cfg, _meta("MS", [60]))
 
@@ -165,7 +168,7 @@ def test_monthly_data_runs_with_auto_settings_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     run = tmp_path / "run"
     window = json.loads((run / "window" / "meta.json").read_text())
-    assert window["lookback"] == 60  # five seasons of 12: the train part (126) keeps a third for origins
+    assert window["lookback"] == 60  # five seasons: half of the train part (126) after a horizon is 57, two thirds 76
     assert json.loads((run / "evaluate" / "metrics.json").read_text())["season_length"] == 12
     train = json.loads((run / "train" / "meta.json").read_text())
     assert train["model"]["residual_season"] == 12 and train["model"]["instance_norm"] is True

@@ -97,7 +97,7 @@ def _ingest(freq: str, detected):
 @pytest.mark.parametrize(
     ("detected", "lookback", "recurrent", "calendar", "seasons"),
     [
-        ((48, 336), 1680, 336, ["day", "week"], [48, 336]),  # the base: five weeks (a third of the train part left)
+        ((48, 336), 1680, 336, ["day", "week"], [48, 336]),  # the base: five whole weeks within two thirds
         ((48,), 240, 144, ["day"], [48]),  # five days for the base, three for the recurrent layers
         ((), 240, 144, [], []),  # none kept: no calendar; the profile of the frequency's season stays a candidate
         (None, 240, 144, ["day", "week"], [48]),  # an ingest made before detection: the frequency's season
@@ -160,7 +160,7 @@ def test_explicit_seasons_are_used_as_given():
     cfg = load_config(None, ["window.horizon=48", "model.seasons=[169, 845]"])
     resolved = auto.resolve(cfg, _ingest("5min", (288,)))
     assert resolved.model.seasons == [169, 845] and resolved.model.residual_season == 169
-    assert resolved.window.lookback == (3000 - 48) * 2 // 3  # five cycles of 845 do not fit: a third kept for origins
+    assert resolved.window.lookback == 2 * 845  # five cycles of 845 do not fit: the two whole ones in two thirds
     assert resolved.model.recurrent_steps == 845  # a whole week
     with pytest.raises(ConfigError, match=r"model\.seasons must be increasing"):
         load_config(None, ["model.seasons=[336, 48]"])

@@ -84,20 +84,23 @@ def _unit(name: str) -> str | None:
 def auto_lookback(season: int, horizon: int, shortest_train: int) -> int:
     """A few seasons (and at least two horizons), bounded by the shortest series' train part.
 
-    The bound keeps at least a third of that train part as training-window origins: a lookback
-    close to the series length would leave a handful of windows to learn from. Half, the bound
-    before, cut eight weeks of half-hourly history (taylor in bench/accuracy.py) to a four-week
-    window, where the multi-seasonal base needs five weeks to read the week's shape well (its
-    test MASE 0.178 at four, 0.136 at five; bench/LOG.md).
+    The bound keeps at least half of that train part (after a horizon) as training-window
+    origins: a lookback close to the series length would leave a handful of windows to learn
+    from. For whole cycles of `season` only, the unit the residual base's profiles average, the
+    window may take up to two thirds (a third left for origins): half cut eight weeks of
+    half-hourly history (taylor in bench/accuracy.py) to a four-week window, where the
+    multi-seasonal base needs five to read the week's shape well (its test MASE 0.178 at four
+    weeks, 0.136 at five; bench/LOG.md).
     """
     wanted = max(LOOKBACK_SEASONS * season, LOOKBACK_HORIZONS * horizon)
-    room = (shortest_train - horizon) * 2 // 3
+    room = (shortest_train - horizon) // 2
     if room < 1:
         raise ConfigError(
             f"window.lookback: auto: the shortest train part ({shortest_train} steps) leaves no room for "
             f"an input window before a horizon of {horizon}; set window.lookback or use longer series"
         )
-    return min(wanted, room)
+    cycles = (shortest_train - horizon) * 2 // 3 // season * season if season > 1 else 0  # within two thirds
+    return min(wanted, max(room, cycles))
 
 
 def needs_resolving(cfg: Config) -> bool:

@@ -160,8 +160,8 @@ class WindowConfig:
     """How each series is cut into (input, target) windows."""
 
     lookback: int | Literal["auto"] = "auto"
-    """Input length in steps; `auto`: five of the longest season (at least two horizons), leaving at least a
-    third of the shortest train part as training-window origins: the residual base's profiles average up to five
+    """Input length in steps; `auto`: five of the longest season (at least two horizons), at most half the shortest
+    train part, or two thirds of it for whole cycles of that season: the residual base's profiles average up to five
     cycles (`model.base`)."""
     horizon: int = 48
     """Forecast length in steps."""
