@@ -623,7 +623,8 @@ def fall_back(data: TrainingData, spec: ModelSpec, weight: float) -> ModelSpec:
     """The spec the forecast runs with: with none of the correction kept the forecast is a base alone, and then
     the best base of all (`base_choice.fallback_only`) where the correction was trained over another.
 
-    Only base fields differ, and no weight depends on them, so the weights file stays as it is."""
+    Only base fields differ, and no weight depends on them, so the weights file stays as it is; the choice's
+    record (`train/meta.json: base`) says the fallback was used."""
     if data.fallback is None or weight != 0.0:
         return spec
     data.base["fallback_used"] = True
