@@ -16,6 +16,7 @@ from pipeline.library.artifacts import sha256_file
 from pipeline.library.errors import ConfigError, DataError
 from pipeline.library.model_spec import ModelSpec
 from pipeline.library.registry_store import champion_dir, current_version, resolve_model_dir
+from pipeline.library.scaling import TRANSFORMS
 
 log = logging.getLogger("pipeline")
 
@@ -78,7 +79,7 @@ def warm_start_transform(choice: str, registry: Path | None) -> str | None:
     ):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             found = read(json.loads(spec_file.read_text()))
-            if found in ("none", "log1p"):
+            if found in TRANSFORMS:
                 return found
     return None
 

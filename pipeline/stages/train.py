@@ -595,9 +595,10 @@ def finish(session: Session, state: TrainState) -> None:
         write_loss_curve(work / "metrics.jsonl", work / "loss.png")
         best = work / "best" / "model.safetensors"
         calibration = blend = None
+        base = session.data.base
         if spec.blend:
             blend = blend_best(best, spec, buffer, val, cfg.train.eval_batch_size, session.loss, cfg.model.blend)
-            spec = fall_back(session.data, spec, blend["weight"])
+            spec, base = fall_back(session.data, spec, blend["weight"])
         if spec.quantiles and cfg.model.calibrate:
             calibration = calibrate_best(best, spec, buffer, val, cfg.train.eval_batch_size)
         if session.threads is not None and session.threads.active:
@@ -605,7 +606,7 @@ def finish(session: Session, state: TrainState) -> None:
         given = session.ran_with or cfg  # evaluate and export compare their config with this one
         record = TrainRecord(
             session.key, spec, state, session.setup, calibration, blend, train_settings(given), config=given.to_dict(),
-            base=session.data.base,
+            base=base,
         )  # fmt: skip
         record.write(work)
         swap_into_place(work, stage_dir(cfg, "train"))
@@ -619,17 +620,16 @@ def finish(session: Session, state: TrainState) -> None:
     accelerator.wait_for_everyone()
 
 
-def fall_back(data: TrainingData, spec: ModelSpec, weight: float) -> ModelSpec:
-    """The spec the forecast runs with: with none of the correction kept the forecast is a base alone, and then
-    the best base of all (`base_choice.fallback_only`) where the correction was trained over another.
+def fall_back(data: TrainingData, spec: ModelSpec, weight: float) -> tuple[ModelSpec, dict | None]:
+    """(the spec the forecast runs with, the base choice's record for train/meta.json): with none of the correction
+    kept the forecast is a base alone, and then the best base of all (`base_choice.fallback_only`) where the
+    correction was trained over another.
 
-    Only base fields differ, and no weight depends on them, so the weights file stays as it is; the choice's
-    record (`train/meta.json: base`) says the fallback was used."""
+    Only base fields differ, and no weight depends on them, so the weights file stays as it is."""
     if data.fallback is None or weight != 0.0:
-        return spec
-    data.base["fallback_used"] = True
+        return spec, data.base
     log.info("train: the forecast is %s alone (none of the correction kept)", data.base["fallback"])
-    return data.fallback
+    return data.fallback, {**data.base, "fallback_used": True}
 
 
 def track_lineage(session: Session, state: TrainState) -> None:
