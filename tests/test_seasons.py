@@ -154,6 +154,18 @@ def test_a_warm_start_whose_base_reads_more_than_the_window_is_one_config_error(
             "recent_shapes",
         )
         assert [getattr(kept, name) for name in fields] == [getattr(saved, name) for name in fields]
+    # weights whose forecast was a fallback base: the base their correction was trained over, and the fallback
+    recent = replace(champion, residual_season=2, base="multi", seasons=(2, 12), recent_shapes=True, trend=0.0)
+    names = {"chosen": "level-adjusted profile 12 x 5 with half its trend", "fallback": "recent multi-seasonal ..."}
+    record = {**names, "fallback_used": True, "trained_base": champion.base_fields()}
+    (tmp_path / "forecaster.json").write_text(json.dumps({"model": recent.to_dict(), "base": record}))
+    kept, fallback, record = choose_residual_base(wide, spec, None, {})
+    assert kept.base_fields() == champion.base_fields() and fallback.base_fields() == recent.base_fields()
+    assert record == {**names, "fallback_used": False, "kept_from": "train.init_from"}
+    bad = {**record, "fallback_used": True, "trained_base": {"hidden_size": 3}}
+    (tmp_path / "forecaster.json").write_text(json.dumps({"model": recent.to_dict(), "base": bad}))
+    with pytest.raises(ConfigError, match=r"trained_base is not a residual base: not residual base fields"):
+        choose_residual_base(wide, spec, None, {})
 
 
 def test_explicit_seasons_are_used_as_given():
@@ -426,3 +438,34 @@ def test_with_no_correction_kept_the_forecast_is_the_recent_profile_it_was_not_t
             assert json.loads((out / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
         else:
             assert base == f"{train['base']['chosen']} (chosen on validation)"
+    first = json.loads((tmp_path / "blend0.0" / "train" / "meta.json").read_text())["base"]
+    trained_over = first["trained_base"]
+    assert trained_over["recent_shapes"] is False  # the first run's correction was trained over another base
+    served = json.loads((tmp_path / "blend0.0" / "export" / "forecaster.json").read_text())
+    assert served["base"]["trained_base"] == trained_over and served["model"]["recent_shapes"] is True
+    # a warm start from the export trains on over the base its correction was learned on, never over the fallback
+    for blend, used in ((0.0, True), (0.5, False)):  # a share: the blend's buffer is part of the architecture
+        out = tmp_path / f"warm{blend}"
+        overrides = {
+            "output_dir": str(out),
+            "data": {"source": str(tmp_path / "drift.csv"), "time_column": "time", "target_column": "value"},
+            "data.freq": "h",
+            "data.transform": "none",
+            "window": {"horizon": 24},
+            "model": {"hidden_size": 8, "num_layers": 1, "seasons": [DAY, WEEK], "blend": blend},
+            "train.max_steps": 2,
+            "train.init_from": str(tmp_path / "blend0.0" / "export"),
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+        }
+        code, err = run_main(["run", "--config", str(write_config(tmp_path, overrides))])
+        assert code == 0, err[-2000:]
+        assert "starting from the weights of" in err
+        train = json.loads((out / "train" / "meta.json").read_text())
+        assert (train["base"]["chosen"], train["base"]["fallback"]) == (first["chosen"], first["fallback"])
+        assert (train["base"]["fallback_used"], train["base"]["kept_from"]) == (used, "train.init_from")
+        assert train["model"].get("recent_shapes", False) is used
+        if not used:  # the correction kept runs over the base it was trained over, the first run's
+            assert {k: train["model"].get(k, v) for k, v in trained_over.items()} == trained_over
+        base = json.loads((out / "evaluate" / "metrics.json").read_text())["base"]
+        assert "(kept from the starting weights" in base

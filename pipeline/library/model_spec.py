@@ -6,7 +6,7 @@ loading torch.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 # fields added after the format was first used, as they read when switched off
 _LATER = {
@@ -20,6 +20,11 @@ _LATER = {
     "recent_shapes": False,
     "level_smoothing": 0.0,
 }
+
+BASE_FIELDS = (
+    "residual_season", "season_average", "base_level", "base", "seasons", "trend", "recent_shapes", "level_smoothing"
+)  # fmt: skip
+"""The fields that say which residual base the head corrects; no weight's shape depends on them."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,18 @@ class ModelSpec:
         """Every field, tuples as lists (as JSON holds them)."""
         lists = ("quantiles", "calendar", "past_covariates", "future_covariates", "static_covariates", "seasons")
         return {**asdict(self), **{name: list(getattr(self, name)) for name in lists}}
+
+    def base_fields(self) -> dict:
+        """The residual base's fields (`BASE_FIELDS`), as JSON holds them."""
+        plain = self._plain()
+        return {name: plain[name] for name in BASE_FIELDS}
+
+    def with_base(self, base: dict) -> ModelSpec:
+        """This spec with the residual base `base` (fields of `base_fields`; others are refused)."""
+        unknown = sorted(set(base) - set(BASE_FIELDS))
+        if unknown:
+            raise ValueError(f"not residual base fields: {unknown}")
+        return replace(self, **base)
 
     def to_dict(self) -> dict:
         saved = self._plain()

@@ -494,6 +494,7 @@ class ForecasterSpec:
     format_version: int = 1
     static_loc: list[float] = field(default_factory=list)  # across training series: how a new series'
     static_scale: list[float] = field(default_factory=list)  # static covariates are standardised
+    base: dict[str, Any] | None = None  # where the forecast runs on a fallback base: train/meta.json's base record
 
     def to_json(self) -> dict[str, Any]:
         payload = {
@@ -516,6 +517,8 @@ class ForecasterSpec:
         }
         if self.static_loc:
             payload["static_covariates"] = {"mean": self.static_loc, "scale": self.static_scale}
+        if self.base is not None:
+            payload["base"] = self.base
         return payload
 
     @classmethod
@@ -540,4 +543,5 @@ class ForecasterSpec:
             test_metrics=payload.get("test_metrics"),
             static_loc=list(static.get("mean", [])),
             static_scale=list(static.get("scale", [])),
+            base=payload.get("base"),
         )

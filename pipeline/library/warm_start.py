@@ -28,7 +28,7 @@ def warm_start_identity(choice: str, registry: Path | None) -> str:
         return ""
     if choice == "champion":
         return f"champion:{current_version(registry) or 'none'}"
-    weights, _ = _weights_and_spec(resolve_model_dir(Path(choice)), choice)
+    weights, _, _ = _saved(resolve_model_dir(Path(choice)), choice)
     return f"weights:{sha256_file(weights)}"
 
 
@@ -46,7 +46,8 @@ def warm_start_state(choice: str, registry: Path | None, spec: ModelSpec, curren
     else:
         source = resolve_model_dir(Path(choice))
         label = str(source)
-    weights, saved = _weights_and_spec(source, choice)
+    weights, forecast, fallback = _saved(source, choice)
+    saved = _trained_spec(forecast, fallback)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -63,7 +64,19 @@ def warm_start_state(choice: str, registry: Path | None, spec: ModelSpec, curren
 def warm_start_spec(choice: str, registry: Path | None) -> ModelSpec | None:
     """The saved spec of the weights `train.init_from` names (None: a fresh start, or no spec saved with them)."""
     source = _source(choice, registry)
-    return None if source is None else _weights_and_spec(source, choice)[1]
+    return None if source is None else _trained_spec(*_saved(source, choice)[1:])
+
+
+def warm_start_fallback(choice: str, registry: Path | None) -> tuple[ModelSpec, dict] | None:
+    """(the spec the starting weights forecast with, {"chosen", "fallback"}: the bases' names) where that spec's
+    base is a fallback their correction was not trained over (`train.fall_back`); None otherwise."""
+    source = _source(choice, registry)
+    if source is None:
+        return None
+    _, forecast, fallback = _saved(source, choice)
+    if forecast is None or fallback is None:
+        return None
+    return forecast, {"chosen": fallback["chosen"], "fallback": fallback["fallback"]}
 
 
 def warm_start_transform(choice: str, registry: Path | None) -> str | None:
@@ -92,10 +105,11 @@ def _source(choice: str, registry: Path | None) -> Path | None:
     return champion_dir(registry) if choice == "champion" else resolve_model_dir(Path(choice))
 
 
-def _weights_and_spec(source: Path, choice: str) -> tuple[Path, ModelSpec | None]:
-    """(weights file, its saved ModelSpec or None) of an export, train, checkpoint dir or .safetensors file."""
+def _saved(source: Path, choice: str) -> tuple[Path, ModelSpec | None, dict | None]:
+    """(weights file, the ModelSpec saved with them or None, the base record where their forecast runs on a fallback
+    base or None) of an export, train, checkpoint dir or .safetensors file."""
     if source.is_file() and source.suffix == ".safetensors":
-        return source, None
+        return source, None, None
     for weights, spec_file in (
         (source / "model.safetensors", source / "forecaster.json"),  # export dir or registry version
         (source / "best" / "model.safetensors", source / "meta.json"),  # train/ dir: its best weights
@@ -103,12 +117,34 @@ def _weights_and_spec(source: Path, choice: str) -> tuple[Path, ModelSpec | None
     ):
         if weights.is_file():
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                return weights, ModelSpec.from_dict(json.loads(spec_file.read_text())["model"])
-            return weights, None
+                payload = json.loads(spec_file.read_text())
+                return weights, ModelSpec.from_dict(payload["model"]), fallback_record(payload.get("base"))
+            return weights, None, None
     raise ConfigError(
         f"train.init_from: {choice} is not none, champion, a .safetensors file or a directory "
         f"with model.safetensors (an export, a registry version, train/ or a checkpoint)"
     )
+
+
+def fallback_record(base: object) -> dict | None:
+    """The base record (train/meta.json's `base`, forecaster.json's) where the forecast runs on a fallback base, with
+    the base the correction was trained over (`trained_base`); None for any other."""
+    if isinstance(base, dict) and base.get("fallback_used") and isinstance(base.get("trained_base"), dict):
+        return base
+    return None
+
+
+def _trained_spec(forecast: ModelSpec | None, fallback: dict | None) -> ModelSpec | None:
+    """The spec the weights were trained with: the saved one, its base the one trained over where it forecasts
+    with a fallback."""
+    if forecast is None or fallback is None:
+        return forecast
+    try:
+        return forecast.with_base(fallback["trained_base"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"train.init_from: the starting weights' trained_base is not a residual base: {exc}"
+        ) from None
 
 
 SET_AFTER_TRAINING = ("band",)

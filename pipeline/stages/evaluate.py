@@ -189,10 +189,11 @@ def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tu
 def describe_base(trained: TrainRecord) -> str:
     """The residual base in words, for metrics.json and report.md ("none" without a residual head)."""
     spec = trained.model
+    how = "kept from the starting weights" if trained.base and trained.base.get("kept_from") else "chosen on validation"
     if trained.base is not None and trained.base.get("fallback_used"):
-        return f"{trained.base['fallback']} (chosen on validation; no correction kept over {trained.base['chosen']})"
+        return f"{trained.base['fallback']} ({how}; no correction kept over {trained.base['chosen']})"
     if trained.base is not None:
-        return f"{trained.base['chosen']} (chosen on validation)"
+        return f"{trained.base['chosen']} ({how})"
     if not spec.residual_season:
         return "none"
     if spec.base == "multi":

@@ -150,7 +150,16 @@ def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, met
         test_metrics=metrics,
         static_loc=list(ingest.static_loc),
         static_scale=list(ingest.static_scale),
+        base=fallback_base(trained.base),
     )
+
+
+def fallback_base(base: dict | None) -> dict | None:
+    """forecaster.json's `base` where the forecast runs on a fallback base: its name, and the base the correction
+    was trained over with its name, so a warm start from the export trains on as the run did; None otherwise."""
+    if not base or not base.get("fallback_used"):
+        return None
+    return {key: base[key] for key in ("chosen", "fallback", "fallback_used", "trained_base") if key in base}
 
 
 def onnx_input_description(spec: ForecasterSpec) -> str:

@@ -45,7 +45,7 @@ from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.store import read_covariates, read_values
 from pipeline.library.threads import ThreadTuner
 from pipeline.library.train_log import MetricsLog
-from pipeline.library.warm_start import warm_start_identity, warm_start_spec, warm_start_state
+from pipeline.library.warm_start import warm_start_fallback, warm_start_identity, warm_start_spec, warm_start_state
 from pipeline.library.windows import read_index
 from pipeline.stages.table import cache_key, stage_dir, train_settings
 from pipeline.stages.tracking import Tracker, dataset_artifact, open_tracker, weights_artifact
@@ -239,11 +239,6 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
     return TrainingData(buffer, pairs, spec, info, base, fallback)
 
 
-BASE_FIELDS = (
-    "residual_season", "season_average", "base_level", "base", "seasons", "trend", "recent_shapes", "level_smoothing"
-)  # fmt: skip
-
-
 def choose_residual_base(
     cfg: Config, spec: ModelSpec, buffer: WindowBuffer, pairs: dict[str, torch.Tensor]
 ) -> tuple[ModelSpec, ModelSpec | None, dict | None]:
@@ -252,20 +247,22 @@ def choose_residual_base(
 
     The bases have nothing fitted, so every window before the test part tests them out of sample:
     they are compared on the validation windows and up to `train.val_windows` training windows.
-    A warm start keeps the base of the weights it starts from: their correction was learned on it.
+    A warm start keeps the base of the weights it starts from: their correction was learned on it
+    (where their forecast was a fallback base, the one it was learned over, and the fallback stays one).
     """
     if cfg.model.base != "validation" or not spec.residual_season:
         return spec, None, None
     saved = warm_start_spec(cfg.train.init_from, cfg.registry_root)
     if saved is not None and saved.residual_season:
-        needs = base_steps(saved)
+        fallback = warm_start_fallback(cfg.train.init_from, cfg.registry_root)
+        needs = max(base_steps(saved), base_steps(fallback[0]) if fallback else 0)
         if needs > cfg.window.lookback:
             raise ConfigError(
                 f"train.init_from: the starting weights' residual base reads {needs} input steps, "
                 f"window.lookback is {cfg.window.lookback}: set window.lookback to at least {needs} or train afresh"
             )
         log.info("train: residual base of the starting weights kept (train.init_from)")
-        return dataclasses.replace(spec, **{name: getattr(saved, name) for name in BASE_FIELDS}), None, None
+        return kept_base(spec, saved, fallback)
     loss = loss_function(cfg.train.loss, cfg.model.quantiles)
     train = pairs["train"]
     if cfg.train.val_windows and len(train) > cfg.train.val_windows:
@@ -273,6 +270,23 @@ def choose_residual_base(
     windows = torch.cat([train, pairs["val"]])
     seasons = tuple(cfg.model.seasons)
     return choose_base(spec, seasons, cfg.window.lookback, buffer, windows, cfg.train.eval_batch_size, loss)
+
+
+def kept_base(spec: ModelSpec, saved: ModelSpec, fallback: tuple[ModelSpec, dict] | None):
+    """`choose_residual_base` for a warm start: the starting weights' base, and their fallback where their forecast
+    was one (a base their correction was not trained over: `train.fall_back`), which stays this run's fallback."""
+    kept = spec.with_base(saved.base_fields())
+    if fallback is None:
+        return kept, None, None
+    forecast, record = fallback
+    log.info(
+        "train: %s stays the forecast if the blend keeps none of the correction (train.init_from)", record["fallback"]
+    )
+    return (
+        kept,
+        spec.with_base(forecast.base_fields()),
+        {**record, "fallback_used": False, "kept_from": "train.init_from"},
+    )
 
 
 def base_steps(spec: ModelSpec) -> int:
@@ -629,7 +643,7 @@ def fall_back(data: TrainingData, spec: ModelSpec, weight: float) -> tuple[Model
     if data.fallback is None or weight != 0.0:
         return spec, data.base
     log.info("train: the forecast is %s alone (none of the correction kept)", data.base["fallback"])
-    return data.fallback, {**data.base, "fallback_used": True}
+    return data.fallback, {**data.base, "fallback_used": True, "trained_base": spec.base_fields()}
 
 
 def track_lineage(session: Session, state: TrainState) -> None:
