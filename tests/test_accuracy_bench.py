@@ -156,6 +156,32 @@ def test_ets_on_a_hand_made_series():
     assert not failures and result["mase"] < 0.1
 
 
+def test_mstl_on_the_models_window_reads_only_that_window(tmp_path):
+    pytest.importorskip("statsforecast")
+    from statsforecast.models import MSTL, AutoETS
+
+    t = np.arange(24 * 7 * 6, dtype=np.float64)  # six weeks, hourly: a day's and a week's cycle and a level shift
+    y = 100 + 10 * np.sin(2 * np.pi * t / 24) + 5 * np.sin(2 * np.pi * t / 168) + 20 * (t >= 24 * 7 * 3)
+    windows = acc.Windows(["s"], [y], [700], [np.array([900, 924])], 0)
+    fields = acc.statistical_columns(
+        "s", windows, 24, 24, [24, 168], tmp_path, columns=("mstl", acc.WINDOW_MSTL), log=lambda _: None, window=336
+    )
+    assert fields["mstl_window_spec"].endswith("on the last 336 points")
+    cached = acc.read_cache(tmp_path / "s.json")
+    for column, first in (("mstl", 0), (acc.WINDOW_MSTL, 900 - 336)):
+        direct = MSTL(season_length=[24, 168], trend_forecaster=AutoETS(model="ZZN")).fit(y[first:900])
+        got = np.asarray(cached[column]["forecasts"][0])[0, :, 1]
+        assert np.allclose(got, direct.predict(h=24)["mean"])
+    assert fields["mstl_window"]["mase"] != fields["mstl"]["mase"]
+    rows = [{**_row("s", 0.5, 1.0, 0.8, 1.0, 0.6, seasons=(24, 168)), "mstl_window": {"mase": 0.4}}]
+    rows.append({**_row("u", 0.5, 1.0, 0.8, 1.0, 0.6, seasons=(24, 168)), "mstl_window": {"mase": 0.7}})
+    s = acc.summarise(rows)
+    assert s["beats_mstl_window"] == ["u"] and s["not_beating_mstl_window"] == ["s"]
+    assert "beats MSTL on the model's window on 1 of 2 (u)" in acc.summary_line(s)
+    assert "| s | x | 4 | 2 | **0.500** | 1.000 | 0.800 | 1.000 | " in acc.markdown(rows, s)
+    assert acc.markdown(rows, s).splitlines()[0].endswith("| MSTL on the model's window |")
+
+
 def test_taylor_and_flights_files():
     """taylor: 84 days x 48 half-hours from Monday 2000-06-05; flights: 2013 hourly, every nycflights13 flight."""
     taylor = pd.read_csv(REPO / "bench" / "data" / "taylor.csv", parse_dates=["time"])
