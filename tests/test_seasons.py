@@ -319,7 +319,7 @@ def test_the_recent_profile_is_a_fallback_never_trained_over():
             assert fallback.recent_shapes
             assert (fallback.base, fallback.seasons, fallback.trend) == ("multi", (24, 168), 0)
             assert record["loss"][fallback_expected] < 0.97 * record["loss"][record["chosen"]]
-            assert record["fallback_used"] is False  # until the blend keeps none of the correction
+            assert record["fallback_used"] is False  # until the model is not better than it on validation
         else:  # a steady one: no fallback, the plain profile is better
             assert fallback is None and record["loss"][record["chosen"]] < min(
                 v for k, v in record["loss"].items() if k.startswith("recent")
@@ -402,6 +402,51 @@ def test_weekly_seasonal_naive_is_chosen_where_it_is_the_best_forecast(tmp_path)
     metrics = json.loads((run / "evaluate" / "metrics.json").read_text())
     assert 168 in metrics["seasons"]
     assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
+
+
+def test_the_fallback_forecasts_unless_the_model_beats_it_on_validation_by_a_standard_error(tmp_path):
+    from safetensors.torch import load_file
+
+    from pipeline.library.checkpoint import save_weights
+    from pipeline.library.model import build_model
+    from pipeline.stages.train import fall_back, load_training_data
+
+    values = _drifting_day(12).numpy() + np.random.default_rng(2).normal(0, 0.05, 12 * WEEK)
+    frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=len(values), freq="h"), "value": values})
+    frame.to_csv(tmp_path / "drift.csv", index=False)
+    overrides = {
+        "data": {"source": str(tmp_path / "drift.csv"), "time_column": "time", "target_column": "value"},
+        "data.freq": "h",
+        "data.transform": "none",
+        "window": {"horizon": 24},
+        "model": {"hidden_size": 8, "num_layers": 1, "seasons": [DAY, WEEK]},
+        "train.loss": "mae",
+    }
+    config = write_config(tmp_path, overrides)
+    for stage in ("ingest", "window"):
+        code, err = run_main([stage, "--config", str(config)])
+        assert code == 0, err[-2000:]
+    data = load_training_data(auto.resolve(load_config(config)), torch.device("cpu"))
+    assert data.fallback is not None and data.fallback.recent_shapes and not data.spec.recent_shapes
+    weights = tmp_path / "model.safetensors"
+    save_weights(build_model(data.spec).state_dict(), weights)  # an untrained head: the model is its base alone
+    val = data.pairs["val"]
+    # the blend kept half of a correction that adds nothing: the fallback alone is better on validation
+    spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
+    assert spec == data.fallback and base["fallback_used"] is True
+    assert blend == {"weight": 0.0, "kept_before_fallback": 0.5} and float(load_file(weights)["blend"]) == 0.0
+    errors = base["validation_error"]
+    assert errors["fallback"] < 0.97 * errors["model"]
+    assert base["trained_base"] == data.spec.base_fields()
+    # a fallback worse than the model on validation by more than a standard error is not used (naive here)
+    naive = {"residual_season": 1, "season_average": 1, "base_level": "season", "seasons": (), "base": "profile"}
+    worse = replace(data, fallback=data.spec.with_base(naive))
+    spec, base, blend = fall_back(worse, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
+    assert (spec, blend, base.get("fallback_used")) == (data.spec, {"weight": 0.5}, False)
+    assert base["validation_error"]["fallback"] > 1.5 * base["validation_error"]["model"]
+    # a share the config fixes is kept: no comparison
+    spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256, compare=False)
+    assert (spec, blend, "validation_error" in base) == (data.spec, {"weight": 0.5}, False)
 
 
 @pytest.mark.slow

@@ -36,8 +36,9 @@ The first in that order wins a tie, so a simpler base is kept unless another is 
 never does worse on validation than its base: the untrained model is a candidate of early
 stopping and `w = 0` one of the blend. The recent profile is the one candidate the correction is
 never trained over (`fallback_only`): where it is the best base, the correction is trained over
-the best of the others, and where the blend then keeps none of it the forecast is the recent
-profile alone.
+the best of the others, and where the model then is not better than the recent profile alone on
+the validation windows (by more than a standard error) the forecast is the recent profile alone
+(`pipeline.stages.train.fall_back`).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def window_losses(bases: dict[str, ModelSpec], buffer, pairs: torch.Tensor, batc
 
 
 def fallback_only(spec: ModelSpec) -> bool:
-    """Whether a candidate is never trained over, only the forecast where the blend keeps none of the correction.
+    """Whether a candidate is never trained over, only the forecast where the model is not better than it.
 
     The recent multi-seasonal profile: trained over it, the correction did worse on vic_elec's test
     part than over the plain profile (the recurrent layers read the last week, so they learn the
@@ -163,5 +164,5 @@ def choose_base(
     record = {"chosen": best, "loss": losses, "windows": len(pairs)}
     if overall == best:
         return bases[best], None, record
-    log.info("train: %s is the forecast if the blend keeps none of the correction (not trained over)", overall)
+    log.info("train: %s is the forecast unless the model beats it on validation (not trained over)", overall)
     return bases[best], bases[overall], {**record, "fallback": overall, "fallback_used": False}

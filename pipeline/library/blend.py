@@ -75,3 +75,25 @@ def blend_best(
         "effective_windows": n_effective,
         "val_loss": {str(w): v for w, v in losses.items()},
     }
+
+
+@torch.no_grad()
+def point_errors(weights: Path, spec: ModelSpec, share: float, buffer, pairs: torch.Tensor, batch_size: int):
+    """(windows,): the mean absolute error of the point forecast (a quantile model's median) of the weights run as
+    `spec` keeping `share` of the correction, per window of `pairs` (in the scaled units training uses)."""
+    model = load_model(weights, spec).to(buffer.device)
+    model.blend.fill_(share)
+    rows = []
+    for chunk in pairs.split(batch_size):
+        x, y = buffer.gather(chunk)
+        out = model(x)
+        point = out[..., spec.median_index] if spec.quantiles else out
+        rows.append((point.float() - y).abs().flatten(1).double().mean(dim=1).cpu())
+    return torch.cat(rows).numpy()
+
+
+def set_share(weights: Path, spec: ModelSpec, share: float) -> None:
+    """Set the `blend` share in the weights file."""
+    model = load_model(weights, spec)
+    model.blend.fill_(share)
+    save_weights(model.state_dict(), weights)

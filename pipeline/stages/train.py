@@ -30,7 +30,7 @@ from pipeline.config.model_spec import model_spec
 from pipeline.library import checkpoint as ckpt
 from pipeline.library.artifacts import recover, swap_into_place, write_json_atomic
 from pipeline.library.base_choice import choose_base
-from pipeline.library.blend import blend_best
+from pipeline.library.blend import blend_best, point_errors, set_share
 from pipeline.library.buffer import WindowBuffer
 from pipeline.library.calendar import Calendar
 from pipeline.library.calibration import calibrate_best
@@ -42,6 +42,7 @@ from pipeline.library.records import IngestRecord, TrainRecord, TrainState, Wind
 from pipeline.library.report import write_loss_curve
 from pipeline.library.runtime import choose_threads, configure_process, make_deterministic, resolve_precision
 from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
+from pipeline.library.selection import effective_windows, one_standard_error
 from pipeline.library.store import read_covariates, read_values
 from pipeline.library.threads import ThreadTuner
 from pipeline.library.train_log import MetricsLog
@@ -280,7 +281,7 @@ def kept_base(spec: ModelSpec, saved: ModelSpec, fallback: tuple[ModelSpec, dict
         return kept, None, None
     forecast, record = fallback
     log.info(
-        "train: %s stays the forecast if the blend keeps none of the correction (train.init_from)", record["fallback"]
+        "train: %s stays the forecast unless the model beats it on validation (train.init_from)", record["fallback"]
     )
     return (
         kept,
@@ -612,7 +613,10 @@ def finish(session: Session, state: TrainState) -> None:
         base = session.data.base
         if spec.blend:
             blend = blend_best(best, spec, buffer, val, cfg.train.eval_batch_size, session.loss, cfg.model.blend)
-            spec, base = fall_back(session.data, spec, blend["weight"])
+            compare = cfg.model.blend == "validation"  # a share the config fixes is kept
+            spec, base, blend = fall_back(
+                session.data, spec, blend, best, buffer, val, cfg.train.eval_batch_size, compare
+            )
         if spec.quantiles and cfg.model.calibrate:
             calibration = calibrate_best(best, spec, buffer, val, cfg.train.eval_batch_size)
         if session.threads is not None and session.threads.active:
@@ -634,16 +638,46 @@ def finish(session: Session, state: TrainState) -> None:
     accelerator.wait_for_everyone()
 
 
-def fall_back(data: TrainingData, spec: ModelSpec, weight: float) -> tuple[ModelSpec, dict | None]:
-    """(the spec the forecast runs with, the base choice's record for train/meta.json): with none of the correction
-    kept the forecast is a base alone, and then the best base of all (`base_choice.fallback_only`) where the
-    correction was trained over another.
+def fall_back(
+    data: TrainingData,
+    spec: ModelSpec,
+    blend: dict,
+    weights: Path,
+    buffer,
+    val: torch.Tensor,
+    batch_size: int,
+    compare: bool = True,
+) -> tuple[ModelSpec, dict | None, dict]:
+    """(the spec the forecast runs with, the base choice's record, the blend's record) where the best base of all
+    is one the correction was not trained over (`base_choice.fallback_only`): the forecast is that base alone where
+    the blend keeps none of the correction, or where the model, with the share it keeps, is not better than that
+    base alone on the validation windows by more than a standard error (`selection`; the point forecast's absolute
+    error, a quantile model's median's; with `compare`, the share chosen on validation). So a run does no worse on
+    them than the best base, the fallback included.
 
-    Only base fields differ, and no weight depends on them, so the weights file stays as it is."""
-    if data.fallback is None or weight != 0.0:
-        return spec, data.base
-    log.info("train: the forecast is %s alone (none of the correction kept)", data.base["fallback"])
-    return data.fallback, {**data.base, "fallback_used": True, "trained_base": spec.base_fields()}
+    Only base fields and the share differ, and no other weight depends on them: the weights file is changed in
+    its `blend` buffer alone."""
+    if data.fallback is None:
+        return spec, data.base, blend
+    base = data.base
+    if blend["weight"] != 0.0:
+        if not compare:
+            return spec, base, blend
+        ours = point_errors(weights, spec, blend["weight"], buffer, val, batch_size)
+        alone = point_errors(weights, data.fallback, 0.0, buffer, val, batch_size)
+        base = {**base, "validation_error": {"model": float(ours.mean()), "fallback": float(alone.mean())}}
+        n_effective = effective_windows(val.cpu().numpy(), spec.horizon)
+        if one_standard_error(np.stack([alone, ours], axis=1), n_effective) == 1:
+            return spec, base, blend
+        log.info(
+            "train: the model keeping %.2f of the correction (validation error %.5f) is not better than %s alone "
+            "(%.5f) by a standard error: the fallback forecasts",
+            blend["weight"], ours.mean(), base["fallback"], alone.mean(),
+        )  # fmt: skip
+        set_share(weights, data.fallback, 0.0)
+        blend = {**blend, "weight": 0.0, "kept_before_fallback": blend["weight"]}
+    log.info("train: the forecast is %s alone (none of the correction kept)", base["fallback"])
+    return data.fallback, {**base, "fallback_used": True, "trained_base": spec.base_fields()}, blend
 
 
 def track_lineage(session: Session, state: TrainState) -> None:
