@@ -404,7 +404,7 @@ def test_weekly_seasonal_naive_is_chosen_where_it_is_the_best_forecast(tmp_path)
     assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
 
 
-def test_the_fallback_forecasts_unless_the_model_beats_it_on_validation_by_a_standard_error(tmp_path):
+def test_the_fallback_forecasts_unless_the_model_beats_it_on_validation(tmp_path):
     from safetensors.torch import load_file
 
     from pipeline.library.checkpoint import save_weights
@@ -438,7 +438,7 @@ def test_the_fallback_forecasts_unless_the_model_beats_it_on_validation_by_a_sta
     errors = base["validation_error"]
     assert errors["fallback"] < 0.97 * errors["model"]
     assert base["trained_base"] == data.spec.base_fields()
-    # a fallback worse than the model on validation by more than a standard error is not used (naive here)
+    # a fallback worse than the model on validation is not used (naive here)
     naive = {"residual_season": 1, "season_average": 1, "base_level": "season", "seasons": (), "base": "profile"}
     worse = replace(data, fallback=data.spec.with_base(naive))
     spec, base, blend = fall_back(worse, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
