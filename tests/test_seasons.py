@@ -404,7 +404,7 @@ def test_weekly_seasonal_naive_is_chosen_where_it_is_the_best_forecast(tmp_path)
     assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
 
 
-def test_the_fallback_forecasts_unless_the_model_beats_it_on_validation(tmp_path):
+def test_the_fallback_forecasts_where_it_beats_the_model_on_validation_by_a_standard_error(tmp_path):
     from safetensors.torch import load_file
 
     from pipeline.library.checkpoint import save_weights
@@ -431,7 +431,7 @@ def test_the_fallback_forecasts_unless_the_model_beats_it_on_validation(tmp_path
     weights = tmp_path / "model.safetensors"
     save_weights(build_model(data.spec).state_dict(), weights)  # an untrained head: the model is its base alone
     val = data.pairs["val"]
-    # the blend kept half of a correction that adds nothing: the fallback alone is better on validation
+    # the blend kept half of a correction that adds nothing: the fallback alone is clearly better on validation
     spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
     assert spec == data.fallback and base["fallback_used"] is True
     assert blend == {"weight": 0.0, "kept_before_fallback": 0.5} and float(load_file(weights)["blend"]) == 0.0
@@ -444,6 +444,11 @@ def test_the_fallback_forecasts_unless_the_model_beats_it_on_validation(tmp_path
     spec, base, blend = fall_back(worse, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
     assert (spec, blend, base.get("fallback_used")) == (data.spec, {"weight": 0.5}, False)
     assert base["validation_error"]["fallback"] > 1.5 * base["validation_error"]["model"]
+    # on a tie the model is kept (here the fallback is the model's own base, and the correction adds nothing)
+    spec, base, blend = fall_back(
+        replace(data, fallback=data.spec), data.spec, {"weight": 0.5}, weights, data.buffer, val, 256
+    )
+    assert (spec, blend) == (data.spec, {"weight": 0.5})
     # a share the config fixes is kept: no comparison
     spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256, compare=False)
     assert (spec, blend, "validation_error" in base) == (data.spec, {"weight": 0.5}, False)

@@ -241,7 +241,7 @@ class ModelConfig:
     of naive, seasonal naive at each season, and the averaged, the level-adjusted, the smoothed-level (at rates 0.2,
     0.5 and 0.8) and the multi-seasonal profile over three and over five cycles, the level-adjusted and the
     multi-seasonal also carrying on half or all of the window's slope, and the multi-seasonal as `multi_recent` reads
-    it (never trained over: where it is best, the forecast if the model is not better on validation); `profile`: the
+    it (never trained over: where it is best, the forecast if it beats the model on validation); `profile`: the
     profile set by residual_season, season_average and base_level; `multi`: every season's profile; `multi_recent`:
     the same with the shorter seasons' shapes read from the longest season's last cycle (a day's shape from the last
     week, for a day that drifts over the weeks), the longest's averaged over season_average cycles."""

@@ -36,8 +36,9 @@ The first in that order wins a tie, so a simpler base is kept unless another is 
 never does worse on validation than its base: the untrained model is a candidate of early
 stopping and `w = 0` one of the blend. The recent profile is the one candidate the correction is
 never trained over (`fallback_only`): where it is the best base, the correction is trained over
-the best of the others, and where the model then is no better than the recent profile alone on
-the validation windows the forecast is the recent profile alone (`pipeline.stages.train.fall_back`).
+the best of the others, and where the recent profile alone is better than the model on the
+validation windows by more than a standard error, the forecast is the recent profile alone
+(`pipeline.stages.train.fall_back`).
 """
 
 from __future__ import annotations
