@@ -162,9 +162,15 @@ def test_a_warm_start_whose_base_reads_more_than_the_window_is_one_config_error(
     kept, fallback, record = choose_residual_base(wide, spec, None, {})
     assert kept.base_fields() == champion.base_fields() and fallback.base_fields() == recent.base_fields()
     assert record == {**names, "fallback_used": False, "kept_from": "train.init_from"}
+    unnamed = {"fallback_used": True, "trained_base": champion.base_fields()}  # a record without the bases' names
+    (tmp_path / "forecaster.json").write_text(json.dumps({"model": recent.to_dict(), "base": unnamed}))
+    _, _, record = choose_residual_base(wide, spec, None, {})
+    assert (record["chosen"], record["fallback"]) == ("the base trained over", "the starting weights' base")
     bad = {**record, "fallback_used": True, "trained_base": {"hidden_size": 3}}
     (tmp_path / "forecaster.json").write_text(json.dumps({"model": recent.to_dict(), "base": bad}))
-    with pytest.raises(ConfigError, match=r"trained_base is not a residual base: not residual base fields"):
+    with pytest.raises(
+        ConfigError, match=r"forecaster.json: base.trained_base is not a residual base \(not residual base fields"
+    ):
         choose_residual_base(wide, spec, None, {})
 
 

@@ -76,7 +76,8 @@ def warm_start_fallback(choice: str, registry: Path | None) -> tuple[ModelSpec, 
     _, forecast, fallback = _saved(source, choice)
     if forecast is None or fallback is None:
         return None
-    return forecast, {"chosen": fallback["chosen"], "fallback": fallback["fallback"]}
+    names = {"chosen": "the base trained over", "fallback": "the starting weights' base"}  # a record without them
+    return forecast, {key: str(fallback.get(key, default)) for key, default in names.items()}
 
 
 def warm_start_transform(choice: str, registry: Path | None) -> str | None:
@@ -116,14 +117,29 @@ def _saved(source: Path, choice: str) -> tuple[Path, ModelSpec | None, dict | No
         (source / "model.safetensors", source / "meta.json"),  # checkpoint step dir (no spec there)
     ):
         if weights.is_file():
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                payload = json.loads(spec_file.read_text())
-                return weights, ModelSpec.from_dict(payload["model"]), fallback_record(payload.get("base"))
-            return weights, None, None
+            return (weights, *_read_spec(spec_file))
     raise ConfigError(
         f"train.init_from: {choice} is not none, champion, a .safetensors file or a directory "
         f"with model.safetensors (an export, a registry version, train/ or a checkpoint)"
     )
+
+
+def _read_spec(spec_file: Path) -> tuple[ModelSpec | None, dict | None]:
+    """The ModelSpec saved in `spec_file` and its fallback record (`fallback_record`); (None, None) without a spec."""
+    try:
+        payload = json.loads(spec_file.read_text())
+        forecast = ModelSpec.from_dict(payload["model"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, None
+    fallback = fallback_record(payload.get("base"))
+    if fallback is not None:
+        try:
+            forecast.with_base(fallback["trained_base"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"train.init_from: {spec_file}: base.trained_base is not a residual base ({exc})"
+            ) from None
+    return forecast, fallback
 
 
 def fallback_record(base: object) -> dict | None:
@@ -139,12 +155,7 @@ def _trained_spec(forecast: ModelSpec | None, fallback: dict | None) -> ModelSpe
     with a fallback."""
     if forecast is None or fallback is None:
         return forecast
-    try:
-        return forecast.with_base(fallback["trained_base"])
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"train.init_from: the starting weights' trained_base is not a residual base: {exc}"
-        ) from None
+    return forecast.with_base(fallback["trained_base"])  # checked by `_saved`
 
 
 SET_AFTER_TRAINING = ("band",)
