@@ -681,6 +681,7 @@ def add_statistical(prep: Prepared, args: argparse.Namespace) -> None:
     """The statistical columns into the row (cached under `<workdir>/baselines/` unless --no-cache)."""
     cache_dir = None if args.no_cache else args.workdir / "baselines"
     cfg, row = prep.cfg, prep.row
+    columns = (*STATISTICAL, WINDOW_MSTL) if args.mstl_window and len(row["seasons"]) >= 2 else tuple(STATISTICAL)
     fields = statistical_columns(
         prep.series.name,
         prep.windows,
@@ -688,26 +689,13 @@ def add_statistical(prep: Prepared, args: argparse.Namespace) -> None:
         cfg.evaluate.season_length,
         row["seasons"],
         cache_dir,
+        columns=columns,
         log=lambda line: print(line, flush=True),
         cached_only=args.cached_only,
+        window=cfg.window.lookback,
     )
     row["notes"].extend(fields.pop("notes"))
     row.update(fields)
-    if args.mstl_window and len(row["seasons"]) >= 2:
-        fields = statistical_columns(
-            prep.series.name,
-            prep.windows,
-            cfg.window.horizon,
-            cfg.evaluate.season_length,
-            row["seasons"],
-            cache_dir,
-            columns=(WINDOW_MSTL,),
-            log=lambda line: print(line, flush=True),
-            cached_only=args.cached_only,
-            window=cfg.window.lookback,
-        )
-        row["notes"].extend(fields.pop("notes"))
-        row.update(fields)
 
 
 def naive_columns(prep: Prepared) -> dict[str, Any]:

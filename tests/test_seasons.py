@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -410,6 +411,25 @@ def test_weekly_seasonal_naive_is_chosen_where_it_is_the_best_forecast(tmp_path)
     assert json.loads((run / "export" / "meta.json").read_text())["onnx_parity"] < 1e-4
 
 
+def _drift_config(tmp_path: Path, **overrides) -> Path:
+    """A config reading `_drifting_day(12)` with a little noise (written to tmp_path/drift.csv): hourly, a day's and
+    a week's season, a small network, the MAE loss; `overrides` (dotted keys) on top."""
+    values = _drifting_day(12).numpy() + np.random.default_rng(2).normal(0, 0.05, 12 * WEEK)
+    frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=len(values), freq="h"), "value": values})
+    frame.to_csv(tmp_path / "drift.csv", index=False)
+    base = {
+        "data": {"source": str(tmp_path / "drift.csv"), "time_column": "time", "target_column": "value"},
+        "data.freq": "h",
+        "data.transform": "none",
+        "window": {"horizon": 24},
+        "model": {"hidden_size": 8, "num_layers": 1, "seasons": [DAY, WEEK]},
+        "train.loss": "mae",
+        "train.checkpoint_every": 0,
+        "evaluate.plot_series": 0,
+    }
+    return write_config(tmp_path, {**base, **overrides})
+
+
 def test_the_fallback_forecasts_where_it_beats_the_model_on_validation_by_a_standard_error(tmp_path):
     from safetensors.torch import load_file
 
@@ -417,18 +437,7 @@ def test_the_fallback_forecasts_where_it_beats_the_model_on_validation_by_a_stan
     from pipeline.library.model import build_model
     from pipeline.stages.train import fall_back, load_training_data
 
-    values = _drifting_day(12).numpy() + np.random.default_rng(2).normal(0, 0.05, 12 * WEEK)
-    frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=len(values), freq="h"), "value": values})
-    frame.to_csv(tmp_path / "drift.csv", index=False)
-    overrides = {
-        "data": {"source": str(tmp_path / "drift.csv"), "time_column": "time", "target_column": "value"},
-        "data.freq": "h",
-        "data.transform": "none",
-        "window": {"horizon": 24},
-        "model": {"hidden_size": 8, "num_layers": 1, "seasons": [DAY, WEEK]},
-        "train.loss": "mae",
-    }
-    config = write_config(tmp_path, overrides)
+    config = _drift_config(tmp_path)
     for stage in ("ingest", "window"):
         code, err = run_main([stage, "--config", str(config)])
         assert code == 0, err[-2000:]
@@ -462,25 +471,12 @@ def test_the_fallback_forecasts_where_it_beats_the_model_on_validation_by_a_stan
 
 @pytest.mark.slow
 def test_with_no_correction_kept_the_forecast_is_the_recent_profile_it_was_not_trained_over(tmp_path):
-    values = _drifting_day(12).numpy() + np.random.default_rng(2).normal(0, 0.05, 12 * WEEK)
-    frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=len(values), freq="h"), "value": values})
-    frame.to_csv(tmp_path / "drift.csv", index=False)
     for blend, used in ((0.0, True), (1.0, False)):
         out = tmp_path / f"blend{blend}"
-        overrides = {
-            "output_dir": str(out),
-            "data": {"source": str(tmp_path / "drift.csv"), "time_column": "time", "target_column": "value"},
-            "data.freq": "h",
-            "data.transform": "none",
-            "window": {"horizon": 24},
-            "model": {"hidden_size": 8, "num_layers": 1, "seasons": [DAY, WEEK], "blend": blend},
-            "train.max_steps": 10,
-            "train.loss": "mae",
-            "train.checkpoint_every": 0,
-            "evaluate.plot_series": 0,
-            "export.onnx": used,
-        }
-        code, err = run_main(["run", "--config", str(write_config(tmp_path, overrides))])
+        config = _drift_config(
+            tmp_path, output_dir=str(out), **{"model.blend": blend, "train.max_steps": 10, "export.onnx": used}
+        )
+        code, err = run_main(["run", "--config", str(config)])
         assert code == 0, err[-2000:]
         train = json.loads((out / "train" / "meta.json").read_text())
         recent = "recent multi-seasonal profile 24 + 168 x 5"
@@ -502,19 +498,11 @@ def test_with_no_correction_kept_the_forecast_is_the_recent_profile_it_was_not_t
     # a warm start from the export trains on over the base its correction was learned on, never over the fallback
     for blend, used in ((0.0, True), (0.5, False)):  # a share: the blend's buffer is part of the architecture
         out = tmp_path / f"warm{blend}"
-        overrides = {
-            "output_dir": str(out),
-            "data": {"source": str(tmp_path / "drift.csv"), "time_column": "time", "target_column": "value"},
-            "data.freq": "h",
-            "data.transform": "none",
-            "window": {"horizon": 24},
-            "model": {"hidden_size": 8, "num_layers": 1, "seasons": [DAY, WEEK], "blend": blend},
-            "train.max_steps": 2,
-            "train.init_from": str(tmp_path / "blend0.0" / "export"),
-            "train.checkpoint_every": 0,
-            "evaluate.plot_series": 0,
-        }
-        code, err = run_main(["run", "--config", str(write_config(tmp_path, overrides))])
+        start = str(tmp_path / "blend0.0" / "export")
+        config = _drift_config(
+            tmp_path, output_dir=str(out), **{"model.blend": blend, "train.max_steps": 2, "train.init_from": start}
+        )
+        code, err = run_main(["run", "--config", str(config)])
         assert code == 0, err[-2000:]
         assert "starting from the weights of" in err
         train = json.loads((out / "train" / "meta.json").read_text())
