@@ -158,19 +158,22 @@ def test_a_warm_start_whose_base_reads_more_than_the_window_is_one_config_error(
     # weights whose forecast was a fallback base: the base their correction was trained over, and the fallback
     recent = replace(champion, residual_season=2, base="multi", seasons=(2, 12), recent_shapes=True, trend=0.0)
     names = {"chosen": "level-adjusted profile 12 x 5 with half its trend", "fallback": "recent multi-seasonal ..."}
-    record = {**names, "fallback_used": True, "trained_base": champion.base_fields()}
-    (tmp_path / "forecaster.json").write_text(json.dumps({"model": recent.to_dict(), "base": record}))
-    kept, fallback, record = choose_residual_base(wide, spec, None, {})
-    assert kept.base_fields() == champion.base_fields() and fallback.base_fields() == recent.base_fields()
-    assert record == {**names, "fallback_used": False, "kept_from": "train.init_from"}
-    unnamed = {"fallback_used": True, "trained_base": champion.base_fields()}  # a record without the bases' names
+    fields = {"trained_base": champion.base_fields(), "fallback_base": recent.base_fields()}
+    # weights whose fallback forecasts, and weights whose correction was kept: the same two bases for the warm start
+    for forecast, used in ((recent, True), (champion, False)):
+        record = {**names, "fallback_used": used, **fields}
+        (tmp_path / "forecaster.json").write_text(json.dumps({"model": forecast.to_dict(), "base": record}))
+        kept, fallback, record = choose_residual_base(wide, spec, None, {})
+        assert kept.base_fields() == champion.base_fields() and fallback.base_fields() == recent.base_fields()
+        assert record == {**names, "fallback_used": False, "kept_from": "train.init_from"}
+    unnamed = {"fallback_used": True, **fields}  # a record without the bases' names
     (tmp_path / "forecaster.json").write_text(json.dumps({"model": recent.to_dict(), "base": unnamed}))
     _, _, record = choose_residual_base(wide, spec, None, {})
-    assert (record["chosen"], record["fallback"]) == ("the base trained over", "the starting weights' base")
-    bad = {**record, "fallback_used": True, "trained_base": {"hidden_size": 3}}
+    assert (record["chosen"], record["fallback"]) == ("the base trained over", "the fallback base")
+    bad = {**record, "fallback_used": True, **fields, "fallback_base": {"hidden_size": 3}}
     (tmp_path / "forecaster.json").write_text(json.dumps({"model": recent.to_dict(), "base": bad}))
     with pytest.raises(
-        ConfigError, match=r"forecaster.json: base.trained_base is not a residual base \(not residual base fields"
+        ConfigError, match=r"forecaster.json: base.fallback_base is not a residual base \(not residual base fields"
     ):
         choose_residual_base(wide, spec, None, {})
 
@@ -459,6 +462,7 @@ def test_the_fallback_forecasts_where_it_beats_the_model_on_validation_by_a_stan
     spec, base, blend = fall_back(worse, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
     assert (spec, blend, base.get("fallback_used")) == (data.spec, {"weight": 0.5}, False)
     assert base["validation_error"]["fallback"] > 1.5 * base["validation_error"]["model"]
+    assert (base["trained_base"], base["fallback_base"]) == (data.spec.base_fields(), worse.fallback.base_fields())
     # on a tie the model is kept (here the fallback is the model's own base, and the correction adds nothing)
     spec, base, blend = fall_back(
         replace(data, fallback=data.spec), data.spec, {"weight": 0.5}, weights, data.buffer, val, 256
@@ -513,3 +517,6 @@ def test_with_no_correction_kept_the_forecast_is_the_recent_profile_it_was_not_t
             assert {k: train["model"].get(k, v) for k, v in trained_over.items()} == trained_over
         base = json.loads((out / "evaluate" / "metrics.json").read_text())["base"]
         assert "(kept from the starting weights" in base
+        served = json.loads((out / "export" / "forecaster.json").read_text())["base"]  # the next night's start
+        assert (served["trained_base"], served["fallback_used"]) == (trained_over, used)
+        assert served["fallback_base"] == first["fallback_base"] and served["fallback_base"]["recent_shapes"] is True

@@ -68,16 +68,16 @@ def warm_start_spec(choice: str, registry: Path | None) -> ModelSpec | None:
 
 
 def warm_start_fallback(choice: str, registry: Path | None) -> tuple[ModelSpec, dict] | None:
-    """(the spec the starting weights forecast with, {"chosen", "fallback"}: the bases' names) where that spec's
-    base is a fallback their correction was not trained over (`train.fall_back`); None otherwise."""
+    """(the starting weights' spec with their run's fallback base, {"chosen", "fallback"}: the bases' names) where
+    that run had one, a base their correction was not trained over (`train.fall_back`); None otherwise."""
     source = _source(choice, registry)
     if source is None:
         return None
     _, forecast, fallback = _saved(source, choice)
     if forecast is None or fallback is None:
         return None
-    names = {"chosen": "the base trained over", "fallback": "the starting weights' base"}  # a record without them
-    return forecast, {key: str(fallback.get(key, default)) for key, default in names.items()}
+    names = {"chosen": "the base trained over", "fallback": "the fallback base"}  # a record without them
+    return forecast.with_base(fallback["fallback_base"]), {key: str(fallback.get(key, d)) for key, d in names.items()}
 
 
 def warm_start_transform(choice: str, registry: Path | None) -> str | None:
@@ -132,27 +132,26 @@ def _read_spec(spec_file: Path) -> tuple[ModelSpec | None, dict | None]:
     except (OSError, ValueError, KeyError, TypeError):
         return None, None
     fallback = fallback_record(payload.get("base"))
-    if fallback is not None:
+    for key in ("trained_base", "fallback_base") if fallback is not None else ():
         try:
-            forecast.with_base(fallback["trained_base"])
+            forecast.with_base(fallback[key])
         except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"train.init_from: {spec_file}: base.trained_base is not a residual base ({exc})"
-            ) from None
+            raise ConfigError(f"train.init_from: {spec_file}: base.{key} is not a residual base ({exc})") from None
     return forecast, fallback
 
 
 def fallback_record(base: object) -> dict | None:
-    """The base record (train/meta.json's `base`, forecaster.json's) where the forecast runs on a fallback base, with
-    the base the correction was trained over (`trained_base`); None for any other."""
-    if isinstance(base, dict) and base.get("fallback_used") and isinstance(base.get("trained_base"), dict):
+    """The base record (train/meta.json's `base`, forecaster.json's) where the run had a fallback base, with the
+    fields of the base the correction was trained over (`trained_base`) and of the fallback (`fallback_base`);
+    None for any other."""
+    if isinstance(base, dict) and all(isinstance(base.get(key), dict) for key in ("trained_base", "fallback_base")):
         return base
     return None
 
 
 def _trained_spec(forecast: ModelSpec | None, fallback: dict | None) -> ModelSpec | None:
-    """The spec the weights were trained with: the saved one, its base the one trained over where it forecasts
-    with a fallback."""
+    """The spec the weights were trained with: the saved one, its base the one trained over where its run had a
+    fallback (the same unless the fallback forecasts)."""
     if forecast is None or fallback is None:
         return forecast
     return forecast.with_base(fallback["trained_base"])  # checked by `_saved`

@@ -155,11 +155,13 @@ def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, met
 
 
 def fallback_base(base: dict | None) -> dict | None:
-    """forecaster.json's `base` where the forecast runs on a fallback base: its name, and the base the correction
-    was trained over with its name, so a warm start from the export trains on as the run did; None otherwise."""
-    if not base or not base.get("fallback_used"):
+    """forecaster.json's `base` where the run had a fallback base: the names and fields of the base the correction
+    was trained over and of the fallback, and which one forecasts, so a warm start from the export trains on as the
+    run did; None otherwise."""
+    if not base or "fallback_base" not in base:
         return None
-    return {key: base[key] for key in ("chosen", "fallback", "fallback_used", "trained_base") if key in base}
+    keys = ("chosen", "fallback", "fallback_used", "trained_base", "fallback_base")
+    return {key: base[key] for key in keys if key in base}
 
 
 def onnx_input_description(spec: ForecasterSpec) -> str:

@@ -657,10 +657,11 @@ def fall_back(
     model, 0.5% worse than the fallback on validation, was 9% better on the test part (bench/LOG.md).
 
     Only base fields and the share differ, and no other weight depends on them: the weights file is changed in
-    its `blend` buffer alone."""
+    its `blend` buffer alone. The record names both bases' fields (`trained_base`, `fallback_base`), so a warm start
+    from these weights trains over the one their correction was learned on and keeps the other as its fallback."""
     if data.fallback is None:
         return spec, data.base, blend
-    base = data.base
+    base = {**data.base, "trained_base": spec.base_fields(), "fallback_base": data.fallback.base_fields()}
     if blend["weight"] != 0.0:
         if not compare:
             return spec, base, blend
@@ -678,7 +679,7 @@ def fall_back(
         set_share(weights, data.fallback, 0.0)
         blend = {**blend, "weight": 0.0, "kept_before_fallback": blend["weight"]}
     log.info("train: the forecast is %s alone (none of the correction kept)", base["fallback"])
-    return data.fallback, {**base, "fallback_used": True, "trained_base": spec.base_fields()}, blend
+    return data.fallback, {**base, "fallback_used": True}, blend
 
 
 def track_lineage(session: Session, state: TrainState) -> None:
