@@ -249,7 +249,7 @@ def choose_residual_base(
     The bases have nothing fitted, so every window before the test part tests them out of sample:
     they are compared on the validation windows and up to `train.val_windows` training windows.
     A warm start keeps the base of the weights it starts from: their correction was learned on it
-    (where their forecast was a fallback base, the one it was learned over, and the fallback stays one).
+    (where their run had a fallback base, the fallback stays one, whichever of the two forecast there).
     """
     if cfg.model.base != "validation" or not spec.residual_season:
         return spec, None, None
@@ -274,8 +274,8 @@ def choose_residual_base(
 
 
 def kept_base(spec: ModelSpec, saved: ModelSpec, fallback: tuple[ModelSpec, dict] | None):
-    """`choose_residual_base` for a warm start: the starting weights' base, and their fallback where their forecast
-    was one (a base their correction was not trained over: `train.fall_back`), which stays this run's fallback."""
+    """`choose_residual_base` for a warm start: the base the starting weights' correction was trained over, and their
+    run's fallback where it had one (a base never trained over: `fall_back`), which stays this run's fallback."""
     kept = spec.with_base(saved.base_fields())
     if fallback is None:
         return kept, None, None
