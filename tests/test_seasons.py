@@ -448,9 +448,8 @@ def test_the_fallback_forecasts_where_it_beats_the_model_on_validation_by_a_stan
     assert data.fallback is not None and data.fallback.recent_shapes and not data.spec.recent_shapes
     weights = tmp_path / "model.safetensors"
     save_weights(build_model(data.spec).state_dict(), weights)  # an untrained head: the model is its base alone
-    val = data.pairs["val"]
     # the blend kept half of a correction that adds nothing: the fallback alone is clearly better on validation
-    spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
+    spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, 256)
     assert spec == data.fallback and base["fallback_used"] is True
     assert blend == {"weight": 0.0, "kept_before_fallback": 0.5} and float(load_file(weights)["blend"]) == 0.0
     errors = base["validation_error"]
@@ -459,17 +458,15 @@ def test_the_fallback_forecasts_where_it_beats_the_model_on_validation_by_a_stan
     # a fallback worse than the model on validation is not used (naive here)
     naive = {"residual_season": 1, "season_average": 1, "base_level": "season", "seasons": (), "base": "profile"}
     worse = replace(data, fallback=data.spec.with_base(naive))
-    spec, base, blend = fall_back(worse, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256)
+    spec, base, blend = fall_back(worse, data.spec, {"weight": 0.5}, weights, 256)
     assert (spec, blend, base.get("fallback_used")) == (data.spec, {"weight": 0.5}, False)
     assert base["validation_error"]["fallback"] > 1.5 * base["validation_error"]["model"]
     assert (base["trained_base"], base["fallback_base"]) == (data.spec.base_fields(), worse.fallback.base_fields())
     # on a tie the model is kept (here the fallback is the model's own base, and the correction adds nothing)
-    spec, base, blend = fall_back(
-        replace(data, fallback=data.spec), data.spec, {"weight": 0.5}, weights, data.buffer, val, 256
-    )
+    spec, base, blend = fall_back(replace(data, fallback=data.spec), data.spec, {"weight": 0.5}, weights, 256)
     assert (spec, blend) == (data.spec, {"weight": 0.5})
     # a share the config fixes is kept: no comparison
-    spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, data.buffer, val, 256, compare=False)
+    spec, base, blend = fall_back(data, data.spec, {"weight": 0.5}, weights, 256, compare=False)
     assert (spec, blend, "validation_error" in base) == (data.spec, {"weight": 0.5}, False)
 
 

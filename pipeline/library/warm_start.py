@@ -63,21 +63,22 @@ def warm_start_state(choice: str, registry: Path | None, spec: ModelSpec, curren
 
 def warm_start_spec(choice: str, registry: Path | None) -> ModelSpec | None:
     """The saved spec of the weights `train.init_from` names (None: a fresh start, or no spec saved with them)."""
-    source = _source(choice, registry)
-    return None if source is None else _trained_spec(*_saved(source, choice)[1:])
+    return warm_start_bases(choice, registry)[0]
 
 
-def warm_start_fallback(choice: str, registry: Path | None) -> tuple[ModelSpec, dict] | None:
-    """(the starting weights' spec with their run's fallback base, {"chosen", "fallback"}: the bases' names) where
-    that run had one, a base their correction was not trained over (`train.fall_back`); None otherwise."""
+def warm_start_bases(choice: str, registry: Path | None) -> tuple[ModelSpec | None, tuple[ModelSpec, dict] | None]:
+    """(`warm_start_spec`, and where the starting weights' run had a fallback base, one their correction was not
+    trained over (`train.fall_back`), (their spec with that base, {"chosen", "fallback"}: the bases' names), else
+    None), from one read of the spec file."""
     source = _source(choice, registry)
     if source is None:
-        return None
+        return None, None
     _, forecast, fallback = _saved(source, choice)
     if forecast is None or fallback is None:
-        return None
+        return forecast, None
     names = {"chosen": "the base trained over", "fallback": "the fallback base"}  # a record without them
-    return forecast.with_base(fallback["fallback_base"]), {key: str(fallback.get(key, d)) for key, d in names.items()}
+    kept = forecast.with_base(fallback["fallback_base"]), {key: str(fallback.get(key, d)) for key, d in names.items()}
+    return _trained_spec(forecast, fallback), kept
 
 
 def warm_start_transform(choice: str, registry: Path | None) -> str | None:

@@ -46,7 +46,7 @@ from pipeline.library.selection import effective_windows, one_standard_error
 from pipeline.library.store import read_covariates, read_values
 from pipeline.library.threads import ThreadTuner
 from pipeline.library.train_log import MetricsLog
-from pipeline.library.warm_start import warm_start_fallback, warm_start_identity, warm_start_spec, warm_start_state
+from pipeline.library.warm_start import warm_start_bases, warm_start_identity, warm_start_state
 from pipeline.library.windows import read_index
 from pipeline.stages.table import cache_key, stage_dir, train_settings
 from pipeline.stages.tracking import Tracker, dataset_artifact, open_tracker, weights_artifact
@@ -253,9 +253,8 @@ def choose_residual_base(
     """
     if cfg.model.base != "validation" or not spec.residual_season:
         return spec, None, None
-    saved = warm_start_spec(cfg.train.init_from, cfg.registry_root)
+    saved, fallback = warm_start_bases(cfg.train.init_from, cfg.registry_root)
     if saved is not None and saved.residual_season:
-        fallback = warm_start_fallback(cfg.train.init_from, cfg.registry_root)
         needs = max(base_steps(saved), base_steps(fallback[0]) if fallback else 0)
         if needs > cfg.window.lookback:
             raise ConfigError(
@@ -614,9 +613,7 @@ def finish(session: Session, state: TrainState) -> None:
         if spec.blend:
             blend = blend_best(best, spec, buffer, val, cfg.train.eval_batch_size, session.loss, cfg.model.blend)
             compare = cfg.model.blend == "validation"  # a share the config fixes is kept
-            spec, base, blend = fall_back(
-                session.data, spec, blend, best, buffer, val, cfg.train.eval_batch_size, compare
-            )
+            spec, base, blend = fall_back(session.data, spec, blend, best, cfg.train.eval_batch_size, compare)
         if spec.quantiles and cfg.model.calibrate:
             calibration = calibrate_best(best, spec, buffer, val, cfg.train.eval_batch_size)
         if session.threads is not None and session.threads.active:
@@ -639,14 +636,7 @@ def finish(session: Session, state: TrainState) -> None:
 
 
 def fall_back(
-    data: TrainingData,
-    spec: ModelSpec,
-    blend: dict,
-    weights: Path,
-    buffer,
-    val: torch.Tensor,
-    batch_size: int,
-    compare: bool = True,
+    data: TrainingData, spec: ModelSpec, blend: dict, weights: Path, batch_size: int, compare: bool = True
 ) -> tuple[ModelSpec, dict | None, dict]:
     """(the spec the forecast runs with, the base choice's record, the blend's record) where the best base of all
     is one the correction was not trained over (`base_choice.fallback_only`): the forecast is that base alone where
@@ -665,8 +655,9 @@ def fall_back(
     if blend["weight"] != 0.0:
         if not compare:
             return spec, base, blend
-        ours = point_errors(weights, spec, blend["weight"], buffer, val, batch_size)
-        alone = point_errors(weights, data.fallback, 0.0, buffer, val, batch_size)
+        val = data.pairs["val"]
+        ours = point_errors(weights, spec, blend["weight"], data.buffer, val, batch_size)
+        alone = point_errors(weights, data.fallback, 0.0, data.buffer, val, batch_size)
         base = {**base, "validation_error": {"model": float(ours.mean()), "fallback": float(alone.mean())}}
         n_effective = effective_windows(val.cpu().numpy(), spec.horizon)
         if one_standard_error(np.stack([ours, alone], axis=1), n_effective) == 0:  # the model first: the one chosen
