@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from pipeline.library.runtime import cpu_bf16_lstm_fails
+
 from .conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -29,10 +31,14 @@ def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
         "resume",
         "versions",
     }
-    assert all(status == "ok" for status in steps["summary"].values()), steps["summary"]
+    bf16_fails = cpu_bf16_lstm_fails()  # an AVX2 CPU: the bf16 step is skipped with the reason, not failed
+    expected = {name: "skipped" if bf16_fails and name == "throughput_bf16" else "ok" for name in steps["summary"]}
+    assert steps["summary"] == expected
     assert steps["gpu_tests"]["counts"]["skipped"] >= 7 and not steps["gpu_tests"]["failures"]  # collected, skipped
     assert steps["demo_fp32"]["precision"] == "no" and steps["demo_fp32"]["test_mase"] > 0
-    for name in ("throughput_bf16", "throughput_fp32"):
+    if bf16_fails:
+        assert steps["throughput_bf16"]["why"] == f"this CPU's bf16 LSTM fails: {bf16_fails}"
+    for name in ("throughput_fp32",) if bf16_fails else ("throughput_bf16", "throughput_fp32"):
         assert set(steps[name]["windows_per_s"]) == {"bare", "pipeline", "dataloader"}
         assert steps[name]["pipeline_over_bare"] > 0.5
     assert steps["resume"]["resumed"] and steps["resume"]["weights"]["model.safetensors"]["bit_identical"]

@@ -51,6 +51,18 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def _bf16_lstm_fails() -> str | None:
+    from pipeline.library.runtime import cpu_bf16_lstm_fails
+
+    return cpu_bf16_lstm_fails()
+
+
+needs_cpu_bf16 = pytest.mark.skipif(
+    _bf16_lstm_fails() is not None, reason=f"this CPU trains no LSTM in bf16: {_bf16_lstm_fails()}"
+)
+
+
+@needs_cpu_bf16
 def test_bf16_training_runs_the_lstm_in_bf16_and_validates_in_float32(tmp_path):
     config = prepared(tmp_path / "bf16", "bf16")
     kernels = RecurrentKernels()
@@ -74,6 +86,7 @@ def test_bf16_training_runs_the_lstm_in_bf16_and_validates_in_float32(tmp_path):
     assert bf16[0] == pytest.approx(fp32[0], rel=0.05)  # ...not what is learnt
 
 
+@needs_cpu_bf16
 def test_bf16_training_killed_and_resumed_ends_bit_for_bit(tmp_path):
     from .test_resume import assert_bitwise_equal, finish, kill_at_step
     from .test_resume import prepared as prepared_for_resume
@@ -101,10 +114,57 @@ def test_auto_is_bf16_on_cpus_that_compute_it_natively(monkeypatch, flags, expec
     from pipeline.library import runtime
 
     monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(runtime, "cpu_bf16_lstm_fails", lambda: None)  # such a CPU runs oneDNN's bf16 LSTM
     precision, why = runtime.resolve_precision("auto", torch.device("cpu"))
     assert precision == expected and why.startswith("auto: CPU")
     for setting in ("no", "bf16", "fp16"):  # a set value is taken as it is
         assert runtime.resolve_precision(setting, torch.device("cpu")) == (setting, "set in the config")
+
+
+FAILURE = "could not create a primitive descriptor for the LSTM forward propagation primitive"
+
+
+def test_bf16_where_the_cpus_lstm_fails_is_a_config_error_and_auto_falls_back_to_float32(monkeypatch):
+    from pipeline.library import runtime
+    from pipeline.library.errors import ConfigError
+
+    monkeypatch.setattr(runtime, "cpu_bf16_lstm_fails", lambda: FAILURE)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx2"})
+    with pytest.raises(ConfigError) as raised:
+        runtime.resolve_precision("bf16", torch.device("cpu"))
+    assert str(raised.value) == (
+        f"train.mixed_precision: bf16 cannot train the LSTM on this CPU (CPU without AVX-512 BF16 or AMX; torch: "
+        f"{FAILURE}); use auto or no"
+    )
+    assert runtime.resolve_precision("no", torch.device("cpu")) == ("no", "set in the config")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: {"avx512_bf16"})  # flags that promise it, a kernel that fails
+    assert runtime.resolve_precision("auto", torch.device("cpu")) == (
+        "no", f"auto: CPU with avx512_bf16, but its bf16 LSTM fails: {FAILURE}"
+    )  # fmt: skip
+
+
+def test_a_bf16_train_where_the_cpus_lstm_fails_exits_2_with_one_line_and_writes_no_train_stage(tmp_path, monkeypatch):
+    from pipeline.library import runtime
+
+    config = prepared(tmp_path, "bf16")
+    monkeypatch.setattr(runtime, "cpu_bf16_lstm_fails", lambda: FAILURE)
+    code, err = run_main(["train", "--config", str(config)])
+    assert code == 2
+    assert (
+        err.strip().splitlines()[-1].startswith("error: train.mixed_precision: bf16 cannot train the LSTM on this CPU")
+    )
+    assert "Traceback" not in err and not (tmp_path / "run/train").exists()
+
+
+def test_the_bf16_probe_leaves_the_seeded_random_stream_alone():
+    from pipeline.library.runtime import cpu_bf16_lstm_fails
+
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    cpu_bf16_lstm_fails.cache_clear()
+    cpu_bf16_lstm_fails()  # builds an LSTM, whose initial weights are drawn at random
+    assert torch.equal(torch.rand(4), expected)
 
 
 def test_auto_on_a_gpu_asks_cuda_for_native_bf16(monkeypatch):

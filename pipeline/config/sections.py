@@ -304,8 +304,9 @@ class TrainConfig:
     """On a NaN/inf loss or gradient: skip that step and count it, instead of stopping with an error."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision of the training forward and backward: `auto` is bf16 on GPUs and CPUs that compute it
-    natively (AVX-512 BF16 or AMX) and no elsewhere; `fp16` needs a GPU (it uses gradient scaling). Validation,
-    evaluation, export and predict run in float32 on the float32 master weights."""
+    natively (AVX-512 BF16 or AMX) and no elsewhere; `bf16` on a CPU whose oneDNN has no bf16 LSTM (AVX2 CPUs)
+    is a config error; `fp16` needs a GPU (it uses gradient scaling). Validation, evaluation, export and predict
+    run in float32 on the float32 master weights."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step; `batch_size` stays the global effective batch."""
     eval_every: int = 50

@@ -8,9 +8,12 @@ batches about 8x slower, and oversubscribed threads under DDP are many times slo
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
+
+from pipeline.library.errors import ConfigError
 
 log = logging.getLogger("pipeline")
 
@@ -146,12 +149,47 @@ def native_bf16(device) -> tuple[bool, str]:
     return False, f"{device.type} device"
 
 
+@functools.cache
+def cpu_bf16_lstm_fails() -> str | None:
+    """Why an LSTM cannot train under bf16 autocast on this CPU, or None where it can.
+
+    oneDNN has bf16 recurrent kernels only for CPUs with AVX-512: on an AVX2 CPU (the AMD EPYC
+    VMs here) the first bf16 LSTM forward fails inside the kernel with "could not create a
+    primitive descriptor". The flags do not say where the line lies, so one tiny LSTM step is
+    tried once per process, outside the seeded random stream.
+    """
+    import torch
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            lstm = torch.nn.LSTM(1, 2, batch_first=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = lstm(torch.zeros(1, 2, 1))
+        out.float().sum().backward()
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        return lines[0].split(". ")[0]
+    return None
+
+
 def resolve_precision(setting: str, device) -> tuple[str, str]:
-    """`train.mixed_precision` as Accelerate takes it (no|fp16|bf16), and why: `auto` is bf16 where native."""
-    if setting != "auto":
-        return setting, "set in the config"
-    native, found = native_bf16(device)
-    return ("bf16" if native else "no"), f"auto: {found}"
+    """`train.mixed_precision` as Accelerate takes it (no|fp16|bf16), and why: `auto` is bf16 where native.
+
+    bf16 on a CPU whose bf16 LSTM fails (`cpu_bf16_lstm_fails`) is a ConfigError when set, and float32
+    under `auto`, instead of a kernel error at the first step."""
+    if setting == "auto":
+        native, found = native_bf16(device)
+        precision, why = ("bf16" if native else "no"), f"auto: {found}"
+    else:
+        precision, why = setting, "set in the config"
+    if precision == "bf16" and device.type == "cpu" and (failure := cpu_bf16_lstm_fails()) is not None:
+        if setting == "bf16":
+            raise ConfigError(
+                f"train.mixed_precision: bf16 cannot train the LSTM on this CPU ({native_bf16(device)[1]}; torch: "
+                f"{failure}); use auto or no"
+            )
+        return "no", f"{why}, but its bf16 LSTM fails: {failure}"
+    return precision, why
 
 
 def make_deterministic() -> None:
