@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .conftest import cli_in_process, run_main, write_config
+from .conftest import cli_in_process, needs_cpu_bf16, run_main, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,17 +49,6 @@ def prepared(root: Path, precision: str) -> Path:
 def losses(run: Path) -> list[float]:
     rows = map(json.loads, (run / "train/metrics.jsonl").read_text().splitlines())
     return [r["loss"] for r in rows if "loss" in r]
-
-
-def _bf16_lstm_fails() -> str | None:
-    from pipeline.library.runtime import cpu_bf16_lstm_fails
-
-    return cpu_bf16_lstm_fails()
-
-
-needs_cpu_bf16 = pytest.mark.skipif(
-    _bf16_lstm_fails() is not None, reason=f"this CPU trains no LSTM in bf16: {_bf16_lstm_fails()}"
-)
 
 
 @needs_cpu_bf16

@@ -12,7 +12,7 @@ from pipeline.library.model import ModelSpec, build_model
 from pipeline.library.runtime import available_cores
 from pipeline.library.threads import ThreadTuner
 
-from .conftest import cli, write_config
+from .conftest import cli, needs_cpu_bf16, write_config
 
 
 @pytest.fixture
@@ -105,7 +105,9 @@ def _train_steps(threads: int, precision: torch.dtype | None) -> dict[str, torch
 
 
 @pytest.mark.skipif(available_cores() < 2, reason="needs two cores to compare one thread with two")
-@pytest.mark.parametrize("precision", [None, torch.bfloat16], ids=["float32", "bf16"])
+@pytest.mark.parametrize(
+    "precision", [None, pytest.param(torch.bfloat16, marks=needs_cpu_bf16)], ids=["float32", "bf16"]
+)
 def test_the_thread_count_changes_no_bits_of_training(restore_threads, precision):
     """What lets `auto` switch counts mid-run and still resume bit for bit (on the machine this runs on)."""
     one, two = _train_steps(1, precision), _train_steps(2, precision)

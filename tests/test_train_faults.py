@@ -13,7 +13,7 @@ from pipeline.library.errors import DataError
 from pipeline.library.model import ModelSpec, build_model
 from pipeline.stages.train import make_accelerator, train_step
 
-from .conftest import cli_in_process, write_config
+from .conftest import cli_in_process, needs_cpu_bf16, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +62,7 @@ def test_a_batch_with_nan_is_skipped_or_stops_training(skip):
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@needs_cpu_bf16
 def test_bf16_on_cpu_trains_and_is_recorded(tmp_path):
     config = write_config(tmp_path, {"train.mixed_precision": "bf16", "export.onnx": False})
     result = cli_in_process("run", "--config", str(config))
