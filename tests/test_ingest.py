@@ -281,6 +281,26 @@ def test_gap_with_inferred_frequency_names_the_timestamp():
     assert "missing timestamp(s), first 2022-01-01 06:00:00" in msg
 
 
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_timestamps_in_any_unit_lie_on_the_grid(unit):
+    """Parquet, JSON and pandas 3 give seconds or microseconds; pandas 2 builds the grid in nanoseconds, and a
+    grid compared in another unit than the times looked gapped with nothing missing (an IndexError)."""
+    frame = _single(np.arange(8.0))
+    frame["time"] = frame["time"].astype(f"datetime64[{unit}]")
+    np.testing.assert_array_equal(prepare_series(frame, _cfg()).values, np.arange(8.0))
+    assert "1 missing timestamp(s), first 2022-01-01 05:00:00" in _error(frame.drop(index=[5]), freq="h")
+
+
+@pytest.mark.parametrize(("freq", "start", "inferred"), [("QS-JAN", "1956-01-01", "QS-JAN"),
+    ("QS-JAN", "1981-10-01", "QS-JAN"), ("QS-FEB", "2000-05-01", "QS-FEB"), ("QE-DEC", "2000-03-31", "QE-DEC"),
+    ("MS", "2000-01-01", "MS")])  # fmt: skip
+def test_a_quarterly_step_is_named_the_same_under_pandas_2_and_3(freq, start, inferred):
+    from pipeline.library.series import freq_of
+
+    times = pd.Series(pd.date_range(start, periods=12, freq=freq))
+    assert freq_of(times, "data.csv").freqstr == inferred  # pandas 2 infers QS-OCT for QS-JAN's dates
+
+
 def test_off_grid_timestamp_names_row():
     frame = _single(np.arange(6.0))
     frame.loc[3, "time"] = frame.loc[3, "time"] + pd.Timedelta("20min")

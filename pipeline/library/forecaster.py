@@ -409,7 +409,7 @@ class Forecaster:
                     raise DataError(f"{source}: id column '{id_col}' not found; columns: {found}")
                 frames = {
                     str(k): g[[time_col, target_col, *covs]].rename(columns={target_col: "y"})
-                    for k, g in history.groupby(id_col, sort=True)
+                    for k, g in history.groupby(id_col, sort=True, observed=True)
                 }
             else:
                 frames = {"series": history[[time_col, target_col, *covs]].rename(columns={target_col: "y"})}

@@ -206,7 +206,15 @@ def freq_of(longest: pd.Series, source: str) -> pd.DateOffset:
         if step <= pd.Timedelta(0):
             raise DataError(f"{source}: cannot infer the frequency; set data.freq")
         return pd.tseries.frequencies.to_offset(step)
-    return pd.tseries.frequencies.to_offset(alias)
+    return _first_quarter_anchor(pd.tseries.frequencies.to_offset(alias))
+
+
+def _first_quarter_anchor(step: pd.DateOffset) -> pd.DateOffset:
+    """A quarter-start step anchored in the first quarter's month, as pandas 3 infers it (QS-JAN); pandas 2
+    infers the same dates as QS-OCT, and the record and its fingerprint name the step."""
+    if step.n != 1 or not isinstance(step, (pd.offsets.QuarterBegin, pd.offsets.BQuarterBegin)):
+        return step
+    return type(step)(startingMonth=(step.startingMonth - 1) % 3 + 1)
 
 
 def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
@@ -294,7 +302,7 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
     """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
     times = pd.DatetimeIndex(part["time"].to_numpy())
     _check_span(sid, part, times, step, data.source)
-    grid = pd.date_range(times[0], times[-1], freq=step)
+    grid = pd.date_range(times[0], times[-1], freq=step).as_unit(times.unit)  # pandas 2: ns whatever the times
     target = part["target"].to_numpy(dtype=np.float64).copy()
     if len(grid) != len(times) or not grid.equals(times):
         on_grid = times.isin(grid)
