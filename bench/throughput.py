@@ -191,6 +191,15 @@ def bare_default_rate(args) -> float:
 
 def main() -> None:
     args = parse()
+    requested = {args.precision, *(args.bare_precisions or "").split(","), *(args.pipeline_precisions or "").split(",")}
+    if args.device == "cpu" and "bf16" in requested:
+        from pipeline.library.runtime import cpu_bf16_lstm_fails
+
+        if failure := cpu_bf16_lstm_fails():
+            print(
+                f"error: bf16 cannot train the LSTM on this CPU (torch: {failure}); measure no or auto", file=sys.stderr
+            )
+            sys.exit(2)
     spec = ModelSpec(1, args.horizon, args.hidden_size, args.layers)
     torch.set_flush_denormal(True)
     if args.only == "bare":
