@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # CPU-only machines get the CPU build of torch; with nvidia-smi present, pip follows pyproject's range.
 CONSTRAINT := $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints/cpu.txt)
+DEV_INSTALL := pip install -q $(CONSTRAINT) -e ".[dev]"
 
 .PHONY: setup demo test test-pandas2 lint format clean gpu-wheels gpu-check lock
 
@@ -13,7 +14,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints/cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(CONSTRAINT) -e ".[dev]"
+	$(PY) -m $(DEV_INSTALL)
 	touch $(STAMP)
 
 demo: setup
@@ -31,7 +32,7 @@ PANDAS2_TESTS := tests/test_ingest.py tests/test_ingest_stream.py tests/test_acc
 test-pandas2:
 	python3 -m venv $(PANDAS2_VENV)
 	$(PANDAS2_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PANDAS2_VENV)/bin/python -m pip install -q $(CONSTRAINT) -e ".[dev]" "pandas<3"
+	$(PANDAS2_VENV)/bin/python -m $(DEV_INSTALL) "pandas<3"
 	$(PANDAS2_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PANDAS2_TESTS)
 
 lint: setup
