@@ -142,3 +142,22 @@ def test_the_package_license_is_an_spdx_expression():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
     assert any(r.startswith("setuptools>=77") for r in project["build-system"]["requires"])
+
+
+def test_a_command_that_succeeds_destroys_the_process_group_and_one_that_fails_leaves_it(tmp_path):
+    """Left to interpreter teardown, gloo's threads can abort a rank that finished (SIGABRT under torchrun); after
+    a failure another rank may still wait in a collective, where destroying the group can hang."""
+    import torch.distributed as dist
+
+    from .conftest import run_main
+
+    config = write_config(tmp_path, {"export.onnx": False})
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert run_main(["ingest", "--config", str(config), "data.val_size=2.0"])[0] == 2
+        assert dist.is_initialized()
+        assert run_main(["ingest", "--config", str(config)])[0] == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -192,6 +192,21 @@ def resolve_precision(setting: str, device) -> tuple[str, str]:
     return precision, why
 
 
+def release_process_group() -> None:
+    """Destroy torch.distributed's default group where this process made one (under torchrun or
+    `accelerate launch`), before the interpreter tears down.
+
+    Left to teardown, gloo's worker threads can outlive the interpreter: a rank that had finished
+    its work died with "terminate called without an active exception" (SIGABRT), and torchrun
+    reported the whole command as failed (seen once in the 2-process refit test on an AMD EPYC VM).
+    Called only after a command succeeded: where a rank failed, another may still wait in a
+    collective, and destroying the group there can hang.
+    """
+    torch = sys.modules.get("torch")  # a command that never imported torch made no group
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def make_deterministic() -> None:
     """Deterministic GPU kernels from here on (cuDNN without autotuning, cuBLAS with a fixed workspace).
 

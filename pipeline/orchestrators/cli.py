@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from pipeline.library.errors import ConfigError, UserError
+from pipeline.library.runtime import release_process_group
 from pipeline.orchestrators.forecast_io import one_line
 from pipeline.stages.table import NAMES as STAGES
 
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    release_process_group()
     return code
 
 
