@@ -560,8 +560,12 @@ def test_online_without_credentials_runs_offline_and_says_how_to_sync(tmp_path, 
     tracker = open_tracker(cfg, "evaluate", True)
     tracker.summary({"test/model/mase": 0.5})
     tracker.finish()
-    [run] = wandb_runs(tmp_path / "run")
-    assert run.summary["test/model/mase"] == 0.5 and run.run["job_type"] == "evaluate"
+    for _ in range(50):  # W&B's service may still be writing the log when finish() returns (its exit record last)
+        [run] = wandb_runs(tmp_path / "run")
+        if run.exited:
+            break
+        time.sleep(0.2)
+    assert run.exited and run.summary["test/model/mase"] == 0.5 and run.run["job_type"] == "evaluate"
     assert "no W&B credentials found; tracking offline" in caplog.text
     assert f"wandb sync {run.dir}" in caplog.text
 
