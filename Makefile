@@ -29,10 +29,13 @@ test: setup
 PANDAS2_VENV := .venv-pandas2
 PANDAS2_TESTS := tests/test_ingest.py tests/test_ingest_stream.py tests/test_accuracy_bench.py tests/test_new_series.py \
 	tests/test_compat.py tests/test_bad_inputs.py
-test-pandas2:
+$(PANDAS2_VENV)/.installed: pyproject.toml constraints/cpu.txt
 	python3 -m venv $(PANDAS2_VENV)
 	$(PANDAS2_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PANDAS2_VENV)/bin/python -m $(DEV_INSTALL) "pandas<3"
+	touch $@
+
+test-pandas2: $(PANDAS2_VENV)/.installed
 	$(PANDAS2_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PANDAS2_TESTS)
 
 lint: setup

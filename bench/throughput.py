@@ -193,12 +193,13 @@ def main() -> None:
     args = parse()
     requested = {args.precision, *(args.bare_precisions or "").split(","), *(args.pipeline_precisions or "").split(",")}
     if args.device == "cpu" and "bf16" in requested:
-        from pipeline.library.runtime import cpu_bf16_lstm_fails
+        from pipeline.library.errors import ConfigError
+        from pipeline.library.runtime import resolve_precision
 
-        if failure := cpu_bf16_lstm_fails():
-            print(
-                f"error: bf16 cannot train the LSTM on this CPU (torch: {failure}); measure no or auto", file=sys.stderr
-            )
+        try:  # the pipeline's own refusal where this CPU has no bf16 LSTM
+            resolve_precision("bf16", torch.device("cpu"))
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
     spec = ModelSpec(1, args.horizon, args.hidden_size, args.layers)
     torch.set_flush_denormal(True)

@@ -10,18 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.library.runtime import cpu_bf16_lstm_fails
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _cpu_bf16_lstm_fails() -> str | None:
-    from pipeline.library.runtime import cpu_bf16_lstm_fails
-
-    return cpu_bf16_lstm_fails()
 
 
 # bf16 training on the CPU: oneDNN has no bf16 LSTM on AVX2 CPUs, where the pipeline refuses it (test_precision)
 needs_cpu_bf16 = pytest.mark.skipif(
-    _cpu_bf16_lstm_fails() is not None, reason=f"this CPU trains no LSTM in bf16: {_cpu_bf16_lstm_fails()}"
+    cpu_bf16_lstm_fails() is not None, reason=f"this CPU trains no LSTM in bf16: {cpu_bf16_lstm_fails()}"
 )
 
 SMALL = {

@@ -155,7 +155,7 @@ def _trained_spec(forecast: ModelSpec | None, fallback: dict | None) -> ModelSpe
     fallback (the same unless the fallback forecasts)."""
     if forecast is None or fallback is None:
         return forecast
-    return forecast.with_base(fallback["trained_base"])  # checked by `_saved`
+    return forecast.with_base(fallback["trained_base"])  # checked by `_read_spec`
 
 
 SET_AFTER_TRAINING = ("band",)
