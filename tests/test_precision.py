@@ -145,6 +145,30 @@ def test_a_bf16_train_where_the_cpus_lstm_fails_exits_2_with_one_line_and_writes
     assert "Traceback" not in err and not (tmp_path / "run/train").exists()
 
 
+def test_a_bf16_run_where_the_cpus_lstm_fails_stops_before_ingest_but_a_finished_run_still_completes(
+    tmp_path, monkeypatch
+):
+    from pipeline.library import runtime
+
+    config = write_config(tmp_path, {**SETTINGS, "train.max_steps": 2, "export.onnx": False})
+    monkeypatch.setattr(runtime, "cpu_bf16_lstm_fails", lambda: FAILURE)
+    code, err = run_main(["run", "--config", str(config), "train.mixed_precision=bf16"])
+    assert code == 2 and err.strip().splitlines()[-1].startswith("error: train.mixed_precision: bf16 cannot train")
+    assert not (tmp_path / "run").exists()  # nothing ran: neither ingest nor window wrote a stage
+
+    # A run trained where bf16 works (here in float32 under the bf16 setting) is cached: evaluate and export
+    # need no bf16 LSTM, so the finished run completes on this CPU as before.
+    from pipeline.stages import train
+
+    with monkeypatch.context() as elsewhere:
+        elsewhere.setattr(train, "resolve_precision", lambda setting, device: ("no", "a CPU that trains bf16"))
+        assert run_main(["run", "--config", str(config), "train.mixed_precision=bf16"])[0] == 0
+    trained = (tmp_path / "run/train/meta.json").stat().st_mtime_ns
+    code, err = run_main(["run", "--config", str(config), "train.mixed_precision=bf16"])
+    assert code == 0, err
+    assert (tmp_path / "run/train/meta.json").stat().st_mtime_ns == trained
+
+
 def test_the_bf16_probe_leaves_the_seeded_random_stream_alone():
     from pipeline.library.runtime import cpu_bf16_lstm_fails
 

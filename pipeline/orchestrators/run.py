@@ -13,8 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import Config, save_config
+from pipeline.library.artifacts import META
 from pipeline.library.runtime import dist_state
-from pipeline.stages.table import NAMES, stage_function
+from pipeline.stages.table import NAMES, stage_dir, stage_function
 from pipeline.stages.tracking import prune_local_runs
 
 log = logging.getLogger("pipeline")
@@ -23,6 +24,10 @@ log = logging.getLogger("pipeline")
 def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -> Path:
     """Run `names` in order (each skipped when its inputs are unchanged, unless `force`); the run directory."""
     state = dist_state()
+    if "train" in names[1:] and (force or not (stage_dir(cfg, "train") / META).is_file()):
+        from pipeline.stages.train import training_precision
+
+        training_precision(cfg)  # a precision this machine refuses fails before ingest and window work
     for name in names:
         if name == "evaluate" and cfg.evaluate.backtest.folds and cfg.evaluate.backtest.refit:
             from pipeline.orchestrators import refit

@@ -172,17 +172,25 @@ def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
             model.blend.fill_(1.0)
 
 
-def make_accelerator(cfg: Config):
-    """Accelerate's Accelerator for this run: its device, DDP, and the precision (`auto` resolved and logged)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+def training_precision(cfg: Config) -> tuple[str, str]:
+    """The precision this machine trains `cfg` in (Accelerate's name) and why; a ConfigError where it cannot.
+
+    Cheap and free of Accelerate's state, so `run` asks it before ingest: a setting this machine
+    refuses fails in one line before any stage has worked, not after ingest and window."""
     from accelerate.utils import parse_flag_from_env
 
     on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
     if cfg.train.mixed_precision == "fp16" and not on_gpu:
         raise ConfigError("train.mixed_precision: fp16 needs a GPU (gradient scaling); use bf16, auto or no on CPU")
-    device = torch.device("cuda" if on_gpu else "cpu")
-    precision, why = resolve_precision(cfg.train.mixed_precision, device)
+    return resolve_precision(cfg.train.mixed_precision, torch.device("cuda" if on_gpu else "cpu"))
+
+
+def make_accelerator(cfg: Config):
+    """Accelerate's Accelerator for this run: its device, DDP, and the precision (`auto` resolved and logged)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    precision, why = training_precision(cfg)
     AcceleratorState._reset_state()  # allow several runs with different settings in one process
     accelerator = Accelerator(
         mixed_precision=precision, gradient_accumulation_steps=cfg.train.gradient_accumulation_steps
