@@ -199,7 +199,7 @@ def freq_of(longest: pd.Series, source: str) -> pd.DateOffset:
     """The step of one series' sorted timestamps: pandas' alias, else the most common difference."""
     if len(longest) < 3:
         raise DataError(f"{source}: cannot infer the frequency from {len(longest)} timestamps; set data.freq")
-    alias = pd.infer_freq(pd.DatetimeIndex(longest.iloc[: min(len(longest), 10_000)]))
+    alias = _pandas_infer_freq(pd.DatetimeIndex(longest.iloc[: min(len(longest), 10_000)]))
     if alias is None:  # gaps or irregular spacing: fall back to the most common step
         diffs = pd.Series(np.diff(longest.to_numpy())).mode()
         step = pd.Timedelta(diffs.iloc[0])
@@ -207,6 +207,16 @@ def freq_of(longest: pd.Series, source: str) -> pd.DateOffset:
             raise DataError(f"{source}: cannot infer the frequency; set data.freq")
         return pd.tseries.frequencies.to_offset(step)
     return _first_quarter_anchor(pd.tseries.frequencies.to_offset(alias))
+
+
+def _pandas_infer_freq(index: pd.DatetimeIndex) -> str | pd.DateOffset | None:
+    """pandas' inferred step: an offset where pandas (3.1 on) can return one, which pandas 4 will by default
+    (asked for, not left to a deprecation warning per call); an alias string on older pandas."""
+    try:
+        with pd.option_context("future.infer_freq_returns_offset", True):
+            return pd.infer_freq(index)
+    except pd.errors.OptionError:
+        return pd.infer_freq(index)
 
 
 def _first_quarter_anchor(step: pd.DateOffset) -> pd.DateOffset:
