@@ -90,9 +90,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -716,6 +718,7 @@ def bench_one(series: Series, args: argparse.Namespace, with_ets: bool) -> dict[
         return row
     metrics = json.loads((cfg.run_dir / "evaluate" / "metrics.json").read_text())
     row["model"] = metrics["model"]
+    row["trained"] = trained_on(cfg.run_dir)
     row["naive"] = metrics["baselines"]["naive"]
     row["seasonal_naive"] = metrics["baselines"]["seasonal_naive"]
     for key in ("seasons", "base"):  # what the pipeline resolved (its ingest detects the seasons)
@@ -744,6 +747,31 @@ def bench_one(series: Series, args: argparse.Namespace, with_ets: bool) -> dict[
     if with_ets:
         add_statistical(prep, args)
     return row
+
+
+def trained_on(run_dir: Path) -> dict[str, Any]:
+    """The precision, device and CPU the model trained with: `auto` is bf16 on one CPU and float32 on another,
+    and single series move with it (h02 0.983 in bf16, 1.089 in float32), so a table says which it holds."""
+    setup = json.loads((run_dir / "train" / "meta.json").read_text()).get("setup", {})
+    return {"precision": setup.get("precision"), "device": setup.get("device"), "cpu": cpu_model()}
+
+
+@functools.cache
+def cpu_model() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
+def trained_label(row: dict[str, Any]) -> str:
+    t = row.get("trained")
+    if not t:
+        return "unrecorded"
+    precision = {"no": "float32"}.get(t["precision"], t["precision"])
+    return f"{precision} on {t['cpu'] if str(t['device']).startswith('cpu') else t['device']}"
 
 
 def model_interval(metrics: dict[str, Any]) -> dict[str, Any] | None:
@@ -817,7 +845,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "beats_mstl_window": [r["series"] for r in multi if WINDOW_MSTL in r and beats(r, WINDOW_MSTL)],
         "not_beating_mstl_window": [r["series"] for r in multi if WINDOW_MSTL in r and not beats(r, WINDOW_MSTL)],
         "failed": [r["series"] for r in rows if "error" in r],
+        "trained": {},
     }
+    for r in done:
+        summary["trained"].setdefault(trained_label(r), []).append(r["series"])
     intervals = interval_summary(rows)
     if intervals:
         summary["intervals"] = intervals
@@ -952,6 +983,11 @@ def summary_line(s: dict[str, Any]) -> str:
         )
     if s["failed"]:
         text += f"; failed: {', '.join(s['failed'])}"
+    trained = s.get("trained", {})
+    if len(trained) == 1:
+        text += f"; trained in {next(iter(trained))}"
+    elif trained:
+        text += "; trained in " + "; ".join(f"{label} ({', '.join(names)})" for label, names in trained.items())
     return text
 
 

@@ -342,3 +342,20 @@ def test_rows_of_an_earlier_run_complete_a_partial_one(tmp_path):
     assert f"rows of an earlier run ({path}): a10, h02" in acc.markdown(rows, acc.summarise(rows))
     with pytest.raises(SystemExit, match=r"overrides \['seed=1'\] differ from \['seed=2'\]"):
         acc.with_earlier_rows(now, path, ["seed=2"])  # another seed's rows would measure something else
+
+
+def test_the_summary_says_what_precision_and_cpu_each_row_trained_in(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train/meta.json").write_text(json.dumps({"setup": {"precision": "no", "device": "cpu"}}))
+    trained = acc.trained_on(tmp_path)
+    assert trained == {"precision": "no", "device": "cpu", "cpu": acc.cpu_model()} and trained["cpu"]
+    rows = [_row(name, 0.5, 1.0, 0.8, 1.0, 1.0) for name in ("a", "b", "c")]
+    for row in rows:
+        row["trained"] = {"precision": "no", "device": "cpu", "cpu": "AMD EPYC"}
+    assert acc.summary_line(acc.summarise(rows)).endswith("; trained in float32 on AMD EPYC")
+    rows[1]["trained"] = {"precision": "bf16", "device": "cpu", "cpu": "Intel Xeon"}  # a row from another machine
+    rows[2]["trained"] = {"precision": "bf16", "device": "cuda:0", "cpu": "Intel Xeon"}
+    del rows[0]["trained"]  # a row of a JSON written before rows said it
+    assert acc.summary_line(acc.summarise(rows)).endswith(
+        "; trained in unrecorded (a); bf16 on Intel Xeon (b); bf16 on cuda:0 (c)"
+    )
