@@ -769,7 +769,7 @@ def cpu_model() -> str:
 def trained_label(row: dict[str, Any]) -> str:
     t = row.get("trained")
     if not t:
-        return "unrecorded"
+        return "not recorded"
     precision = {"no": "float32"}.get(t["precision"], t["precision"])
     return f"{precision} on {t['cpu'] if str(t['device']).startswith('cpu') else t['device']}"
 
@@ -984,7 +984,9 @@ def summary_line(s: dict[str, Any]) -> str:
     if s["failed"]:
         text += f"; failed: {', '.join(s['failed'])}"
     trained = s.get("trained", {})
-    if len(trained) == 1:
+    if list(trained) == ["not recorded"]:
+        text += "; precision and CPU not recorded"
+    elif len(trained) == 1:
         text += f"; trained in {next(iter(trained))}"
     elif trained:
         text += "; trained in " + "; ".join(f"{label} ({', '.join(names)})" for label, names in trained.items())

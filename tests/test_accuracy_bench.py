@@ -357,5 +357,6 @@ def test_the_summary_says_what_precision_and_cpu_each_row_trained_in(tmp_path):
     rows[2]["trained"] = {"precision": "bf16", "device": "cuda:0", "cpu": "Intel Xeon"}
     del rows[0]["trained"]  # a row of a JSON written before rows said it
     assert acc.summary_line(acc.summarise(rows)).endswith(
-        "; trained in unrecorded (a); bf16 on Intel Xeon (b); bf16 on cuda:0 (c)"
+        "; trained in not recorded (a); bf16 on Intel Xeon (b); bf16 on cuda:0 (c)"
     )
+    assert acc.summary_line(acc.summarise(rows[:1])).endswith("; precision and CPU not recorded")
