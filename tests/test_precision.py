@@ -19,6 +19,7 @@ from .conftest import cli_in_process, needs_cpu_bf16, run_main, write_config
 
 pytestmark = pytest.mark.slow
 
+FAILURE = "could not create a primitive descriptor for the LSTM forward propagation primitive"
 SETTINGS = {"train.max_steps": 20, "train.eval_every": 10, "train.log_every": 5, "train.num_threads": 1}
 
 
@@ -106,11 +107,21 @@ def test_auto_is_bf16_on_cpus_that_compute_it_natively(monkeypatch, flags, expec
     monkeypatch.setattr(runtime, "cpu_bf16_lstm_fails", lambda: None)  # such a CPU runs oneDNN's bf16 LSTM
     precision, why = runtime.resolve_precision("auto", torch.device("cpu"))
     assert precision == expected and why.startswith("auto: CPU")
-    for setting in ("no", "bf16", "fp16"):  # a set value is taken as it is
+    for setting in ("no", "bf16"):  # a set value is taken as it is
         assert runtime.resolve_precision(setting, torch.device("cpu")) == (setting, "set in the config")
 
 
-FAILURE = "could not create a primitive descriptor for the LSTM forward propagation primitive"
+@pytest.mark.parametrize(("bf16_failure", "usable"), [(None, "bf16, auto or no"), (FAILURE, "auto or no")])
+def test_fp16_on_a_cpu_is_a_config_error_naming_what_this_cpu_can_use(monkeypatch, bf16_failure, usable):
+    from pipeline.library import runtime
+    from pipeline.library.errors import ConfigError
+
+    monkeypatch.setattr(runtime, "cpu_bf16_lstm_fails", lambda: bf16_failure)
+    with pytest.raises(ConfigError) as raised:
+        runtime.resolve_precision("fp16", torch.device("cpu"))
+    assert str(raised.value) == (
+        f"train.mixed_precision: fp16 needs a GPU (gradient scaling); use {usable} on this CPU"
+    )  # fmt: skip
 
 
 def test_bf16_where_the_cpus_lstm_fails_is_a_config_error_and_auto_falls_back_to_float32(monkeypatch):

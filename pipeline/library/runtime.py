@@ -176,7 +176,11 @@ def resolve_precision(setting: str, device) -> tuple[str, str]:
     """`train.mixed_precision` as Accelerate takes it (no|fp16|bf16), and why: `auto` is bf16 where native.
 
     bf16 on a CPU whose bf16 LSTM fails (`cpu_bf16_lstm_fails`) is a ConfigError when set, and float32
-    under `auto`, instead of a kernel error at the first step."""
+    under `auto`, instead of a kernel error at the first step. fp16 on a CPU is a ConfigError (it needs a
+    GPU's gradient scaling)."""
+    if setting == "fp16" and device.type == "cpu":
+        usable = "auto or no" if cpu_bf16_lstm_fails() else "bf16, auto or no"
+        raise ConfigError(f"train.mixed_precision: fp16 needs a GPU (gradient scaling); use {usable} on this CPU")
     if setting == "auto":
         native, found = native_bf16(device)
         precision, why = ("bf16" if native else "no"), f"auto: {found}"

@@ -180,8 +180,6 @@ def training_precision(cfg: Config) -> tuple[str, str]:
     from accelerate.utils import parse_flag_from_env
 
     on_gpu = torch.cuda.is_available() and not parse_flag_from_env("ACCELERATE_USE_CPU")
-    if cfg.train.mixed_precision == "fp16" and not on_gpu:
-        raise ConfigError("train.mixed_precision: fp16 needs a GPU (gradient scaling); use bf16, auto or no on CPU")
     return resolve_precision(cfg.train.mixed_precision, torch.device("cuda" if on_gpu else "cpu"))
 
 
