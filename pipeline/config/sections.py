@@ -517,6 +517,10 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def section_values(self, section: str) -> dict[str, Any]:
+        """The values of one section that its hash covers (no operational fields), as JSON types."""
+        return json.loads(json.dumps(_plain(functools.reduce(getattr, section.split("."), self))))
+
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections or keys (`data.calendar`): what a stage's cached output depends on.
 

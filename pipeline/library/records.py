@@ -380,6 +380,7 @@ class TrainRecord(KeyedRecord):
     blend: dict[str, Any] | None = None  # the share of the correction kept, and the validation losses
     settings: str | None = None  # hash of the config sections training depends on (None: written before it)
     base: dict[str, Any] | None = None  # the residual base chosen on validation, and every candidate's loss
+    window_fingerprint: str | None = None  # the windows it was trained on (None: written before it was kept)
 
     def to_json(self) -> dict[str, Any]:
         payload = {
@@ -392,6 +393,8 @@ class TrainRecord(KeyedRecord):
         }
         if self.base is not None:
             payload["base"] = self.base
+        if self.window_fingerprint is not None:
+            payload["window_fingerprint"] = self.window_fingerprint
         return {**payload, "settings": self.settings} if self.settings is not None else payload
 
     @classmethod
@@ -406,6 +409,7 @@ class TrainRecord(KeyedRecord):
             settings=payload.get("settings"),
             config=payload.get("config"),
             base=payload.get("base"),
+            window_fingerprint=payload.get("window_fingerprint"),
         )
 
 

@@ -2,8 +2,9 @@
 
 Before the evaluate stage of a refit backtest, the fold models are trained (`refit`); after a
 full run with `registry.promote`, the export is scored against the champion (`registry`). The
-resolved config is written to the run directory after each stage that succeeds, so a failed
-run keeps the last good one.
+config is written to the run directory once every stage asked for (and the promotion) has
+succeeded, so a failed run keeps the last good one; the stages after a failed one refuse what
+it left half-renewed (`check_upstream`).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -
 
             refit.prepare_folds(cfg, force)
         stage_function(name)(cfg, force=force)
-        if state.is_main_process:  # only once a stage has succeeded: a bad run keeps the last good config
-            save_config(cfg, cfg.run_dir / "config.yaml")
-    if tuple(names) == NAMES and state.is_main_process:
-        if cfg.registry.promote:
-            from pipeline.orchestrators import registry
+    if tuple(names) == NAMES and state.is_main_process and cfg.registry.promote:
+        from pipeline.orchestrators import registry
 
-            registry.promote(cfg)
-        log.info("done: %s", cfg.run_dir)
+        registry.promote(cfg)
+    if state.is_main_process:  # only once everything asked for succeeded: a failed run keeps the last good config
+        save_config(cfg, cfg.run_dir / "config.yaml")
+        if tuple(names) == NAMES:
+            log.info("done: %s", cfg.run_dir)
     if state.is_main_process:
         prune_local_runs(cfg.run_dir, cfg.tracking.keep_local_runs)
     if state.is_main_process and sorted((cfg.run_dir / "wandb").glob("offline-run-*")):

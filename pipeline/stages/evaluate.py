@@ -31,7 +31,7 @@ from pipeline.library.runtime import dist_state
 from pipeline.library.scoring import METHODS, ScoredWindows, forecast_table, per_series_table, score
 from pipeline.library.store import read_values
 from pipeline.library.windows import read_index
-from pipeline.stages.table import cache_key, check_trained_with, stage_dir
+from pipeline.stages.table import cache_key, check_trained_with, check_upstream, stage_dir
 from pipeline.stages.tracking import open_tracker
 
 log = logging.getLogger("pipeline")
@@ -42,6 +42,7 @@ BACKTEST_FORECASTS = "backtest_forecasts.csv"
 def run(cfg: Config, force: bool = False) -> Path:
     out = stage_dir(cfg, "evaluate")
     trained = TrainRecord.require(stage_dir(cfg, "train"), "evaluate")
+    check_upstream(cfg, "evaluate", trained)
     cfg = resolve(cfg)
     check_trained_with(cfg, trained, "evaluate")
     key = evaluate_key(cfg, trained)

@@ -35,7 +35,7 @@ from pipeline.library.records import (
 from pipeline.library.runtime import dist_state
 from pipeline.library.store import read_values
 from pipeline.library.windows import read_index
-from pipeline.stages.table import cache_key, check_trained_with, stage_dir
+from pipeline.stages.table import cache_key, check_trained_with, check_upstream, stage_dir
 from pipeline.stages.tracking import open_tracker, weights_artifact
 
 log = logging.getLogger("pipeline")
@@ -44,6 +44,7 @@ log = logging.getLogger("pipeline")
 def run(cfg: Config, force: bool = False) -> Path:
     out = stage_dir(cfg, "export")
     trained = TrainRecord.require(stage_dir(cfg, "train"), "export")
+    check_upstream(cfg, "export", trained)
     cfg = resolve(cfg)
     check_trained_with(cfg, trained, "export")
     scored = EvaluateRecord.read(stage_dir(cfg, "evaluate"))

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.config.auto import AUTO, resolve
 from pipeline.library.artifacts import stage_key
 from pipeline.library.errors import UserError
+from pipeline.library.records import IngestRecord, TrainRecord, WindowRecord
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,47 @@ def check_trained_with(cfg: Config, trained, needed_by: str) -> None:
         f"{needed_by}: {stage_dir(cfg, 'train')} holds a model trained with other settings than this config's"
         f"{detail}; run 'lstm-pipeline train' with this config and overrides first (or 'lstm-pipeline run')"
     )
+
+
+def check_upstream(cfg: Config, needed_by: str, trained: TrainRecord | None = None) -> None:
+    """Refuse the outputs `needed_by` reads when they no longer belong together or to `cfg`: windows made
+    from other data than ingest holds now, a model trained on other windows (a stage command run alone
+    since, or a run that failed after replacing them), or data and windows made with other settings than
+    `cfg`'s (a stage command given overrides its upstream stages did not get). Scoring or exporting
+    such a mix would forecast from the wrong positions or record settings the model never saw."""
+    ingest = IngestRecord.require(stage_dir(cfg, "ingest"), needed_by)
+    window = WindowRecord.require(stage_dir(cfg, "window"), needed_by)
+    redo = "run 'lstm-pipeline run' with this config and overrides"
+    if window.ingest_fingerprint != ingest.fingerprint:
+        raise UserError(
+            f"{needed_by}: {stage_dir(cfg, 'window')} was made from other data than {stage_dir(cfg, 'ingest')} "
+            f"holds now (ingest ran after it); {redo}"
+        )
+    if trained is not None and trained.window_fingerprint not in (None, window.fingerprint):
+        raise UserError(
+            f"{needed_by}: {stage_dir(cfg, 'train')} holds a model trained on other windows than "
+            f"{stage_dir(cfg, 'window')} holds now (ingest or window ran after it); {redo}"
+        )
+    chosen = {"transform": ingest.transform}  # `auto` as ingest resolved it equals that value given explicitly
+
+    def value(key: str, v):
+        return chosen[key] if v == AUTO and key in chosen else v
+
+    for name, record, mine in (("ingest", ingest, cfg), ("window", window, resolve(cfg, ingest))):
+        section = BY_NAME[name].sections[0]
+        theirs = (record.config or {}).get(section)
+        if not isinstance(theirs, dict):
+            continue  # a record written before stages kept their config
+        differ = [
+            f"{section}.{k}={theirs[k]!r} there, {v!r} here"
+            for k, v in mine.section_values(section).items()
+            if k in theirs and value(k, v) != value(k, theirs[k])
+        ]
+        if differ:
+            raise UserError(
+                f"{needed_by}: {stage_dir(cfg, name)} was made with other settings than this config's "
+                f"({'; '.join(differ[:3])}); {redo}"
+            )
 
 
 def stage_function(name: str) -> Callable[..., Path]:

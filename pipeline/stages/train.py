@@ -48,7 +48,7 @@ from pipeline.library.threads import ThreadTuner
 from pipeline.library.train_log import MetricsLog
 from pipeline.library.warm_start import warm_start_bases, warm_start_identity, warm_start_state
 from pipeline.library.windows import read_index
-from pipeline.stages.table import cache_key, stage_dir, train_settings
+from pipeline.stages.table import cache_key, check_upstream, stage_dir, train_settings
 from pipeline.stages.tracking import Tracker, dataset_artifact, open_tracker, weights_artifact
 
 log = logging.getLogger("pipeline")
@@ -57,6 +57,7 @@ log = logging.getLogger("pipeline")
 def run(cfg: Config, force: bool = False) -> Path:
     out = stage_dir(cfg, "train")
     window = WindowRecord.require(stage_dir(cfg, "window"), "train")
+    check_upstream(cfg, "train")
     cfg = resolve(cfg)
     key = train_key(cfg, window.fingerprint)
     if not force and is_cached(out, key):
@@ -157,6 +158,7 @@ class TrainingData:
     info: dict
     base: dict | None = None  # model.base: validation: the chosen base and each candidate's validation loss
     fallback: ModelSpec | None = None  # ... and the best base of all where the correction is not trained over it
+    window_fingerprint: str | None = None  # the window stage output the pairs come from
 
 
 def init_weights(cfg: Config, model, spec: ModelSpec) -> None:
@@ -243,7 +245,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         "n_series": ingest.n_series,
         "windows": window.counts,
     }
-    return TrainingData(buffer, pairs, spec, info, base, fallback)
+    return TrainingData(buffer, pairs, spec, info, base, fallback, window.fingerprint)
 
 
 def choose_residual_base(
@@ -627,7 +629,7 @@ def finish(session: Session, state: TrainState) -> None:
         given = session.ran_with or cfg  # evaluate and export compare their config with this one
         record = TrainRecord(
             session.key, spec, state, session.setup, calibration, blend, train_settings(given), config=given.to_dict(),
-            base=base,
+            base=base, window_fingerprint=session.data.window_fingerprint,
         )  # fmt: skip
         record.write(work)
         swap_into_place(work, stage_dir(cfg, "train"))
