@@ -215,6 +215,13 @@ def _yaml_error(ws: Workspace) -> list[str]:
     return ws.stage("ingest")
 
 
+def _duplicate_key(ws: Workspace) -> list[str]:
+    lines = ws.config.read_text().splitlines()
+    at = lines.index(f"  lookback: {LOOKBACK}")
+    ws.config.write_text("\n".join([*lines[: at + 1], "  lookback: 48", *lines[at + 1 :]]) + "\n")
+    return ws.stage("ingest")
+
+
 def _without_stage(stage: str, run: str) -> Callable[[Workspace], list[str]]:
     def args(ws: Workspace) -> list[str]:
         shutil.rmtree(ws.run / stage)
@@ -424,6 +431,7 @@ CASES = [
         ("override 'window.lookback'", "key.sub=value"),
     ),
     Case("yaml-syntax", _yaml_error, ("{config}", "YAML syntax error at line 4")),
+    Case("yaml-duplicate-key", _duplicate_key, ("{config}", "duplicate key 'window.lookback' at line")),
     Case(
         "config-not-a-mapping",
         lambda ws: [*ws.stage("ingest")[:2], str(ws.write("list.yaml", "- 1\n- 2\n"))],

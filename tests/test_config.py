@@ -292,6 +292,30 @@ def test_yaml_syntax_error_reports_line(tmp_path):
     assert "line 3" in msg
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "line", "first"),
+    [
+        ("name: a\nname: b\n", "name", 2, 1),
+        ("name: a\ntrain:\n  lr: 0.1\n  batch_size: 8\n  lr: 0.2\n", "train.lr", 5, 3),
+        ("train:\n  lr: 0.1\ntrain:\n  lr: 0.2\n", "train", 3, 1),
+        ("data:\n  synthetic:\n    n_series: 2\n    n_series: 3\n", "data.synthetic.n_series", 4, 3),
+        ("train: {lr: 0.1, lr: 0.2}\n", "train.lr", 1, 1),  # flow style, both on one line
+    ],
+)
+def test_duplicate_key_in_yaml_names_file_key_and_line(tmp_path, text, key, line, first):
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    assert _error(path=path) == f"{path}: duplicate key '{key}' at line {line} (first at line {first})"
+
+
+def test_yaml_anchors_still_load_safely(tmp_path):
+    path = tmp_path / "anchors.yaml"
+    path.write_text("model:\n  quantiles: &q [0.1, 0.5, 0.9]\n")
+    assert load_config(path).model.quantiles == [0.1, 0.5, 0.9]
+    path.write_text("name: !!python/object/apply:os.getcwd []\n")
+    assert "YAML syntax error" in _error(path=path)  # still the safe loader: no Python objects
+
+
 def test_yaml_top_level_must_be_mapping(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n")

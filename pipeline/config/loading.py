@@ -1,7 +1,8 @@
-"""Loading a config: YAML (safe_load only) plus `key.sub=value` overrides, checked key by key.
+"""Loading a config: YAML (PyYAML's safe loader only) plus `key.sub=value` overrides, checked key by key.
 
-Unknown keys are errors with a suggestion, never silently ignored; every value is coerced to
-its field's type here, so a bad value fails before any work starts and the message names the key.
+Unknown keys are errors with a suggestion, never silently ignored, and so is a key given twice in
+one mapping of the file; every value is coerced to its field's type here, so a bad value fails
+before any work starts and the message names the key.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = _read_yaml(p.read_text())
+        except ConfigError as exc:  # a key given twice
+            raise ConfigError(f"{path}: {exc}") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -53,6 +56,53 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not named or not str(exc).startswith(f"{where}: "):
             raise
         raise ConfigError(f"override '{named[-1]}': {str(exc)[len(where) + 2 :]}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the safe loader keeps the last silently)."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        self.root = super().get_single_node()  # kept to name a duplicate's section
+        return self.root
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden key by key
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                again = key in first
+            except TypeError:  # an unhashable key: the safe loader's own error says so
+                continue
+            if again:
+                where = ".".join([*_section_of(self.root, node, set()), str(key)])
+                raise ConfigError(f"duplicate key '{where}' at line {line} (first at line {first[key]})")
+            first[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _section_of(root: yaml.Node | None, target: yaml.Node, seen: set[int]) -> list[str]:
+    """The keys leading from `root` to the mapping `target` (its section), [] at the top or not found."""
+    if root is target or not isinstance(root, yaml.MappingNode) or id(root) in seen:
+        return []
+    seen.add(id(root))
+    for key_node, child in root.value:
+        if child is target:
+            return [str(key_node.value)]
+        inner = _section_of(child, target, seen)
+        if inner:
+            return [str(key_node.value), *inner]
+    return []
+
+
+def _read_yaml(text: str) -> Any:
+    """The document in `text`, loaded safely (plain data only), every mapping's keys distinct."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def key_type(key: str) -> Any:
