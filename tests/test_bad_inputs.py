@@ -430,6 +430,11 @@ CASES = [
         lambda ws: ws.stage("ingest", "window.lookback"),
         ("override 'window.lookback'", "key.sub=value"),
     ),
+    Case(
+        "synthetic-bad-freq",
+        lambda ws: ws.stage("ingest", "data.source=synthetic", "data.synthetic.freq=bogus"),
+        ("data.synthetic.freq", "'bogus'", "not a pandas frequency alias"),
+    ),
     Case("yaml-syntax", _yaml_error, ("{config}", "YAML syntax error at line 4")),
     Case("yaml-duplicate-key", _duplicate_key, ("{config}", "duplicate key 'window.lookback' at line")),
     Case(

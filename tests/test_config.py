@@ -365,6 +365,15 @@ def test_step_count_below_one_rejected(override):
     assert f"{key} must be at least 1 step" in _error(override)
 
 
+@pytest.mark.parametrize(
+    ("freq", "why"), [("bogus", "is not a pandas frequency alias"), ("0h", "is not a positive step")]
+)
+def test_bad_freq_rejected_at_load(freq, why):
+    assert f"data.synthetic.freq: '{freq}' {why}" in _error("data.source=synthetic", f"data.synthetic.freq={freq}")
+    assert f"data.freq: '{freq}' {why}" in _error(f"data.freq={freq}")
+    assert _load("data.source=synthetic", "data.synthetic.freq=30min").data.synthetic.freq == "30min"
+
+
 def test_data_config_direct_validation():
     assert DataConfig(val_size=12).val_size == 12
     with pytest.raises(ConfigError, match=r"data\.test_size"):

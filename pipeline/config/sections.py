@@ -120,6 +120,10 @@ class DataConfig:
                 raise ConfigError(f"data.calendar: unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
         if not self.source.strip():
             raise ConfigError("data.source is empty")
+        if self.freq is not None:
+            _check_freq("data.freq", self.freq)
+        if self.source == "synthetic":  # checked where it is used: pandas stays out of a config that does not need it
+            _check_freq("data.synthetic.freq", self.synthetic.freq)
         self._check_covariates()
         for key, value in (("data.val_size", self.val_size), ("data.test_size", self.test_size)):
             if isinstance(value, float) and not 0.0 < value < 1.0:
@@ -561,6 +565,24 @@ def _check_quantiles(quantiles: list[float]) -> None:
             raise ConfigError(f"model.quantiles must be sorted ascending, got {a} before {b}")
     if quantiles and 0.5 not in quantiles:
         raise ConfigError(f"model.quantiles {quantiles} must include 0.5: the median is the point forecast")
+
+
+def _check_freq(key: str, value: str) -> None:
+    """`value` is a pandas frequency alias of a positive step, as ingest and the synthetic source will read it."""
+    import warnings
+
+    import pandas as pd  # only here: a bare config import stays light
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # a deprecated alias ('H') still reads
+        try:
+            offset = pd.tseries.frequencies.to_offset(value)
+        except ValueError:
+            offset = None
+    if offset is None:
+        raise ConfigError(f"{key}: '{value}' is not a pandas frequency alias (e.g. 30min, h, D, MS)")
+    if offset.n < 1:
+        raise ConfigError(f"{key}: '{value}' is not a positive step (e.g. 30min, h, D, MS)")
 
 
 def _positive(key: str, value: float) -> None:
