@@ -431,6 +431,11 @@ CASES = [
         ("override 'window.lookback'", "key.sub=value"),
     ),
     Case(
+        "output-dir-empty",
+        lambda ws: ws.stage("ingest", "output_dir="),  # would write every stage into the current directory
+        ("override 'output_dir='", "output_dir is empty"),
+    ),
+    Case(
         "synthetic-bad-freq",
         lambda ws: ws.stage("ingest", "data.source=synthetic", "data.synthetic.freq=bogus"),
         ("data.synthetic.freq", "'bogus'", "not a pandas frequency alias"),

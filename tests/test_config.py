@@ -397,6 +397,11 @@ def test_output_dir_name_substitution(tmp_path):
     assert _load("output_dir=fixed/dir").run_dir == Path("fixed/dir")
 
 
+@pytest.mark.parametrize("override", ["output_dir=", "output_dir=  "])
+def test_empty_output_dir_rejected(override):
+    assert _error(override) == f"override '{override}': output_dir is empty; use . for the current directory"
+
+
 def test_section_hash_tracks_only_its_sections():
     a = _load()
     b = _load("train.lr=0.1")

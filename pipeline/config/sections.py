@@ -484,7 +484,7 @@ class Config:
     name: str = "experiment"
     """Experiment name; also names the run directory by default."""
     output_dir: str = "runs/{name}"
-    """Where the stages write; `{name}` is replaced by `name`."""
+    """Where the stages write (not empty: `.` for the current directory); `{name}` is replaced by `name`."""
     seed: int = 0
     """Seed of weight initialisation and of the batch order."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -499,6 +499,8 @@ class Config:
     def __post_init__(self) -> None:
         if not self.name.strip():
             raise ConfigError("name is empty")
+        if not self.output_dir.strip():  # the run would write config.yaml and every stage into the current directory
+            raise ConfigError("output_dir is empty; use . for the current directory")
         if self.train.init_from == "champion" and self.registry.dir is None:
             raise ConfigError("train.init_from: champion needs registry.dir (where the champion is)")
         if self.model.quantiles:  # a quantile head is trained with the pinball loss, whatever was set
