@@ -431,6 +431,11 @@ CASES = [
         ("override 'window.lookback'", "key.sub=value"),
     ),
     Case(
+        "lr-infinite",
+        lambda ws: ws.stage("ingest", "train.lr=1e400"),  # refused before ingest, not at train step 2
+        ("override 'train.lr=1e400'", "train.lr must be a finite number, got inf"),
+    ),
+    Case(
         "output-dir-empty",
         lambda ws: ws.stage("ingest", "output_dir="),  # would write every stage into the current directory
         ("override 'output_dir='", "output_dir is empty"),

@@ -366,6 +366,41 @@ def test_step_count_below_one_rejected(override):
 
 
 @pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=inf",
+        "train.lr=1e400",  # YAML reads it as a string, float() as inf
+        "train.lr=.inf",
+        "train.weight_decay=inf",
+        "train.grad_clip=1e999",
+        "train.min_lr_ratio=inf",
+        "export.parity_atol=.inf",
+        "model.dropout=inf",
+        "model.level_smoothing=inf",
+        "model.blend=inf",
+        "model.quantiles=[0.5, .inf]",
+        "data.val_size=inf",
+        "data.test_size=-.inf",
+        "registry.min_improvement=inf",
+    ],
+)
+def test_non_finite_floats_rejected(override):
+    key = override.split("=")[0]
+    msg = _error(override)
+    assert msg.startswith(f"override '{override}': {key}") and "inf" in msg, msg
+
+
+def test_non_finite_float_rejected_in_file_and_in_python(tmp_path):
+    from pipeline.config import TrainConfig
+
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  lr: 1e400\n")
+    assert _error(path=path) == f"{path}: train.lr must be a finite number, got inf"
+    with pytest.raises(ConfigError, match=r"^train\.grad_clip must be a finite number, got inf$"):
+        Config(train=TrainConfig(grad_clip=float("inf")))
+
+
+@pytest.mark.parametrize(
     ("freq", "why"), [("bogus", "is not a pandas frequency alias"), ("0h", "is not a positive step")]
 )
 def test_bad_freq_rejected_at_load(freq, why):

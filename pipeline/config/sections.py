@@ -11,6 +11,7 @@ import functools
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -497,6 +498,7 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def __post_init__(self) -> None:
+        _check_finite(self)
         if not self.name.strip():
             raise ConfigError("name is empty")
         if not self.output_dir.strip():  # the run would write config.yaml and every stage into the current directory
@@ -544,6 +546,18 @@ def check_base_fits(residual_season: int, season_average: int, lookback: int) ->
             f"model.residual_season ({residual_season}) x model.season_average ({season_average}) is longer "
             f"than window.lookback ({lookback}); the seasonal base is read from the input window"
         )
+
+
+def _check_finite(section: Any, prefix: str = "") -> None:
+    """No float key of any section takes inf or nan (a learning rate of inf would fail at train step 2, after
+    ingest and window): one walk over every section, so a float key added later is checked too."""
+    for f in dataclasses.fields(section):
+        key, value = prefix + f.name, getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_finite(value, f"{key}.")
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{key} must be a finite number, got {item}")
 
 
 def _plain(value: Any) -> Any:
