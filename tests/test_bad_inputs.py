@@ -445,6 +445,21 @@ CASES = [
         lambda ws: ws.stage("ingest", "data.source=synthetic", "data.synthetic.freq=bogus"),
         ("data.synthetic.freq", "'bogus'", "not a pandas frequency alias"),
     ),
+    Case(
+        "season-over-lookback",
+        lambda ws: ws.stage("ingest", "model.seasons=[48]"),
+        ("model.seasons: season 48 is longer than window.lookback (24)",),
+    ),
+    Case(
+        "season-over-auto-lookback",  # the lengths ingest found bound the lookback: the window stage says it
+        lambda ws: ws.stage("window", "window.lookback=auto", "model.seasons=[200]"),
+        ("model.seasons: season 200 is longer than window.lookback (", "auto", "shortest train part, 106 steps"),
+    ),
+    Case(
+        "recurrent-steps-over-lookback",
+        lambda ws: ws.stage("train", "model.recurrent_steps=1000"),
+        ("model.recurrent_steps (1000) is longer than window.lookback (24)",),
+    ),
     Case("yaml-syntax", _yaml_error, ("{config}", "YAML syntax error at line 4")),
     Case("yaml-duplicate-key", _duplicate_key, ("{config}", "duplicate key 'window.lookback' at line")),
     Case(

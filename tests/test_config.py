@@ -409,6 +409,16 @@ def test_bad_freq_rejected_at_load(freq, why):
     assert _load("data.source=synthetic", "data.synthetic.freq=30min").data.synthetic.freq == "30min"
 
 
+def test_explicit_seasons_and_recurrent_steps_must_fit_an_explicit_lookback():
+    msg = _error("window.lookback=96", "model.seasons=[24, 500]")
+    assert "model.seasons: season 500 is longer than window.lookback (96)" in msg
+    assert _load("window.lookback=96", "model.seasons=[24, 96]").model.seasons == [24, 96]
+    msg = _error("window.lookback=96", "model.recurrent_steps=1000")
+    assert "model.recurrent_steps (1000) is longer than window.lookback (96)" in msg
+    assert _load("window.lookback=96", "model.recurrent_steps=96").model.recurrent_steps == 96
+    assert _load("model.seasons=[500]", "model.recurrent_steps=1000").model.seasons == [500]  # auto lookback: later
+
+
 def test_data_config_direct_validation():
     assert DataConfig(val_size=12).val_size == 12
     with pytest.raises(ConfigError, match=r"data\.test_size"):

@@ -178,6 +178,15 @@ def test_a_warm_start_whose_base_reads_more_than_the_window_is_one_config_error(
         choose_residual_base(wide, spec, None, {})
 
 
+def test_explicit_seasons_an_auto_lookback_cannot_hold_are_an_error():
+    cfg = load_config(None, ["window.horizon=48", "model.seasons=[24, 500]"])
+    why = r"\(136: auto, bounded by the shortest train part, 320 steps, which holds fewer than two cycles of 500\)"
+    with pytest.raises(ConfigError, match=rf"^model\.seasons: season 500 is longer than window\.lookback {why}"):
+        auto.resolve_for(cfg, "h", 320)
+    detected = auto.resolve_for(load_config(None, ["window.horizon=48"]), "h", 320, detected=(24, 500))
+    assert detected.window.lookback == 136 and detected.model.seasons == [24]  # auto: left out quietly
+
+
 def test_explicit_seasons_are_used_as_given():
     cfg = load_config(None, ["window.horizon=48", "model.seasons=[169, 845]"])
     resolved = auto.resolve(cfg, _ingest("5min", (288,)))

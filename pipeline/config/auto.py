@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from pipeline.config.sections import Config, check_base_fits
+from pipeline.config.sections import Config, check_base_fits, check_seasons_fit
 from pipeline.library import calendar
 from pipeline.library.errors import ConfigError
 from pipeline.library.model_spec import ModelSpec
@@ -151,6 +151,8 @@ def resolve_for(
     lookback = cfg.window.lookback
     if lookback == AUTO:
         lookback = auto_lookback(max([main, *seasons]), horizon, shortest_train)
+        if cfg.model.seasons != AUTO:  # seasons set explicitly must fit; detected ones that do not are left out below
+            check_seasons_fit(seasons, lookback, shortest_train)
     recurrent = cfg.model.recurrent_steps
     if recurrent == AUTO:
         recurrent = min(lookback, max(RECURRENT_SEASONS * main, LOOKBACK_HORIZONS * horizon, *seasons))

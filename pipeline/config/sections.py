@@ -240,7 +240,9 @@ class ModelConfig:
     seasons: list[int] | Literal["auto"] = "auto"
     """Seasonal periods in steps, for the residual base and the calendar features; `auto`: those of the frequency's
     candidates (day and week below daily data, week and year daily, the year above) that the train part holds twice
-    and whose seasonal-naive forecast improves on the validation part (ingest/meta.json says which and why)."""
+    and whose seasonal-naive forecast improves on the validation part (ingest/meta.json says which and why), left
+    out quietly where the lookback cannot hold them; a season set explicitly that the lookback cannot hold is an
+    error."""
     base: Literal["validation", "profile", "multi", "multi_recent"] = "validation"
     """The residual head's base: `validation` picks, on the windows before the test part, before training, the best
     of naive, seasonal naive at each season, and the averaged, the level-adjusted, the smoothed-level (at rates 0.2,
@@ -256,7 +258,7 @@ class ModelConfig:
     recurrent_steps: int | Literal["auto"] = "auto"
     """The last steps of the input window the recurrent layers read (the base reads all of it); `auto`: one cycle of
     the longest season, three of the shortest, at least two horizons: a window that holds five weeks for a weekly
-    base costs the training of one week."""
+    base costs the training of one week. Set explicitly, at most `window.lookback`."""
 
     def __post_init__(self) -> None:
         _check_quantiles(self.quantiles)
@@ -512,6 +514,13 @@ class Config:
         m, lookback = self.model, self.window.lookback
         if "auto" not in (m.residual_season, m.season_average, lookback):
             check_base_fits(m.residual_season, m.season_average, lookback)
+        if m.seasons != "auto" and lookback != "auto":
+            check_seasons_fit(m.seasons, lookback)
+        if m.recurrent_steps != "auto" and lookback != "auto" and m.recurrent_steps > lookback:
+            raise ConfigError(
+                f"model.recurrent_steps ({m.recurrent_steps}) is longer than window.lookback ({lookback}); the "
+                f"recurrent layers read the last steps of the input window (set at most {lookback})"
+            )
 
     @property
     def run_dir(self) -> Path:
@@ -546,6 +555,22 @@ def check_base_fits(residual_season: int, season_average: int, lookback: int) ->
             f"model.residual_season ({residual_season}) x model.season_average ({season_average}) is longer "
             f"than window.lookback ({lookback}); the seasonal base is read from the input window"
         )
+
+
+def check_seasons_fit(seasons: list[int], lookback: int, shortest_train: int | None = None) -> None:
+    """Seasons set explicitly must fit the input window the seasonal base reads them from (`auto` seasons that do
+    not are left out quietly). `shortest_train`: the lookback is `auto`, bounded by this shortest train part."""
+    longer = [p for p in seasons if p > lookback]
+    if not longer:
+        return
+    season, bound = longer[0], ""
+    if shortest_train is not None:
+        bound = f": auto, bounded by the shortest train part, {shortest_train} steps"
+        bound += f", which holds fewer than two cycles of {season}" if 2 * season > shortest_train else ""
+    raise ConfigError(
+        f"model.seasons: season {season} is longer than window.lookback ({lookback}{bound}); the seasonal base "
+        f"reads its seasons from the input window: leave {season} out or use a longer window"
+    )
 
 
 def _check_finite(section: Any, prefix: str = "") -> None:
