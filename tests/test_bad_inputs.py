@@ -460,6 +460,16 @@ CASES = [
         lambda ws: ws.stage("train", "model.recurrent_steps=1000"),
         ("model.recurrent_steps (1000) is longer than window.lookback (24)",),
     ),
+    Case(
+        "season-length-over-train-part",  # said by the window stage (cached here), before training
+        lambda ws: ws.stage("window", "evaluate.season_length=1000"),
+        ("evaluate.season_length (1000)", "series 'east'", "train part of 106 steps"),
+    ),
+    Case(
+        "season-length-over-train-part-forced",
+        lambda ws: ws.stage("window", "evaluate.season_length=150", "--force"),
+        ("evaluate.season_length (150)", "series 'east'", "train part of 106 steps"),
+    ),
     Case("yaml-syntax", _yaml_error, ("{config}", "YAML syntax error at line 4")),
     Case("yaml-duplicate-key", _duplicate_key, ("{config}", "duplicate key 'window.lookback' at line")),
     Case(
@@ -584,6 +594,14 @@ def test_bad_input_is_one_clear_error_and_nothing_is_lost(good, tmp_path, case, 
 def test_the_catalogue_is_large_enough():
     assert len(CASES) >= 35 and len({c.id for c in CASES}) == len(CASES)
     assert {c.id for c in CASES} >= IN_A_PROCESS
+
+
+def test_a_missing_resume_checkpoint_fails_before_any_stage(good, tmp_path, in_process):
+    ws = workspace(good, tmp_path)
+    fresh = tmp_path / "fresh"
+    result = in_process(*ws.stage("run", f"output_dir={fresh}", f"train.resume={tmp_path}/none"))
+    _assert_one_error(result, "train.resume", f"{tmp_path}/none", "not a checkpoint directory")
+    assert not fresh.exists(), "ingest and window ran before the resume checkpoint was looked for"
 
 
 # ---------------------------------------------------------------- policies that are not errors

@@ -291,3 +291,29 @@ def test_scaling_round_trips(lengths, seed, log_scale):
     scale = np.repeat([r["scale"] for r in records], lengths)
     restored = buffer.values.numpy().astype(np.float64) * scale + mean
     np.testing.assert_allclose(restored, raw, rtol=1e-5, atol=1e-5 * 10**log_scale)
+
+
+# ---------------------------------------------------------------- a season the test part cannot be scored at
+
+
+def test_a_season_the_test_part_cannot_be_scored_at_is_refused_by_the_window_stage():
+    from pipeline.config import load_config
+    from pipeline.library.errors import DataError
+    from pipeline.stages.window import check_scoring_season
+
+    rows = [
+        {"id": "a", "length": 100, "train_end": 30, "val_end": 40},
+        {"id": "b", "length": 100, "train_end": 20, "val_end": 40},
+        {"id": "c", "length": 40, "train_end": 10, "val_end": 40},  # no test part: not scored
+    ]
+    table = series_table(rows)
+
+    def config(season: int):
+        return load_config(None, ["window.lookback=10", "window.horizon=30", f"evaluate.season_length={season}"])
+
+    with pytest.raises(DataError, match=r"^evaluate.season_length \(24\): series 'b' has a train part of 20 steps"):
+        check_scoring_season(config(24), table, [])
+    back = r"series 'a' reads 48 steps back from its first test forecast, before its start \(40 steps earlier\)"
+    with pytest.raises(DataError, match=back):  # two seasons back for a 30-step horizon
+        check_scoring_season(config(24), table, ["b"])  # b dropped as too short: not scored either
+    check_scoring_season(config(12), table, [])  # 36 steps back

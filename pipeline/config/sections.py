@@ -400,7 +400,8 @@ class EvaluateConfig:
 
     season_length: int | Literal["auto"] = "auto"
     """Season of the seasonal-naive baseline and of the MASE scale, in steps; `auto`: from the frequency
-    (12 monthly, 4 quarterly, 52 weekly, 7 daily, the steps in a day below daily)."""
+    (12 monthly, 4 quarterly, 52 weekly, 7 daily, the steps in a day below daily). Shorter than the train part of
+    every series scored (the window stage checks it, before training)."""
     batch_size: int = 1024
     """Windows per forward pass."""
     plot_series: int = 4

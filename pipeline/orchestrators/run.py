@@ -26,9 +26,10 @@ def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -
     """Run `names` in order (each skipped when its inputs are unchanged, unless `force`); the run directory."""
     state = dist_state()
     if "train" in names[1:] and (force or not (stage_dir(cfg, "train") / META).is_file()):
-        from pipeline.stages.train import training_precision
+        from pipeline.stages.train import check_resume, training_precision
 
         training_precision(cfg)  # a precision this machine refuses fails before ingest and window work
+        check_resume(cfg)  # ... and so does a train.resume checkpoint that is not there
     for name in names:
         if name == "evaluate" and cfg.evaluate.backtest.folds and cfg.evaluate.backtest.refit:
             from pipeline.orchestrators import refit

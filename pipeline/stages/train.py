@@ -372,6 +372,12 @@ def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: di
     return state
 
 
+def check_resume(cfg: Config) -> None:
+    """A checkpoint named by `train.resume` that is not there; `run` asks before any stage works."""
+    if cfg.train.resume not in ("auto", "never"):
+        resume_point(cfg.train.resume, cfg.run_dir / ".train.work")
+
+
 def resume_point(resume: str, work: Path) -> Path | None:
     if resume == "never":
         return None

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import Config
 from pipeline.config.auto import resolve
 from pipeline.library.artifacts import staged_dir
-from pipeline.library.records import IngestRecord, WindowRecord, is_cached
+from pipeline.library.errors import DataError
+from pipeline.library.records import IngestRecord, SeriesTable, WindowRecord, is_cached
 from pipeline.library.runtime import main_process_only
 from pipeline.library.windows import SPLITS, build_window_index, drop_short_series, write_index
 from pipeline.stages.table import cache_key, stage_dir
@@ -32,6 +35,7 @@ def _run(cfg: Config, force: bool) -> None:
     cfg = resolve(cfg, ingest)
     key = cache_key("window", cfg, ingest.fingerprint)
     if not force and is_cached(out, key):
+        check_scoring_season(cfg, ingest.series, WindowRecord.require(out, "window").dropped_series)
         log.info("window: up to date (inputs unchanged), skipped; --force redoes it")
         return
     series, w = ingest.series, cfg.window
@@ -39,8 +43,35 @@ def _run(cfg: Config, force: bool) -> None:
         series.lengths, series.train_end, series.val_end, w.lookback, w.horizon, w.stride, w.val_stride, w.test_stride
     )
     index, dropped = drop_short_series(index, series, w.lookback, w.horizon, cfg.data.short_series)
+    check_scoring_season(cfg, series, dropped)
     counts = {s: len(index[s]) for s in SPLITS}
     with staged_dir(out) as tmp:
         write_index(tmp, index)
         WindowRecord(key, ingest.fingerprint, w.lookback, w.horizon, counts, dropped, config=cfg.to_dict()).write(tmp)
     log.info("window: train %d, val %d, test %d windows", counts["train"], counts["val"], counts["test"])
+
+
+def check_scoring_season(cfg: Config, series: SeriesTable, dropped: list[str]) -> None:
+    """Every series kept with a test part can be scored at `evaluate.season_length`: said here, before training,
+    where evaluate would say it after. MASE divides by the seasonal-naive error on the train part (a train part
+    longer than one season), and the seasonal-naive baseline reads whole seasons back from the test part."""
+    season = cfg.evaluate.season_length
+    back = season * (1 + (cfg.window.horizon - 1) // season)  # how far the baseline reads back from a test origin
+    scored = (series.val_end < series.lengths) & ~np.isin(np.asarray(series.ids, dtype=object), dropped)
+    short = np.flatnonzero(scored & (series.train_end <= season))
+    if len(short):
+        i = int(short[0])
+        raise DataError(
+            f"evaluate.season_length ({season}): series '{series.ids[i]}' has a train part of "
+            f"{series.train_end[i]} steps, not longer than one season, to scale MASE by; set a shorter "
+            f"evaluate.season_length"
+        )
+    first_test = np.maximum(series.val_end, cfg.window.lookback)  # where the first test forecast starts
+    early = np.flatnonzero(scored & (first_test < back))
+    if len(early):
+        i = int(early[0])
+        raise DataError(
+            f"evaluate.season_length ({season}): the seasonal-naive forecast of series '{series.ids[i]}' reads "
+            f"{back} steps back from its first test forecast, before its start ({first_test[i]} steps earlier); "
+            f"set a shorter evaluate.season_length"
+        )
