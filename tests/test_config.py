@@ -419,6 +419,25 @@ def test_explicit_seasons_and_recurrent_steps_must_fit_an_explicit_lookback():
     assert _load("model.seasons=[500]", "model.recurrent_steps=1000").model.seasons == [500]  # auto lookback: later
 
 
+def test_a_model_trained_at_another_horizon_is_refused_naming_the_horizon():
+    from types import SimpleNamespace
+
+    from pipeline.config.auto import resolve_for
+    from pipeline.library.errors import UserError
+    from pipeline.stages.table import check_trained_with, train_settings
+
+    def daily(horizon: int) -> Config:
+        return resolve_for(_load("window.lookback=96", f"window.horizon={horizon}"), "D", 300, detected=(7,))
+
+    seven, fourteen = daily(7), daily(14)
+    trained = SimpleNamespace(settings=train_settings(seven), config=seven.to_dict())
+    check_trained_with(seven, trained, "evaluate")
+    with pytest.raises(UserError) as info:
+        check_trained_with(fourteen, trained, "evaluate")
+    # the key the user changed first, then what it changed in the train settings (auto: 3 weeks, then 2 horizons)
+    assert "(window.horizon=7 there, 14 here; model.recurrent_steps=21 there, 28 here)" in str(info.value)
+
+
 def test_data_config_direct_validation():
     assert DataConfig(val_size=12).val_size == 12
     with pytest.raises(ConfigError, match=r"data\.test_size"):

@@ -59,6 +59,11 @@ def train_settings(cfg: Config) -> str:
     return cfg.section_hash(*BY_NAME["train"].sections)
 
 
+DERIVED_FROM = ("window.horizon", "window.lookback", "evaluate.season_length")
+"""Keys outside the train sections that their `auto` values derive from (`pipeline.config.auto`): a changed horizon
+shows in the train settings as another `model.recurrent_steps`, and the message names the horizon."""
+
+
 def check_trained_with(cfg: Config, trained, needed_by: str) -> None:
     """Refuse to score or export a model trained with other settings than `cfg`'s (a `train` run with overrides
     that this command does not repeat): one line naming the keys that differ."""
@@ -67,6 +72,11 @@ def check_trained_with(cfg: Config, trained, needed_by: str) -> None:
     differ = []
     if trained.config is not None:
         mine = cfg.to_dict()
+        for key in DERIVED_FROM:  # named first: the change behind the `auto` values that differ
+            head, _, leaf = key.partition(".")
+            theirs, ours = (trained.config.get(head) or {}).get(leaf), mine[head][leaf]
+            if theirs != ours:
+                differ.append(f"{key}={theirs!r} there, {ours!r} here")
         for section in BY_NAME["train"].sections:
             head, _, leaf = section.partition(".")
             theirs, ours = trained.config.get(head), mine.get(head)
@@ -77,6 +87,7 @@ def check_trained_with(cfg: Config, trained, needed_by: str) -> None:
                            if isinstance(theirs, dict) and theirs.get(k) != v]  # fmt: skip
             elif theirs != ours:
                 differ.append(f"{section}={theirs!r} there, {ours!r} here")
+    differ = list(dict.fromkeys(differ))
     detail = f" ({'; '.join(differ[:3])})" if differ else ""
     raise UserError(
         f"{needed_by}: {stage_dir(cfg, 'train')} holds a model trained with other settings than this config's"
