@@ -500,22 +500,44 @@ fi
 exit "${STUB_RC:-0}"
 """
 
+PYTHON_STUB = f"""#!/usr/bin/env bash
+# retrain.sh's PYTHON: `-m pipeline run ...` is recorded (and stubbed) as the other stubs are; the decision
+# (`-m pipeline decision`) runs in the real interpreter
+if [ "$1 $2 $3" = "-m pipeline run" ]; then
+  shift 2
+  exec "$(dirname "$0")/pipeline-run" "$@"
+fi
+exec "{sys.executable}" "$@"
+"""
 
-def run_wrapper(tmp_path: Path, script: Path, args: list[str], **env: str) -> tuple[int, list[str], str]:
-    """Run a recipe with stub `lstm-pipeline` and `sbatch` that only record what they were asked."""
+
+def run_wrapper(
+    tmp_path: Path, script: Path, args: list[str], path: str | None = None, cli: bool = True, **env: str
+) -> tuple[int, list[str], str]:
+    """Run a recipe with stubs that only record what they were asked: `sbatch`, an `lstm-pipeline` on PATH (a
+    recipe must not run it) and the interpreter in PYTHON, whose `-m pipeline run` is recorded as `python -m
+    pipeline run ...`. `path`: the PATH after the stubs' folder (default: this process's); `cli=False`: no
+    `lstm-pipeline` stub either."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
-    for name in ("lstm-pipeline", "sbatch"):
-        (bin_dir / name).write_text(STUB.replace("lstm-pipeline $*", f"{name} $*"))
-        (bin_dir / name).chmod(0o755)
+    for name, command in (
+        ("lstm-pipeline", "lstm-pipeline"),
+        ("sbatch", "sbatch"),
+        ("pipeline-run", "python -m pipeline"),
+    ):
+        if name != "lstm-pipeline" or cli:
+            (bin_dir / name).write_text(STUB.replace("lstm-pipeline $*", f"{command} $*"))
+            (bin_dir / name).chmod(0o755)
+    (bin_dir / "python").write_text(PYTHON_STUB)
+    (bin_dir / "python").chmod(0o755)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"name": NAME, "registry": {"dir": str(tmp_path / "registry")}}))
     log = tmp_path / "calls.log"
     full_env = {
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH'] if path is None else path}",
         "STUB_LOG": str(log),
         "STUB_HISTORY_DIR": str(tmp_path / "registry" / NAME),
-        "PYTHON": sys.executable,
+        "PYTHON": str(bin_dir / "python"),
         "LOCK_FILE": str(tmp_path / "retrain.lock"),
         "HOME": str(tmp_path),
         **env,
@@ -536,14 +558,27 @@ def test_cron_wrapper_exit_codes(tmp_path, decision, run_rc, expected):
         tmp_path, CRON, ["CONFIG", "train.max_steps=5"], STUB_DECISION=decision, STUB_RC=str(run_rc)
     )
     assert code == expected, stderr
-    assert calls == [f"lstm-pipeline run --config {tmp_path / 'config.yaml'} --promote train.max_steps=5"]
+    assert calls == [f"python -m pipeline run --config {tmp_path / 'config.yaml'} --promote train.max_steps=5"]
+
+
+@needs_flock
+def test_cron_wrapper_runs_the_training_and_the_decision_with_python_not_path(tmp_path):
+    """cron's bare PATH, without lstm-pipeline on it: PYTHON runs both steps (and the decision reads the run's)."""
+    bare = os.pathsep.join(str(Path(shutil.which(tool)).parent) for tool in ("flock", "date", "bash"))
+    for folder in bare.split(os.pathsep):
+        assert not (Path(folder) / "lstm-pipeline").exists(), folder
+    code, calls, stderr = run_wrapper(
+        tmp_path, CRON, ["CONFIG", "seed=1"], path=bare, cli=False, STUB_DECISION="rejected"
+    )
+    assert code == 3, stderr
+    assert calls == [f"python -m pipeline run --config {tmp_path / 'config.yaml'} --promote seed=1"]
 
 
 @needs_flock
 def test_cron_wrapper_passes_force_to_the_run_and_not_to_the_decision(tmp_path):
     code, calls, stderr = run_wrapper(tmp_path, CRON, ["CONFIG", "--force", "seed=1"], STUB_DECISION="promoted")
     assert code == 0, stderr
-    assert calls == [f"lstm-pipeline run --config {tmp_path / 'config.yaml'} --promote --force seed=1"]
+    assert calls == [f"python -m pipeline run --config {tmp_path / 'config.yaml'} --promote --force seed=1"]
 
 
 @needs_flock
@@ -576,7 +611,7 @@ def test_sbatch_resubmits_itself_then_retrains(tmp_path):
     config = tmp_path / "config.yaml"
     assert calls == [
         f"sbatch --begin=now+1day --dependency=singleton launch/slurm/retrain.sbatch registry.dir={tmp_path}/registry",
-        f"lstm-pipeline run --config {config} --promote registry.dir={tmp_path}/registry",
+        f"python -m pipeline run --config {config} --promote registry.dir={tmp_path}/registry",
     ]
     text = SBATCH.read_text()
     assert "#SBATCH --gpus=1" in text and "scrontab" in text and "#SCRON" in text
@@ -589,6 +624,7 @@ def test_crontab_line_runs_the_wrapper_with_a_valid_config():
     assert fields[:5] == ["15", "2", "*", "*", "*"]  # nightly
     command = lines[0].split("launch/cron/retrain.sh", 1)[1].split(">>")[0].split()
     load_config(REPO / command[0], command[1:])
+    assert lines[0] in (REPO / "docs/registry.md").read_text()  # the guide shows the line as it is
 
 
 def test_kubernetes_cronjob():

@@ -4,8 +4,9 @@
 #   launch/cron/retrain.sh CONFIG [key.sub=value ...]
 #   launch/cron/retrain.sh configs/default.yaml registry.dir=/srv/registry output_dir=/srv/runs/{name}
 #
-# Runs `lstm-pipeline run --config CONFIG --promote [overrides]` from the repository root (or the
-# directory in RETRAIN_DIR), with registry.dir taken from the config or the overrides. Stages whose
+# Runs `$PYTHON -m pipeline run --config CONFIG --promote [overrides]` from the repository root (or
+# the directory in RETRAIN_DIR), with registry.dir taken from the config or the overrides; the same
+# interpreter then reads the decision, so both steps run the one installed pipeline. Stages whose
 # inputs did not change are skipped, so a night without new data costs a few seconds.
 #
 # Exit code (for cron mail, monitoring, SLURM):
@@ -15,7 +16,7 @@
 #   1   internal error, or the run was killed
 #   75  another retraining of this config holds the lock; nothing was done
 # The run itself exits 0 whatever the decision; the decision is read back from the last line of
-# <registry.dir>/<name>/history.jsonl (`lstm-pipeline decision`), which is this run's
+# <registry.dir>/<name>/history.jsonl (`$PYTHON -m pipeline decision`), which is this run's
 # because the lock keeps runs from overlapping.
 #
 # Environment: LOCK_FILE (default: /tmp/lstm-pipeline-retrain-<config name>.lock), PYTHON (the
@@ -42,8 +43,8 @@ if ! flock -n 9; then
   exit 75
 fi
 
-echo "$(date -u +%FT%TZ) retrain: lstm-pipeline run --config $CONFIG --promote $*" >&2
-lstm-pipeline run --config "$CONFIG" --promote "$@"
+echo "$(date -u +%FT%TZ) retrain: $PYTHON -m pipeline run --config $CONFIG --promote $*" >&2
+"$PYTHON" -m pipeline run --config "$CONFIG" --promote "$@"
 rc=$?
 if [[ $rc -ne 0 ]]; then
   echo "$(date -u +%FT%TZ) retrain: run failed with exit code $rc; the registry is unchanged" >&2
