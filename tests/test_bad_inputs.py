@@ -300,6 +300,16 @@ CASES = [
         lambda ws: ws.ingest("bad.csv", edited(lambda f: f.rename(columns={"load": "kw"}))),
         ("{root}/bad.csv", "target column 'load'", "data.target_column", "columns: station, ts, kw"),
     ),
+    Case(  # a message quotes at most ~40 characters of a name, and at most 10 names
+        "huge-column-name",
+        lambda ws: ws.ingest("bad.csv", edited(lambda f: f.rename(columns={"ts": "x" * 100_000}))),
+        ("{root}/bad.csv", "time column 'ts'", "columns: station, " + "x" * 37 + "..., load"),
+    ),
+    Case(
+        "huge-non-numeric-value",
+        lambda ws: ws.ingest("bad.csv", edited(at(5, "load", "y" * 100_000))),
+        ("{root}/bad.csv", "row 5", "non-numeric value '" + "y" * 36 + "... in column 'load'"),
+    ),
     Case(
         "missing-series-id",
         lambda ws: ws.ingest("bad.csv", edited(at(12, "station", ""))),
@@ -536,6 +546,16 @@ CASES = [
         ("{root}/history.csv", "series 'west' is new to this model and constant over its history"),
     ),
     Case(
+        "history-huge-column-name",
+        _history_edit(lambda f: f.rename(columns={"ts": "x" * 100_000}).assign(**{f"c{k}": 0 for k in range(12)})),
+        (
+            "{root}/history.csv",
+            "time column 'ts' not found",
+            "columns: station, " + "x" * 37 + "..., load, c0,",
+            "(5 more)",
+        ),
+    ),
+    Case(
         "history-nan-at-end",
         _history_edit(_set_last("load", "")),
         ("{root}/history.csv", "series 'south'", f"missing or non-numeric value at {LAST_SOUTH}"),
@@ -586,6 +606,7 @@ def test_bad_input_is_one_clear_error_and_nothing_is_lost(good, tmp_path, case, 
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    assert len(lines[0]) < 1000, lines[0][:3000]  # whatever the input: nothing is quoted at length
     for word in case.words(ws):
         assert word in lines[0], f"{word!r} not in: {lines[0]}"
     assert tree_hashes(ws.run) == before, "a failed command changed the previous artifacts"

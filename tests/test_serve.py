@@ -360,3 +360,41 @@ def test_a_series_the_model_never_saw_and_the_scale_switch(exports, plain, tmp_p
     args = ["--model", str(exports.export), "--input", str(exports.history_file), "--output", str(out)]
     assert cli_in_process("predict", *args, "--scale", "history").returncode == 0
     np.testing.assert_allclose(pd.read_csv(out)["forecast"], frame_of(rescaled.json())["forecast"], rtol=1e-12)
+
+
+COMPAT = REPO / "tests" / "fixtures" / "run_2232a71"  # an export with past, future (workday) and static covariates
+
+
+@pytest.fixture(scope="module")
+def covariate_model(tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """A server on the compat fixture's export, its history and future covariates, and their forecast."""
+    history, future = pd.read_csv(COMPAT / "data.csv"), pd.read_csv(COMPAT / "future.csv")
+    expected = Forecaster.load(COMPAT / "run" / "export").predict(history, future=future)
+    with server(COMPAT / "run" / "export", tmp_path_factory.mktemp("covariates") / "serve.log") as url:
+        yield SimpleNamespace(url=url, history=history, future=future, expected=expected)
+
+
+@pytest.mark.slow
+def test_an_error_quotes_at_most_a_few_short_names(covariate_model):
+    """A 60 MB junk body, or a 100,000-character column name: the answer stays a short line, and it still
+    says which column is missing and what the body has."""
+    url, history = covariate_model.url, covariate_model.history
+    answer = httpx.post(f"{url}/forecast", content=b"a" * 60_000_000, headers=CSV, timeout=120)
+    cut = "a" * 37 + "..."
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"history: covariate column 'temp' not found; columns: {cut}"
+    long_name = history.rename(columns={"temp": "t" * 100_000})
+    many = long_name.assign(**{f"extra{k}": 0.0 for k in range(20)})
+    answer = httpx.post(f"{url}/forecast", json=records(many))
+    assert answer.status_code == 400 and len(answer.text) < 600, answer.text[:2000]
+    assert answer.json()["error"] == (
+        "history: covariate column 'temp' not found; columns: store, time, sales, " + "t" * 37 + "..., workday, size, "
+        "extra0, extra1, extra2, extra3 (16 more)"
+    )
+    answer = httpx.post(f"{url}/forecast", json={"records": [], "x" * 100_000: 1})
+    assert answer.status_code == 400 and answer.json()["error"].startswith("history: unknown key 'xxx")
+    assert len(answer.text) < 300, answer.text[:2000]
+    answer = httpx.post(f"{url}/forecast", params={"scale": "s" * 10_000}, json=records(history))
+    assert answer.status_code == 400 and answer.json()["error"] == (
+        "scale must be one of training, history, got '" + "s" * 36 + "..."
+    )

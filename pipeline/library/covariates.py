@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.library.chunks import series_chunks
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, shown
 
 if TYPE_CHECKING:
     from pipeline.library.records import SeriesTable
@@ -46,7 +46,7 @@ def on_grid(
         j, k = np.argwhere(bad)[0]
         row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
         raise DataError(
-            f"{data.source}: series '{sid}': missing or non-finite value of covariate '{names[k]}' at {grid[j]} "
+            f"{data.source}: series '{shown(sid)}': missing or non-finite value of covariate '{names[k]}' at {grid[j]} "
             f"(row {row}); set data.missing to interpolate, ffill or drop"
         )
     if data.missing == "drop":
@@ -56,7 +56,7 @@ def on_grid(
     empty = frame.isna().all().to_numpy()
     if empty.any():
         raise DataError(
-            f"{data.source}: series '{sid}': covariate '{names[int(np.argmax(empty))]}' has no finite value"
+            f"{data.source}: series '{shown(sid)}': covariate '{names[int(np.argmax(empty))]}' has no finite value"
         )
     return frame.to_numpy()
 
@@ -69,13 +69,14 @@ def static_row(sid: str, part: pd.DataFrame, names: list[str], source: str) -> l
         if not np.isfinite(col).all():
             j = int(np.flatnonzero(~np.isfinite(col))[0])
             raise DataError(
-                f"{source}: series '{sid}': missing or non-finite static covariate '{name}' (row {part['row'].iloc[j]})"
+                f"{source}: series '{shown(sid)}': missing or non-finite static covariate '{name}' "
+                f"(row {part['row'].iloc[j]})"
             )
         changed = np.flatnonzero(col != col[0])
         if len(changed):
             j = int(changed[0])
             raise DataError(
-                f"{source}: series '{sid}': static covariate '{name}' changes within the series "
+                f"{source}: series '{shown(sid)}': static covariate '{name}' changes within the series "
                 f"({col[0]:g} in row {part['row'].iloc[0]}, {col[j]:g} in row {part['row'].iloc[j]})"
             )
         out.append(float(col[0]))

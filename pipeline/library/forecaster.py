@@ -20,7 +20,7 @@ from pipeline.library import scaling
 from pipeline.library.artifacts import sha256_file
 from pipeline.library.calendar import Calendar, encode, fixed_step_ns
 from pipeline.library.covariates import static_row
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import parse_times, read_history, row_of
 from pipeline.library.history_stats import stats_from_history
 from pipeline.library.inputs import assemble_inputs
@@ -115,7 +115,7 @@ class Forecaster:
         (`pipeline.library.history_stats`); `scale="history"` does the latter for every series.
         """
         if scale not in SCALE_FROM:
-            raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {scale!r}")
+            raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {shown(repr(scale))}")
         ids, last, windows, fresh = self._split_history(history, source, scale)
         ahead = self._future_values(future, ids, last, future_source)
         stats = self._stats(ids, fresh, history, source)
@@ -124,7 +124,9 @@ class Forecaster:
         loc, spread = stats.loc[:, None], stats.scale[:, None]  # `scale` names where they come from
         if transform == "log1p" and (target < 0).any():
             k, j = np.argwhere(target < 0)[0]
-            raise DataError(f"{source}: series '{ids[k]}': negative value {target[k, j]:.6g}; this model uses log1p")
+            raise DataError(
+                f"{source}: series '{shown(ids[k])}': negative value {target[k, j]:.6g}; this model uses log1p"
+            )
         z = scaling.forward(target, loc, spread, transform)
         x = self._inputs(z, windows[..., 1:], ahead, stats, last)
         with torch.no_grad():
@@ -161,8 +163,8 @@ class Forecaster:
         unseen = [sid for sid in ids if sid not in known]
         if unseen and model.series_embedding:
             raise DataError(
-                f"{source}: series '{unseen[0]}' was not in the training data, and this model learnt a vector per "
-                f"training series (model.series_embedding={model.series_embedding}), so it forecasts only those; "
+                f"{source}: series '{shown(unseen[0])}' was not in the training data, and this model learnt a vector "
+                f"per training series (model.series_embedding={model.series_embedding}), so it forecasts only those; "
                 f"train with model.series_embedding: 0 to forecast new series"
             )
         rows = [j for j, sid in enumerate(ids) if sid in fresh]
@@ -171,8 +173,8 @@ class Forecaster:
         if model.static_covariates:
             if not self.spec.static_loc:
                 raise DataError(
-                    f"{source}: series '{new[0]}' needs its static covariates standardised, and this export predates "
-                    f"that (no static_covariates in {SPEC_FILE}); export the model again"
+                    f"{source}: series '{shown(new[0])}' needs its static covariates standardised, and this export "
+                    f"predates that (no static_covariates in {SPEC_FILE}); export the model again"
                 )
             statics = self._static_rows(history, new, source)
         s = self.spec
@@ -189,10 +191,10 @@ class Forecaster:
         id_col = self.spec.id_column
         for name in names:
             if name not in history.columns:
-                found = ", ".join(map(str, history.columns))
+                found = listed(history.columns)
                 raise DataError(
-                    f"{source}: static covariate column '{name}' not found (series '{ids[0]}' is new to this model: "
-                    f"its static covariates come from its rows); columns: {found}"
+                    f"{source}: static covariate column '{name}' not found (series '{shown(ids[0])}' is new to this "
+                    f"model: its static covariates come from its rows); columns: {found}"
                 )
         keys = history[id_col].astype(str)
         out = []
@@ -274,7 +276,7 @@ class Forecaster:
         keyed = id_col and s.format != "wide"
         for col in [*([id_col] if keyed else []), time_col, *names]:
             if col not in future.columns:
-                found = ", ".join(map(str, future.columns))
+                found = listed(future.columns)
                 raise DataError(f"{source}: column '{col}' not found; columns: {found}")
         times = parse_times(future[time_col], "all", source)
         if times.isna().any():
@@ -286,7 +288,7 @@ class Forecaster:
         dup = frame.duplicated(["id", "time"])
         if dup.any():
             r = frame[dup].iloc[0]
-            raise DataError(f"{source}: duplicate row for series '{r['id']}' at {r['time']}")
+            raise DataError(f"{source}: duplicate row for series '{shown(r['id'])}' at {r['time']}")
         wanted = self._future_times(last)
         index = pd.MultiIndex.from_arrays(
             [np.repeat(np.asarray(ids if keyed else ["series"] * len(ids), dtype=object), self.horizon), wanted.ravel()]
@@ -299,8 +301,9 @@ class Forecaster:
             present = (frame["id"] == index[row][0]) & (frame["time"] == when)
             what = f"a missing or non-numeric '{names[k]}'" if present.any() else "no row"
             raise DataError(
-                f"{source}: series '{sid}': {what} at {pd.Timestamp(when)}; the future covariates are needed for the "
-                f"{self.horizon} steps after the history's last timestamp {pd.Timestamp(last[row // self.horizon])}"
+                f"{source}: series '{shown(sid)}': {what} at {pd.Timestamp(when)}; the future covariates are needed "
+                f"for the {self.horizon} steps after the history's last timestamp "
+                f"{pd.Timestamp(last[row // self.horizon])}"
             )
         return values.reshape(len(ids), self.horizon, len(names))
 
@@ -392,10 +395,10 @@ class Forecaster:
         covs = self.covariates
         for col in covs:
             if col not in history.columns:
-                found = ", ".join(map(str, history.columns))
+                found = listed(history.columns)
                 raise DataError(f"{source}: covariate column '{col}' not found; columns: {found}")
         time_col, target_col, id_col = s.time_column, s.target_column, s.id_column
-        found = ", ".join(map(str, history.columns))
+        found = listed(history.columns)
         if time_col not in history.columns:
             raise DataError(f"{source}: time column '{time_col}' not found; columns: {found}")
         if s.format == "wide":
@@ -425,7 +428,7 @@ class Forecaster:
         times = parse_times(frame[time_col], sid, source)
         if times.isna().any():
             row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
-            raise DataError(f"{source}: series '{sid}': unparseable timestamp in row {row}")
+            raise DataError(f"{source}: series '{shown(sid)}': unparseable timestamp in row {row}")
         columns = ["y", *self.covariates]
         values = np.stack(
             [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in columns], axis=1
@@ -433,10 +436,10 @@ class Forecaster:
         order = np.argsort(times.to_numpy(), kind="stable")
         times, values = pd.DatetimeIndex(times.to_numpy()[order]), values[order]
         if times.has_duplicates:
-            raise DataError(f"{source}: series '{sid}': duplicate timestamp {times[times.duplicated()][0]}")
+            raise DataError(f"{source}: series '{shown(sid)}': duplicate timestamp {times[times.duplicated()][0]}")
         if len(times) < self.lookback:
             raise DataError(
-                f"{source}: series '{sid}' has {len(times)} points; this model needs the last {self.lookback}"
+                f"{source}: series '{shown(sid)}' has {len(times)} points; this model needs the last {self.lookback}"
             )
         last = times[-self.lookback :]
         expected = pd.date_range(end=last[-1], periods=self.lookback, freq=step)
@@ -444,12 +447,12 @@ class Forecaster:
             gap = expected.difference(last)
             where = gap[-1] if len(gap) else last[0]
             raise DataError(
-                f"{source}: series '{sid}': the last {self.lookback} steps are not a regular {step.freqstr} "
+                f"{source}: series '{shown(sid)}': the last {self.lookback} steps are not a regular {step.freqstr} "
                 f"sequence (missing {where}); fill the gap before forecasting"
             )
         window = values[-self.lookback :]
         if not np.isfinite(window).all():
             j, k = np.argwhere(~np.isfinite(window))[0]
             what = f"covariate '{columns[k]}'" if k else "value"
-            raise DataError(f"{source}: series '{sid}': missing or non-numeric {what} at {last[j]}")
+            raise DataError(f"{source}: series '{shown(sid)}': missing or non-numeric {what} at {last[j]}")
         return last[-1], window, values

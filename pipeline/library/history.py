@@ -7,18 +7,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, shown
 
 
 def parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
     """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them); NaT where unparseable."""
-    zones = f"{source}: series '{sid}': mixed time zones in the time column; write all timestamps in one zone"
+    zones = f"{source}: series '{shown(sid)}': mixed time zones in the time column; write all timestamps in one zone"
     try:
         times = pd.to_datetime(col, errors="coerce", format="mixed")
     except (ValueError, TypeError, OverflowError) as exc:
         if "zone" in str(exc).lower() or "offset" in str(exc).lower():
             raise DataError(zones) from None
-        raise DataError(f"{source}: series '{sid}': cannot parse the time column: {exc}") from None
+        raise DataError(f"{source}: series '{shown(sid)}': cannot parse the time column: {shown(exc, 200)}") from None
     if not pd.api.types.is_datetime64_any_dtype(times):  # pandas keeps mixed offsets as objects
         raise DataError(zones)
     if times.dt.tz is not None:

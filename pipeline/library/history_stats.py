@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.library import covariates, scaling
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, shown
 from pipeline.library.records import SeriesStats
 
 
@@ -42,12 +42,14 @@ def stats_from_history(
         target = values[:, 0]
         target = target[np.isfinite(target)]
         if scaling.first_outside_domain(target, transform) is not None:
-            raise DataError(f"{source}: series '{sid}': negative value in its history; this model uses {transform}")
+            raise DataError(
+                f"{source}: series '{shown(sid)}': negative value in its history; this model uses {transform}"
+            )
         loc[i], scale[i] = scaling.fit(target, scaling_name, transform)
         if not scaling.has_spread(loc[i], scale[i]):
             raise DataError(
-                f"{source}: series '{sid}' is new to this model and constant over its history: there is no spread "
-                f"to scale it by; give a longer history"
+                f"{source}: series '{shown(sid)}' is new to this model and constant over its history: there is no "
+                f"spread to scale it by; give a longer history"
             )
         if k:
             rows = values[:, 1:]

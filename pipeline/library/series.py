@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.library import covariates, scaling
 from pipeline.library.chunks import offsets_of
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, listed, shown
 
 if TYPE_CHECKING:
     from pipeline.library.sources import DataLayout
@@ -45,7 +45,7 @@ class SeriesSet:
 
 def columns_of(columns: list, data: DataLayout) -> tuple[str | None, str, list[str]]:
     """(id column, time column, target columns) checked against the columns a table has."""
-    found = ", ".join(map(str, columns))
+    found = listed(columns)
     if data.source == "synthetic":
         return "series", "time", ["value"]
     if data.time_column not in columns:
@@ -94,7 +94,7 @@ def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout,
     missing = [n for n in names if n not in table.columns]
     if missing:
         kind = next(k for k in ("past", "future", "static") if missing[0] in getattr(data, f"{k}_covariates"))
-        found = ", ".join(map(str, table.columns))
+        found = listed(table.columns)
         raise DataError(
             f"{data.source}: covariate column '{missing[0]}' (data.{kind}_covariates) not found; columns: {found}"
         )
@@ -138,13 +138,13 @@ def _parse_times(col: pd.Series, source: str) -> pd.Series:
     except (ValueError, TypeError) as exc:
         if "zone" in str(exc).lower() or "offset" in str(exc).lower():
             raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}") from None
-        raise DataError(f"{source}: cannot parse the time column: {exc}") from None
+        raise DataError(f"{source}: cannot parse the time column: {shown(exc, 200)}") from None
     if parsed.dtype == object:  # pandas keeps mixed offsets as objects
         raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}")
     bad = parsed.isna() & col.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(f"{source}: row {i + 1}: cannot parse timestamp {col.iloc[i]!r}")
+        raise DataError(f"{source}: row {i + 1}: cannot parse timestamp {shown(repr(col.iloc[i]))}")
     if col.isna().any():
         i = int(np.flatnonzero(col.isna().to_numpy())[0])
         raise DataError(f"{source}: row {i + 1}: missing timestamp")
@@ -162,10 +162,17 @@ def _numeric(col: pd.Series, name: str, data: DataLayout, series: pd.Series | st
         real_bad = ~text.isin(["nan", "", "na", "null", "none", "inf", "-inf"])
         if real_bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[int(np.flatnonzero(real_bad.to_numpy())[0])])
-            where = [f"series '{series if isinstance(series, str) else series.iloc[i]}'"] if series is not None else []
+            where = (
+                [f"series '{shown(series if isinstance(series, str) else series.iloc[i])}'"]
+                if series is not None
+                else []
+            )
             where += [f"line {i + 2} of the file"] if _one_text_file(data.source) else []
             also = f" ({', '.join(where)})" if where else ""
-            raise DataError(f"{data.source}: row {i + 1}: non-numeric value {col.iloc[i]!r} in column '{name}'{also}")
+            raise DataError(
+                f"{data.source}: row {i + 1}: non-numeric value {shown(repr(col.iloc[i]))} in column "
+                f"'{shown(name)}'{also}"
+            )
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
@@ -274,7 +281,7 @@ def check_duplicates(frame: pd.DataFrame, source: str) -> None:
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         r = frame.iloc[i]
-        raise DataError(f"{source}: series '{r.series}': duplicate timestamp {r.time} (row {r.row})")
+        raise DataError(f"{source}: series '{shown(r.series)}': duplicate timestamp {r.time} (row {r.row})")
 
 
 def accepted(data: DataLayout, ids: list[str], unsorted: bool, dropped: list[str]) -> None:
@@ -302,7 +309,7 @@ def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.
     j = int(np.argmax(np.diff(times.asi8))) if len(times) > 1 else 0
     rows = part["row"].to_numpy()
     raise DataError(
-        f"{source}: series '{sid}': its timestamps span {points} steps of {step.freqstr} for {len(times)} rows "
+        f"{source}: series '{shown(sid)}': its timestamps span {points} steps of {step.freqstr} for {len(times)} rows "
         f"(largest gap from {times[j]} (row {rows[j]}) to {times[j + 1]} (row {rows[j + 1]})); "
         f"check those timestamps or data.freq"
     )
@@ -319,13 +326,13 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
         if not on_grid.all():
             j = int(np.flatnonzero(~on_grid)[0])
             raise DataError(
-                f"{data.source}: series '{sid}': timestamp {times[j]} (row {part['row'].iloc[j]}) is off the "
+                f"{data.source}: series '{shown(sid)}': timestamp {times[j]} (row {part['row'].iloc[j]}) is off the "
                 f"{step.freqstr} grid (irregular spacing or a different frequency); set data.freq or fix the data"
             )
         missing = grid.difference(times)
         if data.missing == "error":
             raise DataError(
-                f"{data.source}: series '{sid}': {len(missing)} missing timestamp(s), first {missing[0]}; "
+                f"{data.source}: series '{shown(sid)}': {len(missing)} missing timestamp(s), first {missing[0]}; "
                 f"set data.missing to interpolate, ffill or drop"
             )
         if data.missing == "drop":
@@ -337,7 +344,7 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
             j = int(np.flatnonzero(bad)[0])
             row = part["row"].iloc[j] if j < len(part) and len(grid) == len(times) else "?"
             raise DataError(
-                f"{data.source}: series '{sid}': missing or non-finite target at {grid[j]} (row {row}); "
+                f"{data.source}: series '{shown(sid)}': missing or non-finite target at {grid[j]} (row {row}); "
                 f"set data.missing to interpolate, ffill or drop"
             )
         if data.missing == "drop":
@@ -347,7 +354,7 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
     if j is not None:
         row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
         raise DataError(
-            f"{data.source}: series '{sid}': value {target[j]:.6g} at {grid[j]} (row {row}) is negative; "
+            f"{data.source}: series '{shown(sid)}': value {target[j]:.6g} at {grid[j]} (row {row}) is negative; "
             f"data.transform: log1p needs values >= 0 (use data.transform: none)"
         )
     huge = np.abs(target) > np.finfo(np.float32).max
@@ -365,5 +372,5 @@ def fill_missing(target: np.ndarray, bad: np.ndarray, sid: str, data: DataLayout
     filled = pd.Series(np.where(bad, np.nan, target))
     filled = filled.interpolate(limit_direction="both") if data.missing == "interpolate" else filled.ffill().bfill()
     if filled.isna().any():
-        raise DataError(f"{data.source}: series '{sid}': no finite target value at all")
+        raise DataError(f"{data.source}: series '{shown(sid)}': no finite target value at all")
     return filled.to_numpy()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.library import covariates, scaling, seasonality
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, shown
 from pipeline.library.records import IngestRecord, SeriesStats, SeriesTable
 
 if TYPE_CHECKING:
@@ -67,14 +67,14 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
         train_end[i], val_end[i] = split_sizes(length, val_size, test_size)
         if train_end[i] < 2:
             raise DataError(
-                f"{data.source}: series '{sid}' has {length} points, too few for data.val_size="
+                f"{data.source}: series '{shown(sid)}' has {length} points, too few for data.val_size="
                 f"{data.val_size} and data.test_size={data.test_size} plus a train part"
             )
         train = series.values[offsets[i] : offsets[i] + train_end[i]]
         loc[i], spread[i] = train_statistics(train, scaling_name, transform)
         if not scaling.has_spread(loc[i], spread[i]):
             raise DataError(
-                f"{data.source}: series '{sid}' is constant on its train part (zero scale); "
+                f"{data.source}: series '{shown(sid)}' is constant on its train part (zero scale); "
                 f"remove it or set data.scaling: none"
             )
         if series.covariates is not None:

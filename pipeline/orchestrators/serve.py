@@ -35,7 +35,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline import __version__
 from pipeline.library.artifacts import sha256_file
-from pipeline.library.errors import DataError, UserError
+from pipeline.library.errors import DataError, UserError, shown
 from pipeline.library.forecaster import MANIFEST, Forecaster
 from pipeline.library.registry_store import current_version, resolve_model_dir
 from pipeline.orchestrators.forecast_io import (
@@ -170,7 +170,7 @@ def read_request(body: bytes, content_type: str) -> tuple[pd.DataFrame, pd.DataF
     if kind == "application/json" or kind.endswith("+json"):
         return read_json(body)
     raise UnsupportedMediaType(
-        f"Content-Type must be application/json or text/csv (a history file), got {kind or 'none'}"
+        f"Content-Type must be application/json or text/csv (a history file), got {shown(kind) if kind else 'none'}"
     )
 
 
@@ -186,7 +186,7 @@ def read_json(body: bytes) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         raise DataError(f"{HISTORY}: the request body must be {shape}")
     unknown = sorted(set(payload) - {"records", "future"})
     if unknown:
-        raise DataError(f"{HISTORY}: unknown key '{unknown[0]}' in the request body; send {shape}")
+        raise DataError(f"{HISTORY}: unknown key '{shown(unknown[0])}' in the request body; send {shape}")
     future = payload.get("future")
     if future is not None and not isinstance(future, list):
         raise DataError(f"{FUTURE}: 'future' must be a list of records")
