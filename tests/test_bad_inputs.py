@@ -556,6 +556,14 @@ CASES = [
         ),
     ),
     Case(
+        "history-value-beyond-float32",  # refused as ingest refuses it
+        _history_edit(_set_last("load", "1e300")),
+        (
+            "{root}/history.csv",
+            f"series 'south': value 1e+300 at {LAST_SOUTH} is too large for float32 (|value| > 3.4e38)",
+        ),
+    ),
+    Case(
         "history-nan-at-end",
         _history_edit(_set_last("load", "")),
         ("{root}/history.csv", "series 'south'", f"missing or non-numeric value at {LAST_SOUTH}"),

@@ -375,6 +375,32 @@ def covariate_model(tmp_path_factory) -> Iterator[SimpleNamespace]:
 
 
 @pytest.mark.slow
+def test_values_beyond_float32_are_400_naming_the_series_and_time(covariate_model):
+    url, history, future = covariate_model.url, covariate_model.history, covariate_model.future
+    last = len(history) - 1  # series 'c' at 2024-01-10 23:00
+    for column, value, error in [
+        ("sales", 1e300, "history: series 'c': value 1e+300 at 2024-01-10 23:00:00 is too large for float32 "
+                         "(|value| > 3.4e38)"),
+        ("sales", -1e300, "history: series 'c': value -1e+300 at 2024-01-10 23:00:00 is too large for float32 "
+                          "(|value| > 3.4e38)"),
+        ("temp", 1e300, "history: series 'c': covariate 'temp' value 1e+300 at 2024-01-10 23:00:00 is too large for "
+                        "float32 (|value| > 3.4e38)"),
+        # within float32, but 3.65e37 once scaled by the series' statistics: the forecast would be NaN and inf
+        ("sales", 3e38, "history: series 'c': value 3e+38 at 2024-01-10 23:00:00 is too large for this model: "
+                        "scaled by the series' statistics it is 3.65e+37, and the forecast overflows float32"),
+    ]:  # fmt: skip
+        body = {"records": records(history.assign(**{column: history[column].where(history.index != last, value)}))}
+        answer = httpx.post(f"{url}/forecast", json={**body, "future": records(future)})
+        assert answer.status_code == 400 and answer.json()["error"] == error, answer.text
+    ahead = future.assign(workday=future["workday"].where(future.index != 0, 1e300))
+    answer = httpx.post(f"{url}/forecast", json={"records": records(history), "future": records(ahead)})
+    assert answer.status_code == 400 and answer.json()["error"] == (
+        "future: series 'a': covariate 'workday' value 1e+300 at 2024-01-11 00:00:00 is too large for float32 "
+        "(|value| > 3.4e38)"
+    )
+
+
+@pytest.mark.slow
 def test_an_error_quotes_at_most_a_few_short_names(covariate_model):
     """A 60 MB junk body, or a 100,000-character column name: the answer stays a short line, and it still
     says which column is missing and what the body has."""

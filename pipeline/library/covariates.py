@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.library.chunks import series_chunks
 from pipeline.library.errors import DataError, shown
+from pipeline.library.scaling import FLOAT32_MAX
 
 if TYPE_CHECKING:
     from pipeline.library.records import SeriesTable
@@ -71,6 +72,11 @@ def static_row(sid: str, part: pd.DataFrame, names: list[str], source: str) -> l
             raise DataError(
                 f"{source}: series '{shown(sid)}': missing or non-finite static covariate '{name}' "
                 f"(row {part['row'].iloc[j]})"
+            )
+        if abs(col[0]) > FLOAT32_MAX:  # standardised into the model's float32 inputs
+            raise DataError(
+                f"{source}: series '{shown(sid)}': static covariate '{name}' value {col[0]:.6g} "
+                f"(row {part['row'].iloc[0]}) is too large for float32 (|value| > 3.4e38)"
             )
         changed = np.flatnonzero(col != col[0])
         if len(changed):

@@ -53,6 +53,22 @@ def verify_manifest(directory: Path) -> dict[str, str]:
     return manifest
 
 
+def _float32(values: np.ndarray) -> torch.Tensor:
+    """`values` as a float32 tensor; one beyond float32 becomes inf, and `predict` refuses that series."""
+    with np.errstate(over="ignore"):
+        return torch.from_numpy(np.asarray(values, dtype=np.float32))
+
+
+def _refuse_beyond_float32(values: np.ndarray, times, names: list[str], sid: str, source: str) -> None:
+    """Refuse a value the model's float32 inputs cannot hold, worded as ingest refuses it: `values` (T, C) in
+    time order at `times`, `names[c]` what column c is called ("value" for the target)."""
+    huge = np.abs(values) > scaling.FLOAT32_MAX  # NaN compares False
+    if huge.any():
+        j, c = np.argwhere(huge)[0]
+        text = scaling.too_large_for_float32(names[c], values[j, c], pd.Timestamp(times[j]))
+        raise DataError(f"{source}: series '{shown(sid)}': {text}")
+
+
 @dataclass
 class Forecaster:
     spec: ForecasterSpec
@@ -133,6 +149,10 @@ class Forecaster:
             out = self.model(x).double().numpy()
         extra = (1,) * (out.ndim - 2)
         y = scaling.inverse(out, loc.reshape(-1, 1, *extra), spread.reshape(-1, 1, *extra), transform)
+        overflow = ~torch.isfinite(x).flatten(1).all(1).numpy() | ~np.isfinite(y.reshape(len(ids), -1)).all(1)
+        if overflow.any():
+            k = int(np.flatnonzero(overflow)[0])
+            self._refuse_overflow(k, ids, last, windows, ahead, z, stats, (source, future_source))
         columns = {"forecast": y}
         if self.quantiles:
             median = self.quantiles.index(0.5)
@@ -184,6 +204,34 @@ class Forecaster:
         positions = [known.positions([sid])[0] if sid in known else 0 for sid in ids]  # 0: a placeholder row
         computed.index[:] = [positions[j] for j in rows]  # a trained series keeps its embedding row
         return known.stats.take(positions).with_rows(rows, computed)
+
+    def _refuse_overflow(self, k, ids, last, windows, ahead, z, stats, sources: tuple[str, str]) -> None:
+        """Series `k`'s inputs overflow float32, or its forecast is not finite: name the input that is largest
+        once scaled by the series' statistics (a value far beyond what the model was trained on).
+        `sources`: what the history and the future covariates are called."""
+        window_times = self._shifted(last[k : k + 1], np.arange(1 - self.lookback, 1))[0]
+        # (source, times, raw (T, C), scaled (T, C), what each column is)
+        blocks = [(sources[0], window_times, windows[k, :, :1], z[k][:, None], ["value"])]
+        if self.covariates:
+            loc, spread = stats.covariate_loc[k], stats.covariate_scale[k]
+            named = [f"covariate '{name}' value" for name in self.covariates]
+            blocks.append((sources[0], window_times, windows[k, :, 1:], (windows[k, :, 1:] - loc) / spread, named))
+            if ahead is not None:
+                past = self.model.spec.past_size
+                future_times = self._future_times(last[k : k + 1])[0]
+                blocks.append(
+                    (sources[1], future_times, ahead[k], (ahead[k] - loc[past:]) / spread[past:], named[past:])
+                )
+        largest = []
+        for source, times, raw, scaled, named in blocks:
+            size = np.abs(np.nan_to_num(scaled, nan=0.0, posinf=np.inf, neginf=np.inf))
+            j, c = np.unravel_index(int(np.argmax(size)), size.shape)
+            largest.append((size[j, c], source, named[c], raw[j, c], times[j]))
+        size, source, what, value, when = max(largest, key=lambda entry: entry[0])
+        raise DataError(
+            f"{source}: series '{shown(ids[k])}': {what} {value:.6g} at {pd.Timestamp(when)} is too large for this "
+            f"model: scaled by the series' statistics it is {size:.3g}, and the forecast overflows float32"
+        )
 
     def _static_rows(self, history: pd.DataFrame, ids: list[str], source: str) -> np.ndarray:
         """(len(ids), S) the static covariates of series new to the model, read from their rows."""
@@ -245,17 +293,17 @@ class Forecaster:
                 later[..., spec.past_size :] = ahead
             values = np.concatenate([covs, later], axis=1)
             scaled = (values - stats.covariate_loc[:, None, :]) / stats.covariate_scale[:, None, :]
-            covariates = torch.from_numpy(scaled.astype(np.float32))
+            covariates = _float32(scaled)
         if spec.calendar:
             firsts = self._shifted(pd.DatetimeIndex(last).as_unit("ns").to_numpy(), np.array([1 - lookback]))[:, 0]
             phase0, rate = Calendar(spec.calendar, self.spec.freq).phases(firsts)
             positions = torch.arange(steps).expand(n, -1)
             calendar = encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions)
         if spec.static_covariates:
-            static = torch.from_numpy(stats.static.astype(np.float32))
+            static = _float32(stats.static)
         if spec.series_embedding:
             index = torch.from_numpy(stats.index.astype(np.float32))
-        target = torch.from_numpy(np.asarray(z, dtype=np.float32))
+        target = _float32(z)
         return assemble_inputs(target, horizon, spec.past_size, covariates, calendar, static, index)
 
     def _future_values(
@@ -305,7 +353,12 @@ class Forecaster:
                 f"for the {self.horizon} steps after the history's last timestamp "
                 f"{pd.Timestamp(last[row // self.horizon])}"
             )
-        return values.reshape(len(ids), self.horizon, len(names))
+        values = values.reshape(len(ids), self.horizon, len(names))
+        huge = np.abs(values) > scaling.FLOAT32_MAX
+        if huge.any():
+            k = int(np.argwhere(huge)[0][0])
+            _refuse_beyond_float32(values[k], wanted[k], [f"covariate '{n}' value" for n in names], ids[k], source)
+        return values
 
     def _split_history(
         self, history: pd.DataFrame, source: str, scale: str = "training"
@@ -322,7 +375,7 @@ class Forecaster:
         fast = self._split_history_fast(history, scale)
         if fast is not None:
             return fast
-        series = self._split_history_per_series(history, source)
+        series = self._split_history_per_series(history, source, scale)
         ids = list(series)
         last = np.array([series[i][0].to_datetime64() for i in ids], dtype="datetime64[ns]")
         fresh = {i: series[i][2] for i in ids if self._needs_history(i, scale)}
@@ -384,10 +437,13 @@ class Forecaster:
         ends = np.cumsum(counts)
         position = {sid: k for k, sid in enumerate(ids)}
         fresh = {sid: values[ends[position[sid]] - counts[position[sid]] : ends[position[sid]]] for sid in fresh_ids}
+        read = [windows, *fresh.values()]  # what the forecast reads; a value beyond float32: the checks name it
+        if any((np.abs(part) > scaling.FLOAT32_MAX).any() for part in read):
+            return None
         return ids, last, windows, fresh
 
     def _split_history_per_series(
-        self, history: pd.DataFrame, source: str
+        self, history: pd.DataFrame, source: str, scale: str = "training"
     ) -> dict[str, tuple[pd.Timestamp, np.ndarray, np.ndarray]]:
         """Per series: (last timestamp, last `lookback` rows of target and covariates, all its rows in time order),
         after checking the history."""
@@ -421,10 +477,13 @@ class Forecaster:
         step = pd.tseries.frequencies.to_offset(s.freq)
         out = {}
         for sid, frame in frames.items():
-            out[sid] = self._last_window(sid, frame, step, time_col, source)
+            out[sid] = self._last_window(sid, frame, step, time_col, source, self._needs_history(sid, scale))
         return out
 
-    def _last_window(self, sid, frame, step, time_col, source) -> tuple[pd.Timestamp, np.ndarray, np.ndarray]:
+    def _last_window(
+        self, sid, frame, step, time_col, source, whole: bool = False
+    ) -> tuple[pd.Timestamp, np.ndarray, np.ndarray]:
+        """`whole`: the series' statistics come from its whole history, which is checked as its window is."""
         times = parse_times(frame[time_col], sid, source)
         if times.isna().any():
             row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
@@ -455,4 +514,6 @@ class Forecaster:
             j, k = np.argwhere(~np.isfinite(window))[0]
             what = f"covariate '{columns[k]}'" if k else "value"
             raise DataError(f"{source}: series '{shown(sid)}': missing or non-numeric {what} at {last[j]}")
+        names = ["value", *[f"covariate '{name}' value" for name in self.covariates]]
+        _refuse_beyond_float32(values if whole else window, times if whole else last, names, sid, source)
         return last[-1], window, values

@@ -40,6 +40,15 @@ def first_outside_domain(values: np.ndarray, kind: str) -> int | None:
     return int(bad[0]) if len(bad) else None
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest value float32 holds (3.4e38): the window buffer and the model's inputs are float32."""
+
+
+def too_large_for_float32(what: str, value: float, when: object) -> str:
+    """How ingest and predict refuse a value beyond float32 (the end of their one-line error)."""
+    return f"{what} {value:.6g} at {when} is too large for float32 (|value| > 3.4e38)"
+
+
 def fit(train: np.ndarray, scaling: str, kind: str = "none") -> tuple[float, float]:
     """(loc, scale) of one series' train part after the transform, in float64.
 

@@ -357,12 +357,11 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
             f"{data.source}: series '{shown(sid)}': value {target[j]:.6g} at {grid[j]} (row {row}) is negative; "
             f"data.transform: log1p needs values >= 0 (use data.transform: none)"
         )
-    huge = np.abs(target) > np.finfo(np.float32).max
+    huge = np.abs(target) > scaling.FLOAT32_MAX
     if huge.any():  # the buffer is float32: it would hold inf
         j = int(np.flatnonzero(huge)[0])
         raise DataError(
-            f"{data.source}: series '{sid}': value {target[j]:.6g} at {grid[j]} is too large for float32 "
-            f"(|value| > 3.4e38)"
+            f"{data.source}: series '{shown(sid)}': {scaling.too_large_for_float32('value', target[j], grid[j])}"
         )
     return target
 
