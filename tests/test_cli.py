@@ -41,6 +41,7 @@ def test_overrides_in_any_form_and_any_order_for_any_key(argv):
         (["run", "--config", "c.yaml", "--seed"], "--seed needs a value"),
         (["run", "--config", "c.yaml", "stray"], "override 'stray' must look like key.sub=value"),
         (["predict", "--model", "m", "--input", "i", "--output", "o", "seed=1"], "predict takes no config overrides"),
+        (["predict", "--model", "m", "--input", "i", "--output", "o", "--bogus"], "predict has no option --bogus; its"),
     ],
 )
 def test_a_wrong_argument_is_one_clear_error(argv, message):

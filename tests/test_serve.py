@@ -335,6 +335,8 @@ def test_serve_without_fastapi_exits_2_naming_the_extra(monkeypatch):
         (["serve", "--model", "m", "--poll", "0"], "--poll must be a positive number"),
         (["serve", "--model", "m", "--threads", "0"], "--threads must be at least 1"),
         (["serve", "--model", "m", "seed=1"], "serve takes no config overrides"),
+        (["serve", "--model", "m", "--bogus"], "serve has no option --bogus; its options: --model, --host, --port, "),
+        (["serve", "--model", "m", "--input", "h.csv"], "serve has no option --input"),  # predict's, not serve's
     ],
 )
 def test_bad_serve_flags_are_one_line(argv, words):
@@ -372,6 +374,27 @@ def covariate_model(tmp_path_factory) -> Iterator[SimpleNamespace]:
     expected = Forecaster.load(COMPAT / "run" / "export").predict(history, future=future)
     with server(COMPAT / "run" / "export", tmp_path_factory.mktemp("covariates") / "serve.log") as url:
         yield SimpleNamespace(url=url, history=history, future=future, expected=expected)
+
+
+@pytest.mark.slow
+def test_future_covariates_are_asked_for_in_the_json_body(covariate_model):
+    url, history, future = covariate_model.url, covariate_model.history, covariate_model.future
+    answer = httpx.post(f"{url}/forecast", json={"records": records(history), "future": records(future)})
+    assert answer.status_code == 200, answer.text
+    assert_same(frame_of(answer.json()), covariate_model.expected)
+    needed = (
+        "this model needs the future covariates workday for the 12 steps after each series' history: send them as "
+        'the "future" records of a JSON body, {"records": [...], "future": [...]}, with the columns store, time, '
+        "workday (a text/csv body cannot carry them)"
+    )
+    csv = history.to_csv(index=False).encode()
+    for request in (
+        {"json": records(history)},
+        {"json": {"records": records(history)}},
+        {"content": csv, "headers": CSV},
+    ):
+        answer = httpx.post(f"{url}/forecast", **request)
+        assert answer.status_code == 400 and answer.json()["error"] == needed
 
 
 @pytest.mark.slow

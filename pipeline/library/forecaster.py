@@ -27,7 +27,7 @@ from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model import build_model
 from pipeline.library.records import SPEC_FILE, ForecasterSpec, SeriesStats
 
-__all__ = ["MANIFEST", "SPEC_FILE", "Forecaster", "read_history", "verify_manifest"]
+__all__ = ["MANIFEST", "SPEC_FILE", "Forecaster", "MissingFuture", "read_history", "verify_manifest"]
 
 MANIFEST = "manifest.json"
 REQUIRED = ("model.safetensors", SPEC_FILE, MANIFEST)
@@ -51,6 +51,16 @@ def verify_manifest(directory: Path) -> dict[str, str]:
         if sha256_file(path) != digest:
             raise DataError(f"model directory {directory}: {name} does not match its sha256 in {MANIFEST}")
     return manifest
+
+
+class MissingFuture(DataError):
+    """`predict` without the future covariates its model needs. How to pass them depends on the caller (a
+    frame, `predict --future FILE`, a request's JSON body): `needs` says what is missing, `columns` the
+    columns they must come in."""
+
+    def __init__(self, needs: str, columns: str) -> None:
+        self.needs, self.columns = needs, columns
+        super().__init__(f"{needs}: pass them as `future`, a frame with the columns {columns}")
 
 
 def _float32(values: np.ndarray) -> torch.Tensor:
@@ -316,10 +326,10 @@ class Forecaster:
         s = self.spec
         time_col, id_col = s.time_column, s.id_column
         if future is None:
-            keys = ", ".join([*([id_col] if id_col else []), time_col, *names])
-            raise DataError(
+            raise MissingFuture(
                 f"this model needs the future covariates {', '.join(names)} for the {self.horizon} steps after each "
-                f"series' history: pass them with --future FILE (columns {keys})"
+                f"series' history",
+                ", ".join([*([id_col] if id_col else []), time_col, *names]),
             )
         keyed = id_col and s.format != "wide"
         for col in [*([id_col] if keyed else []), time_col, *names]:

@@ -10,7 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from pipeline.library.errors import ConfigError, UserError
+from pipeline.library.errors import ConfigError, UserError, shown
 from pipeline.library.runtime import release_process_group
 from pipeline.orchestrators.forecast_io import one_line
 from pipeline.stages.table import NAMES as STAGES
@@ -25,8 +25,11 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-VALUE_FLAGS = ("--config", "--model", "--input", "--output", "--future", "--scale")
-VALUE_FLAGS += ("--host", "--port", "--poll", "--threads")  # serve
+PREDICT_FLAGS = ("--model", "--input", "--output", "--future", "--scale")
+SERVE_FLAGS = ("--model", "--host", "--port", "--poll", "--threads")
+NO_CONFIG = {"predict": PREDICT_FLAGS, "serve": SERVE_FLAGS}
+"""The commands that read no config, and their options: anything else after them is no config key either."""
+VALUE_FLAGS = ("--config", *PREDICT_FLAGS, *SERVE_FLAGS[1:])
 SWITCHES = ("--force", "--promote", "-h", "--help")
 SERVE_INSTALL = "pip install 'lstm-pipeline[serve]'"
 
@@ -91,6 +94,9 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     while tokens:
         token = tokens.pop(0)
         name = token.split("=", 1)[0]
+        command = flags[0] if flags else None
+        if command in NO_CONFIG and token.startswith("-") and name not in (*NO_CONFIG[command], "-h", "--help"):
+            raise UserError(f"{command} has no option {shown(name)}; its options: {', '.join(NO_CONFIG[command])}")
         if name in VALUE_FLAGS:
             flags.append(token)
             if "=" not in token and tokens:

@@ -24,6 +24,14 @@ names a file of that name exactly so."""
 
 FUTURE = "future"
 
+FUTURE_BY_FILE = "pass them with --future FILE (columns {columns})"
+"""How `predict` is told the future covariates of a model that needs them (`MissingFuture`)."""
+FUTURE_IN_JSON = (
+    'send them as the "future" records of a JSON body, {{"records": [...], "future": [...]}}, with the columns '
+    "{columns} (a text/csv body cannot carry them)"
+)
+"""How the service is told them."""
+
 
 def one_line(message: str) -> str:
     """The message on one terminal line: line breaks and other control characters escaped."""
@@ -37,10 +45,17 @@ def forecast(
     future: pd.DataFrame | None = None,
     future_source: str = FUTURE,
     scale: str = "training",
+    future_how: str = FUTURE_BY_FILE,
 ) -> pd.DataFrame:
     """The next horizon after each series of `history`; a bad input raises a `UserError` naming `source`.
-    `scale`: where series' statistics come from (`Forecaster.predict`)."""
-    return forecaster.predict(history, source=source, future=future, future_source=future_source, scale=scale)
+    `scale`: where series' statistics come from (`Forecaster.predict`); `future_how`: how the caller passes
+    future covariates, for a model that needs them and got none (`{columns}`: the columns they come in)."""
+    from pipeline.library.forecaster import MissingFuture
+
+    try:
+        return forecaster.predict(history, source=source, future=future, future_source=future_source, scale=scale)
+    except MissingFuture as exc:
+        raise DataError(f"{exc.needs}: {future_how.format(columns=exc.columns)}") from None
 
 
 def forecast_csv(forecast: pd.DataFrame) -> str:

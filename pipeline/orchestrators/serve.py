@@ -40,6 +40,7 @@ from pipeline.library.forecaster import MANIFEST, Forecaster
 from pipeline.library.registry_store import current_version, resolve_model_dir
 from pipeline.orchestrators.forecast_io import (
     FUTURE,
+    FUTURE_IN_JSON,
     HISTORY,
     forecast,
     forecast_csv,
@@ -241,7 +242,7 @@ def create_app(holder: ModelHolder, slots: int = 2) -> FastAPI:
         try:
             history, future = read_request(body, content_type)
             with computing:
-                result = forecast(served.forecaster, history, HISTORY, future, FUTURE, scale)
+                result = forecast(served.forecaster, history, HISTORY, future, FUTURE, scale, FUTURE_IN_JSON)
         except UnsupportedMediaType as exc:
             return reply({"error": one_line(str(exc)), "version": version}, version, 415)
         except UserError as exc:
