@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,10 +11,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import SyntheticConfig
+from pipeline.config import SyntheticConfig, load_config
 from pipeline.library.errors import DataError
 from pipeline.library.forecaster import Forecaster
+from pipeline.library.model import build_model
 from pipeline.library.synthetic import generate_synthetic
+from pipeline.stages.export import model_card
 
 from .conftest import cli, cli_in_process, write_config
 
@@ -143,6 +146,25 @@ def test_predict_cli_forecasts_the_next_horizon(finished_run, tmp_path):
     actual = data.set_index(["series", "time"])["value"]
     truth = np.array([actual[(s, t)] for s, t in zip(forecast["series"], forecast["time"])])
     assert np.mean(np.abs(forecast["forecast"] - truth)) < np.mean(np.abs(truth)) * 0.5
+
+
+def test_the_model_card_says_what_predict_does_with_a_series_it_never_saw(finished_run):
+    run, config, _ = finished_run
+    card = (run / "export" / "README.md").read_text()
+    assert "other series are forecast too, scaled by the statistics of their own history" in card
+    assert "refused:" not in card
+    forecaster = Forecaster.load(run / "export")
+    data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+    new = data.assign(series="new_" + data["series"].astype(str))  # no series the model was trained on
+    forecast = forecaster.predict(new)
+    assert len(forecast) == 4 * 12 and np.isfinite(forecast["forecast"]).all()
+    # a model with a vector per training series refuses them, and its card says so
+    model = dataclasses.replace(forecaster.spec.model, series_embedding=3, n_series=4)
+    spec = dataclasses.replace(forecaster.spec, model=model)
+    card = model_card(load_config(config), spec, None, None)
+    assert "other series are refused: the model learnt a vector per training series (model.series_embedding=3)" in card
+    with pytest.raises(DataError, match="series 'new_s0000' was not in the training data"):
+        Forecaster(spec, build_model(model).eval()).predict(new)
 
 
 def test_predict_checks_the_history_in_array_ops_and_agrees_with_the_per_series_checks(finished_run):

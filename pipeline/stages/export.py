@@ -226,5 +226,19 @@ def model_card(cfg: Config, spec: ForecasterSpec, metrics: dict | None, parity: 
                 " (intervals calibrated on the validation windows)" if metrics["quantiles"].get("calibration") else ""
             )
             lines += ["", f"Pinball loss {metrics['quantiles']['pinball']:.4g}; interval coverage {cover}{calibrated}."]
-    lines += ["", "Limitations: trained on the series listed in forecaster.json; other series are refused."]
+    lines += ["", f"Limitations: trained on the series listed in forecaster.json; {other_series(m.series_embedding)}"]
     return "\n".join(lines) + "\n"
+
+
+def other_series(series_embedding: int) -> str:
+    """What `predict` and the service do with a series the model never saw (docs/concepts.md)."""
+    if series_embedding:
+        return (
+            f"other series are refused: the model learnt a vector per training series "
+            f"(model.series_embedding={series_embedding}) and has none for another."
+        )
+    return (
+        "other series are forecast too, scaled by the statistics of their own history (the whole history given to "
+        '`predict`, by the same scaler; a series constant over it is refused), see "Series the model never saw" '
+        "in docs/concepts.md."
+    )
