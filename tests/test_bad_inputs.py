@@ -242,6 +242,20 @@ def _tamper(name: str, content: bytes | None) -> Callable[[Workspace], list[str]
     return args
 
 
+def _glob_of_two_headers(ws: Workspace) -> list[str]:
+    frame = good_frame()
+    (ws.root / "parts").mkdir()
+    ws.write("parts/a.csv", csv_text(frame[frame.station == "north"]))
+    ws.write("parts/b.csv", csv_text(frame[frame.station != "north"].rename(columns={"load": "kw"})))
+    return ws.stage("ingest", f"data.source={ws.root}/parts/*.csv")
+
+
+def _repeated_column(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.assign(extra=frame["load"])
+    frame.columns = ["station", "ts", "load", "load"]
+    return frame
+
+
 def _short_history(ws: Workspace) -> list[str]:
     return ws.predict(ws.history(good_frame().groupby("station", sort=False).tail(LOOKBACK - 1)))
 
@@ -284,7 +298,17 @@ CASES = [
         lambda ws: ws.ingest("bad.csv", bytes(range(256)) * 4),
         ("{root}/bad.csv", "cannot read as csv"),
     ),
+    Case(
+        "glob-of-two-headers",
+        _glob_of_two_headers,
+        ("{root}/parts/b.csv", "columns differ from those of {root}/parts/a.csv", "missing load; extra kw"),
+    ),
     # ------------------------------------------------ columns
+    Case(
+        "repeated-column",
+        lambda ws: ws.ingest("bad.csv", edited(_repeated_column)),
+        ("{root}/bad.csv", "column 'load' appears twice in the header (columns 3 and 4)"),
+    ),
     Case(
         "no-id-column",
         lambda ws: ws.ingest("bad.csv", edited(lambda f: f.drop(columns="station"))),
@@ -342,6 +366,16 @@ CASES = [
         ("{root}/bad.csv", "series 'south'", "constant", "zero scale", "data.scaling"),
     ),
     # ------------------------------------------------ timestamps
+    Case(
+        "numbers-as-times",
+        lambda ws: ws.ingest("bad.csv", edited(lambda f: f.assign(ts=range(len(f))))),
+        ("{root}/bad.csv", "the time column holds numbers (first 0), not timestamps"),
+    ),
+    Case(
+        "numbers-as-times-in-history",
+        lambda ws: ws.predict(ws.history(good_frame().groupby("station").tail(30).assign(ts=range(90)))),
+        ("{root}/history.csv", "series 'east': the time column holds numbers (first 60), not timestamps"),
+    ),
     Case(
         "duplicate-timestamp",
         lambda ws: ws.ingest("bad.csv", edited(lambda f: pd.concat([f, f.iloc[[299]]]))),

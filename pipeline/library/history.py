@@ -10,9 +10,21 @@ import pandas as pd
 from pipeline.library.errors import DataError, shown
 
 
+def numbers_as_times(col: pd.Series, where: str) -> None:
+    """Refuse a numeric time column: pandas would read 0, 1, 2 as nanoseconds after 1970 and the
+    series as one of nanosecond steps, whose every later error would blame something else."""
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col) and col.notna().any():
+        first = col[col.notna()].iloc[0]
+        raise DataError(
+            f"{where}: the time column holds numbers (first {shown(repr(first.item()))}), not timestamps; "
+            "write dates or times (e.g. 2024-01-01 or 2024-01-01 13:30)"
+        )
+
+
 def parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
     """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them); NaT where unparseable."""
     zones = f"{source}: series '{shown(sid)}': mixed time zones in the time column; write all timestamps in one zone"
+    numbers_as_times(col, f"{source}: series '{shown(sid)}'")
     try:
         times = pd.to_datetime(col, errors="coerce", format="mixed")
     except (ValueError, TypeError, OverflowError) as exc:

@@ -19,6 +19,7 @@ import pandas as pd
 from pipeline.library import covariates, scaling
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
+from pipeline.library.history import numbers_as_times
 
 if TYPE_CHECKING:
     from pipeline.library.sources import DataLayout
@@ -133,6 +134,7 @@ def _parse_times(col: pd.Series, source: str) -> pd.Series:
         if col.isna().any():  # a null in a typed (parquet) timestamp column
             raise DataError(f"{source}: row {int(np.flatnonzero(col.isna().to_numpy())[0]) + 1}: missing timestamp")
         return col
+    numbers_as_times(col, source)
     try:
         parsed = pd.to_datetime(col, errors="coerce", format="mixed")
     except (ValueError, TypeError) as exc:

@@ -9,6 +9,7 @@ with pyarrow: see there why), so that ingest never holds more than one batch of 
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import hashlib
 import logging
@@ -22,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.library.artifacts import sha256_file
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, listed, shown
 
 log = logging.getLogger("pipeline")
 
@@ -134,12 +135,59 @@ def _checked_files(data: DataLayout, files: list[Path]) -> tuple[str, str, dict]
         if path.stat().st_size == 0:
             raise DataError(f"{path}: file is empty")
     kwargs = {"sep": "\t"} if kinds == {".tsv"} else {}
+    if builders == {"csv"}:
+        _check_headers(files, kwargs.get("sep", ","))
     if builders == {"csv"} and int(pd.__version__.split(".")[0]) < 3:
         # pandas 2's default parser missed the nearest float by a unit in the last place on a third of the values
         # (2 M float32 values printed exactly); pandas 3 parses them exactly and deprecates the option
         kwargs["float_precision"] = "round_trip"
     label = str(files[0]) if len(files) == 1 else f"{data.source} ({len(files)} files)"
     return builders.pop(), label, kwargs
+
+
+def _header(path: Path, sep: str) -> list[str] | None:
+    """The first line's column names; None where it is not UTF-8 text (the reader reports that)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            return next(csv.reader(f, delimiter=sep), [])
+    except (UnicodeDecodeError, csv.Error):
+        return None
+
+
+def _check_headers(files: list[Path], sep: str) -> None:
+    """Every CSV's columns distinct and, over a glob, the first file's: the reader would rename a repeated
+    name (`a`, `a.1`) into a series of its own, and files that differ fail deep in `datasets` naming none."""
+    first = None
+    for path in files:
+        names = _header(path, sep)
+        if names is None:
+            continue
+        seen: dict[str, int] = {}
+        for i, name in enumerate(names):
+            if name in seen:
+                raise DataError(
+                    f"{path}: column '{shown(name)}' appears twice in the header (columns {seen[name] + 1} and {i + 1})"
+                )
+            seen[name] = i
+        if first is None:
+            first = (path, names)
+        elif names != first[1]:
+            missing = [n for n in first[1] if n not in seen]
+            extra = [n for n in names if n not in first[1]]
+            what = (
+                "; ".join(
+                    part
+                    for part in (
+                        f"missing {listed(missing)}" if missing else "",
+                        f"extra {listed(extra)}" if extra else "",
+                    )
+                    if part
+                )
+                or "in another order"
+            )
+            raise DataError(
+                f"{path}: its columns differ from those of {first[0]} ({what}); the files of a glob need one header"
+            )
 
 
 BATCH_ROWS = 250_000
