@@ -538,6 +538,16 @@ CASES = [
         ("evaluate", "no output of the 'train' stage", "{run}/train", "lstm-pipeline train"),
     ),
     # ------------------------------------------------ predict
+    Case(
+        "history-of-another-format",
+        lambda ws: ws.predict(ws.write("history.yaml", "load: 1\n")),
+        ("{root}/history.yaml", "unknown history file format '.yaml'", ".csv"),
+    ),
+    Case(
+        "future-for-a-model-without",
+        lambda ws: [*ws.predict(), "--future", str(ws.history(name="future.csv"))],
+        ("{root}/future.csv", "this model takes no future covariates"),
+    ),
     Case("model-missing-file", _tamper("model.safetensors", None), ("{model}", "missing file model.safetensors")),
     Case(
         "model-file-altered",

@@ -322,6 +322,8 @@ class Forecaster:
         """(S, horizon, F) future covariate values for the steps after each series' history, checked."""
         names = self.future_covariates
         if not names:
+            if future is not None:  # values the caller expects to matter would be ignored
+                raise DataError(f"{source}: this model takes no future covariates (none were given to training)")
             return None
         s = self.spec
         time_col, id_col = s.time_column, s.id_column

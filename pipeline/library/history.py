@@ -44,17 +44,26 @@ def row_of(frame: pd.DataFrame, position: int) -> object:
     return label + 1 if isinstance(label, (int, np.integer)) else position + 1
 
 
+CSV_SUFFIXES = ("", ".csv", ".txt")
+"""Read as CSV: the service's body is a file named `history` (no suffix), and .txt is what many exports write."""
+
+
 def read_history(path: str | Path, what: str = "history") -> pd.DataFrame:
     """A file for `predict` (csv, parquet or json), with a clear error when unreadable."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".json", ".jsonl", ".tsv", *CSV_SUFFIXES):
+        raise DataError(
+            f"{path}: unknown {what} file format '{shown(suffix)}' (use .csv, .tsv, .parquet, .json or .jsonl)"
+        )
     try:
-        if path.suffix.lower() == ".parquet":
+        if suffix == ".parquet":
             return pd.read_parquet(path)
-        if path.suffix.lower() in (".json", ".jsonl"):
-            return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
-        return pd.read_csv(path)
+        if suffix in (".json", ".jsonl"):
+            return pd.read_json(path, lines=suffix == ".jsonl")
+        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
     except Exception as exc:  # pandas raises many kinds for malformed files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read {what}: {first[:200]}") from None
