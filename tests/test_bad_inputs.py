@@ -544,6 +544,19 @@ CASES = [
         ("{root}/history.yaml", "unknown history file format '.yaml'", ".csv"),
     ),
     Case(
+        "history-row-without-id",
+        lambda ws: ws.predict(
+            ws.history(
+                good_frame()
+                .groupby("station")
+                .tail(30)
+                .reset_index(drop=True)
+                .assign(station=lambda f: f.station.where(f.index != 40))
+            )
+        ),
+        ("{root}/history.csv", "row 41: missing series id (column 'station')"),
+    ),
+    Case(
         "future-for-a-model-without",
         lambda ws: [*ws.predict(), "--future", str(ws.history(name="future.csv"))],
         ("{root}/future.csv", "this model takes no future covariates"),

@@ -478,6 +478,9 @@ class Forecaster:
             if id_col:
                 if id_col not in history.columns:
                     raise DataError(f"{source}: id column '{id_col}' not found; columns: {found}")
+                if history[id_col].isna().any():  # groupby would drop the row, and blame its series' gap
+                    row = row_of(history, int(np.flatnonzero(history[id_col].isna().to_numpy())[0]))
+                    raise DataError(f"{source}: row {row}: missing series id (column '{id_col}')")
                 frames = {
                     str(k): g[[time_col, target_col, *covs]].rename(columns={target_col: "y"})
                     for k, g in history.groupby(id_col, sort=True, observed=True)
