@@ -97,6 +97,11 @@ def test_wide_format_shares_the_covariate_columns_between_series():
         (lambda f: f.drop(columns="temp"), "covariate column 'temp' (data.past_covariates) not found"),
         (lambda f: f.assign(flag=f["flag"].astype(object).where(f.index != 7, "x")), "row 8: non-numeric"),
         (lambda f: f.assign(temp=f["temp"].where(f.index != 9)), "series 's0': missing or non-finite value of "),
+        (
+            lambda f: f.assign(temp=f["temp"].where(f.index != 9, -1e300)),
+            "series 's0': covariate 'temp' value -1e+300 at 2024-01-01 09:00:00 is too large for float32 "
+            "(|value| > 3.4e38) (row 10)",
+        ),
         (lambda f: f.assign(size=f["size"].where(f.index != 310, 9.0)), "static covariate 'size' changes"),
         (lambda f: f.assign(size=f["size"].where(f.index != 3)), "missing or non-finite static covariate 'size'"),
     ],

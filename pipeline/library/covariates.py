@@ -22,7 +22,7 @@ import pandas as pd
 
 from pipeline.library.chunks import series_chunks
 from pipeline.library.errors import DataError, shown
-from pipeline.library.scaling import FLOAT32_MAX
+from pipeline.library.scaling import FLOAT32_MAX, too_large_for_float32
 
 if TYPE_CHECKING:
     from pipeline.library.records import SeriesTable
@@ -40,6 +40,12 @@ def on_grid(
     values = part[names].to_numpy(dtype=np.float64)
     if len(grid) != len(times):
         values = pd.DataFrame(values, index=times).reindex(grid).to_numpy()
+    huge = np.abs(np.nan_to_num(values, posinf=0.0, neginf=0.0)) > FLOAT32_MAX  # the buffer is float32: inf
+    if huge.any():
+        j, k = np.argwhere(huge)[0]
+        row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
+        what = too_large_for_float32(f"covariate '{shown(names[k])}' value", values[j, k], grid[j])
+        raise DataError(f"{data.source}: series '{shown(sid)}': {what} (row {row})")
     bad = ~np.isfinite(values)
     if not bad.any():
         return values
