@@ -201,6 +201,13 @@ def _history_without(*rows_from_end: int) -> Callable[[Workspace], list[str]]:
     return args
 
 
+def _east_every_2h(frame: pd.DataFrame) -> None:
+    east = frame.station == "east"
+    frame.loc[east, "ts"] = pd.date_range(STARTS["east"], periods=int(east.sum()), freq="2h").strftime(
+        "%Y-%m-%d %H:%M:%S"
+    )
+
+
 def _east_every_30min(frame: pd.DataFrame) -> None:
     east = frame.station == "east"
     frame.loc[east, "ts"] = pd.date_range(STARTS["east"], periods=int(east.sum()), freq="30min").strftime(
@@ -405,6 +412,15 @@ CASES = [
         "different-frequency",
         lambda ws: ws.ingest("bad.csv", edited(_east_every_30min)),
         ("{root}/bad.csv", "series 'east'", "row 482", "off the h grid", "different frequency"),
+    ),
+    Case(
+        "coarser-frequency",
+        lambda ws: ws.ingest("bad.csv", edited(_east_every_2h), "data.freq=null"),
+        (
+            "{root}/bad.csv",
+            "series 'east': its timestamps are mostly 2 hours apart, not 1 hour (inferred from the "
+            "longest series), so 149 would be missing; keep one frequency per source or set data.freq",
+        ),
     ),
     Case(
         "gap-under-missing-error",

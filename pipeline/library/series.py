@@ -317,6 +317,24 @@ def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.
     )
 
 
+def _coarser_step(times: pd.DatetimeIndex, step: pd.DateOffset) -> pd.Timedelta | None:
+    """The series' most common spacing where it is a multiple of a fixed `step` (a daily series in an hourly
+    file), else None: gaps here and there leave the most common spacing at the step itself."""
+    if not isinstance(step, pd.offsets.Tick) or len(times) < 3:
+        return None
+    common = pd.Timedelta(times.to_series().diff().mode().iloc[0])
+    return common if common >= 2 * pd.Timedelta(step) and common % pd.Timedelta(step) == pd.Timedelta(0) else None
+
+
+def _span(delta: pd.Timedelta) -> str:
+    """`delta` in the largest whole unit: 1 day, 6 hours, 15 minutes."""
+    for unit, name in (("1D", "day"), ("1h", "hour"), ("1min", "minute"), ("1s", "second")):
+        count, rest = divmod(delta, pd.Timedelta(unit))
+        if count and not rest:
+            return f"{count} {name}{'s' if count > 1 else ''}"
+    return str(delta)
+
+
 def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayout) -> np.ndarray | None:
     """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
     times = pd.DatetimeIndex(part["time"].to_numpy())
@@ -333,6 +351,14 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
             )
         missing = grid.difference(times)
         if data.missing == "error":
+            coarser = _coarser_step(times, step)
+            if coarser is not None:  # every point a few steps apart: another frequency, not gaps to fill
+                origin = "data.freq" if data.freq else "inferred from the longest series"
+                raise DataError(
+                    f"{data.source}: series '{shown(sid)}': its timestamps are mostly {_span(coarser)} apart, not "
+                    f"{_span(pd.Timedelta(step))} ({origin}), so {len(missing)} would be missing; keep one frequency "
+                    f"per source or set data.freq"
+                )
             raise DataError(
                 f"{data.source}: series '{shown(sid)}': {len(missing)} missing timestamp(s), first {missing[0]}; "
                 f"set data.missing to interpolate, ffill or drop"
