@@ -560,6 +560,11 @@ CASES = [
         ("{root}/history.yaml", "unknown history file format '.yaml'", ".csv"),
     ),
     Case(
+        "history-repeating-a-column",
+        lambda ws: ws.predict(ws.history(_repeated_column(good_frame().groupby("station").tail(30)))),
+        ("{root}/history.csv", "column 'load' appears twice in the header (columns 3 and 4)"),
+    ),
+    Case(
         "history-row-without-id",
         lambda ws: ws.predict(
             ws.history(

@@ -440,6 +440,10 @@ def test_an_error_quotes_at_most_a_few_short_names(covariate_model):
         "history: covariate column 'temp' not found; columns: store, time, sales, " + "t" * 37 + "..., workday, size, "
         "extra0, extra1, extra2, extra3 (16 more)"
     )
+    repeated = ("store,time,sales," + ",".join(["temp"] * 60_000) + "\n").encode()  # pandas renames: minutes
+    answer = httpx.post(f"{url}/forecast", content=repeated, headers=CSV, timeout=30)
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "history: column 'temp' appears twice in the header (columns 4 and 5)"
     answer = httpx.post(f"{url}/forecast", json={"records": [], "x" * 100_000: 1})
     assert answer.status_code == 400 and answer.json()["error"].startswith("history: unknown key 'xxx")
     assert len(answer.text) < 300, answer.text[:2000]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,28 @@ def row_of(frame: pd.DataFrame, position: int) -> object:
     return label + 1 if isinstance(label, (int, np.integer)) else position + 1
 
 
+def check_header(names: list[str], source: str) -> None:
+    """Refuse a CSV header naming a column twice: pandas would rename the second (`a.1`), read as a series or
+    a column of its own, and does so in time quadratic in their number (a junk header of 60,000 names: minutes)."""
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in seen:
+            raise DataError(
+                f"{source}: column '{shown(name)}' appears twice in the header (columns {seen[name] + 1} and {i + 1})"
+            )
+        seen[name] = i
+
+
+def csv_header(first_line: bytes, sep: str = ",") -> list[str]:
+    """The column names of a CSV's first line ([] where it is not UTF-8 or the csv module cannot split it: the
+    reader reports that)."""
+    try:
+        text = first_line.decode("utf-8-sig").rstrip("\r\n")
+        return next(csv.reader([text], delimiter=sep), [])
+    except (UnicodeDecodeError, csv.Error):
+        return []
+
+
 CSV_SUFFIXES = ("", ".csv", ".txt")
 """Read as CSV: the service's body is a file named `history` (no suffix), and .txt is what many exports write."""
 
@@ -63,7 +86,12 @@ def read_history(path: str | Path, what: str = "history") -> pd.DataFrame:
             return pd.read_parquet(path)
         if suffix in (".json", ".jsonl"):
             return pd.read_json(path, lines=suffix == ".jsonl")
-        return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        sep = "\t" if suffix == ".tsv" else ","
+        with path.open("rb") as f:
+            check_header(csv_header(f.readline(), sep), str(path))
+        return pd.read_csv(path, sep=sep)
+    except DataError:
+        raise
     except Exception as exc:  # pandas raises many kinds for malformed files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot read {what}: {first[:200]}") from None

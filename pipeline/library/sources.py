@@ -9,7 +9,6 @@ with pyarrow: see there why), so that ingest never holds more than one batch of 
 from __future__ import annotations
 
 import contextlib
-import csv
 import glob
 import hashlib
 import logging
@@ -23,7 +22,8 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.library.artifacts import sha256_file
-from pipeline.library.errors import DataError, listed, shown
+from pipeline.library.errors import DataError, listed
+from pipeline.library.history import check_header, csv_header
 
 log = logging.getLogger("pipeline")
 
@@ -145,48 +145,23 @@ def _checked_files(data: DataLayout, files: list[Path]) -> tuple[str, str, dict]
     return builders.pop(), label, kwargs
 
 
-def _header(path: Path, sep: str) -> list[str] | None:
-    """The first line's column names; None where it is not UTF-8 text (the reader reports that)."""
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            return next(csv.reader(f, delimiter=sep), [])
-    except (UnicodeDecodeError, csv.Error):
-        return None
-
-
 def _check_headers(files: list[Path], sep: str) -> None:
     """Every CSV's columns distinct and, over a glob, the first file's: the reader would rename a repeated
     name (`a`, `a.1`) into a series of its own, and files that differ fail deep in `datasets` naming none."""
-    first = None
+    first: tuple[Path, list[str]] | None = None
     for path in files:
-        names = _header(path, sep)
-        if names is None:
-            continue
-        seen: dict[str, int] = {}
-        for i, name in enumerate(names):
-            if name in seen:
-                raise DataError(
-                    f"{path}: column '{shown(name)}' appears twice in the header (columns {seen[name] + 1} and {i + 1})"
-                )
-            seen[name] = i
+        with path.open("rb") as f:
+            names = csv_header(f.readline(), sep)
+        check_header(names, str(path))
         if first is None:
             first = (path, names)
         elif names != first[1]:
-            missing = [n for n in first[1] if n not in seen]
-            extra = [n for n in names if n not in first[1]]
-            what = (
-                "; ".join(
-                    part
-                    for part in (
-                        f"missing {listed(missing)}" if missing else "",
-                        f"extra {listed(extra)}" if extra else "",
-                    )
-                    if part
-                )
-                or "in another order"
-            )
+            have, want = set(names), set(first[1])
+            missing, extra = [n for n in first[1] if n not in have], [n for n in names if n not in want]
+            parts = [f"missing {listed(missing)}"] * bool(missing) + [f"extra {listed(extra)}"] * bool(extra)
             raise DataError(
-                f"{path}: its columns differ from those of {first[0]} ({what}); the files of a glob need one header"
+                f"{path}: its columns differ from those of {first[0]} ({'; '.join(parts) or 'in another order'}); "
+                "the files of a glob need one header"
             )
 
 

@@ -12,6 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 from pipeline.library.errors import DataError
+from pipeline.library.history import check_header, csv_header
 
 if TYPE_CHECKING:  # the CLI imports `one_line` for every command: no pandas or torch for that
     import pandas as pd
@@ -85,6 +86,7 @@ def read_csv_text(data: bytes, source: str = HISTORY, what: str = "history") -> 
     worded the same way."""
     import pandas as pd
 
+    check_header(csv_header(data[: data.find(b"\n") + 1 or len(data)]), source)
     try:
         return pd.read_csv(io.BytesIO(data))
     except Exception as exc:  # pandas raises many kinds for malformed files
