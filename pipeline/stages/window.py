@@ -15,7 +15,7 @@ import numpy as np
 from pipeline.config import Config
 from pipeline.config.auto import resolve
 from pipeline.library.artifacts import staged_dir
-from pipeline.library.errors import DataError
+from pipeline.library.errors import DataError, shown
 from pipeline.library.records import IngestRecord, SeriesTable, WindowRecord, is_cached
 from pipeline.library.runtime import main_process_only
 from pipeline.library.windows import SPLITS, build_window_index, drop_short_series, write_index
@@ -62,7 +62,7 @@ def check_scoring_season(cfg: Config, series: SeriesTable, dropped: list[str]) -
     if len(short):
         i = int(short[0])
         raise DataError(
-            f"evaluate.season_length ({season}): series '{series.ids[i]}' has a train part of "
+            f"evaluate.season_length ({season}): series '{shown(series.ids[i])}' has a train part of "
             f"{series.train_end[i]} steps, not longer than one season, to scale MASE by; set a shorter "
             f"evaluate.season_length"
         )
@@ -71,7 +71,7 @@ def check_scoring_season(cfg: Config, series: SeriesTable, dropped: list[str]) -
     if len(early):
         i = int(early[0])
         raise DataError(
-            f"evaluate.season_length ({season}): the seasonal-naive forecast of series '{series.ids[i]}' reads "
+            f"evaluate.season_length ({season}): the seasonal-naive forecast of series '{shown(series.ids[i])}' reads "
             f"{back} steps back from its first test forecast, before its start ({first_test[i]} steps earlier); "
             f"set a shorter evaluate.season_length"
         )
