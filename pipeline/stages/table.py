@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.config.auto import AUTO, resolve
 from pipeline.library.artifacts import stage_key
-from pipeline.library.errors import UserError
+from pipeline.library.errors import UserError, shown
 from pipeline.library.records import IngestRecord, TrainRecord, WindowRecord
 
 
@@ -125,7 +125,7 @@ def check_upstream(cfg: Config, needed_by: str, trained: TrainRecord | None = No
         if not isinstance(theirs, dict):
             continue  # a record written before stages kept their config
         differ = [
-            f"{section}.{k}={theirs[k]!r} there, {v!r} here"
+            f"{section}.{k}={shown(repr(theirs[k]), 100)} there, {shown(repr(v), 100)} here"
             for k, v in mine.section_values(section).items()
             if k in theirs and value(k, v) != value(k, theirs[k])
         ]
