@@ -187,6 +187,14 @@ def test_explicit_seasons_an_auto_lookback_cannot_hold_are_an_error():
     assert detected.window.lookback == 136 and detected.model.seasons == [24]  # auto: left out quietly
 
 
+def test_explicit_recurrent_steps_an_auto_lookback_cannot_hold_are_an_error():
+    cfg = load_config(None, ["window.horizon=48", "model.recurrent_steps=200"])
+    why = r"\(120: auto, bounded by the shortest train part, 320 steps\)"
+    with pytest.raises(ConfigError, match=rf"^model\.recurrent_steps \(200\) is longer than window\.lookback {why}"):
+        auto.resolve_for(cfg, "h", 320)
+    assert auto.resolve_for(load_config(None, ["window.horizon=48", "model.recurrent_steps=120"]), "h", 320)
+
+
 def test_explicit_seasons_are_used_as_given():
     cfg = load_config(None, ["window.horizon=48", "model.seasons=[169, 845]"])
     resolved = auto.resolve(cfg, _ingest("5min", (288,)))

@@ -156,6 +156,12 @@ def resolve_for(
     recurrent = cfg.model.recurrent_steps
     if recurrent == AUTO:
         recurrent = min(lookback, max(RECURRENT_SEASONS * main, LOOKBACK_HORIZONS * horizon, *seasons))
+    elif recurrent > lookback:  # an explicit lookback was checked at load; this one is auto
+        raise ConfigError(
+            f"model.recurrent_steps ({recurrent}) is longer than window.lookback ({lookback}: auto, bounded by the "
+            f"shortest train part, {shortest_train} steps); the recurrent layers read the last steps of the input "
+            f"window (set at most {lookback})"
+        )
     residual = cfg.model.residual_season
     if residual == AUTO:
         residual = main if 1 < main <= lookback else 0
