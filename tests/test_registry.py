@@ -589,6 +589,17 @@ def test_cron_wrapper_never_overlaps(tmp_path):
     assert code == 75 and calls == [] and "another run holds" in stderr
 
 
+@needs_flock
+def test_the_default_lock_is_the_same_file_whatever_tmpdir_says(tmp_path):
+    """A scheduler may give each job its own TMPDIR: the default lock must not follow it, or two nights overlap."""
+    with open("/tmp/lstm-pipeline-retrain-config.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        code, calls, stderr = run_wrapper(
+            tmp_path, CRON, ["CONFIG"], STUB_DECISION="promoted", LOCK_FILE="", TMPDIR=str(tmp_path)
+        )
+    assert code == 75 and calls == [] and "another run holds" in stderr
+
+
 def test_recipe_scripts_parse():
     for script in (CRON, SBATCH):
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)

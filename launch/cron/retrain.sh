@@ -34,7 +34,8 @@ shift
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "${RETRAIN_DIR:-$here/../..}" || exit 2
 PYTHON="${PYTHON:-python3}"
-LOCK_FILE="${LOCK_FILE:-${TMPDIR:-/tmp}/lstm-pipeline-retrain-$(basename "$CONFIG" .yaml).lock}"
+# /tmp, not $TMPDIR: a scheduler may give each job its own TMPDIR, and two jobs would each hold a lock
+LOCK_FILE="${LOCK_FILE:-/tmp/lstm-pipeline-retrain-$(basename "$CONFIG" .yaml).lock}"
 
 # flock: one retraining at a time; a second one started while the first runs gives up at once.
 exec 9>>"$LOCK_FILE" || exit 2
