@@ -8,9 +8,9 @@
 # runs the script in one process whatever --num_processes says. torchrun starts NPROC processes;
 # ACCELERATE_USE_CPU=true tells Accelerate to join them over gloo on the CPU.
 #
-# Threads: with train.num_threads: 0 (the default) each process takes the available cores divided by
-# the number of processes on the machine (torchrun's LOCAL_WORLD_SIZE), so the processes do not
-# fight over cores. Set train.num_threads=N to choose.
+# Threads: with train.num_threads: auto (the default) each process times one thread against the available
+# cores divided by the number of processes on the machine (torchrun's LOCAL_WORLD_SIZE) and keeps the
+# faster (docs/launch.md, Notes). Set train.num_threads=N to choose.
 #
 # train.batch_size is the global batch: it must be divisible by NPROC x train.gradient_accumulation_steps.
 # Run from the repository root with the project's environment active (python and torchrun on PATH).

@@ -33,7 +33,7 @@ SMALL = {
     "model": {"hidden_size": 16, "num_layers": 1},
     "train": {
         "loss": "mse",
-        "num_threads": 1,  # operational: the same weights with any count; two test workers share the two cores
+        "num_threads": 1,  # fixed: reruns compare bit for bit (auto may pick another count); two workers, two cores
         "mixed_precision": "no",  # float32 everywhere, whatever the CPU (test_precision covers bf16 and auto)
         "batch_size": 64,
         "max_steps": 40,

@@ -330,7 +330,8 @@ class TrainConfig:
     """Write train/metrics.jsonl and tracker scalars every N steps."""
     num_threads: int | Literal["auto"] = _operational("auto")
     """CPU threads per process; `auto` (or 0): timed on the model at the start, between one and the available cores
-    divided by the local processes, and re-chosen when the step time jumps (another process took a core)."""
+    divided by the local processes, and re-chosen when the step time jumps (another process took a core) where the
+    counts compute the same bits for the model and batch, else kept for the whole run (and by a resume)."""
     eval_batch_size: int = _operational(1024)
     """Windows per forward pass in validation (larger batches raise peak memory more than speed)."""
     val_windows: int = 8192

@@ -138,6 +138,12 @@ def load_checkpoint(path: Path, accelerator, model, optimizer) -> TrainState:
     return TrainState.from_json(saved)
 
 
+def has_identity(path: Path, identity: dict[str, Any]) -> bool:
+    """Whether the checkpoint at `path` was made for this run (its settings, data and starting weights)."""
+    saved = read_state(path)
+    return all(saved.get(key) == value for key, value in identity.items())
+
+
 def check_identity(path: Path, identity: dict[str, Any]) -> None:
     saved = read_state(path)
     for key, value in identity.items():

@@ -10,17 +10,21 @@ time jumps (the median of the last steps more than twice the one after the last 
 recheck is due (to go back up once a competitor has gone; the interval doubles each time a
 recheck confirms the choice).
 
-Timing real steps costs nothing beyond the slower candidate's few steps, and changes nothing
-that is computed: the thread count changes no bits of the CPU kernels used here (tests/test_threads.py
-checks it on the machine it runs on), so a run stays bit-for-bit resumable whatever was chosen
-when. Set `train.num_threads` to a number where that would not hold.
+Timing real steps costs nothing beyond the slower candidate's few steps. Switching is safe only
+where the thread count changes no bits of what is computed, which holds for some shapes and not for
+others (on the 2-core VMs: batch 256 with a 64 x 2 LSTM, yes; batch 32 or a 16 x 1 LSTM, no). So
+`same_bits` first computes one real training step's loss and gradients, and a validation forward,
+at each candidate: where they differ, the fastest there is kept for the whole run (and a resume
+keeps it), so that the run stays bit-for-bit resumable.
 """
 
 from __future__ import annotations
 
 import logging
 import statistics
+import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -120,3 +124,23 @@ class ThreadTuner:
         if best != previous:
             timings = ", ".join(f"{n}: {ms} ms" for n, ms in step_ms.items())
             log.info("train: %d threads (%s; step time %s)", best, self.reason, timings)
+
+
+def same_bits(compute: Callable[[], list[torch.Tensor]], counts: list[int], repeats: int = 2) -> tuple[bool, dict]:
+    """Whether `compute` gives the same bits at every thread count in `counts`, and its median seconds at each."""
+    before = torch.get_num_threads()
+    results, seconds = {}, {}
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            runs = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                results[n] = compute()
+                runs.append(time.perf_counter() - start)
+            seconds[n] = statistics.median(runs)
+    finally:
+        torch.set_num_threads(before)
+    first = results[counts[0]]
+    same = all(len(r) == len(first) and all(torch.equal(a, b) for a, b in zip(r, first)) for r in results.values())
+    return same, seconds

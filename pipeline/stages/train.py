@@ -11,6 +11,7 @@ when training has finished.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -22,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from pipeline.config import Config
 from pipeline.config.auto import resolve
 from pipeline.config.model_spec import model_spec
 from pipeline.library import checkpoint as ckpt
-from pipeline.library.artifacts import recover, swap_into_place, write_json_atomic
+from pipeline.library.artifacts import recover, swap_into_place, write_json_atomic, write_text_atomic
 from pipeline.library.base_choice import choose_base
 from pipeline.library.blend import blend_best, point_errors, set_share
 from pipeline.library.buffer import WindowBuffer
@@ -44,7 +45,7 @@ from pipeline.library.runtime import choose_threads, configure_process, make_det
 from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.selection import effective_windows, one_standard_error
 from pipeline.library.store import read_covariates, read_values
-from pipeline.library.threads import ThreadTuner
+from pipeline.library.threads import ThreadTuner, same_bits
 from pipeline.library.train_log import MetricsLog
 from pipeline.library.warm_start import warm_start_bases, warm_start_identity, warm_start_state
 from pipeline.library.windows import read_index
@@ -108,14 +109,17 @@ def train(cfg: Config, key: str, fresh: bool = False) -> None:
 
     work = cfg.run_dir / ".train.work"
     state = restore(cfg, accelerator, model, optimizer, work, {"key": key}, fresh)
-    threads = thread_tuner(cfg, accelerator, state.step)
+    loss = loss_function(cfg.train.loss, cfg.model.quantiles)
+    probe = lambda: step_probe(cfg, accelerator, model, optimizer, data, loss, state)  # noqa: E731
+    threads = thread_tuner(cfg, accelerator, work, probe, state.step)
     setup = describe_setup(cfg, accelerator, torch.get_num_threads(), data.info)
+    if threads is None and (work / PINNED_THREADS).is_file():
+        setup["threads_kept"] = "the whole run: the candidate counts compute different bits for this model and batch"
     tracker = open_tracker(
         cfg, "train", accelerator.is_main_process, _run_id(work, accelerator), deferred=bool(cfg.train.checkpoint_every)
     )
     tracker.describe(setup)
     metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
-    loss = loss_function(cfg.train.loss, cfg.model.quantiles)
     session = Session(
         cfg, key, accelerator, model, optimizer, data, work, tracker, metrics, setup, loss, threads=threads,
         ran_with=given,
@@ -200,14 +204,89 @@ def make_accelerator(cfg: Config):
     return accelerator
 
 
-def thread_tuner(cfg: Config, accelerator, step: int) -> ThreadTuner | None:
-    """`train.num_threads: auto` on a CPU: a tuner between one thread and the cores this process may use,
-    timing the first training steps at each."""
+PINNED_THREADS = "threads"
+"""In the work directory: the thread count a run keeps throughout, where the candidates compute different bits."""
+
+
+def thread_tuner(cfg: Config, accelerator, work: Path, probe: Callable[[], Callable], step: int) -> ThreadTuner | None:
+    """`train.num_threads: auto` on a CPU: a tuner between one thread and the cores this process may use, timing
+    the first training steps at each, where both compute the same bits (`same_bits` on `probe()`, real steps);
+    else the faster of them on that step for the whole run, kept in the work directory so that a resume keeps it:
+    switching would make the run's steps depend on timing, and a resume could not repeat them exactly."""
     if cfg.train.num_threads not in ("auto", 0) or accelerator.device.type != "cpu":
         return None
-    tuner = ThreadTuner([1, choose_threads("auto")])
+    candidates = sorted({1, choose_threads("auto")})
+    if len(candidates) == 1:
+        return None
+    pinned, count = work / PINNED_THREADS, [0]
+    if accelerator.is_main_process:
+        if pinned.is_file():
+            count[0] = int(pinned.read_text())
+        else:
+            same, seconds = same_bits(probe(), candidates)
+            if not same:
+                count[0] = min(seconds, key=lambda n: (seconds[n], -n))
+                write_text_atomic(pinned, f"{count[0]}\n")
+    if accelerator.num_processes > 1:
+        count = broadcast_object_list(count)
+    if count[0]:
+        torch.set_num_threads(count[0])
+        log.info(
+            "train: %d threads for the whole run: 1 and %d threads compute different bits for this model and batch, "
+            "so the count is not switched (a resume must repeat every step exactly)", count[0], candidates[-1],
+        )  # fmt: skip
+        return None
+    tuner = ThreadTuner(candidates)
     tuner.start(step)
     return tuner
+
+
+def step_probe(
+    cfg: Config, accelerator, model, optimizer, data: TrainingData, loss, state: TrainState, steps: int = 4
+) -> Callable:
+    """What `same_bits` compares across thread counts: the weights and losses after this process's next `steps`
+    optimizer steps (clipping and AdamW included), and a validation forward, computed on copies of the model and
+    the optimizer (theirs, and the random state, stay untouched). One step is not enough: on some shapes the
+    first step's gradients agree to the bit and the second's do not."""
+    weights = {k: v.clone() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+    moments = copy.deepcopy(optimizer.state_dict())
+    t = cfg.train
+    rank, world, per_epoch = (
+        accelerator.process_index,
+        accelerator.num_processes,
+        len(data.pairs["train"]) // t.batch_size,
+    )
+    batches, at = [], dataclasses.replace(state)
+    for _ in range(steps):
+        batches.append(local_batches(data.pairs["train"], t.batch_size, t.gradient_accumulation_steps, cfg.seed, at,
+                                     rank, world))  # fmt: skip
+        advance(at, per_epoch)
+    val = data.pairs["val"][: t.eval_batch_size]
+
+    def compute() -> list[torch.Tensor]:
+        module = build_model(data.spec, seed=cfg.seed)
+        module.load_state_dict(weights)
+        adamw = torch.optim.AdamW(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        adamw.load_state_dict(moments)
+        losses = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the same dropout masks at every count
+            for micro in batches:
+                for pairs in micro:
+                    x, y = data.buffer.gather(pairs)
+                    with accelerator.autocast():
+                        value = training_loss(loss, module, x, y, cfg.model.ensemble)
+                    (value / len(micro)).backward()
+                    losses.append(value.detach())
+                torch.nn.utils.clip_grad_norm_(module.parameters(), t.grad_clip or float("inf"))
+                adamw.step()
+                adamw.zero_grad(set_to_none=True)
+            module.eval()
+            with torch.no_grad():
+                forecast = module(data.buffer.gather(val)[0]).float()
+        return [*losses, *module.state_dict().values(), forecast]
+
+    return compute
 
 
 def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
@@ -349,13 +428,20 @@ def fit_batch(cfg: Config, n_train: int, world_size: int) -> Config:
 
 
 def restore(cfg: Config, accelerator, model, optimizer, work: Path, identity: dict, fresh: bool) -> TrainState:
-    """The state to start from: a checkpoint per `train.resume`, or a fresh start (`fresh` with resume auto)."""
+    """The state to start from: a checkpoint per `train.resume`, or a fresh start (`fresh` with resume auto, or
+    with resume auto where the last checkpoint was made for other settings or data; a checkpoint named by
+    `train.resume` must match)."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         recover(work)
     accelerator.wait_for_everyone()
     resume = "never" if fresh and cfg.train.resume == "auto" else cfg.train.resume
     path = resume_point(resume, work)  # read-only: every rank reaches the same answer
+    if resume == "auto" and path is not None and not ckpt.has_identity(path, identity):
+        # an interrupted run's, before the settings or the data changed (a nightly retrain killed one night and
+        # started on the next night's rows): nothing to resume, and refusing would fail every night after
+        log.warning("train: the checkpoints in %s are of other settings or data; starting over", path.parent)
+        path = None
     if resume != cfg.train.resume and ckpt.latest_valid(work / "checkpoints") is not None:
         log.info("train: --force: starting over (the checkpoints of an interrupted run are dropped)")
     accelerator.wait_for_everyone()  # all have looked before the main process changes anything
