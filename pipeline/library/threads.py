@@ -13,9 +13,10 @@ recheck confirms the choice).
 Timing real steps costs nothing beyond the slower candidate's few steps. Switching is safe only
 where the thread count changes no bits of what is computed, which holds for some shapes and not for
 others (on the 2-core VMs: batch 256 with a 64 x 2 LSTM, yes; batch 32 or a 16 x 1 LSTM, no). So
-`same_bits` first computes one real training step's loss and gradients, and a validation forward,
-at each candidate: where they differ, the fastest there is kept for the whole run (and a resume
-keeps it), so that the run stays bit-for-bit resumable.
+`same_bits` first computes three real training steps and a validation forward on copies at each
+candidate (one step is not enough: the first step's gradients can agree and the second's not): where
+they differ, the fastest there is kept for the whole run (and a resume keeps it), so that the run
+stays bit-for-bit resumable.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class ThreadTuner:
             log.info("train: %d threads (%s; step time %s)", best, self.reason, timings)
 
 
-def same_bits(compute: Callable[[], list[torch.Tensor]], counts: list[int], repeats: int = 2) -> tuple[bool, dict]:
+def same_bits(compute: Callable[[], list[torch.Tensor]], counts: list[int], repeats: int = 1) -> tuple[bool, dict]:
     """Whether `compute` gives the same bits at every thread count in `counts`, and its median seconds at each."""
     before = torch.get_num_threads()
     results, seconds = {}, {}

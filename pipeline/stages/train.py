@@ -242,7 +242,7 @@ def thread_tuner(cfg: Config, accelerator, work: Path, probe: Callable[[], Calla
 
 
 def step_probe(
-    cfg: Config, accelerator, model, optimizer, data: TrainingData, loss, state: TrainState, steps: int = 4
+    cfg: Config, accelerator, model, optimizer, data: TrainingData, loss, state: TrainState, steps: int = 3
 ) -> Callable:
     """What `same_bits` compares across thread counts: the weights and losses after this process's next `steps`
     optimizer steps (clipping and AdamW included), and a validation forward, computed on copies of the model and
