@@ -132,6 +132,8 @@ def same_bits(compute: Callable[[], list[torch.Tensor]], counts: list[int], repe
     before = torch.get_num_threads()
     results, seconds = {}, {}
     try:
+        torch.set_num_threads(counts[0])
+        compute()  # untimed: the first call pays for allocations and kernel set-up, which would slow counts[0]
         for n in counts:
             torch.set_num_threads(n)
             runs = []
