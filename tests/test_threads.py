@@ -145,8 +145,9 @@ def test_same_bits_compares_every_count_and_times_each(restore_threads):
     constant = lambda: [torch.ones(3)]  # noqa: E731
     same, seconds = same_bits(constant, [1, 2])
     assert same and set(seconds) == {1, 2} and all(s >= 0 for s in seconds.values())
+    before = torch.get_num_threads()
     assert same_bits(counted, [1, 2])[0] is False
-    assert torch.get_num_threads() == torch.get_num_threads()  # restored by the fixture's check below
+    assert torch.get_num_threads() == before  # the caller's count is put back
 
 
 CPU = SimpleNamespace(device=torch.device("cpu"), is_main_process=True, num_processes=1)

@@ -114,10 +114,9 @@ def check_upstream(cfg: Config, needed_by: str, trained: TrainRecord | None = No
             f"{needed_by}: {stage_dir(cfg, 'train')} holds a model trained on other windows than "
             f"{stage_dir(cfg, 'window')} holds now (ingest or window ran after it); {redo}"
         )
-    chosen = {"transform": ingest.transform}  # `auto` as ingest resolved it equals that value given explicitly
 
-    def value(key: str, v):
-        return chosen[key] if v == AUTO and key in chosen else v
+    def value(key: str, v):  # `data.transform: auto` as ingest resolved it equals that value given explicitly
+        return ingest.transform if key == "transform" and v == AUTO else v
 
     for name, record, mine in (("ingest", ingest, cfg), ("window", window, resolve(cfg, ingest))):
         section = BY_NAME[name].sections[0]

@@ -113,7 +113,7 @@ def train(cfg: Config, key: str, fresh: bool = False) -> None:
     probe = lambda: step_probe(cfg, accelerator, model, optimizer, data, loss, state)  # noqa: E731
     threads = thread_tuner(cfg, accelerator, work, probe, state.step)
     setup = describe_setup(cfg, accelerator, torch.get_num_threads(), data.info)
-    if threads is None and (work / PINNED_THREADS).is_file():
+    if threads is None and cfg.train.num_threads in ("auto", 0) and (work / PINNED_THREADS).is_file():
         setup["threads_kept"] = "the whole run: the candidate counts compute different bits for this model and batch"
     tracker = open_tracker(
         cfg, "train", accelerator.is_main_process, _run_id(work, accelerator), deferred=bool(cfg.train.checkpoint_every)
