@@ -43,10 +43,10 @@ def prepared(root: Path, **overrides) -> Path:
     return config
 
 
-def start_training(config: Path, nproc: int, env: dict | None = None) -> subprocess.Popen:
+def start_training(config: Path, nproc: int, env: dict | None = None, *extra: str) -> subprocess.Popen:
     if nproc == 1:
         full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-        command = [sys.executable, "-m", "pipeline", "train", "--config", str(config)]
+        command = [sys.executable, "-m", "pipeline", "train", "--config", str(config), *extra]
         return subprocess.Popen(
             command,
             cwd=REPO,
@@ -207,3 +207,41 @@ def test_checkpoints_of_other_settings_are_dropped_under_auto_and_refused_when_n
     result = cli_in_process("train", "--config", str(fresh), "train.lr=0.001")
     assert result.returncode == 0, result.stderr[-2000:]
     assert_bitwise_equal(tmp_path / "killed/run", tmp_path / "fresh/run")
+
+
+def kill_retraining_at_step(config: Path, target: int, *extra: str) -> None:
+    """SIGKILL a one-process `train ... extra` over a finished run once its work directory has logged `target` steps."""
+    run = config.parent / "run"
+    proc = start_training(config, 1, None, *extra)
+    deadline = time.monotonic() + 240
+    try:
+        while logged_step(run) < target:
+            assert proc.poll() is None, "training ended before it could be killed"
+            assert time.monotonic() < deadline, "training too slow to reach the kill step"
+            time.sleep(0.002)
+    finally:
+        kill_group(proc)
+
+
+def test_a_killed_force_retraining_is_removed_by_the_next_train_and_other_settings_kept(tmp_path):
+    """A killed `train --force` left its checkpoints in .train.work for good: `train` found train/ up to date,
+    and `--force` starts over. Checkpoints of other settings stay, so a run of those resumes from them."""
+    config = prepared(tmp_path)
+    finish(config, 1)
+    run = tmp_path / "run"
+    before = load_weights(run / "train/model.safetensors")
+    kill_retraining_at_step(config, 40, "--force")
+    assert (run / ".train.work/checkpoints/step_25").is_dir()
+    cached = finish(config, 1)
+    assert "train: up to date" in cached and f"removed {run / '.train.work'}" in cached
+    assert not (run / ".train.work").exists()
+    after = load_weights(run / "train/model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+    kill_retraining_at_step(config, 40, "train.lr=0.002")
+    cached = finish(config, 1)
+    assert "train: up to date" in cached and "removed" not in cached
+    assert (run / ".train.work/checkpoints/step_25").is_dir()
+    resumed = cli_in_process("train", "--config", str(config), "train.lr=0.002")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr and "step_25" in resumed.stderr

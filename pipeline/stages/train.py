@@ -19,6 +19,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,13 @@ from pipeline.library.model import build_model
 from pipeline.library.model_spec import ModelSpec
 from pipeline.library.records import IngestRecord, TrainRecord, TrainState, WindowRecord, is_cached
 from pipeline.library.report import write_loss_curve
-from pipeline.library.runtime import choose_threads, configure_process, make_deterministic, resolve_precision
+from pipeline.library.runtime import (
+    choose_threads,
+    configure_process,
+    main_process_only,
+    make_deterministic,
+    resolve_precision,
+)
 from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.selection import effective_windows, one_standard_error
 from pipeline.library.store import read_covariates, read_values
@@ -63,9 +70,23 @@ def run(cfg: Config, force: bool = False) -> Path:
     key = train_key(cfg, window.fingerprint)
     if not force and is_cached(out, key):
         log.info("train: up to date (inputs unchanged), skipped; --force redoes it")
+        main_process_only(partial(drop_spent_work, cfg.run_dir / ".train.work", key))
         return out
     train(cfg, key, fresh=force)
     return out
+
+
+def drop_spent_work(work: Path, key: str) -> None:
+    """Remove a work directory nothing can resume: an interrupted run of the settings `train/` already holds (a
+    killed `train --force`), or one without a checkpoint. Its checkpoints could only rebuild the weights that are
+    already there, and `--force` starts over anyway; a run of other settings is kept for when they come back."""
+    if not work.is_dir():
+        return
+    last = ckpt.latest_valid(work / "checkpoints")
+    if last is not None and not ckpt.has_identity(last, {"key": key}):
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("train: removed %s, an interrupted run of the settings train/ already holds", work)
 
 
 def train_key(cfg: Config, window_fingerprint: str) -> str:
