@@ -162,3 +162,11 @@ def test_a_command_that_succeeds_destroys_the_process_group_and_one_that_fails_l
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def test_version_prints_the_package_version_and_exits_0():
+    """`lstm-pipeline --version` answered `unknown config key 'version'` with exit 2."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    result = cli("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"lstm-pipeline {project['version']}\n", "")
+    assert "--version" in cli("--help").stdout

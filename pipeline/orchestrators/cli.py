@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from pipeline import __version__
 from pipeline.library.errors import ConfigError, UserError, shown
 from pipeline.library.runtime import release_process_group
 from pipeline.orchestrators.forecast_io import one_line
@@ -30,12 +31,13 @@ SERVE_FLAGS = ("--model", "--host", "--port", "--poll", "--threads")
 NO_CONFIG = {"predict": PREDICT_FLAGS, "serve": SERVE_FLAGS}
 """The commands that read no config, and their options: anything else after them is no config key either."""
 VALUE_FLAGS = ("--config", *PREDICT_FLAGS, *SERVE_FLAGS[1:])
-SWITCHES = ("--force", "--promote", "-h", "--help")
+SWITCHES = ("--force", "--promote", "-h", "--help", "--version")
 SERVE_INSTALL = "pip install 'lstm-pipeline[serve]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-pipeline", description="Staged LSTM time-series training pipeline.")
+    parser.add_argument("--version", action="version", version=f"lstm-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name in ("run", *STAGES):
         p = sub.add_parser(name, help="all stages" if name == "run" else f"the {name} stage")
