@@ -570,6 +570,33 @@ def test_online_without_credentials_runs_offline_and_says_how_to_sync(tmp_path, 
     assert f"wandb sync {run.dir}" in caplog.text
 
 
+def test_a_bad_wandb_mode_is_one_line_before_any_stage_works(tmp_path):
+    """W&B refused WANDB_MODE=bogus with a pydantic traceback and exit 1 at the first checkpoint, after ingest,
+    window and part of training had run."""
+    config = write_config(tmp_path, {**FAST, "tracking.backend": "wandb"})
+    result = cli("run", "--config", str(config), env=wandb_env(tmp_path, WANDB_MODE="bogus"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: environment variable WANDB_MODE must be one of online|offline|disabled (or dryrun, run), got 'bogus'"
+    ]
+    assert not (tmp_path / "run").exists()
+    ignored = cli("ingest", "--config", str(config), "tracking.backend=none", env=wandb_env(tmp_path, WANDB_MODE="x"))
+    assert ignored.returncode == 0, ignored.stderr[-2000:]  # no W&B, no reason to read its mode
+
+
+@pytest.mark.slow
+def test_wandb_mode_dryrun_is_an_offline_run_with_its_lineage(tmp_path):
+    """W&B's older name for offline: the stages took the online path, and train's use_artifact failed with
+    `TypeError: Cannot use artifact when in offline mode` (exit 1) once the weights were trained."""
+    config = write_config(tmp_path, {**FAST, "tracking.backend": "wandb", "export.onnx": False})
+    result = cli("run", "--config", str(config), env=wandb_env(tmp_path, WANDB_MODE="dryrun"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = by_job(wandb_runs(tmp_path / "run"))
+    assert sorted(runs) == ["evaluate", "export", "ingest", "train"]
+    used = {(a["type"], a["used"]) for a in runs["train"].artifacts}
+    assert used == {("dataset", True), ("checkpoint", False)}  # used the data, logged the weights
+
+
 def test_artifact_names_are_what_wandb_accepts():
     assert artifact_name("vic_elec-model") == "vic_elec-model"
     assert artifact_name("my run/v2 (test)-model") == "my-run-v2-test-model"

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.library.errors import ConfigError, shown
 
 log = logging.getLogger("pipeline")
 
@@ -30,6 +31,30 @@ def wandb_credentials_present() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
+
+
+WANDB_MODES = {"online": "online", "offline": "offline", "disabled": "disabled", "dryrun": "offline", "run": "online"}
+"""The values of the environment variable WANDB_MODE a stage runs under, and what each means here (W&B's older
+names `dryrun` and `run` are offline and online: an offline run takes the offline path, which W&B requires)."""
+
+
+def wandb_mode(configured: str) -> str:
+    """The W&B mode of a stage: WANDB_MODE when set (it overrides `tracking.mode`), else the configured one.
+
+    Checked before a stage works (`open_tracker`, and `run` before its first stage): W&B itself would refuse
+    an unknown value with a traceback at the first logged step, and would refuse `use_artifact` under
+    `dryrun`, after training.
+    """
+    given = os.environ.get("WANDB_MODE", "")
+    if not given:
+        return configured
+    mode = WANDB_MODES.get(given)
+    if mode is None:
+        raise ConfigError(
+            f"environment variable WANDB_MODE must be one of online|offline|disabled (or dryrun, run), "
+            f"got {shown(repr(given))}"
+        )
+    return mode
 
 
 class Tracker:
@@ -255,6 +280,8 @@ def open_tracker(
 ) -> Tracker:
     """The stage's tracker (started at its first use); `deferred`: logged values wait for `commit()`."""
     t = cfg.tracking
+    if t.backend == "wandb":
+        wandb_mode(t.mode)  # every process: a bad WANDB_MODE stops them all, before the stage's work
     if not is_main or t.backend == "none":
         return Tracker()
     return Tracker(lambda: _start(cfg, job_type, run_id), t.backend, deferred)
@@ -277,7 +304,7 @@ def _start(cfg: Config, job_type: str, run_id: str | None) -> tuple[Any, Path | 
 
     from accelerate.tracking import WandBTracker
 
-    mode = os.environ.get("WANDB_MODE") or t.mode
+    mode = wandb_mode(t.mode)
     if mode == "online" and not wandb_credentials_present():
         log.info("no W&B credentials found; tracking offline")
         mode = "offline"
