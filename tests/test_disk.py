@@ -89,3 +89,29 @@ def test_tracker_files_keep_the_newest_and_every_offline_run_not_yet_uploaded(tm
     assert left == sorted([names[1], names[3], names[4], names[5]])
     assert {p.name for p in deleted} >= {names[0], names[2], "events.out.tfevents.0"}
     assert sorted(p.name for p in board.iterdir()) == [f"events.out.tfevents.{k}" for k in (1, 2, 3)]
+
+
+def test_tensorboard_keeps_the_hparams_folders_of_the_runs_it_keeps_only(tmp_path):
+    """Each TensorBoard session adds two dated folders per stored config (hparams events, hparams.yml) beside its
+    event file; pruning removed old event files but kept every folder, so a nightly run's folder grew forever."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pipeline.config import load_config
+    from pipeline.stages.tracking import open_tracker
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tracking.backend=tensorboard"])
+    for night in range(3):
+        if night:
+            time.sleep(1.1)  # event file names hold whole seconds
+        tracker = open_tracker(cfg, "train", True)
+        tracker.describe({"night": night})  # a second stored config, as training stores its run facts
+        tracker.log({"train/loss": float(night)}, step=1)
+        tracker.finish()
+    board = tmp_path / "run" / "tensorboard" / "train"
+    assert len([p for p in board.iterdir() if p.is_dir()]) == 3 * 4
+    prune_local_runs(tmp_path / "run", keep=1)
+    [event] = board.glob("events.out.tfevents.*")
+    folders = [p for p in board.iterdir() if p.is_dir()]
+    assert len(folders) == 4 and all(float(p.name) >= int(event.name.split(".")[3]) for p in folders)
+    scalars = EventAccumulator(str(event)).Reload().Scalars("train/loss")
+    assert [(s.step, s.value) for s in scalars] == [(1, 2.0)]  # the newest night's

@@ -452,7 +452,7 @@ class TrackingConfig:
     the aliases `champion` and its version (online W&B only)."""
     keep_local_runs: int = 20
     """Local tracker files kept in the run directory: the newest this many W&B run folders (an offline one
-    only once `wandb sync` has uploaded it) and TensorBoard event files per stage."""
+    only once `wandb sync` has uploaded it) and TensorBoard event files per stage (with their hparams folders)."""
 
     def __post_init__(self) -> None:
         _positive("tracking.keep_local_runs", self.keep_local_runs)

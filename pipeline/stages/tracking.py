@@ -363,7 +363,7 @@ def prune_local_runs(run_dir: Path, keep: int) -> list[Path]:
     was uploaded, offline ones are the only copy until `wandb sync` marks them uploaded
     (`run-<id>.wandb.synced`). The newest `keep` are kept, and an offline folder that was never
     uploaded is never deleted (a warning counts them). TensorBoard's event files: the newest
-    `keep` per stage.
+    `keep` per stage, and the hparams folders made since the oldest of those.
     """
     import shutil
 
@@ -386,7 +386,33 @@ def prune_local_runs(run_dir: Path, keep: int) -> list[Path]:
         for path in events[:-keep]:
             path.unlink(missing_ok=True)
             deleted.append(path)
+        deleted += _prune_hparams(stage, events[-keep:])
     return deleted
+
+
+def _prune_hparams(stage: Path, kept: list[Path]) -> list[Path]:
+    """The folders TensorBoard's hparams (and Accelerate's hparams.yml) add to a stage's folder, two each time a run
+    stores its config, named by the time they were made: those older than the oldest event file kept go with it."""
+    import shutil
+
+    created = [_seconds(p.name.removeprefix("events.out.tfevents.").split(".")[0]) for p in kept]
+    if not created or None in created:
+        return []
+    deleted = []
+    for folder in (p for p in stage.iterdir() if p.is_dir()):
+        made = _seconds(folder.name)
+        if made is not None and made < min(created):
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(folder)
+    return deleted
+
+
+def _seconds(text: str) -> float | None:
+    """A Unix time written in a TensorBoard file or folder name, or None where the name holds none."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _started(folder: Path) -> str:
