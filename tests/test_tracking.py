@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -582,6 +583,34 @@ def test_a_bad_wandb_mode_is_one_line_before_any_stage_works(tmp_path):
     assert not (tmp_path / "run").exists()
     ignored = cli("ingest", "--config", str(config), "tracking.backend=none", env=wandb_env(tmp_path, WANDB_MODE="x"))
     assert ignored.returncode == 0, ignored.stderr[-2000:]  # no W&B, no reason to read its mode
+
+
+def _without_root_powers() -> list[str]:
+    """A command prefix under which file permissions apply (root ignores them unless it drops CAP_DAC_*)."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("root, and no setpriv to drop the capability to ignore file permissions")
+    caps = "-dac_override,-dac_read_search"
+    return ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}"]
+
+
+def test_an_unwritable_wandb_folder_is_one_line_naming_it(tmp_path):
+    """W&B raised `PermissionError('<dir> is not writable')` without an errno: a traceback and exit 1."""
+    config = write_config(tmp_path, {"tracking.backend": "wandb"})
+    wandb_dir = tmp_path / "run" / "wandb"
+    wandb_dir.mkdir(parents=True)
+    wandb_dir.chmod(0o555)
+    command = [*_without_root_powers(), sys.executable, "-m", "pipeline", "ingest", "--config", str(config)]
+    result = subprocess.run(
+        command, cwd=REPO, env={**os.environ, **wandb_env(tmp_path)}, capture_output=True, text=True, timeout=300
+    )
+    wandb_dir.chmod(0o755)
+    assert result.returncode == 2, result.stderr[-3000:]
+    [line] = [ln for ln in result.stderr.splitlines() if not ln.startswith(tuple("0123456789"))]  # not the log
+    assert line.startswith(f"error: {wandb_dir}/offline-run-")
+    assert line.endswith(": Permission denied: W&B cannot write its run files there (tracking.backend=none runs "
+                         "without W&B)")  # fmt: skip
 
 
 @pytest.mark.slow

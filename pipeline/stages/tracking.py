@@ -326,8 +326,24 @@ def _start(cfg: Config, job_type: str, run_id: str | None) -> tuple[Any, Path | 
         kwargs.update(id=None, resume="allow", job_type="sweep", name=None, entity=None)
         project = None
     backend = WandBTracker(project, **kwargs)
-    backend.start()
+    try:
+        backend.start()
+    except OSError as exc:
+        raise _unwritable(exc) from None
     return backend, Path(backend.run.dir).parent if mode == "offline" else None
+
+
+def _unwritable(exc: OSError) -> OSError:
+    """W&B's error for a run folder it cannot make, with the errno it drops: W&B raises `PermissionError("<dir> is
+    not writable")` without one, from the real error, so the CLI took it for an internal error (a traceback, exit 1)
+    where a path that cannot be written is the user's to fix (one line, exit 2)."""
+    cause = exc if exc.errno else exc.__cause__
+    if not isinstance(cause, OSError) or not cause.errno:
+        return exc
+    path = cause.filename or str(exc).removesuffix(" is not writable")
+    reason = cause.strerror or os.strerror(cause.errno)
+    hint = "W&B cannot write its run files there (tracking.backend=none runs without W&B)"
+    return OSError(cause.errno, f"{reason}: {hint}", path)
 
 
 WANDB_FLUSH_SECONDS = 0.25
