@@ -662,3 +662,16 @@ def test_kubernetes_cronjob():
     dockerfile = (REPO / "docker/Dockerfile").read_text()
     user = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")][-1]
     assert pod["securityContext"]["runAsUser"] == int(user.split(":")[0])
+
+
+def test_forecaster_load_follows_a_pointer_file_current_as_predict_does(tmp_path):
+    """docs/python.md: `Forecaster.load(".../current")`; where `current` is the pointer file (no symlinks), load
+    said 'model directory not found' while `lstm-pipeline predict --model .../current` worked."""
+    fixture = REPO / "tests" / "fixtures" / "run_2232a71"
+    root = tmp_path / "registry" / "demo"
+    shutil.copytree(fixture / "run" / "export", root / "v0001")
+    (root / "current").write_text("v0001\n")
+    history, future = pd.read_csv(fixture / "data.csv"), pd.read_csv(fixture / "future.csv")
+    got = Forecaster.load(root / "current").predict(history, future=future)
+    expected = Forecaster.load(fixture / "run" / "export").predict(history, future=future)
+    pd.testing.assert_frame_equal(got, expected)

@@ -26,6 +26,7 @@ from pipeline.library.history_stats import stats_from_history
 from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model import build_model
 from pipeline.library.records import SPEC_FILE, ForecasterSpec, SeriesStats
+from pipeline.library.registry_store import resolve_model_dir
 
 __all__ = ["MANIFEST", "SPEC_FILE", "Forecaster", "MissingFuture", "read_history", "verify_manifest"]
 
@@ -86,7 +87,9 @@ class Forecaster:
 
     @classmethod
     def load(cls, directory: str | Path) -> Forecaster:
-        directory = Path(directory)
+        """An export directory, or a registry's `current` (a symlink, or the pointer file written where the file
+        system has no symlinks: `predict` and the service follow it, so this does too)."""
+        directory = resolve_model_dir(Path(directory))
         if not directory.is_dir():
             raise DataError(f"model directory not found: {directory}")
         verify_manifest(directory)
