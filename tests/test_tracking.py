@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from pipeline.config import load_config
+from pipeline.library.errors import ConfigError
 from pipeline.library.runtime import dist_state
 from pipeline.stages.tracking import Tracker, artifact_name, open_tracker
 
@@ -583,6 +584,35 @@ def test_a_bad_wandb_mode_is_one_line_before_any_stage_works(tmp_path):
     assert not (tmp_path / "run").exists()
     ignored = cli("ingest", "--config", str(config), "tracking.backend=none", env=wandb_env(tmp_path, WANDB_MODE="x"))
     assert ignored.returncode == 0, ignored.stderr[-2000:]  # no W&B, no reason to read its mode
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("tracking.project=team/x", "tracking.project may not contain / (W&B refuses it), got 'team/x'"),
+        ("tracking.project=a#b:c", "tracking.project may not contain # : (W&B refuses it), got 'a#b:c'"),
+        ("tracking.project=" + "p" * 129, "tracking.project must be 1 to 128 characters (W&B refuses it), got 'ppp"),
+        ("tracking.tags=[nightly,'']", "tracking.tags: each tag must be 1 to 64 characters (W&B), got ''"),
+        ("tracking.tags=[" + "t" * 65 + "]", "tracking.tags: each tag must be 1 to 64 characters (W&B), got 'ttt"),
+    ],
+)
+def test_names_wandb_refuses_are_config_errors(override, message):
+    """W&B refused them with a UsageError or a pydantic traceback (exit 1) when the stage first logged: after
+    ingest, or after a checkpoint's worth of training."""
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["tracking.backend=wandb", override])
+    assert message in str(err.value)
+    load_config(None, ["tracking.backend=tensorboard", override])  # no W&B, nothing to refuse
+
+
+def test_a_project_wandb_refuses_stops_the_command_before_its_stage(tmp_path):
+    config = write_config(tmp_path, {"tracking.backend": "wandb"})
+    result = cli("ingest", "--config", str(config), "tracking.project=team/forecasts", env=wandb_env(tmp_path))
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+    assert result.stderr.strip().splitlines() == [
+        "error: override 'tracking.project=team/forecasts': tracking.project may not contain / (W&B refuses it), "
+        "got 'team/forecasts'"
+    ]
 
 
 def _without_root_powers() -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.library.errors import ConfigError
+from pipeline.library.errors import ConfigError, shown
 
 
 def operational(f: dataclasses.Field) -> bool:
@@ -438,15 +438,16 @@ class TrackingConfig:
     backend: Literal["wandb", "tensorboard", "none"] = "wandb"
     """Where runs are tracked; `none` keeps only the local files."""
     project: str = "lstm-pipeline"
-    """W&B project."""
+    """W&B project (at most 128 characters, none of `/ \\ # ? % :`)."""
     entity: str | None = None
     """W&B entity (team or user); default: the account's."""
     mode: Literal["online", "offline", "disabled"] = "online"
-    """W&B mode; `online` falls back to `offline` when no W&B credentials are found."""
+    """W&B mode; `online` falls back to `offline` when no W&B credentials are found; the environment variable
+    WANDB_MODE, when set, overrides it."""
     group: str | None = None
     """W&B group (default: the experiment `name`)."""
     tags: list[str] = field(default_factory=list)
-    """W&B tags."""
+    """W&B tags (each 1 to 64 characters)."""
     registry_collection: str | None = None
     """A W&B registry collection (e.g. `wandb-registry-model/forecasters`) the promoted model is linked to, with
     the aliases `champion` and its version (online W&B only)."""
@@ -456,6 +457,22 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _positive("tracking.keep_local_runs", self.keep_local_runs)
+        if self.backend == "wandb":  # what W&B refuses, said before any stage works (W&B: a traceback, mid-stage)
+            _check_wandb_names(self.project, self.tags)
+
+
+WANDB_PROJECT_CHARACTERS = "/\\#?%:"
+"""Characters W&B refuses in a project name (as it refuses names over 128 characters and tags over 64)."""
+
+
+def _check_wandb_names(project: str, tags: list[str]) -> None:
+    found = [c for c in WANDB_PROJECT_CHARACTERS if c in project]
+    if found or not 1 <= len(project) <= 128:
+        why = f"may not contain {' '.join(found)}" if found else "must be 1 to 128 characters"
+        raise ConfigError(f"tracking.project {why} (W&B refuses it), got {shown(repr(project))}")
+    for tag in tags:
+        if not 1 <= len(str(tag)) <= 64:
+            raise ConfigError(f"tracking.tags: each tag must be 1 to 64 characters (W&B), got {shown(repr(tag))}")
 
 
 @dataclass(kw_only=True, slots=True)
