@@ -656,6 +656,26 @@ def test_wandb_mode_dryrun_is_an_offline_run_with_its_lineage(tmp_path):
     assert used == {("dataset", True), ("checkpoint", False)}  # used the data, logged the weights
 
 
+def test_the_closing_line_counts_the_offline_runs_not_uploaded_yet(tmp_path, caplog):
+    """It said 'W&B ran offline; upload every run' after every command once a folder existed: after `wandb sync`
+    had uploaded them all, and after commands that ran no W&B at all."""
+    from pipeline.orchestrators.run import run_stages
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "tracking.backend=none"])
+    wandb = tmp_path / "run" / "wandb"
+    for name in ("offline-run-20261101_010000-aaaa1111", "offline-run-20261102_010000-bbbb2222"):
+        (wandb / name).mkdir(parents=True)
+    (wandb / "offline-run-20261101_010000-aaaa1111" / "run-aaaa1111.wandb.synced").touch()
+    caplog.set_level("INFO", logger="pipeline")
+    run_stages(cfg, names=())
+    pattern = wandb / "offline-run-*"
+    assert f"W&B: 1 offline runs here are not uploaded yet; upload them with: wandb sync {pattern}" in caplog.text
+    (wandb / "offline-run-20261102_010000-bbbb2222" / "run-bbbb2222.wandb.synced").touch()
+    caplog.clear()
+    run_stages(cfg, names=())
+    assert "wandb sync" not in caplog.text and "W&B" not in caplog.text
+
+
 def test_artifact_names_are_what_wandb_accepts():
     assert artifact_name("vic_elec-model") == "vic_elec-model"
     assert artifact_name("my run/v2 (test)-model") == "my-run-v2-test-model"

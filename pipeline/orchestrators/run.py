@@ -17,7 +17,7 @@ from pipeline.config import Config, save_config
 from pipeline.library.artifacts import META
 from pipeline.library.runtime import dist_state
 from pipeline.stages.table import NAMES, stage_dir, stage_function
-from pipeline.stages.tracking import prune_local_runs, wandb_mode
+from pipeline.stages.tracking import prune_local_runs, unsynced_offline_runs, wandb_mode
 
 log = logging.getLogger("pipeline")
 
@@ -48,7 +48,9 @@ def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -
             log.info("done: %s", cfg.run_dir)
     if state.is_main_process:
         prune_local_runs(cfg.run_dir, cfg.tracking.keep_local_runs)
-    if state.is_main_process and sorted((cfg.run_dir / "wandb").glob("offline-run-*")):
+    waiting = unsynced_offline_runs(cfg.run_dir) if state.is_main_process else []
+    if waiting:  # this command's runs, or earlier ones: either way, not in W&B until synced
         pattern = cfg.run_dir / "wandb" / "offline-run-*"
-        log.info("W&B ran offline; upload every run of this directory with: wandb sync %s", pattern)
+        log.info("W&B: %d offline runs here are not uploaded yet; upload them with: wandb sync %s", len(waiting),
+                 pattern)  # fmt: skip
     return cfg.run_dir

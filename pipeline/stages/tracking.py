@@ -385,7 +385,7 @@ def prune_local_runs(run_dir: Path, keep: int) -> list[Path]:
 
     deleted: list[Path] = []
     folders = sorted((p for p in (run_dir / "wandb").glob("*run-*") if p.is_dir()), key=_started)
-    unsynced = [p for p in folders if p.name.startswith("offline-") and not any(p.glob("*.wandb.synced"))]
+    unsynced = unsynced_offline_runs(run_dir)
     for folder in folders[:-keep]:
         if folder not in unsynced:
             shutil.rmtree(folder, ignore_errors=True)
@@ -429,6 +429,13 @@ def _seconds(text: str) -> float | None:
         return float(text)
     except ValueError:
         return None
+
+
+def unsynced_offline_runs(run_dir: Path) -> list[Path]:
+    """The offline W&B run folders of a run directory that `wandb sync` has not uploaded (it marks those it has with
+    `run-<id>.wandb.synced`), oldest first."""
+    folders = sorted((p for p in (run_dir / "wandb").glob("offline-run-*") if p.is_dir()), key=_started)
+    return [p for p in folders if not any(p.glob("*.wandb.synced"))]
 
 
 def _started(folder: Path) -> str:
