@@ -676,6 +676,21 @@ def test_the_closing_line_counts_the_offline_runs_not_uploaded_yet(tmp_path, cap
     assert "wandb sync" not in caplog.text and "W&B" not in caplog.text
 
 
+def test_tensorboard_not_installed_is_one_line_saying_what_to_install(tmp_path):
+    """Without the `tensorboard` extra the train stage failed with ModuleNotFoundError tracebacks (exit 1) after
+    ingest and window had run."""
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    not_installed = 'sys.modules["tensorboard"] = sys.modules["tensorboardX"] = None'  # what `import` then refuses
+    (hidden / "sitecustomize.py").write_text(f"import sys\n{not_installed}\n")
+    config = write_config(tmp_path, {"tracking.backend": "tensorboard"})
+    result = cli("run", "--config", str(config), env={"PYTHONPATH": str(hidden)})
+    assert result.returncode == 2 and not (tmp_path / "run").exists(), result.stderr[-3000:]
+    assert result.stderr.strip().splitlines() == [
+        "error: tracking.backend: tensorboard needs the tensorboard package: pip install 'lstm-pipeline[tensorboard]'"
+    ]
+
+
 def test_artifact_names_are_what_wandb_accepts():
     assert artifact_name("vic_elec-model") == "vic_elec-model"
     assert artifact_name("my run/v2 (test)-model") == "my-run-v2-test-model"

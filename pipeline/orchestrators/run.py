@@ -17,7 +17,7 @@ from pipeline.config import Config, save_config
 from pipeline.library.artifacts import META
 from pipeline.library.runtime import dist_state
 from pipeline.stages.table import NAMES, stage_dir, stage_function
-from pipeline.stages.tracking import prune_local_runs, unsynced_offline_runs, wandb_mode
+from pipeline.stages.tracking import check_tracking, prune_local_runs, unsynced_offline_runs
 
 log = logging.getLogger("pipeline")
 
@@ -25,8 +25,7 @@ log = logging.getLogger("pipeline")
 def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -> Path:
     """Run `names` in order (each skipped when its inputs are unchanged, unless `force`); the run directory."""
     state = dist_state()
-    if cfg.tracking.backend == "wandb":
-        wandb_mode(cfg.tracking.mode)  # a bad WANDB_MODE fails before ingest, not after the stages before train
+    check_tracking(cfg)  # a bad WANDB_MODE, or TensorBoard not installed, fails before ingest, not at the first log
     if "train" in names[1:] and (force or not (stage_dir(cfg, "train") / META).is_file()):
         from pipeline.stages.train import check_resume, training_precision
 

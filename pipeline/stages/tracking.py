@@ -57,6 +57,22 @@ def wandb_mode(configured: str) -> str:
     return mode
 
 
+TENSORBOARD_INSTALL = "pip install 'lstm-pipeline[tensorboard]'"
+
+
+def check_tracking(cfg: Config) -> None:
+    """What the configured backend needs, checked before any stage works: a WANDB_MODE W&B takes, or TensorBoard
+    installed (an extra; without it the first stage to log failed with a traceback, after the stages before it)."""
+    t = cfg.tracking
+    if t.backend == "wandb":
+        wandb_mode(t.mode)
+    elif t.backend == "tensorboard":
+        import importlib.util
+
+        if not any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+            raise ConfigError(f"tracking.backend: tensorboard needs the tensorboard package: {TENSORBOARD_INSTALL}")
+
+
 class Tracker:
     """A thin front to one Accelerate tracker; every method is a no-op without one.
 
@@ -280,8 +296,7 @@ def open_tracker(
 ) -> Tracker:
     """The stage's tracker (started at its first use); `deferred`: logged values wait for `commit()`."""
     t = cfg.tracking
-    if t.backend == "wandb":
-        wandb_mode(t.mode)  # every process: a bad WANDB_MODE stops them all, before the stage's work
+    check_tracking(cfg)  # every process: what stops one stops them all, before the stage's work
     if not is_main or t.backend == "none":
         return Tracker()
     return Tracker(lambda: _start(cfg, job_type, run_id), t.backend, deferred)
