@@ -643,6 +643,15 @@ def test_an_unwritable_wandb_folder_is_one_line_naming_it(tmp_path):
                          "without W&B)")  # fmt: skip
 
 
+def test_an_empty_wandb_mode_is_unset(tmp_path):
+    """`WANDB_MODE=` (a manifest's `value: ""`): W&B refused the empty string with a pydantic traceback, exit 1."""
+    config = write_config(tmp_path, {"tracking.backend": "wandb", "tracking.mode": "offline"})
+    result = cli("ingest", "--config", str(config), env=wandb_env(tmp_path, WANDB_MODE=""))
+    assert result.returncode == 0, result.stderr[-3000:]
+    [run] = wandb_runs(tmp_path / "run")
+    assert run.run["job_type"] == "ingest" and [a["type"] for a in run.artifacts] == ["dataset"]
+
+
 @pytest.mark.slow
 def test_wandb_mode_dryrun_is_an_offline_run_with_its_lineage(tmp_path):
     """W&B's older name for offline: the stages took the online path, and train's use_artifact failed with

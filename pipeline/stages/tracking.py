@@ -320,6 +320,8 @@ def _start(cfg: Config, job_type: str, run_id: str | None) -> tuple[Any, Path | 
     from accelerate.tracking import WandBTracker
 
     mode = wandb_mode(t.mode)
+    if os.environ.get("WANDB_MODE") == "":  # unset, as `wandb_mode` reads it (a manifest's `value: ""`); W&B refuses ""
+        del os.environ["WANDB_MODE"]
     if mode == "online" and not wandb_credentials_present():
         log.info("no W&B credentials found; tracking offline")
         mode = "offline"
