@@ -170,3 +170,10 @@ def test_version_prints_the_package_version_and_exits_0():
     result = cli("--version")
     assert (result.returncode, result.stdout, result.stderr) == (0, f"lstm-pipeline {project['version']}\n", "")
     assert "--version" in cli("--help").stdout
+
+
+def test_stage_help_says_how_to_override_a_config_key():
+    """`run --help` listed --config and --force only: the overrides every command takes were not mentioned."""
+    for command in ("run", "train"):
+        shown = " ".join(cli(command, "--help").stdout.split())
+        assert "key.sub=value, --key.sub=value or --key.sub value" in shown and "docs/config.md" in shown

@@ -35,12 +35,18 @@ SWITCHES = ("--force", "--promote", "-h", "--help", "--version")
 SERVE_INSTALL = "pip install 'lstm-pipeline[serve]'"
 
 
+OVERRIDES_HELP = (
+    "Any config key can follow, in any order with the flags: key.sub=value, --key.sub=value or --key.sub value "
+    "(e.g. train.lr=0.001 --seed 1); every key is in docs/config.md."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lstm-pipeline", description="Staged LSTM time-series training pipeline.")
     parser.add_argument("--version", action="version", version=f"lstm-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
     for name in ("run", *STAGES):
-        p = sub.add_parser(name, help="all stages" if name == "run" else f"the {name} stage")
+        p = sub.add_parser(name, help="all stages" if name == "run" else f"the {name} stage", epilog=OVERRIDES_HELP)
         p.add_argument("--config", required=True, help="experiment YAML")
         p.add_argument("--force", action="store_true", help="redo stages even when their inputs are unchanged")
         if name == "run":
