@@ -149,6 +149,16 @@ def test_dockerignore_keeps_local_state_out():
     assert any("__pycache__" in p for p in patterns)
 
 
+def test_every_venv_the_makefile_makes_stays_out_of_the_build_context():
+    """`make test-pandas2` makes .venv-pandas2, which every `docker build` sent along (the context is the repo)."""
+    makefile = (REPO / "Makefile").read_text()
+    venvs = set(re.findall(r"^[A-Z0-9_]*VENV \??:?= *(\S+)$", makefile, flags=re.M))
+    assert {".venv", ".venv-pandas2"} <= venvs
+    patterns = ignored()
+    for venv in venvs:
+        assert any(fnmatch.fnmatch(venv, pattern) for pattern in patterns), venv
+
+
 def test_hadolint():
     linter = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
     if linter is None:
