@@ -87,6 +87,17 @@ def test_every_copied_path_exists_and_is_in_the_build_context():
             assert not hit, f"COPY {source} is excluded by .dockerignore ({hit})"
 
 
+def test_the_image_copies_the_files_the_package_build_reads_before_installing_it():
+    """pyproject names README.md and the licence: a build without them loses the description or the licence text
+    (setuptools only warns where a license-files pattern matches nothing)."""
+    project = pyproject()["project"]
+    needed = {project["readme"], *project["license-files"]}
+    assert all((REPO / name).is_file() for name in needed), needed
+    install = next(i for i, (kind, args) in enumerate(instructions()) if kind == "RUN" and '".[' in args)
+    copied = {w for kind, args in instructions()[:install] if kind == "COPY" for w in args.split()[:-1]}
+    assert needed <= copied, needed - copied
+
+
 def test_installs_the_package_with_the_extras_the_makefile_uses():
     makefile = (REPO / "Makefile").read_text()
     (make_args,) = [args for args in pip_installs(makefile) if args]
