@@ -381,3 +381,87 @@ def test_two_processes_train_the_same_covariate_model_as_one(tmp_path):
     agg = [s["backtest"]["aggregate"] for s in scores]
     assert agg[1]["model"]["mase"] == pytest.approx(agg[0]["model"]["mase"], rel=1e-6)
     assert double["n_windows"] == single["n_windows"]
+
+
+@pytest.mark.parametrize("name", ["target", "row", "series"])
+def test_a_covariate_named_like_the_readers_own_columns_keeps_target_and_rows(name):
+    """Ingest's long frame has columns series, time, target and row: a covariate of one of those names
+    (a sales `target`, say) once replaced that column, and the model trained on the covariate as its target."""
+    frame = _frame().rename(columns={"temp": name})
+    series = prepare_series(frame, _data_cfg(past_covariates=[name]))
+    assert series.ids == ["s0", "s1", "s2"]
+    np.testing.assert_array_equal(series.values[:LENGTH], frame["y"].to_numpy()[:LENGTH])
+    np.testing.assert_array_equal(series.covariates[:LENGTH, 0], frame[name].to_numpy()[:LENGTH])
+    broken = frame.assign(flag=frame["flag"].where(frame.index != 9))
+    with pytest.raises(DataError, match=r"covariate 'flag' at 2024-01-01 09:00:00 \(row 10\)"):
+        prepare_series(broken, _data_cfg(past_covariates=[name]))
+
+
+def test_a_covariate_named_time_beside_another_time_column_is_read_as_a_covariate():
+    frame = _frame().rename(columns={"time": "date", "temp": "time"})
+    series = prepare_series(frame, _data_cfg(time_column="date", past_covariates=["time"]))
+    np.testing.assert_array_equal(series.covariates[:LENGTH, 0], frame["time"].to_numpy()[:LENGTH])
+    assert series.starts[0] == pd.Timestamp("2024-01-01")
+
+
+def test_a_static_covariate_named_row_keeps_the_row_numbers_of_errors():
+    frame = _frame().rename(columns={"size": "row"})
+    series = prepare_series(frame, _data_cfg(static_covariates=["row"]))
+    np.testing.assert_array_equal(series.static[:, 0], [1.0, 2.0, 3.0])
+    changed = frame.assign(row=frame["row"].where(frame.index != 310, 9.0))
+    message = r"static covariate 'row' changes within the series \(2 in row 301, 9 in row 311\)"
+    with pytest.raises(DataError, match=message):
+        prepare_series(changed, _data_cfg(static_covariates=["row"]))
+
+
+def _run_and_predict(tmp_path, frame: pd.DataFrame, names: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(evaluate/forecasts.csv, predict's forecast of the trained series and a new one) of a small covariate run
+    on `frame` with its columns renamed by `names`."""
+    col = {c: names.get(c, c) for c in ["id", "time", "y", "temp", "flag", "size"]}
+    frame = frame.rename(columns=col)
+    tmp_path.mkdir()
+    data = tmp_path / "shop.csv"
+    frame.to_csv(data, index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {
+                "source": str(data),
+                "id_column": col["id"],
+                "time_column": col["time"],
+                "target_column": "y",
+                "freq": "h",
+                "val_size": 0.15,
+                "test_size": 0.15,
+                "past_covariates": [col["temp"]],
+                "future_covariates": [col["flag"]],
+                "static_covariates": [col["size"]],
+            },
+            "window.lookback": 24,
+            "window.horizon": 6,
+            "train.max_steps": 10,
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+            "export.onnx": False,
+        },
+    )
+    done = cli_in_process("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-2000:]
+    new = frame[frame[col["id"]] == "s1"].assign(**{col["id"]: "new", "y": lambda f: f["y"] + 3.0})
+    both = pd.concat([frame, new]).groupby(col["id"])
+    history, future = both.head(200), both.nth(list(range(200, 206)))[[col["id"], col["time"], col["flag"]]]
+    forecast = Forecaster.load(tmp_path / "run" / "export").predict(history, future=future)
+    return pd.read_csv(tmp_path / "run" / "evaluate" / "forecasts.csv"), forecast
+
+
+@pytest.mark.slow
+def test_covariates_named_like_internal_columns_train_and_forecast_as_under_other_names(tmp_path):
+    """A past covariate `target`, a future one `time` (beside a time column `date`) and a static one `row`: once
+    the first became the target, the second a traceback; the run and predict must not depend on the names."""
+    frame = _frame()
+    plain_eval, plain = _run_and_predict(tmp_path / "plain", frame, {})
+    names = {"id": "store", "time": "date", "temp": "target", "flag": "time", "size": "row"}
+    odd_eval, odd = _run_and_predict(tmp_path / "odd", frame, names)
+    pd.testing.assert_frame_equal(odd_eval, plain_eval)
+    assert sorted(odd["store"].unique()) == ["new", "s0", "s1", "s2"]
+    np.testing.assert_array_equal(odd["forecast"].to_numpy(), plain["forecast"].to_numpy())

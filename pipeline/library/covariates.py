@@ -29,15 +29,24 @@ if TYPE_CHECKING:
     from pipeline.library.sources import DataLayout
 
 
+FRAME_PREFIX = "covariate:"
+
+
+def frame_column(name: str) -> str:
+    """The column of a reader's frame that holds covariate `name`: prefixed, because those frames have columns of
+    their own (series, time, target, row) that a covariate of the same name, a sales `target` say, would replace."""
+    return FRAME_PREFIX + name
+
+
 def on_grid(
     sid: str, part: pd.DataFrame, names: list[str], grid: pd.DatetimeIndex, data: DataLayout
 ) -> np.ndarray | None:
     """(len(grid), K) float64 covariate values on the series' regular grid, by `data.missing`; None = drop the series.
 
-    `part` holds the series' rows (columns `time`, `row` and the covariate names, sorted by time).
+    `part` holds the series' rows (columns `time`, `row` and `frame_column(name)` of each covariate, sorted by time).
     """
     times = pd.DatetimeIndex(part["time"].to_numpy())
-    values = part[names].to_numpy(dtype=np.float64)
+    values = part[[frame_column(n) for n in names]].to_numpy(dtype=np.float64)
     if len(grid) != len(times):
         values = pd.DataFrame(values, index=times).reindex(grid).to_numpy()
     huge = np.abs(np.nan_to_num(values, posinf=0.0, neginf=0.0)) > FLOAT32_MAX  # the buffer is float32: inf
@@ -69,10 +78,12 @@ def on_grid(
 
 
 def static_row(sid: str, part: pd.DataFrame, names: list[str], source: str) -> list[float]:
-    """The series' static covariates: each must be finite and the same in every row of the series."""
+    """The series' static covariates: each must be finite and the same in every row of the series.
+
+    `part` holds the series' rows: columns `row` and `frame_column(name)` of each static covariate."""
     out = []
     for name in names:
-        col = part[name].to_numpy(dtype=np.float64)
+        col = part[frame_column(name)].to_numpy(dtype=np.float64)
         if not np.isfinite(col).all():
             j = int(np.flatnonzero(~np.isfinite(col))[0])
             raise DataError(

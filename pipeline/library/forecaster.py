@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from pipeline.library import scaling
 from pipeline.library.artifacts import sha256_file
 from pipeline.library.calendar import Calendar, encode, fixed_step_ns
-from pipeline.library.covariates import static_row
+from pipeline.library.covariates import frame_column, static_row
 from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import parse_times, read_history, row_of
 from pipeline.library.history_stats import stats_from_history
@@ -261,7 +261,7 @@ class Forecaster:
         out = []
         for sid in ids:
             part = history[keys == sid]
-            frame = part[names].apply(pd.to_numeric, errors="coerce")
+            frame = part[names].apply(pd.to_numeric, errors="coerce").set_axis(map(frame_column, names), axis=1)
             frame["row"] = [row_of(part, j) for j in range(len(part))]
             out.append(static_row(sid, frame, names, source))
         return np.array(out, dtype=np.float64)
@@ -346,8 +346,9 @@ class Forecaster:
             row = int(np.flatnonzero(times.isna().to_numpy())[0]) + 1
             raise DataError(f"{source}: row {row}: unparseable timestamp")
         frame = pd.DataFrame({"id": future[id_col].astype(str) if keyed else "series", "time": times.to_numpy()})
-        for name in names:
-            frame[name] = pd.to_numeric(future[name], errors="coerce").to_numpy(dtype=np.float64)
+        keys = [frame_column(name) for name in names]  # a covariate called `id` or `time` keeps its own column
+        for name, key in zip(names, keys, strict=True):
+            frame[key] = pd.to_numeric(future[name], errors="coerce").to_numpy(dtype=np.float64)
         dup = frame.duplicated(["id", "time"])
         if dup.any():
             r = frame[dup].iloc[0]
@@ -356,7 +357,7 @@ class Forecaster:
         index = pd.MultiIndex.from_arrays(
             [np.repeat(np.asarray(ids if keyed else ["series"] * len(ids), dtype=object), self.horizon), wanted.ravel()]
         )
-        values = frame.set_index(["id", "time"])[names].reindex(index).to_numpy()
+        values = frame.set_index(["id", "time"])[keys].reindex(index).to_numpy()
         bad = ~np.isfinite(values)
         if bad.any():
             row, k = np.argwhere(bad)[0]
@@ -474,7 +475,7 @@ class Forecaster:
             raise DataError(f"{source}: time column '{time_col}' not found; columns: {found}")
         if s.format == "wide":
             value_cols = [c for c in history.columns if c != time_col and c not in covs]
-            frames = {str(c): history[[time_col, c, *covs]].rename(columns={c: "y"}) for c in value_cols}
+            frames = {str(c): self._series_frame(history, time_col, c) for c in value_cols}
         else:
             if target_col not in history.columns:
                 raise DataError(f"{source}: target column '{target_col}' not found; columns: {found}")
@@ -485,28 +486,36 @@ class Forecaster:
                     row = row_of(history, int(np.flatnonzero(history[id_col].isna().to_numpy())[0]))
                     raise DataError(f"{source}: row {row}: missing series id (column '{id_col}')")
                 frames = {
-                    str(k): g[[time_col, target_col, *covs]].rename(columns={target_col: "y"})
+                    str(k): self._series_frame(g, time_col, target_col)
                     for k, g in history.groupby(id_col, sort=True, observed=True)
                 }
             else:
-                frames = {"series": history[[time_col, target_col, *covs]].rename(columns={target_col: "y"})}
+                frames = {"series": self._series_frame(history, time_col, target_col)}
         if not frames:
             raise DataError(f"{source}: no rows")
         step = pd.tseries.frequencies.to_offset(s.freq)
         out = {}
         for sid, frame in frames.items():
-            out[sid] = self._last_window(sid, frame, step, time_col, source, self._needs_history(sid, scale))
+            out[sid] = self._last_window(sid, frame, step, source, self._needs_history(sid, scale))
         return out
 
+    def _series_frame(self, rows: pd.DataFrame, time_col: str, target_col: str) -> pd.DataFrame:
+        """One series' rows as columns `time`, `y` and `frame_column(name)` per covariate (the history's row index
+        kept): fixed names that no column of the user's, a covariate called `y` or `time` say, can take."""
+        columns = {"time": rows[time_col], "y": rows[target_col]}
+        columns.update({frame_column(name): rows[name] for name in self.covariates})
+        return pd.DataFrame(columns, index=rows.index)
+
     def _last_window(
-        self, sid, frame, step, time_col, source, whole: bool = False
+        self, sid, frame, step, source, whole: bool = False
     ) -> tuple[pd.Timestamp, np.ndarray, np.ndarray]:
-        """`whole`: the series' statistics come from its whole history, which is checked as its window is."""
-        times = parse_times(frame[time_col], sid, source)
+        """`frame`: `_series_frame`'s; `whole`: the series' statistics come from its whole history, which is checked as
+        its window is."""
+        times = parse_times(frame["time"], sid, source)
         if times.isna().any():
             row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
             raise DataError(f"{source}: series '{shown(sid)}': unparseable timestamp in row {row}")
-        columns = ["y", *self.covariates]
+        columns = ["y", *map(frame_column, self.covariates)]
         values = np.stack(
             [pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in columns], axis=1
         )
@@ -530,7 +539,7 @@ class Forecaster:
         window = values[-self.lookback :]
         if not np.isfinite(window).all():
             j, k = np.argwhere(~np.isfinite(window))[0]
-            what = f"covariate '{columns[k]}'" if k else "value"
+            what = f"covariate '{self.covariates[k - 1]}'" if k else "value"
             raise DataError(f"{source}: series '{shown(sid)}': missing or non-numeric {what} at {last[j]}")
         names = ["value", *[f"covariate '{name}' value" for name in self.covariates]]
         _refuse_beyond_float32(values if whole else window, times if whole else last, names, sid, source)

@@ -101,7 +101,7 @@ def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout,
         )
     repeats = len(frame) // len(table)  # wide format: each series repeats the table's rows
     for name in names:
-        frame[name] = np.tile(_numeric(table[name], name, data, series=ids), repeats)
+        frame[covariates.frame_column(name)] = np.tile(_numeric(table[name], name, data, series=ids), repeats)
     return frame
 
 
