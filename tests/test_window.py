@@ -317,3 +317,65 @@ def test_a_season_the_test_part_cannot_be_scored_at_is_refused_by_the_window_sta
     with pytest.raises(DataError, match=back):  # two seasons back for a 30-step horizon
         check_scoring_season(config(24), table, ["b"])  # b dropped as too short: not scored either
     check_scoring_season(config(12), table, [])  # 36 steps back
+
+
+def test_a_series_constant_on_its_train_part_is_refused_before_training():
+    """`data.scaling: none` admits a series constant on its train part; its MASE scale (the seasonal-naive error
+    there) is 0, and evaluate refused it after the whole training had run. The window stage says so first."""
+    from pipeline.config import load_config
+    from pipeline.library.errors import DataError
+    from pipeline.stages.window import check_mase_scale
+
+    rows = [
+        {"id": "a", "length": 60, "train_end": 30, "val_end": 40},
+        {"id": "b", "length": 60, "train_end": 30, "val_end": 40},
+        {"id": "c", "length": 40, "train_end": 30, "val_end": 40},  # no test part: not scored
+    ]
+    table = series_table(rows)
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=160).astype(np.float32)
+    raw[60:90] = 0.0  # b: zero over its train part, then demand
+    raw[120:] = 5.0  # c: constant, not scored
+    cfg = load_config(None, ["window.lookback=10", "window.horizon=5", "evaluate.season_length=4"])
+    message = (
+        r"^evaluate.season_length \(4\): series 'b' repeats itself exactly at that season over its train part "
+        r"\(constant there, or periodic without noise\), so its seasonal-naive error there, which scales MASE, is 0"
+    )
+    with pytest.raises(DataError, match=message):
+        check_mase_scale(cfg, table, [], raw)
+    check_mase_scale(cfg, table, ["b"], raw)  # dropped: not scored
+    raw[60:90] = np.tile([1.0, 2.0, 3.0, 4.0], 8)[:30]  # periodic at the season: the same
+    with pytest.raises(DataError, match=message):
+        check_mase_scale(cfg, table, [], raw)
+    raw[65] = 2.5
+    check_mase_scale(cfg, table, [], raw)
+
+
+def test_the_window_stage_refuses_a_constant_series_in_one_line(tmp_path):
+    import pandas as pd
+
+    from .conftest import cli_in_process, write_config
+
+    time = pd.date_range("2024-01-01", periods=300, freq="h")
+    wave = 10 + np.sin(np.arange(300) / 3.8) + np.random.default_rng(0).normal(0, 0.1, 300)
+    frame = pd.concat(
+        [
+            pd.DataFrame({"id": "shop", "time": time, "value": wave}),
+            pd.DataFrame({"id": "closed", "time": time, "value": np.where(np.arange(300) < 250, 0.0, wave)}),
+        ]
+    )
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    overrides = {
+        "data": {"source": str(tmp_path / "data.csv"), "id_column": "id", "target_column": "value", "freq": "h"},
+        "data.scaling": "none",
+        "data.transform": "none",
+        "window.lookback": 48,
+        "window.horizon": 12,
+        "evaluate.season_length": 24,
+    }
+    done = cli_in_process("run", "--config", str(write_config(tmp_path, overrides)))
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: evaluate.season_length (24): series 'closed' repeats itself exactly"), last
+    assert "Traceback" not in done.stderr and (tmp_path / "run" / "ingest").is_dir()
+    assert not (tmp_path / "run" / "window").exists() and not (tmp_path / "run" / "train").exists()

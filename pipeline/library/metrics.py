@@ -53,6 +53,15 @@ def mase_scale(raw: np.ndarray, offsets: np.ndarray, train_end: np.ndarray, seas
     return scales
 
 
+def flat_season_message(season: int, name: str) -> str:
+    """Why a series cannot be scored: its train part repeats itself exactly at `season`, so the MASE scale is 0."""
+    return (
+        f"evaluate.season_length ({season}): series '{name}' repeats itself exactly at that season over its train "
+        f"part (constant there, or periodic without noise), so its seasonal-naive error there, which scales MASE, is 0 "
+        f"and its MASE is undefined; leave the series out of the data or give it a train part that varies"
+    )
+
+
 def error_terms(actual: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
     """Per-point terms whose means are the metrics; `scale` is per window (its series' MASE scale)."""
     err = forecast.astype(np.float64) - actual.astype(np.float64)

@@ -22,7 +22,7 @@ from pipeline.library.artifacts import staged_dir, write_json_atomic
 from pipeline.library.backtest import BacktestPlan, backtest_result, backtest_windows, refit_windows
 from pipeline.library.base_choice import multi_name, smoothed_name
 from pipeline.library.buffer import WindowBuffer
-from pipeline.library.errors import ConfigError
+from pipeline.library.errors import ConfigError, shown
 from pipeline.library.inference import forecast_sharded, load_model, point_of, to_original_units
 from pipeline.library.records import EvaluateRecord, IngestRecord, SeriesTable, TrainRecord, is_cached
 from pipeline.library.refit_folds import copy_fold_models, fold_records, refit_forecasts
@@ -135,9 +135,10 @@ def checked_scales(cfg: Config, series: SeriesTable, raw: np.ndarray, pairs: np.
     bad = used[np.isnan(scale[used]) | (scale[used] == 0)]
     if len(bad):
         name = series.ids[int(bad[0])]
+        if scale[bad[0]] == 0:
+            raise ConfigError(M.flat_season_message(season, shown(name)))
         raise ConfigError(
-            f"evaluate.season_length ({season}): series '{name}' has no seasonal variation on its train part "
-            f"to scale MASE by (train part of {name} too short or constant)"
+            f"evaluate.season_length ({season}): series '{shown(name)}' has a train part too short to scale MASE by"
         )
     positions = M.target_positions(offsets, all_pairs, w.lookback, w.horizon)
     if (positions.min(axis=1) - season * (1 + (w.horizon - 1) // season) < offsets[all_pairs[:, 0]]).any():

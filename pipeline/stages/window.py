@@ -14,10 +14,12 @@ import numpy as np
 
 from pipeline.config import Config
 from pipeline.config.auto import resolve
+from pipeline.library import metrics as M
 from pipeline.library.artifacts import staged_dir
 from pipeline.library.errors import DataError, shown
 from pipeline.library.records import IngestRecord, SeriesTable, WindowRecord, is_cached
 from pipeline.library.runtime import main_process_only
+from pipeline.library.store import read_values
 from pipeline.library.windows import SPLITS, build_window_index, drop_short_series, write_index
 from pipeline.stages.table import cache_key, stage_dir
 
@@ -35,7 +37,9 @@ def _run(cfg: Config, force: bool) -> None:
     cfg = resolve(cfg, ingest)
     key = cache_key("window", cfg, ingest.fingerprint)
     if not force and is_cached(out, key):
-        check_scoring_season(cfg, ingest.series, WindowRecord.require(out, "window").dropped_series)
+        dropped = WindowRecord.require(out, "window").dropped_series
+        check_scoring_season(cfg, ingest.series, dropped)
+        check_mase_scale(cfg, ingest.series, dropped, read_values(stage_dir(cfg, "ingest")))
         log.info("window: up to date (inputs unchanged), skipped; --force redoes it")
         return
     series, w = ingest.series, cfg.window
@@ -44,11 +48,28 @@ def _run(cfg: Config, force: bool) -> None:
     )
     index, dropped = drop_short_series(index, series, w.lookback, w.horizon, cfg.data.short_series)
     check_scoring_season(cfg, series, dropped)
+    check_mase_scale(cfg, series, dropped, read_values(stage_dir(cfg, "ingest")))
     counts = {s: len(index[s]) for s in SPLITS}
     with staged_dir(out) as tmp:
         write_index(tmp, index)
         WindowRecord(key, ingest.fingerprint, w.lookback, w.horizon, counts, dropped, config=cfg.to_dict()).write(tmp)
     log.info("window: train %d, val %d, test %d windows", counts["train"], counts["val"], counts["test"])
+
+
+def scored_series(series: SeriesTable, dropped: list[str]) -> np.ndarray:
+    """(n_series,) bool: the series evaluate scores (kept, with a test part)."""
+    return (series.val_end < series.lengths) & ~np.isin(np.asarray(series.ids, dtype=object), dropped)
+
+
+def check_mase_scale(cfg: Config, series: SeriesTable, dropped: list[str], raw: np.ndarray) -> None:
+    """Every series scored has a MASE scale above 0: a series constant on its train part (which `data.scaling: none`
+    admits) would otherwise be trained on and then refuse evaluate's scoring, here before training. `raw`: ingest's
+    target buffer."""
+    season = cfg.evaluate.season_length
+    scale = M.mase_scale(raw, series.offsets, series.train_end, season)
+    flat = np.flatnonzero(scored_series(series, dropped) & (scale == 0))
+    if len(flat):
+        raise DataError(M.flat_season_message(season, shown(series.ids[int(flat[0])])))
 
 
 def check_scoring_season(cfg: Config, series: SeriesTable, dropped: list[str]) -> None:
@@ -57,7 +78,7 @@ def check_scoring_season(cfg: Config, series: SeriesTable, dropped: list[str]) -
     longer than one season), and the seasonal-naive baseline reads whole seasons back from the test part."""
     season = cfg.evaluate.season_length
     back = season * (1 + (cfg.window.horizon - 1) // season)  # how far the baseline reads back from a test origin
-    scored = (series.val_end < series.lengths) & ~np.isin(np.asarray(series.ids, dtype=object), dropped)
+    scored = scored_series(series, dropped)
     short = np.flatnonzero(scored & (series.train_end <= season))
     if len(short):
         i = int(short[0])
