@@ -92,8 +92,10 @@ class DataConfig:
     error (seasonal swings that grow with the level), else `none`; chosen at ingest, in ingest/meta.json."""
     calendar: list[str] | Literal["auto", "none"] = "auto"
     """Calendar features from the timestamps, known ahead: `day` (time of day), `week` (day of week), `year` (time
-    of year), encoded as sine and cosine; `auto`: the cycles the seasonal base lacks (day+week below daily,
-    week+year daily, none from weekly on)."""
+    of year), encoded as sine and cosine, from the timestamps in UTC where they carry a zone; `auto`: with
+    `model.seasons: auto`, those of the seasons ingest keeps (a daily season gives `day`, a weekly one `week`, a
+    yearly one `year`; none from weekly data on), with a warm start those of its weights; with seasons given,
+    day+week below daily, week+year daily, none from weekly on."""
     past_covariates: list[str] = field(default_factory=list)
     """Numeric columns known only up to the forecast time (e.g. a measured temperature): inputs over the lookback;
     scaled per series from the train part."""
