@@ -58,6 +58,34 @@ def test_coverage_by_hand():
     assert c["0.05-0.95"] == {"nominal": 0.9, "empirical": 8 / 8}
 
 
+def _report_of(quantiles: list[float]) -> str:
+    """report.md of two windows of one series scored with a band at `quantiles`."""
+    from pipeline.library.report import report
+    from pipeline.library.scoring import ScoredWindows, per_series_table, score
+
+    actual = np.array([[1.0, 2.0], [3.0, 4.0]])
+    offsets = np.array(quantiles) - 0.5
+    band = actual[..., None] + offsets
+    point = band[..., quantiles.index(0.5)]
+    forecasts = {"model": point, "naive": actual + 1.0, "seasonal_naive": actual - 0.5}
+    windows = ScoredWindows(np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64), actual, forecasts, np.ones(2),
+                            quantiles, band)  # fmt: skip
+    terms, result = score(windows)
+    result.update(n_windows=2, n_series=1, horizon=2, season_length=1)
+    result["quantiles"]["levels"] = quantiles
+    return report("q", result, per_series_table(windows, terms, ["s"]), [])
+
+
+def test_the_report_says_when_no_quantiles_bound_a_central_interval():
+    """[0.05, 0.5, 0.8] has no pair q, 1 - q: the report showed an empty coverage table and did not say that
+    nothing was calibrated."""
+    lopsided = _report_of([0.05, 0.5, 0.8])
+    assert "| interval |" not in lopsided
+    assert "No central interval among the quantiles (a pair q and 1 - q): no coverage to report" in lopsided
+    central = _report_of([0.1, 0.5, 0.9])
+    assert "| 0.1-0.9 | 80% | 100.0% |" in central and "No central interval" not in central
+
+
 def test_symmetric_intervals_pair_q_with_one_minus_q():
     assert M.symmetric_intervals([0.1, 0.5, 0.9]) == [(0, 2)]
     assert M.symmetric_intervals([0.025, 0.1, 0.25, 0.5, 0.9, 0.975]) == [(0, 5), (1, 4)]

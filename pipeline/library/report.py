@@ -151,9 +151,15 @@ def _quantile_lines(block: dict) -> list[str]:
         f"Quantiles {levels}; the point metrics above score the median. Mean pinball loss "
         f"{block['pinball']:.4g} (original units; {block['scaled_pinball']:.4f} scaled like MASE).",
         "",
-        "| interval | nominal coverage | empirical coverage |",
-        "| --- | ---: | ---: |",
     ]
+    if not block["coverage"]:  # no (q, 1 - q) pair: nothing to score coverage on, nothing calibrated
+        return [
+            *lines,
+            "No central interval among the quantiles (a pair q and 1 - q): no coverage to report, and nothing was "
+            "calibrated on the validation windows (model.calibrate widens central intervals).",
+            "",
+        ]
+    lines += ["| interval | nominal coverage | empirical coverage |", "| --- | ---: | ---: |"]
     for name, c in block["coverage"].items():
         lines.append(f"| {name} | {c['nominal']:.0%} | {c['empirical']:.1%} |")
     if block.get("calibration"):
