@@ -451,3 +451,26 @@ def test_an_error_quotes_at_most_a_few_short_names(covariate_model):
     assert answer.status_code == 400 and answer.json()["error"] == (
         "scale must be one of training, history, got '" + "s" * 36 + "..."
     )
+
+
+def test_model_lists_every_column_a_history_needs():
+    """/model's `history` left out the static covariates a new series must carry, and gave wide models the
+    target column of the config's default, which a wide history does not have."""
+    import dataclasses
+
+    from pipeline.orchestrators.serve import ModelHolder
+
+    holder = ModelHolder(COMPAT / "run" / "export")
+    assert holder.describe()["history"] == {
+        "format": "long",
+        "id_column": "store",
+        "time_column": "time",
+        "target_column": "sales",
+        "covariates": ["temp", "workday"],
+        "future_covariates": ["workday"],
+        "static_covariates": ["size"],
+    }
+    forecaster = holder.served.forecaster
+    forecaster.spec = dataclasses.replace(forecaster.spec, format="wide", id_column=None)
+    wide = holder.describe()["history"]
+    assert (wide["format"], wide["id_column"], wide["target_column"]) == ("wide", None, None)

@@ -152,9 +152,10 @@ class ModelHolder:
                 "format": s.format,
                 "id_column": s.id_column,
                 "time_column": s.time_column,
-                "target_column": s.target_column,
+                "target_column": None if s.format == "wide" else s.target_column,  # wide: a column per series
                 "covariates": f.covariates,
                 "future_covariates": f.future_covariates,
+                "static_covariates": list(f.model.spec.static_covariates),  # read from a new series' rows
             },
         }
 
