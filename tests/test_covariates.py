@@ -465,3 +465,37 @@ def test_covariates_named_like_internal_columns_train_and_forecast_as_under_othe
     pd.testing.assert_frame_equal(odd_eval, plain_eval)
     assert sorted(odd["store"].unique()) == ["new", "s0", "s1", "s2"]
     np.testing.assert_array_equal(odd["forecast"].to_numpy(), plain["forecast"].to_numpy())
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"format": "long", "id_column": "store"}, "future: duplicate row for series 'a' at 2024-01-11 00:00:00"),
+        (
+            {"format": "wide", "id_column": None},
+            "future: duplicate row at 2024-01-11 00:00:00: the future covariates are one row per time, shared by "
+            "every series of this wide model",
+        ),
+        (
+            {"format": "long", "id_column": None},
+            "future: duplicate row at 2024-01-11 00:00:00: the future covariates are one row per time, of the one "
+            "series",
+        ),
+    ],
+)
+def test_duplicate_future_rows_are_named_as_the_model_reads_them(layout, message):
+    """Without an id column (wide data, or a single series), the future covariates are one row per time; a long
+    file with a row per series given to a wide model was refused as a duplicate of a series called 'series'."""
+    import dataclasses
+
+    from tests.test_serve import COMPAT
+
+    forecaster = Forecaster.load(COMPAT / "run" / "export")
+    forecaster.spec = dataclasses.replace(forecaster.spec, **layout)
+    future = pd.read_csv(COMPAT / "future.csv")  # stores a, b and c over the same 12 hours
+    keyed = layout["id_column"] is not None  # keyed: store a's first hour twice; else every hour three times
+    future = pd.concat([future, future.iloc[:1]]) if keyed else future.drop(columns="store")
+    last = np.array(["2024-01-10T23:00"] * 3, dtype="datetime64[ns]")
+    with pytest.raises(DataError) as info:
+        forecaster._future_values(future, ["a", "b", "c"], last, "future")
+    assert str(info.value) == message

@@ -352,7 +352,12 @@ class Forecaster:
         dup = frame.duplicated(["id", "time"])
         if dup.any():
             r = frame[dup].iloc[0]
-            raise DataError(f"{source}: duplicate row for series '{shown(r['id'])}' at {r['time']}")
+            if keyed:
+                raise DataError(f"{source}: duplicate row for series '{shown(r['id'])}' at {r['time']}")
+            shared = "shared by every series of this wide model" if s.format == "wide" else "of the one series"
+            raise DataError(
+                f"{source}: duplicate row at {r['time']}: the future covariates are one row per time, {shared}"
+            )
         wanted = self._future_times(last)
         index = pd.MultiIndex.from_arrays(
             [np.repeat(np.asarray(ids if keyed else ["series"] * len(ids), dtype=object), self.horizon), wanted.ravel()]
