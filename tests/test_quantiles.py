@@ -71,7 +71,10 @@ def _report_of(quantiles: list[float]) -> str:
     windows = ScoredWindows(np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64), actual, forecasts, np.ones(2),
                             quantiles, band)  # fmt: skip
     terms, result = score(windows)
-    result.update(n_windows=2, n_series=1, horizon=2, season_length=1)
+    folds = {"folds": 1, "step": 2, "refit": False, "placement": "inside the test part", "per_fold": []}
+    result.update(
+        n_windows=2, n_series=1, horizon=2, season_length=1, backtest={**folds, "aggregate": score(windows)[1]}
+    )
     result["quantiles"]["levels"] = quantiles
     return report("q", result, per_series_table(windows, terms, ["s"]), [])
 
@@ -82,8 +85,10 @@ def test_the_report_says_when_no_quantiles_bound_a_central_interval():
     lopsided = _report_of([0.05, 0.5, 0.8])
     assert "| interval |" not in lopsided
     assert "No central interval among the quantiles (a pair q and 1 - q): no coverage to report" in lopsided
+    assert "Pooled pinball loss 0.0275 (no central interval to cover)." in lopsided  # was "; coverage ."
     central = _report_of([0.1, 0.5, 0.9])
     assert "| 0.1-0.9 | 80% | 100.0% |" in central and "No central interval" not in central
+    assert "Pooled pinball loss 0.02667; coverage 0.1-0.9 100.0%." in central
 
 
 def test_symmetric_intervals_pair_q_with_one_minus_q():

@@ -211,5 +211,6 @@ def _backtest_lines(bt: dict) -> list[str]:
         )
     if "quantiles" in agg:
         cover = ", ".join(f"{k} {v['empirical']:.1%}" for k, v in agg["quantiles"]["coverage"].items())
-        lines.append(f"\nPooled pinball loss {agg['quantiles']['pinball']:.4g}; coverage {cover}.")
+        cover = f"; coverage {cover}" if cover else " (no central interval to cover)"
+        lines.append(f"\nPooled pinball loss {agg['quantiles']['pinball']:.4g}{cover}.")
     return [*lines, ""]
