@@ -261,7 +261,7 @@ class Forecaster:
         out = []
         for sid in ids:
             part = history[keys == sid]
-            frame = part[names].apply(pd.to_numeric, errors="coerce").set_axis(map(frame_column, names), axis=1)
+            frame = part[names].apply(pd.to_numeric, errors="coerce").set_axis([frame_column(n) for n in names], axis=1)
             frame["row"] = [row_of(part, j) for j in range(len(part))]
             out.append(static_row(sid, frame, names, source))
         return np.array(out, dtype=np.float64)
