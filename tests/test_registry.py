@@ -406,6 +406,45 @@ def test_init_from_a_path_checks_shapes(schedule):
         warm_start_state(cfg.train.init_from, cfg.registry_root, spec, build_model(spec).state_dict())
 
 
+# ---------------------------------------------------------------- covariates changed between nights
+
+
+def test_a_night_that_adds_or_drops_covariates_scores_the_champion_with_its_own(tmp_path):
+    """The champion is scored with the covariate scaling and static values it was trained with, whatever
+    this night ingests: adding a covariate or dropping a static one used to crash the registry step (exit 1,
+    every night); a covariate column the champion reads and this night lacks is one line (exit 2)."""
+    data = full_data()
+    data = data[data["time"] <= np.sort(data["time"].unique())[LENGTHS[0] - 1]].copy()
+    steps = np.arange(len(data))
+    data["temp"], data["temp2"] = np.sin(steps / 7.0), np.cos(steps / 5.0)
+    data["size"] = data["series"].map({"s0000": 1.0, "s0001": 2.0, "s0002": 5.0})
+    data.to_csv(tmp_path / "data.csv", index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(experiment(tmp_path)))
+    root = tmp_path / "registry" / NAME
+
+    run_promote(config, "data.past_covariates=[temp]", "data.static_covariates=[size]")
+    first = history(tmp_path)[-1]
+    run_promote(config, "data.past_covariates=[temp,temp2]", "train.max_steps=40")  # one more, the static dropped
+    second = history(tmp_path)[-1]
+    assert first["version"] == "v0001" and second["champion_version"] == "v0001"
+    # the same data and windows: the champion scores what it scored the night it was the challenger
+    assert second["champion_mase"] == pytest.approx(first["challenger_mase"], rel=1e-12)
+
+    before = (tree_hash(root), registry_store.current_version(root))
+    dropped = cli_in_process(
+        "run", "--config", str(config), "--promote", "data.past_covariates=[]", "train.max_steps=20"
+    )  # fmt: skip
+    champion = second["current"]
+    assert dropped.returncode == 2, dropped.stderr[-2000:]
+    assert dropped.stderr.strip().splitlines()[-1] == (
+        f"error: registry: the champion {champion} reads the covariate 'temp', which this run does not ingest "
+        "(data.past_covariates, data.future_covariates): list it again to score the two on the same windows, "
+        "or use a new `name` for a model without it"
+    )
+    assert (tree_hash(root), registry_store.current_version(root)) == before
+
+
 # ---------------------------------------------------------------- registry pieces
 
 

@@ -37,7 +37,7 @@ from pipeline.library.buffer import WindowBuffer
 from pipeline.library.errors import ConfigError, UserError
 from pipeline.library.forecaster import Forecaster
 from pipeline.library.inference import forecast_windows, point_of, to_original_units
-from pipeline.library.records import ExportRecord, IngestRecord, SeriesTable, WindowRecord
+from pipeline.library.records import ExportRecord, IngestRecord, SeriesStats, SeriesTable, WindowRecord
 from pipeline.library.registry_store import (
     DECISION,
     HISTORY,
@@ -75,6 +75,7 @@ class ScoringWindows:
     mase_scale: np.ndarray  # (W,) MASE denominator of each window's series
     freq: str
     ingest_dir: Path | None = None  # where the covariate columns are read from
+    covariates: tuple[str, ...] = ()  # the time-varying covariate columns this run ingested
 
 
 def scoring_windows(cfg: Config) -> ScoringWindows:
@@ -98,6 +99,7 @@ def scoring_windows(cfg: Config) -> ScoringWindows:
         mase_scale=scale[pairs[:, 0]],
         freq=ingest.freq,
         ingest_dir=ingest_dir,
+        covariates=tuple(ingest.covariates),
     )
 
 
@@ -112,18 +114,21 @@ def comparable(forecaster: Forecaster, windows: ScoringWindows, label: str) -> n
         raise UserError(
             f"registry: the {label} was trained on frequency {forecaster.spec.freq}, the data is {windows.freq}"
         )
+    missing = [name for name in forecaster.model.spec.covariates if name not in windows.covariates]
+    if missing:
+        raise UserError(
+            f"registry: the {label} reads the covariate '{missing[0]}', which this run does not ingest "
+            f"(data.past_covariates, data.future_covariates): list it again to score the two on the same windows, "
+            f"or use a new `name` for a model without it"
+        )
     known = np.array([sid in forecaster.spec.series for sid in windows.table.ids])
     return known[windows.series] & (windows.target_start >= forecaster.lookback)
 
 
 def forecast(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) -> np.ndarray:
     """Forecasts in original units (len(rows), horizon), each series scaled with the model's own scaler."""
-    spec, served = forecaster.model.spec, forecaster.spec.series
-    known = [i for i, sid in enumerate(windows.table.ids) if sid in served]
-    # series the model does not know are not scored; they keep the data's statistics only to fill their slots
-    own = windows.table.stats.with_rows(
-        known, served.stats.take(served.positions([windows.table.ids[i] for i in known]))
-    )
+    spec = forecaster.model.spec
+    own = model_stats(forecaster, windows)
     table = windows.table.with_stats(own)
     transform = forecaster.spec.transform
     buffer = WindowBuffer.for_model(
@@ -133,6 +138,18 @@ def forecast(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) 
     pairs = np.stack([series, windows.target_start[rows] - forecaster.lookback], axis=1).astype(np.int64)
     scaled = forecast_windows(forecaster.model, buffer, pairs, 4096)
     return point_of(to_original_units(scaled, own, series, transform), spec)
+
+
+def model_stats(forecaster: Forecaster, windows: ScoringWindows) -> SeriesStats:
+    """Per series of the current data, the statistics `forecaster` was trained with: its scaler, its covariate
+    scaling and static values, its embedding row. Taken whole from the export, so a model scores the same
+    whichever covariates this run added or dropped; series it does not know borrow a known one's (their
+    windows are never scored)."""
+    served = forecaster.spec.series
+    known = [sid for sid in windows.table.ids if sid in served]
+    if not known:
+        raise UserError("registry: the model knows none of the current data's series")
+    return served.stats.take(served.positions([sid if sid in served else known[0] for sid in windows.table.ids]))
 
 
 def score(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) -> dict[str, float]:
@@ -181,8 +198,12 @@ def promote(cfg: Config) -> dict:
             version = f"v{(store.number(versions(root)[-1]) + 1) if versions(root) else 1:04d}"
             tmp = root / f".{version}.tmp"
             _build_version(cfg, tmp)
-            record = _judge(cfg, tmp, champion_path, previous, windows, version)
-            store.write_json(tmp / DECISION, record)
+            try:
+                record = _judge(cfg, tmp, champion_path, previous, windows, version)
+                store.write_json(tmp / DECISION, record)
+            except BaseException:  # a challenger that cannot be judged leaves no trace in the registry
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             os.rename(tmp, root / version)  # fails rather than replace an existing version
             fsync_dir(root)
         if record["decision"] == "promoted":
