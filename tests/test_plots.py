@@ -36,3 +36,26 @@ def test_the_loss_curve_is_drawn_from_the_training_log(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     assert not write_loss_curve(tmp_path / "empty.jsonl", tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_api_plot_of_a_single_series_backtest_draws_its_history():
+    """A cross-validation frame of data without an id column names its one series `series`; its history
+    has no such column (it used to raise KeyError: 'series')."""
+    import pandas as pd
+
+    from pipeline.library.forecast_plot import forecast_figure
+
+    times = pd.date_range("2024-01-01", periods=30, freq="h")
+    history = pd.DataFrame({"time": times, "value": np.arange(30.0)})
+    cv = pd.DataFrame(
+        {
+            "fold": 1, "series": "series", "origin": times[24], "time": times[24:27], "step": [1, 2, 3],
+            "actual": [24.0, 25.0, 26.0], "forecast": [23.5, 25.5, 26.5], "seasonal_naive": [0.0, 1.0, 2.0],
+        }
+    )  # fmt: skip
+    fig = forecast_figure(cv, history, "time", "value", None)
+    [ax] = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"history", "actual", "forecast", "seasonal naive"}
+    np.testing.assert_array_equal(lines["history"].get_ydata(), np.arange(24.0, 30.0))  # the last 2 x 3 points
+    assert ax.get_title() == "series series"

@@ -36,6 +36,9 @@ def forecast_figure(
         if history is not None:
             history = history.assign(**{key: "series"})
     ids = list(dict.fromkeys(forecast[key].astype(str)))
+    if history is not None and key not in history.columns and len(ids) == 1:
+        # one series: a cross-validation frame names it `series`, its history has no id column
+        history = history.assign(**{key: ids[0]})
     if series is not None:
         unknown = [s for s in series if s not in ids]
         if unknown:
