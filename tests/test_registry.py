@@ -629,6 +629,42 @@ def test_cron_wrapper_never_overlaps(tmp_path):
 
 
 @needs_flock
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_to_the_cron_wrapper_stops_the_run_and_frees_the_lock(tmp_path, sig):
+    """`timeout 3h retrain.sh ...` or `kill` reach the wrapper, not the run: the run must stop with it (it went on
+    training in the background, holding the lock, and the wrapper exited 128 + the signal)."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\necho $$ > "$STUB_PID"\nexec sleep 60\n')  # `-m pipeline run`: a long run
+    stub.chmod(0o755)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"name": NAME, "registry": {"dir": str(tmp_path / "registry")}}))
+    env = {
+        **os.environ,
+        "PYTHON": str(stub),
+        "LOCK_FILE": str(tmp_path / "retrain.lock"),
+        "STUB_PID": str(tmp_path / "pid"),
+    }
+    wrapper = subprocess.Popen(["bash", str(CRON), str(config)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "pid").is_file() or not (tmp_path / "pid").read_text().strip():
+        assert time.monotonic() < deadline and wrapper.poll() is None, "the run never started"
+        time.sleep(0.02)
+    run = psutil.Process(int((tmp_path / "pid").read_text()))
+    wrapper.send_signal(sig)
+    _, stderr = wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 1, stderr
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .endswith("retrain: stopped by a signal, and the run with it (the registry changes only at its end)")
+    )
+    _, alive = psutil.wait_procs([run], timeout=10)
+    assert not alive, "the run outlived the wrapper"
+    with open(tmp_path / "retrain.lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again: the next night is not skipped
+
+
+@needs_flock
 def test_the_default_lock_is_the_same_file_whatever_tmpdir_says(tmp_path):
     """A scheduler may give each job its own TMPDIR: the default lock must not follow it, or two nights overlap."""
     with open("/tmp/lstm-pipeline-retrain-config.lock", "w") as held:

@@ -13,7 +13,7 @@
 #   0   promoted (or unchanged: the current model is already this run's export)
 #   3   trained and scored, but not promoted (the champion stays; see history.jsonl)
 #   2   bad config or input, or a broken registry (one line on stderr says what)
-#   1   internal error, or the run was killed
+#   1   internal error, or the run was killed (a TERM, INT or HUP sent to this script stops the run too)
 #   75  another retraining of this config holds the lock; nothing was done
 # The run itself exits 0 whatever the decision; the decision is read back from the last line of
 # <registry.dir>/<name>/history.jsonl (`$PYTHON -m pipeline decision`), which is this run's
@@ -44,9 +44,26 @@ if ! flock -n 9; then
   exit 75
 fi
 
+# A TERM, INT or HUP sent to this script (`timeout`, `kill`, a scheduler stopping the job) stops the run too:
+# without this the run went on training in the background, holding the lock, after the script had exited 143.
+run_pid=""
+stop() {
+  if [[ -n "$run_pid" ]]; then
+    kill -TERM "$run_pid" 2>/dev/null && wait "$run_pid"
+    echo "$(date -u +%FT%TZ) retrain: stopped by a signal, and the run with it (the registry changes only at its end)" >&2
+  else
+    echo "$(date -u +%FT%TZ) retrain: stopped by a signal" >&2
+  fi
+  exit 1
+}
+trap stop TERM INT HUP
+
 echo "$(date -u +%FT%TZ) retrain: $PYTHON -m pipeline run --config $CONFIG --promote $*" >&2
-"$PYTHON" -m pipeline run --config "$CONFIG" --promote "$@"
+"$PYTHON" -m pipeline run --config "$CONFIG" --promote "$@" &
+run_pid=$!
+wait "$run_pid"
 rc=$?
+run_pid=""
 if [[ $rc -ne 0 ]]; then
   echo "$(date -u +%FT%TZ) retrain: run failed with exit code $rc; the registry is unchanged" >&2
   [[ $rc -eq 2 ]] && exit 2
