@@ -101,6 +101,20 @@ def test_cross_validation_is_one_frame_of_every_fold_with_actuals_and_baselines(
 
 
 @pytest.mark.slow
+def test_cross_validation_keeps_series_ids_that_look_like_numbers_or_missing_values(tmp_path):
+    """The frame is read back from backtest_forecasts.csv: ids were parsed as numbers ('001' -> 1.0, '1e3' ->
+    1000.0) or as missing ('NA' -> NaN), so they matched neither the data nor `predict`'s."""
+    config = write_config(tmp_path, {**{f"data.{k}": v for k, v in DATA.items()}, "train.max_steps": 5})
+    exp = Experiment(config, verbose=False)
+    df = frame()
+    df["series"] = df["series"].map({"s0000": "001", "s0001": "1e3", "s0002": "NA", "s0003": "s3"})
+    exp.fit(df)
+    cv = exp.cross_validation(df, folds=1)
+    assert set(cv["series"]) == {"001", "1e3", "NA", "s3"}
+    assert set(exp.predict()["series"]) == {"001", "1e3", "NA", "s3"}
+
+
+@pytest.mark.slow
 def test_plot_draws_forecasts_over_real_timestamps(fitted):
     import matplotlib.dates as mdates
 

@@ -129,7 +129,10 @@ class Experiment:
         cfg = make_config(cfg, **{"evaluate.backtest": {"folds": folds, "step": step, "refit": refit}})
         self._run(cfg, force=False)
         self._forecaster = None
-        table = pd.read_csv(stage_dir(cfg, "evaluate") / BACKTEST_FORECASTS, parse_dates=["origin", "time"])
+        # ids as the text they are (as `predict` returns them): read as numbers, '001' became 1.0 and 'NA' NaN
+        table = pd.read_csv(
+            stage_dir(cfg, "evaluate") / BACKTEST_FORECASTS, parse_dates=["origin", "time"], converters={"series": str}
+        )
         id_col = self.cfg.data.id_column
         return table.rename(columns={"series": id_col}) if id_col else table
 
