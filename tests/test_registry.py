@@ -406,6 +406,27 @@ def test_init_from_a_path_checks_shapes(schedule):
         warm_start_state(cfg.train.init_from, cfg.registry_root, spec, build_model(spec).state_dict())
 
 
+def test_a_rejected_night_rerun_with_nothing_new_is_decided_again(tmp_path):
+    """docs/registry.md: `unchanged` only when the export is the current version; a rejected challenger rerun
+    with nothing new skips every stage, keeps its version and is rejected again against the same champion."""
+    full_data()[lambda d: d["time"] <= np.sort(d["time"].unique())[LENGTHS[0] - 1]].to_csv(
+        tmp_path / "data.csv", index=False
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(experiment(tmp_path)))
+    run_promote(config, "train.max_steps=150")
+    run_promote(config, "train.max_steps=1")
+    again = run_promote(config, "train.max_steps=1")
+    assert re.findall(r"(\w+): up to date \(inputs unchanged\), skipped", again.stderr) == list(STAGES)
+    first, rejected, rerun = history(tmp_path)
+    assert first["decision"] == "promoted" and rejected["decision"] == rerun["decision"] == "rejected"
+    assert rerun["version"] == rejected["version"] == "v0002" and rerun["current"] == "v0001"
+    assert rerun["challenger_mase"] == rejected["challenger_mase"]
+    assert sorted(p.name for p in (tmp_path / "registry" / NAME).glob("v*")) == ["v0001", "v0002"]
+    decision = cli_in_process("decision", "--config", str(config))
+    assert decision.returncode == 3 and json.loads(decision.stdout)["version"] == "v0002"
+
+
 # ---------------------------------------------------------------- covariates changed between nights
 
 
