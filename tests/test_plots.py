@@ -59,3 +59,18 @@ def test_the_api_plot_of_a_single_series_backtest_draws_its_history():
     assert set(lines) == {"history", "actual", "forecast", "seasonal naive"}
     np.testing.assert_array_equal(lines["history"].get_ydata(), np.arange(24.0, 30.0))  # the last 2 x 3 points
     assert ax.get_title() == "series series"
+
+
+def test_the_api_plot_picks_series_with_numeric_ids_by_their_number():
+    """`plot(series=[7])` on data whose ids are integers (it raised "series '7' is not in the forecast; it
+    has 3, 7", the ids being compared as text and the request as a number)."""
+    import pandas as pd
+
+    from pipeline.library.forecast_plot import forecast_figure
+
+    times = pd.date_range("2024-01-01", periods=3, freq="h")
+    forecast = pd.DataFrame({"store": [3, 3, 3, 7, 7, 7], "time": times.append(times), "forecast": np.arange(6.0)})
+    fig = forecast_figure(forecast, None, "time", "value", "store", series=[7])
+    [ax] = fig.axes
+    assert ax.get_title() == "series 7"
+    np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), [3.0, 4.0, 5.0])

@@ -40,6 +40,7 @@ def forecast_figure(
         # one series: a cross-validation frame names it `series`, its history has no id column
         history = history.assign(**{key: ids[0]})
     if series is not None:
+        series = [str(s) for s in series]  # ids are compared as text: 7 names the series whose id is 7
         unknown = [s for s in series if s not in ids]
         if unknown:
             raise ValueError(f"series '{unknown[0]}' is not in the forecast; it has {', '.join(ids[:10])}")
