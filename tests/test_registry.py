@@ -287,6 +287,20 @@ def test_predict_from_the_registry_current(schedule, tmp_path):
     np.testing.assert_allclose(forecast["forecast"].to_numpy(), direct["forecast"].to_numpy(), rtol=1e-6)
 
 
+def test_the_python_api_loads_a_registry_current_symlink_or_pointer_file(schedule, tmp_path):
+    """docs/python.md: `Forecaster.load(...)  # or a registry's .../current`; on a file system without symlinks
+    `current` is a pointer file, which Forecaster.load took for a missing directory."""
+    copy = tmp_path / "registry"
+    shutil.copytree(schedule["tmp"] / "registry", copy, symlinks=True)
+    history_frame = pd.read_csv(schedule["tmp"] / "data.csv")
+    expected = Forecaster.load(copy / NAME / "v0003").predict(history_frame)["forecast"].to_numpy()
+    assert (copy / NAME / "current").is_symlink()
+    np.testing.assert_array_equal(Forecaster.load(copy / NAME / "current").predict(history_frame)["forecast"], expected)
+    (copy / NAME / "current").unlink()
+    (copy / NAME / "current").write_text("v0003\n")
+    np.testing.assert_array_equal(Forecaster.load(copy / NAME / "current").predict(history_frame)["forecast"], expected)
+
+
 def test_decision_helper_exit_codes(schedule):
     config = schedule["config"]
     rejected = registry_cli("decision", "--config", str(config))
@@ -758,16 +772,3 @@ def test_kubernetes_cronjob():
     dockerfile = (REPO / "docker/Dockerfile").read_text()
     user = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")][-1]
     assert pod["securityContext"]["runAsUser"] == int(user.split(":")[0])
-
-
-def test_forecaster_load_follows_a_pointer_file_current_as_predict_does(tmp_path):
-    """docs/python.md: `Forecaster.load(".../current")`; where `current` is the pointer file (no symlinks), load
-    said 'model directory not found' while `lstm-pipeline predict --model .../current` worked."""
-    fixture = REPO / "tests" / "fixtures" / "run_2232a71"
-    root = tmp_path / "registry" / "demo"
-    shutil.copytree(fixture / "run" / "export", root / "v0001")
-    (root / "current").write_text("v0001\n")
-    history, future = pd.read_csv(fixture / "data.csv"), pd.read_csv(fixture / "future.csv")
-    got = Forecaster.load(root / "current").predict(history, future=future)
-    expected = Forecaster.load(fixture / "run" / "export").predict(history, future=future)
-    pd.testing.assert_frame_equal(got, expected)
