@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -112,6 +113,23 @@ def test_cross_validation_keeps_series_ids_that_look_like_numbers_or_missing_val
     cv = exp.cross_validation(df, folds=1)
     assert set(cv["series"]) == {"001", "1e3", "NA", "s3"}
     assert set(exp.predict()["series"]) == {"001", "1e3", "NA", "s3"}
+
+
+@pytest.mark.slow
+def test_cross_validation_never_promotes_to_the_registry(tmp_path):
+    """With `registry.promote` on, fit promotes as `run --promote` does; cross_validation is an evaluation: each
+    call registered the same model again as a new version, recorded `rejected` and pruned real versions."""
+    registry = {"registry.dir": str(tmp_path / "registry"), "registry.promote": True}
+    config = write_config(tmp_path, {**{f"data.{k}": v for k, v in DATA.items()}, "train.max_steps": 5, **registry})
+    exp = Experiment(config, verbose=False)
+    df = frame()
+    exp.fit(df)
+    root = tmp_path / "registry" / "small"
+    assert [json.loads(line)["decision"] for line in (root / "history.jsonl").read_text().splitlines()] == ["promoted"]
+    exp.cross_validation(df, folds=1)
+    exp.cross_validation(df, folds=1, refit=True)
+    assert len((root / "history.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in root.glob("v*")) == ["v0001"]
 
 
 @pytest.mark.slow

@@ -122,11 +122,13 @@ class Experiment:
         quantiles, and the naive and seasonal-naive forecasts. `refit=False`: the model trained on the train
         part forecasts every fold (the folds lie in the test part); `refit=True`: a model per fold, trained on
         the data before its origin. Runs the stages with `evaluate.backtest` set, in this run directory
-        (training is reused when `fit` ran with the same settings)."""
+        (training is reused when `fit` ran with the same settings), and never promotes to the registry."""
         if folds < 1:
             raise ConfigError(f"cross_validation: folds must be >= 1, got {folds}")
         cfg = self._with_input(df)
-        cfg = make_config(cfg, **{"evaluate.backtest": {"folds": folds, "step": step, "refit": refit}})
+        # an evaluation, never a promotion: with registry.promote each call registered the same model again
+        backtest = {"folds": folds, "step": step, "refit": refit}
+        cfg = make_config(cfg, **{"evaluate.backtest": backtest, "registry.promote": False})
         self._run(cfg, force=False)
         self._forecaster = None
         # ids as the text they are (as `predict` returns them): read as numbers, '001' became 1.0 and 'NA' NaN
