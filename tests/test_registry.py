@@ -772,3 +772,67 @@ def test_kubernetes_cronjob():
     dockerfile = (REPO / "docker/Dockerfile").read_text()
     user = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")][-1]
     assert pod["securityContext"]["runAsUser"] == int(user.split(":")[0])
+
+
+# ---------------------------------------------------------------- rollback
+
+
+def test_a_rollback_serves_the_version_chosen_and_the_nightly_decision_never_undoes_it(tmp_path):
+    """An operator takes a promoted model out of service; the next night with nothing new used to judge it again
+    against the version rolled back to and promote it straight back."""
+    full_data()[lambda d: d["time"] <= np.sort(d["time"].unique())[LENGTHS[0] - 1]].to_csv(
+        tmp_path / "data.csv", index=False
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(experiment(tmp_path)))  # registry.min_improvement 0
+    root = tmp_path / "registry" / NAME
+    run_promote(config, "train.max_steps=150")  # v0001, promoted
+    run_promote(config, "train.max_steps=1")  # v0002, rejected: no better than v0001
+    assert registry_store.current_version(root) == "v0001"
+
+    nothing_before = cli_in_process("rollback", "--config", str(config))
+    assert nothing_before.returncode == 2
+    assert nothing_before.stderr.strip().splitlines()[-1] == (
+        f"error: registry {root}: no version served before v0001 that is still there and not withdrawn; "
+        "name one with --to vNNNN (versions: v0001, v0002)"
+    )
+    for bad, words in (("v0009", "no version v0009"), ("../v0001", "is not a version name")):
+        refused = cli_in_process("rollback", "--config", str(config), "--to", bad)
+        assert refused.returncode == 2 and words in refused.stderr and "Traceback" not in refused.stderr
+    assert registry_store.current_version(root) == "v0001"
+
+    rolled = cli_in_process("rollback", "--config", str(config), "--to", "v0002")
+    assert rolled.returncode == 0, rolled.stderr[-2000:]
+    assert json.loads(rolled.stdout)["withdrawn"] == "v0001"
+    assert registry_store.current_version(root) == "v0002"
+    decision = cli_in_process("decision", "--config", str(config))
+    assert decision.returncode == 0 and json.loads(decision.stdout)["decision"] == "rolled_back"
+
+    night = run_promote(config, "train.max_steps=150")  # v0001's export again: nothing new
+    assert "v0001 not judged" in night.stderr
+    last = history(tmp_path)[-1]
+    assert last["decision"] == "rejected" and last["version"] == "v0001" and last["current"] == "v0002"
+    assert registry_store.current_version(root) == "v0002"
+    assert cli_in_process("decision", "--config", str(config)).returncode == 3
+
+    no_earlier = cli_in_process("rollback", "--config", str(config))  # v0001, before v0002, is withdrawn
+    assert no_earlier.returncode == 2 and "no version served before v0002" in no_earlier.stderr
+    back = cli_in_process("rollback", "--config", str(config), "--to", "v0001")  # an operator puts it back
+    assert back.returncode == 0 and registry_store.current_version(root) == "v0001"
+    again = run_promote(config, "train.max_steps=150")
+    assert history(tmp_path)[-1]["decision"] == "unchanged", again.stderr[-2000:]
+    history_frame = pd.read_csv(tmp_path / "data.csv")
+    np.testing.assert_array_equal(
+        Forecaster.load(root / "current").predict(history_frame)["forecast"],
+        Forecaster.load(root / "v0001").predict(history_frame)["forecast"],
+    )
+
+
+def test_a_rollback_without_a_registry_history_is_one_line(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(experiment(tmp_path)))
+    result = cli_in_process("rollback", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: registry {tmp_path / 'registry' / NAME}: nothing was promoted there, so there is nothing to roll back"
+    )

@@ -10,6 +10,7 @@ Layout, under `registry.dir`:
 <name>/current             -> vNNNN: the version that serves (a relative symlink, or on a file
                            system without symlinks a one-line pointer file naming the version)
 <name>/history.jsonl       one record per decision: time, version, both scores, decision, reason
+                           (and one per rollback: `rolled_back`, the version withdrawn and its export key)
 ```
 
 Only `current` decides what serves. Whoever changes the store holds `locked(root)`; a version
@@ -46,6 +47,11 @@ DECISION = "decision.json"
 
 
 _VERSION = re.compile(r"^v(\d{4,})$")
+
+
+def is_version(name: str) -> bool:
+    """Whether `name` is a version directory's name (v0001, v0002, ...)."""
+    return bool(_VERSION.match(name))
 
 
 def versions(root: Path) -> list[str]:
@@ -174,14 +180,31 @@ def prune_versions(root: Path, keep: int) -> list[str]:
     return old
 
 
-def version_of_export(root: Path, export_key: str) -> str | None:
-    """The version already holding the export made with `export_key`, if any."""
-    for version in reversed(versions(root)):
-        meta = root / version / "meta.json"
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(meta.read_text()).get("key") == export_key:
-                return version
+def export_key(root: Path, version: str) -> str | None:
+    """The key of the export a version holds (its export's meta.json), None where it cannot be read."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return json.loads((root / version / "meta.json").read_text()).get("key")
     return None
+
+
+def version_of_export(root: Path, key: str) -> str | None:
+    """The version already holding the export made with `key`, if any."""
+    return next((v for v in reversed(versions(root)) if export_key(root, v) == key), None)
+
+
+ROLLED_BACK = "rolled_back"
+
+
+def withdrawn_keys(records: list[dict]) -> set[str]:
+    """The export keys a rollback took out of service and no later rollback put back: such an export is never
+    promoted again, so a night with nothing new cannot undo an operator's rollback."""
+    withdrawn: set[str] = set()
+    for record in records:
+        if record.get("decision") == ROLLED_BACK:
+            withdrawn.discard(record.get("export_key"))
+            if record.get("withdrawn_export_key"):
+                withdrawn.add(record["withdrawn_export_key"])
+    return withdrawn
 
 
 def write_json(path: Path, payload: Any) -> None:

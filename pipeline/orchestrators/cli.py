@@ -18,7 +18,7 @@ from pipeline.stages.table import NAMES as STAGES
 
 log = logging.getLogger("pipeline")
 
-COMMANDS = ("run", *STAGES, "predict", "decision", "serve")
+COMMANDS = ("run", *STAGES, "predict", "decision", "rollback", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +30,7 @@ PREDICT_FLAGS = ("--model", "--input", "--output", "--future", "--scale")
 SERVE_FLAGS = ("--model", "--host", "--port", "--poll", "--threads")
 NO_CONFIG = {"predict": PREDICT_FLAGS, "serve": SERVE_FLAGS}
 """The commands that read no config, and their options: anything else after them is no config key either."""
-VALUE_FLAGS = ("--config", *PREDICT_FLAGS, *SERVE_FLAGS[1:])
+VALUE_FLAGS = ("--config", "--to", *PREDICT_FLAGS, *SERVE_FLAGS[1:])
 SWITCHES = ("--force", "--promote", "-h", "--help", "--version")
 SERVE_INSTALL = "pip install 'lstm-pipeline[serve]'"
 
@@ -65,9 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="statistics of trained series: their training ones (default) or their history's, as new series get",
     )
     p = sub.add_parser(
-        "decision", help="print the registry's last decision; exit 0 promoted or unchanged, 3 not promoted"
+        "decision", help="print the registry's last decision; exit 0 promoted, unchanged or rolled back, 3 not promoted"
     )
     p.add_argument("--config", required=True, help="experiment YAML (names the registry)")
+    p = sub.add_parser(
+        "rollback",
+        help="serve the version that served before the current one (or --to vNNNN); the nightly decision never "
+        "promotes the version taken out again",
+    )
+    p.add_argument("--config", required=True, help="experiment YAML (names the registry)")
+    p.add_argument("--to", help="the version to serve (default: the one that served before the current one)")
     p = sub.add_parser("serve", help="HTTP forecasts (POST /forecast) that follow a registry's current")
     p.add_argument("--model", required=True, help="export directory (or a registry's <dir>/<name>/current)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
@@ -149,6 +156,13 @@ def run_command(args: argparse.Namespace) -> int:
         record, code = last_decision(cfg)
         print(json.dumps(record))
         return code
+    if args.command == "rollback":
+        from pipeline.library.runtime import setup_logging
+        from pipeline.orchestrators.rollback import rollback
+
+        setup_logging()
+        print(json.dumps(rollback(cfg, args.to)))
+        return 0
     state = dist_state()
     setup_logging(state.is_main_process)
     if args.command not in ("ingest", "window"):  # those two never import torch

@@ -8,9 +8,10 @@ is already the current version records `unchanged` and changes nothing. Every ev
 challenger is kept as a version; the store (`pipeline.library.registry_store`) makes each change
 atomic under a lock, so a failed, killed or worse run leaves `current` as it was.
 
-`lstm-pipeline decision --config FILE [overrides]` prints the last decision and exits 0 (promoted
-or unchanged), 3 (not promoted) or 2 (no decision yet, or a broken registry): what
-launch/cron/retrain.sh turns into its exit code.
+`lstm-pipeline decision --config FILE [overrides]` prints the last decision and exits 0 (promoted,
+unchanged or rolled back), 3 (not promoted) or 2 (no decision yet, or a broken registry): what
+launch/cron/retrain.sh turns into its exit code. An export withdrawn by `lstm-pipeline rollback`
+(`pipeline.orchestrators.rollback`) is never judged again: it is recorded `rejected`.
 """
 
 from __future__ import annotations
@@ -186,6 +187,13 @@ def promote(cfg: Config) -> dict:
         previous = current_version(root)
         champion_path = champion_dir(root)  # a clear error when `current` names a missing version
         existing = store.version_of_export(root, export.key)
+        if export.key in store.withdrawn_keys(read_history(root)):
+            why = f"{existing or 'this export'} was withdrawn by a rollback; new data or settings make a new challenger"
+            record = _record(cfg, existing, "rejected", why)
+            record.update(current=previous, champion_version=previous, data_fingerprint=_fingerprint(cfg))
+            append_history(root, record)
+            log.info("registry: %s not judged: %s; current: %s", existing or "the export", why, previous)
+            return record
         if existing is not None and existing == previous:
             record = _record(cfg, existing, "unchanged", f"the export is already {existing}, the current version")
             record.update(current=previous, champion_version=previous, data_fingerprint=_fingerprint(cfg))
@@ -291,7 +299,7 @@ def _judge(cfg: Config, version_dir: Path, champion_path: Path | None, previous,
     return record
 
 
-def _record(cfg: Config, version: str, decision: str, reason: str) -> dict[str, Any]:
+def _record(cfg: Config, version: str | None, decision: str, reason: str) -> dict[str, Any]:
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "name": cfg.name,
@@ -345,4 +353,4 @@ def last_decision(cfg: Config) -> tuple[dict, int]:
     if not history:
         raise UserError(f"registry {root}: no decision recorded yet ({root / HISTORY})")
     record = history[-1]
-    return record, 0 if record.get("decision") in ("promoted", "unchanged") else 3
+    return record, 0 if record.get("decision") in ("promoted", "unchanged", store.ROLLED_BACK) else 3
