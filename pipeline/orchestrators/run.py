@@ -9,12 +9,14 @@ it left half-renewed (`check_upstream`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline.config import Config, save_config
 from pipeline.library.artifacts import META
+from pipeline.library.run_lock import run_lock
 from pipeline.library.runtime import dist_state
 from pipeline.stages.table import NAMES, stage_dir, stage_function
 from pipeline.stages.tracking import check_tracking, prune_local_runs, unsynced_offline_runs
@@ -23,7 +25,10 @@ log = logging.getLogger("pipeline")
 
 
 def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -> Path:
-    """Run `names` in order (each skipped when its inputs are unchanged, unless `force`); the run directory."""
+    """Run `names` in order (each skipped when its inputs are unchanged, unless `force`); the run directory.
+
+    The main process holds the run directory's lock throughout (`run_lock`): a second command on the same
+    `output_dir` stops in one line instead of sharing its temporary and work directories."""
     state = dist_state()
     check_tracking(cfg)  # a bad WANDB_MODE, or TensorBoard not installed, fails before ingest, not at the first log
     if "train" in names[1:] and (force or not (stage_dir(cfg, "train") / META).is_file()):
@@ -31,6 +36,11 @@ def run_stages(cfg: Config, names: Sequence[str] = NAMES, force: bool = False) -
 
         training_precision(cfg)  # a precision this machine refuses fails before ingest and window work
         check_resume(cfg)  # ... and so does a train.resume checkpoint that is not there
+    with run_lock(cfg.run_dir) if state.is_main_process else contextlib.nullcontext():
+        return _run_stages(cfg, names, force, state)
+
+
+def _run_stages(cfg: Config, names: Sequence[str], force: bool, state) -> Path:
     for name in names:
         if name == "evaluate" and cfg.evaluate.backtest.folds and cfg.evaluate.backtest.refit:
             from pipeline.orchestrators import refit
