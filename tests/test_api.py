@@ -101,6 +101,23 @@ def test_cross_validation_is_one_frame_of_every_fold_with_actuals_and_baselines(
     assert (exp.run_dir / "evaluate" / "backtest_forecasts.csv").is_file()
 
 
+def test_before_any_run_metrics_is_one_error_naming_the_file(tmp_path):
+    exp = Experiment(write_config(tmp_path), verbose=False)
+    with pytest.raises(DataError, match=r"metrics: no .*evaluate/metrics.json yet; fit a frame first"):
+        exp.metrics  # noqa: B018 - a property: reading it is the test
+
+
+@pytest.mark.slow
+def test_predict_after_cross_validation_on_other_rows_still_defaults_to_the_fitted_frame(tmp_path):
+    """docs/python.md: predict's default history is the frame given to fit; cross_validation(other) replaced it."""
+    config = write_config(tmp_path, {**{f"data.{k}": v for k, v in DATA.items()}, "train.max_steps": 5})
+    exp = Experiment(config, verbose=False)
+    df = frame()
+    exp.fit(df)
+    exp.cross_validation(df[df["series"] != "s0003"], folds=1)
+    assert sorted(exp.predict()["series"].unique()) == sorted(df["series"].unique())
+
+
 @pytest.mark.slow
 def test_cross_validation_keeps_series_ids_that_look_like_numbers_or_missing_values(tmp_path):
     """The frame is read back from backtest_forecasts.csv: ids were parsed as numbers ('001' -> 1.0, '1e3' ->

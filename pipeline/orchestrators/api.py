@@ -31,6 +31,7 @@ from pipeline.config.loading import build
 from pipeline.library.errors import ConfigError, DataError
 from pipeline.library.forecast_plot import forecast_figure
 from pipeline.library.forecaster import Forecaster
+from pipeline.library.run_lock import run_lock
 from pipeline.library.runtime import configure_process, setup_logging
 from pipeline.orchestrators.run import run_stages
 from pipeline.stages.evaluate import BACKTEST_FORECASTS
@@ -92,13 +93,18 @@ class Experiment:
     @property
     def metrics(self) -> dict:
         """evaluate/metrics.json: the model's and the baselines' test metrics."""
-        return json.loads((stage_dir(self.cfg, "evaluate") / "metrics.json").read_text())
+        path = stage_dir(self.cfg, "evaluate") / "metrics.json"
+        if not path.is_file():
+            raise DataError(f"metrics: no {path} yet; fit a frame first (or run the CLI with this config)")
+        return json.loads(path.read_text())
 
     def fit(self, df: pd.DataFrame | Any, force: bool = False) -> Forecaster:
         """Train on `df` (pandas or pyarrow; long or wide as `data.format` says) through every stage; the
         exported Forecaster. Stages whose inputs did not change are skipped, as with the CLI."""
-        self.cfg = self._with_input(df)
-        self._run(self.cfg, force)
+        with run_lock(self.run_dir):  # the input file too: a second fit on this directory stops before writing
+            self.cfg, frame = self._with_input(df)
+            self._run(self.cfg, force)
+        self._history = frame
         self._forecaster = None
         return self.forecaster
 
@@ -125,7 +131,11 @@ class Experiment:
         (training is reused when `fit` ran with the same settings), and never promotes to the registry."""
         if folds < 1:
             raise ConfigError(f"cross_validation: folds must be >= 1, got {folds}")
-        cfg = self._with_input(df)
+        with run_lock(self.run_dir):
+            return self._cross_validation(df, folds, step, refit)
+
+    def _cross_validation(self, df: pd.DataFrame | Any, folds: int, step: int | None, refit: bool) -> pd.DataFrame:
+        cfg, _ = self._with_input(df)
         # an evaluation, never a promotion: with registry.promote each call registered the same model again
         backtest = {"folds": folds, "step": step, "refit": refit}
         cfg = make_config(cfg, **{"evaluate.backtest": backtest, "registry.promote": False})
@@ -157,16 +167,15 @@ class Experiment:
             id_col = "series"
         return forecast_figure(forecast, history, spec.time_column, spec.target_column, id_col, series, max_series)
 
-    def _with_input(self, df: pd.DataFrame | Any) -> Config:
-        """The config with `data.source` at this frame, written (atomically, only when it changed) to the run
-        directory: the same bytes give the same file hash, so the cache keys stay."""
+    def _with_input(self, df: pd.DataFrame | Any) -> tuple[Config, pd.DataFrame]:
+        """(the config with `data.source` at this frame, the frame as read), written (atomically, only when it
+        changed) to the run directory: the same bytes give the same file hash, so the cache keys stay."""
         frame = _pandas(df)
         time_col = self.cfg.data.time_column
         if time_col not in frame.columns and isinstance(frame.index, pd.DatetimeIndex):
             frame = frame.rename_axis(time_col).reset_index()  # a wide frame indexed by time
         if frame.empty:
             raise DataError("fit: the frame has no rows")
-        self._history = frame
         path = (self.run_dir / INPUT_FILE).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -175,7 +184,7 @@ class Experiment:
             tmp.unlink()
         else:
             os.replace(tmp, path)
-        return dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, source=str(path)))
+        return dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, source=str(path))), frame
 
     @staticmethod
     def _run(cfg: Config, force: bool) -> None:
