@@ -140,6 +140,34 @@ def test_file_formats_load_the_same(tmp_path, kind, expected_long):
     _assert_same(_load(source, id_column="id"), expected_long)
 
 
+@pytest.mark.parametrize("kind", ["csv", "tsv", "jsonl"])
+def test_ids_that_look_like_numbers_keep_their_leading_zeros(tmp_path, kind):
+    # read as numbers, "007" and "7" were one series (a duplicate timestamp) and "010" came out as "10"
+    frame = pd.concat(
+        [
+            pd.DataFrame({"id": sid, "time": pd.date_range(T0, periods=n, freq="h").astype(str), "y": np.arange(n) + k})
+            for k, (sid, n) in enumerate([("007", 6), ("7", 5), ("010", 4)])
+        ],
+        ignore_index=True,
+    )
+    source = tmp_path / f"d.{kind}"
+    if kind == "jsonl":
+        frame.to_json(source, orient="records", lines=True)
+    else:
+        frame.to_csv(source, index=False, sep="\t" if kind == "tsv" else ",")
+    s = _load(source, id_column="id")
+    assert s.ids == ["007", "010", "7"]
+    np.testing.assert_array_equal(s.lengths, [6, 4, 5])
+    np.testing.assert_array_equal(s.values, [0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 1, 2, 3, 4, 5])
+
+
+def test_an_empty_or_na_id_in_a_csv_is_still_a_missing_series_id(tmp_path):
+    for cell, row in (("", 2), ("NA", 2)):
+        (tmp_path / "d.csv").write_text(f"id,time,y\n007,2022-01-01 00:00,1\n{cell},2022-01-01 01:00,2\n")
+        with pytest.raises(DataError, match=f"row {row}: missing series id in column 'id'"):
+            _load(tmp_path / "d.csv", id_column="id")
+
+
 def test_directory_source_reads_its_data_files(tmp_path, expected_long):
     frame = _long_frame()
     frame[frame.id == "a"].to_csv(tmp_path / "a.csv", index=False)

@@ -67,12 +67,37 @@ def csv_header(first_line: bytes, sep: str = ",") -> list[str]:
         return []
 
 
+CSV_MISSING = frozenset(
+    {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA"}
+    | {"NULL", "NaN", "None", "n/a", "nan", "null"}
+)
+"""The cells pandas reads as missing by default (`read_csv`'s `na_values`), which a converter bypasses."""
+
+
+def id_as_text(cell: str) -> str | None:
+    """A CSV cell of the series id column as written, or None where pandas would read it as missing.
+
+    Read as numbers, ids "007" and "7" would merge into one series and "010" would come out as "10";
+    ingest (through `datasets`) and `predict` read the column with this converter, so both see "007".
+    """
+    return None if cell in CSV_MISSING else cell
+
+
+def text_ids(id_column: str | None) -> dict:
+    """`read_csv` options that keep the id column's cells as text (`id_as_text`); none without an id column."""
+    return {"converters": {id_column: id_as_text}} if id_column else {}
+
+
 CSV_SUFFIXES = ("", ".csv", ".txt")
 """Read as CSV: the service's body is a file named `history` (no suffix), and .txt is what many exports write."""
 
 
-def read_history(path: str | Path, what: str = "history") -> pd.DataFrame:
-    """A file for `predict` (csv, parquet or json), with a clear error when unreadable."""
+def read_history(path: str | Path, what: str = "history", id_column: str | None = None) -> pd.DataFrame:
+    """A file for `predict` (csv, parquet or json), with a clear error when unreadable.
+
+    The series ids in `id_column` are read as ingest reads them: a CSV's cells as text, a JSON's values as
+    written (pandas would turn the strings "007" and "010" into the numbers 7 and 10, ids the model never saw).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what} file not found: {path}")
@@ -85,11 +110,11 @@ def read_history(path: str | Path, what: str = "history") -> pd.DataFrame:
         if suffix == ".parquet":
             return pd.read_parquet(path)
         if suffix in (".json", ".jsonl"):
-            return pd.read_json(path, lines=suffix == ".jsonl")
+            return pd.read_json(path, lines=suffix == ".jsonl", dtype={id_column: object} if id_column else True)
         sep = "\t" if suffix == ".tsv" else ","
         with path.open("rb") as f:
             check_header(csv_header(f.readline(), sep), str(path))
-        return pd.read_csv(path, sep=sep)
+        return pd.read_csv(path, sep=sep, **text_ids(id_column))
     except DataError:
         raise
     except Exception as exc:  # pandas raises many kinds for malformed files

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from pipeline.library.artifacts import sha256_file
 from pipeline.library.errors import DataError, listed
-from pipeline.library.history import check_header, csv_header
+from pipeline.library.history import check_header, csv_header, text_ids
 
 log = logging.getLogger("pipeline")
 
@@ -137,6 +137,7 @@ def _checked_files(data: DataLayout, files: list[Path]) -> tuple[str, str, dict]
     kwargs = {"sep": "\t"} if kinds == {".tsv"} else {}
     if builders == {"csv"}:
         _check_headers(files, kwargs.get("sep", ","))
+        kwargs.update(text_ids(data.id_column if data.format == "long" else None))
     if builders == {"csv"} and int(pd.__version__.split(".")[0]) < 3:
         # pandas 2's default parser missed the nearest float by a unit in the last place on a third of the values
         # (2 M float32 values printed exactly); pandas 3 parses them exactly and deprecates the option

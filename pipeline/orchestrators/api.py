@@ -141,7 +141,8 @@ class Experiment:
         cfg = make_config(cfg, **{"evaluate.backtest": backtest, "registry.promote": False})
         self._run(cfg, force=False)
         self._forecaster = None
-        # ids as the text they are (as `predict` returns them): read as numbers, '001' became 1.0 and 'NA' NaN
+        # ids as the text they are, as `predict` returns them: read as numbers, '007' became 7.0 and 'NA' NaN (every
+        # id in this file is a real one, so no cell is missing)
         table = pd.read_csv(
             stage_dir(cfg, "evaluate") / BACKTEST_FORECASTS, parse_dates=["origin", "time"], converters={"series": str}
         )

@@ -182,8 +182,10 @@ def predict(
     from pipeline.orchestrators.forecast_io import forecast, forecast_csv
 
     forecaster = Forecaster.load(resolve_model_dir(model_dir))
-    future = read_history(future_path, "future covariates") if future_path else None
-    result = forecast(forecaster, read_history(history_path), str(history_path), future, str(future_path), scale)
+    id_column = forecaster.spec.id_column
+    future = read_history(future_path, "future covariates", id_column) if future_path else None
+    history = read_history(history_path, id_column=id_column)
+    result = forecast(forecaster, history, str(history_path), future, str(future_path), scale)
     write_text_atomic(output, forecast_csv(result))
     log.info("predict: wrote %d rows to %s", len(result), output)
 

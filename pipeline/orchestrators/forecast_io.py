@@ -12,7 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 from pipeline.library.errors import DataError
-from pipeline.library.history import check_header, csv_header
+from pipeline.library.history import check_header, csv_header, text_ids
 
 if TYPE_CHECKING:  # the CLI imports `one_line` for every command: no pandas or torch for that
     import pandas as pd
@@ -81,14 +81,16 @@ def forecast_records(forecast: pd.DataFrame) -> list[dict]:
     return [dict(zip(names, row)) for row in zip(*columns.values())]
 
 
-def read_csv_text(data: bytes, source: str = HISTORY, what: str = "history") -> pd.DataFrame:
-    """A CSV history given as bytes (a request body), parsed as `read_history` parses a .csv file, its error
-    worded the same way."""
+def read_csv_text(
+    data: bytes, source: str = HISTORY, what: str = "history", id_column: str | None = None
+) -> pd.DataFrame:
+    """A CSV history given as bytes (a request body), parsed as `read_history` parses a .csv file (the ids in
+    `id_column` as text), its error worded the same way."""
     import pandas as pd
 
     check_header(csv_header(data[: data.find(b"\n") + 1 or len(data)]), source)
     try:
-        return pd.read_csv(io.BytesIO(data))
+        return pd.read_csv(io.BytesIO(data), **text_ids(id_column))
     except Exception as exc:  # pandas raises many kinds for malformed files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{source}: cannot read {what}: {first[:200]}") from None

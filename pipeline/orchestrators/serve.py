@@ -164,11 +164,14 @@ class UnsupportedMediaType(UserError):
     """A request body of a type the service does not read (answered 415)."""
 
 
-def read_request(body: bytes, content_type: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(history, future covariates or None) from a request body: JSON records or the CSV `predict` reads."""
+def read_request(
+    body: bytes, content_type: str, id_column: str | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """(history, future covariates or None) from a request body: JSON records or the CSV `predict` reads
+    (the series ids in `id_column` as text)."""
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind == "text/csv":
-        return read_csv_text(body), None
+        return read_csv_text(body, id_column=id_column), None
     if kind == "application/json" or kind.endswith("+json"):
         return read_json(body)
     raise UnsupportedMediaType(
@@ -241,7 +244,7 @@ def create_app(holder: ModelHolder, slots: int = 2) -> FastAPI:
     def answer(served: Served, body: bytes, content_type: str, accept: str, scale: str) -> Response:
         version = served.version
         try:
-            history, future = read_request(body, content_type)
+            history, future = read_request(body, content_type, served.forecaster.spec.id_column)
             with computing:
                 result = forecast(served.forecaster, history, HISTORY, future, FUTURE, scale, FUTURE_IN_JSON)
         except UnsupportedMediaType as exc:
