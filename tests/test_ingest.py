@@ -384,6 +384,8 @@ def test_split_sizes():
     assert split_sizes(100, 5, 10) == (85, 90)
     assert split_sizes(7, 0.01, 0.01) == (5, 6)  # fractions round to at least one step
     assert split_sizes(50, 0.1, 3) == (42, 47)
+    assert split_sizes(25, 0.1, 0.1) == (21, 23)  # 2.5 steps round to the even 2 (docs/config.md says so)
+    assert split_sizes(35, 0.1, 0.1) == (27, 31)  # 3.5 to the even 4
 
 
 def _two_series(values_a, values_b) -> SeriesSet:

@@ -79,11 +79,14 @@ class DataConfig:
     missing: Literal["error", "interpolate", "ffill", "drop"] = "error"
     """Missing timestamps or NaN/inf targets: fail, fill linearly, carry forward, or drop the series."""
     short_series: Literal["drop", "error"] = "drop"
-    """A series too short for one training window: drop it with a warning, or fail."""
+    """A series too short for one window in each split (train, validation, test): drop it with a warning, or fail."""
     val_size: int | float = 0.1
-    """Validation part at the end of each series before the test part: a fraction, or steps."""
+    """Validation part at the end of each series before the test part: a fraction of each series' length (rounded to
+    the nearest step by Python's `round`, an exact half to the even step: 0.1 of 25 is 2, of 35 is 4; at least 1),
+    or steps."""
     test_size: int | float = 0.1
-    """Test part at the end of each series: a fraction, or steps."""
+    """Test part at the end of each series: a fraction of each series' length (rounded as `data.val_size`), or
+    steps."""
     scaling: Literal["standard", "robust", "minmax", "none"] = "standard"
     """Per-series scaling fitted on the train part only: mean/std, median/IQR, min/range, or none."""
     transform: Literal["none", "log1p", "auto"] = "auto"
