@@ -188,6 +188,30 @@ def test_wide_format_gives_a_series_per_column(tmp_path):
     np.testing.assert_array_equal(s.values, np.concatenate([np.arange(12.0), np.arange(12.0) * -2.5 + 1]))
 
 
+def test_wide_series_of_different_spans_keep_their_own_start_and_end(tmp_path):
+    # a column's empty cells before its first value and after its last are outside the series; they used to be
+    # missing values: refused under data.missing=error, and filled with copies of the end values otherwise
+    times = pd.date_range("2023-05-01", periods=10, freq="D")
+    late = [np.nan, np.nan, np.nan, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    early = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0, np.nan, np.nan, np.nan, np.nan]
+    wide = pd.DataFrame({"time": times, "early": early, "full": np.arange(10.0), "late": late, "temp": np.arange(10.0)})
+    wide.sample(frac=1.0, random_state=2).to_csv(tmp_path / "w.csv", index=False)  # the span is by time, not row
+    s = _load(tmp_path / "w.csv", format="wide", past_covariates=["temp"])
+    assert s.ids == ["early", "full", "late"]
+    np.testing.assert_array_equal(s.lengths, [6, 10, 7])
+    assert [pd.Timestamp(t) for t in s.starts] == [times[0], times[0], times[3]]
+    np.testing.assert_array_equal(s.values, [*early[:6], *range(10), *late[3:]])
+    np.testing.assert_array_equal(s.covariates[:, 0], [*range(6), *range(10), *range(3, 10)])  # each one's span
+    wide.loc[5, "late"] = np.nan  # inside the span: a missing value, as in long format
+    wide.to_csv(tmp_path / "w.csv", index=False)
+    with pytest.raises(
+        DataError, match=r"series 'late': missing or non-finite target at 2023-05-06 00:00:00 \(row 6\)"
+    ):
+        _load(tmp_path / "w.csv", format="wide", past_covariates=["temp"])
+    filled = _load(tmp_path / "w.csv", format="wide", past_covariates=["temp"], missing="interpolate")
+    np.testing.assert_array_equal(filled.values[-7:], late[3:])
+
+
 def test_mixed_file_formats_rejected(tmp_path):
     _single(range(5)).to_csv(tmp_path / "a.csv", index=False)
     _single(range(5)).to_parquet(tmp_path / "b.parquet")

@@ -21,7 +21,7 @@ from pipeline.library.artifacts import sha256_file
 from pipeline.library.calendar import Calendar, encode, fixed_step_ns
 from pipeline.library.covariates import frame_column, static_row
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import parse_times, read_history, row_of
+from pipeline.library.history import parse_times, read_history, row_of, within_its_span
 from pipeline.library.history_stats import stats_from_history
 from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model import build_model
@@ -480,7 +480,7 @@ class Forecaster:
             raise DataError(f"{source}: time column '{time_col}' not found; columns: {found}")
         if s.format == "wide":
             value_cols = [c for c in history.columns if c != time_col and c not in covs]
-            frames = {str(c): self._series_frame(history, time_col, c) for c in value_cols}
+            frames = {str(c): _its_span(self._series_frame(history, time_col, c), str(c), source) for c in value_cols}
         else:
             if target_col not in history.columns:
                 raise DataError(f"{source}: target column '{target_col}' not found; columns: {found}")
@@ -549,3 +549,14 @@ class Forecaster:
         names = ["value", *[f"covariate '{name}' value" for name in self.covariates]]
         _refuse_beyond_float32(values if whole else window, times if whole else last, names, sid, source)
         return last[-1], window, values
+
+
+def _its_span(frame: pd.DataFrame, sid: str, source: str) -> pd.DataFrame:
+    """A wide history column's rows from its first to its last value, as ingest reads a wide table: a series
+    that ends before the table does is forecast from its own last value (timestamps that do not parse are left
+    for `_last_window` to name)."""
+    times = parse_times(frame["time"], sid, source)
+    if times.isna().any():
+        return frame
+    present = np.where(frame["y"].isna().to_numpy(), np.nan, 0.0)  # a cell that is not a number is present
+    return frame[within_its_span(times.to_numpy(), present)]

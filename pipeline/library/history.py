@@ -39,6 +39,16 @@ def parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
     return times
 
 
+def within_its_span(times: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The rows of one wide column from its first to its last value in time (ingest and `predict` alike): series of
+    a wide table start and end at different times, and the empty cells before and after a series are not missing
+    values of it."""
+    present = ~np.isnan(values)
+    if present.all() or not present.any():  # a column without any value is left whole: data.missing says it
+        return np.ones(len(values), dtype=bool)
+    return (times >= times[present].min()) & (times <= times[present].max())
+
+
 def row_of(frame: pd.DataFrame, position: int) -> object:
     """The 1-based data row of the history file (the frame keeps the file's row index)."""
     label = frame.index[position]

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline.library import covariates, scaling
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import numbers_as_times
+from pipeline.library.history import numbers_as_times, within_its_span
 
 if TYPE_CHECKING:
     from pipeline.library.sources import DataLayout
@@ -76,7 +76,9 @@ def to_long(table: pd.DataFrame, data: DataLayout) -> pd.DataFrame:
         parts = []
         for col in targets:
             values = _numeric(table[col], col, data, series=str(col))
-            parts.append(pd.DataFrame({"series": str(col), "time": times, "target": values, "row": rows}))
+            inside = within_its_span(times.to_numpy(), values)
+            part = {"series": str(col), "time": times[inside], "target": values[inside], "row": rows[inside]}
+            parts.append(pd.DataFrame(part))
         return _with_covariates(pd.concat(parts, ignore_index=True), table, data)
     if id_col is not None and table[id_col].isna().any():  # grouping would silently drop these rows
         i = int(np.flatnonzero(table[id_col].isna().to_numpy())[0])
@@ -99,9 +101,9 @@ def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout,
         raise DataError(
             f"{data.source}: covariate column '{missing[0]}' (data.{kind}_covariates) not found; columns: {found}"
         )
-    repeats = len(frame) // len(table)  # wide format: each series repeats the table's rows
+    rows = frame["row"].to_numpy() - 1  # wide format: each series' rows of the table (its span)
     for name in names:
-        frame[covariates.frame_column(name)] = np.tile(_numeric(table[name], name, data, series=ids), repeats)
+        frame[covariates.frame_column(name)] = _numeric(table[name], name, data, series=ids)[rows]
     return frame
 
 
