@@ -579,3 +579,30 @@ def test_stage_failure_keeps_previous_output(tmp_path):
         ingest.run(cfg)
     assert (out / "meta.json").read_text() == meta_text
     assert not (out.parent / ".ingest.tmp").exists()
+
+
+def test_a_hub_dataset_is_ingested_again_when_its_rows_change(tmp_path, monkeypatch):
+    # a Hub source had no content in its cache key: once ingested, a branch that moved (new rows) was
+    # "up to date" on every later run, and a nightly job trained on the first day's data for ever
+    from pipeline.library import sources
+
+    frame = _long_frame()
+    loads = []
+
+    def hub(dataset_id, split, revision=None, subset=None):  # no network here: the rows a Hub dataset would give
+        loads.append((dataset_id, split, revision, subset))
+        return frame.copy()
+
+    monkeypatch.setattr(sources, "_load_hub", hub)
+    cfg = _stage_config(tmp_path, "someone/sales", transform="none")
+    out = ingest.run(cfg)
+    first = read_meta(out)
+    stamp = os.stat(out / "values.arrow").st_mtime_ns
+    assert loads == [("someone/sales", "train", None, None)]
+    assert ingest.run(cfg) == out and os.stat(out / "values.arrow").st_mtime_ns == stamp  # same rows: skipped
+
+    frame.loc[len(frame)] = {"time": T0 + pd.Timedelta("30h"), "id": "a", "y": 99.0}  # the Hub rows moved on
+    ingest.run(cfg)
+    second = read_meta(out)
+    assert [s["length"] for s in second["series"]] == [31, 20] and second["fingerprint"] != first["fingerprint"]
+    assert read_values(out)[30] == np.float32(99.0)

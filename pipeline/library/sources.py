@@ -95,14 +95,28 @@ def resolve_files(source: str) -> list[Path] | None:
     return None  # `owner/name`: a Hub dataset id
 
 
-def source_fingerprint(data: DataLayout) -> str:
-    """Cheap identity of the source content, known before loading: file hashes, or the config."""
+def source_fingerprint(data: DataLayout) -> str | None:
+    """Cheap identity of the source content, known before loading: file hashes, or the config; None for a Hub
+    dataset, whose rows are known only once loaded (a branch, or a tag, moves): see `table_fingerprint`."""
     files = resolve_files(data.source)
     digest = hashlib.sha256(data.source.encode())
     if files is None:
-        return digest.hexdigest()[:16] if data.source == "synthetic" else ""
+        return digest.hexdigest()[:16] if data.source == "synthetic" else None
     for path in files:
         digest.update(f"{path.name}:{sha256_file(path)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """Identity of a loaded table's content: its column names and types, and every row (a Hub dataset's)."""
+    digest = hashlib.sha256(repr([(str(c), str(t)) for c, t in table.dtypes.items()]).encode())
+    for name in table.columns:
+        column = table[name]
+        try:
+            hashed = pd.util.hash_pandas_object(column, index=False)
+        except TypeError:  # cells pandas cannot hash (lists, dicts: a Hub dataset's nested features)
+            hashed = pd.util.hash_pandas_object(column.astype(str), index=False)
+        digest.update(hashed.to_numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

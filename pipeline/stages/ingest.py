@@ -27,7 +27,7 @@ from pipeline.library.records import IngestRecord, is_cached
 from pipeline.library.runtime import main_process_only
 from pipeline.library.series import SeriesSet, prepare_series
 from pipeline.library.series_stream import stream_series
-from pipeline.library.sources import load_table, parquet_batches, source_fingerprint
+from pipeline.library.sources import load_table, parquet_batches, source_fingerprint, table_fingerprint
 from pipeline.library.splits import split_and_scale
 from pipeline.library.store import VALUES_FILE, write_values
 from pipeline.library.warm_start import warm_start_transform
@@ -47,11 +47,15 @@ def run(cfg: Config, force: bool = False) -> Path:
 
 def _run(cfg: Config, force: bool) -> None:
     out = stage_dir(cfg, "ingest")
-    key = cache_key("ingest", cfg, source_fingerprint(cfg.data))
+    content, table = source_fingerprint(cfg.data), None
+    if content is None:  # a Hub dataset: its rows are its identity (its branch may have moved since)
+        table = load_table(cfg.data)
+        content = table_fingerprint(table)
+    key = cache_key("ingest", cfg, content)
     if not force and is_cached(out, key):
         log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
         return
-    series = read_series(cfg.data)
+    series = read_series(cfg.data) if table is None else prepare_series(table, cfg.data)
     record = dataclasses.replace(split_and_transform(cfg, series), key=key, config=cfg.to_dict())
     identity = {
         "fingerprint": record.fingerprint,
