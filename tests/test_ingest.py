@@ -334,6 +334,19 @@ def test_gap_with_inferred_frequency_names_the_timestamp():
     assert "missing timestamp(s), first 2022-01-01 06:00:00" in msg
 
 
+@pytest.mark.parametrize(
+    ("freq", "inferred"), [("MS", "MS"), ("ME", "ME"), ("B", "B"), ("QS-FEB", "QS-FEB"), ("D", "D"), ("W-MON", "7D")]
+)
+def test_a_calendar_step_is_inferred_across_a_gap(freq, inferred):
+    # pandas infers nothing across a gap; the most common difference was taken instead: 31 days for monthly data
+    # (refused: the next month is off its grid) and 1 day for business days (interpolate filled every weekend)
+    times = pd.date_range("2021-02-01", periods=30, freq=freq)
+    frame = pd.DataFrame({"time": times, "y": np.arange(30.0) * 2}).drop(index=[4])
+    s = prepare_series(frame, _cfg(missing="interpolate"))
+    assert s.freq == inferred
+    np.testing.assert_array_equal(s.values, np.arange(30.0) * 2)  # the one missing step, filled linearly
+
+
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
 def test_timestamps_in_any_unit_lie_on_the_grid(unit):
     """Parquet, JSON and pandas 3 give seconds or microseconds; pandas 2 builds the grid in nanoseconds, and a

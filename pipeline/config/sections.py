@@ -75,7 +75,9 @@ class DataConfig:
     target_column: str = "demand"
     """Long format: column holding the values to forecast."""
     freq: str | None = None
-    """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent."""
+    """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent, from the longest series (across
+    its gaps: the step, of its most common difference and the business-day, month, quarter and year steps, whose grid
+    holds every timestamp in the fewest points)."""
     missing: Literal["error", "interpolate", "ffill", "drop"] = "error"
     """Missing timestamps or NaN/inf targets: fail, fill linearly, carry forward, or drop the series."""
     short_series: Literal["drop", "error"] = "drop"

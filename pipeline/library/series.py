@@ -216,8 +216,43 @@ def freq_of(longest: pd.Series, source: str) -> pd.DateOffset:
         step = pd.Timedelta(diffs.iloc[0])
         if step <= pd.Timedelta(0):
             raise DataError(f"{source}: cannot infer the frequency; set data.freq")
-        return pd.tseries.frequencies.to_offset(step)
+        return _coarsest_step(pd.DatetimeIndex(longest.to_numpy()), pd.tseries.frequencies.to_offset(step))
     return _first_quarter_anchor(pd.tseries.frequencies.to_offset(alias))
+
+
+def _coarsest_step(times: pd.DatetimeIndex, common: pd.DateOffset) -> pd.DateOffset:
+    """The step, of the most common difference `common` and the calendar steps, whose grid from the first timestamp
+    holds every timestamp of a series with gaps in the fewest points (`common` when none does: the grid check names
+    the timestamp off it). The most common difference of monthly data is 31 days, on whose grid the next month is
+    not; that of business days is 1 day, whose grid would fill every weekend under data.missing: interpolate."""
+    first, last = times[0], times[-1]
+    if not (times == times.normalize()).all():  # calendar steps fall on midnights
+        return common
+    candidates = [
+        pd.offsets.BusinessDay(),
+        pd.offsets.MonthBegin(),
+        pd.offsets.MonthEnd(),
+        pd.offsets.QuarterBegin(startingMonth=first.month),
+        pd.offsets.QuarterEnd(startingMonth=first.month),
+        pd.offsets.YearBegin(month=first.month),
+        pd.offsets.YearEnd(month=first.month),
+    ]
+    best = (_grid_points(times, common), common)
+    for step in candidates:
+        grid = pd.date_range(first, last, freq=step)
+        if len(grid) and grid[0] == first and len(grid) < best[0] and times.isin(grid).all():
+            best = (len(grid), step)
+    return _first_quarter_anchor(best[1])
+
+
+def _grid_points(times: pd.DatetimeIndex, step: pd.DateOffset) -> int:
+    """Points of the grid of a fixed `step` from the first timestamp to the last, or a number larger than any
+    calendar grid's where some timestamp is off it."""
+    delta = pd.Timedelta(step)
+    offsets = times - times[0]
+    if (offsets % delta != pd.Timedelta(0)).any():
+        return np.iinfo(np.int64).max
+    return int(offsets[-1] // delta) + 1
 
 
 def _pandas_infer_freq(index: pd.DatetimeIndex) -> str | pd.DateOffset | None:
