@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.library import covariates, scaling
+from pipeline.library.calendar import fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import numbers_as_times, within_its_span
@@ -248,11 +249,12 @@ def _coarsest_step(times: pd.DatetimeIndex, common: pd.DateOffset) -> pd.DateOff
 def _grid_points(times: pd.DatetimeIndex, step: pd.DateOffset) -> int:
     """Points of the grid of a fixed `step` from the first timestamp to the last, or a number larger than any
     calendar grid's where some timestamp is off it."""
-    delta = pd.Timedelta(step)
-    offsets = times - times[0]
-    if (offsets % delta != pd.Timedelta(0)).any():
+    step_ns = fixed_step_ns(step)
+    ns = times.as_unit("ns").asi8  # pandas 3 keeps the unit of the source (seconds, microseconds)
+    offsets = ns - ns[0]
+    if step_ns is None or (offsets % step_ns != 0).any():
         return np.iinfo(np.int64).max
-    return int(offsets[-1] // delta) + 1
+    return int(offsets[-1] // step_ns) + 1
 
 
 def _pandas_infer_freq(index: pd.DatetimeIndex) -> str | pd.DateOffset | None:
