@@ -619,3 +619,22 @@ def test_a_hub_dataset_is_ingested_again_when_its_rows_change(tmp_path, monkeypa
     second = read_meta(out)
     assert [s["length"] for s in second["series"]] == [31, 20] and second["fingerprint"] != first["fingerprint"]
     assert read_values(out)[30] == np.float32(99.0)
+
+
+def test_a_dataset_saved_by_datasets_is_read_as_its_rows(tmp_path, expected_long):
+    # a save_to_disk directory was read as a directory of JSON data files (its state.json and dataset_info.json):
+    # "cannot read as json: Couldn't cast"
+    import datasets
+
+    frame = _long_frame()
+    datasets.Dataset.from_pandas(frame, preserve_index=False).save_to_disk(str(tmp_path / "one"))
+    _assert_same(_load(tmp_path / "one", id_column="id"), expected_long)
+    both = datasets.DatasetDict({"train": datasets.Dataset.from_pandas(frame, preserve_index=False)})
+    both["other"] = datasets.Dataset.from_pandas(frame.assign(y=frame["y"] * 2), preserve_index=False)
+    both.save_to_disk(str(tmp_path / "dict"))
+    _assert_same(_load(tmp_path / "dict", id_column="id"), expected_long)  # data.split: train
+    np.testing.assert_array_equal(
+        _load(tmp_path / "dict", id_column="id", split="other").values, expected_long.values * 2
+    )
+    with pytest.raises(DataError, match=r"dict: no split 'test' \(data.split\); splits: train, other"):
+        _load(tmp_path / "dict", id_column="id", split="test")

@@ -65,7 +65,8 @@ class DataConfig:
     """Where the data comes from and how it is cleaned and split."""
 
     source: str = "builtin:vic_elec"
-    """Path or glob of csv/parquet/json files, `builtin:<name>`, `synthetic`, or a Hub dataset id."""
+    """Path or glob of csv/parquet/json files, a directory of them or one `datasets` saved (`save_to_disk`),
+    `builtin:<name>`, `synthetic`, or a Hub dataset id."""
     format: Literal["long", "wide"] = "long"
     """`long`: one row per (series, time); `wide`: one column per series."""
     id_column: str | None = None
@@ -111,7 +112,7 @@ class DataConfig:
     """Long format: numeric per-series columns, constant within each series (e.g. a store's size); standardised
     across series."""
     split: str = "train"
-    """Hub datasets only: which split to load."""
+    """Hub datasets, and directories `datasets` saved a DatasetDict to (`save_to_disk`): which split to load."""
     revision: str | None = _added(None)
     """Hub datasets only: the git revision (tag, branch or commit) to load; pin one for repeatable runs."""
     subset: str | None = _added(None)

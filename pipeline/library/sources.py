@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 from pipeline.library.artifacts import sha256_file
-from pipeline.library.errors import DataError, listed
+from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import check_header, csv_header, text_ids
 
 log = logging.getLogger("pipeline")
@@ -86,6 +86,8 @@ def resolve_files(source: str) -> list[Path] | None:
     if path.suffix.lower() in _BUILDERS or path.exists() or "/" not in source or source.startswith((".", "/")):
         if not path.exists():
             raise DataError(f"data.source: file not found: {source}")
+        if saved_dataset(source) is not None:  # every file of it: its content's identity
+            return sorted(p for p in path.rglob("*") if p.is_file())
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in _BUILDERS)
             if not files:
@@ -93,6 +95,15 @@ def resolve_files(source: str) -> list[Path] | None:
             return files
         return [path]
     return None  # `owner/name`: a Hub dataset id
+
+
+def saved_dataset(source: str) -> Path | None:
+    """The directory when `source` is one written by `datasets`' `save_to_disk` (a Dataset, or a DatasetDict whose
+    split `data.split` names), else None: its JSON files describe the data, they are not rows."""
+    path = Path(source)
+    if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
+        return path
+    return None
 
 
 def source_fingerprint(data: DataLayout) -> str | None:
@@ -129,6 +140,9 @@ def load_table(data: DataLayout) -> pd.DataFrame:
     files = resolve_files(data.source)
     if files is None:
         return _load_hub(data.source, data.split, data.revision, data.subset)
+    saved = saved_dataset(data.source)
+    if saved is not None:
+        return _load_saved(saved, data.split)
     builder, label, kwargs = _checked_files(data, files)
     return _load_files(builder, [str(p) for p in files], label, **kwargs)
 
@@ -255,6 +269,22 @@ def _load_files(builder: str, files: list[str], label: str, **kwargs) -> pd.Data
         del ds
     if table.empty:
         raise DataError(f"{label}: no rows")
+    return table
+
+
+def _load_saved(path: Path, split: str) -> pd.DataFrame:
+    """A dataset saved with `save_to_disk`: a Dataset, or the `split` of a DatasetDict."""
+    import datasets
+
+    with _reading(str(path), "a dataset saved by datasets (save_to_disk)"):
+        ds = datasets.load_from_disk(str(path), keep_in_memory=True)
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{path}: no split '{shown(split)}' (data.split); splits: {listed(list(ds))}")
+        ds = ds[split]
+    table = ds.to_pandas()
+    if table.empty:
+        raise DataError(f"{path}: no rows")
     return table
 
 
