@@ -106,13 +106,20 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / STATE_FILE).read_text())
 
 
+def _load_pt(path: Path):
+    """A torch.save file of tensors, onto the CPU whatever device wrote it (the optimizer and scaler load their
+    state onto their own devices): a checkpoint of a GPU run resumes on a machine without one, and the ranks of a
+    multi-GPU node do not all read rank 0's moments onto GPU 0."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def latest_valid(root: Path) -> Path | None:
     """Newest checkpoint that reads back whole; broken ones are skipped with a warning."""
     for path in reversed(list_checkpoints(root)):
         try:
             read_state(path)
             load_file(str(path / "model.safetensors"))
-            torch.load(path / "optimizer.pt", weights_only=True)
+            _load_pt(path / "optimizer.pt")
             return path
         except Exception as exc:  # truncated, corrupt or missing files
             log.warning("checkpoint %s is unreadable (%s); falling back to an older one", path, str(exc)[:120])
@@ -124,9 +131,9 @@ def load_checkpoint(path: Path, accelerator, model, optimizer) -> TrainState:
     saved = read_state(path)
     module = accelerator.unwrap_model(model)
     module.load_state_dict(load_file(str(path / "model.safetensors")))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    optimizer.load_state_dict(_load_pt(path / "optimizer.pt"))
     if accelerator.scaler is not None and (path / "scaler.pt").exists():
-        accelerator.scaler.load_state_dict(torch.load(path / "scaler.pt", weights_only=True))
+        accelerator.scaler.load_state_dict(_load_pt(path / "scaler.pt"))
     rng_file = path / f"rng_rank{accelerator.process_index}.safetensors"
     if rng_file.exists():
         rng = load_file(str(rng_file))
