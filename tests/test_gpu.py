@@ -14,11 +14,12 @@ import torch
 from pipeline.config import load_config
 from pipeline.library import checkpoint as ckpt
 from pipeline.library.buffer import WindowBuffer
+from pipeline.library.losses import loss_function
 from pipeline.library.model import ModelSpec, build_model
 from pipeline.library.onnx_export import export_onnx
 from pipeline.library.records import TrainState
 from pipeline.library.schedule import local_batches
-from pipeline.stages.train import make_accelerator, train_step
+from pipeline.stages.train import make_accelerator, train_step, validation_loss
 
 from .conftest import series_table
 
@@ -77,6 +78,17 @@ def test_a_buffer_kept_on_the_host_still_hands_out_gpu_batches():
     assert buffer.values.device.type == "cpu" and buffer.values.is_pinned()
     x, y = buffer.gather(_pairs(buffer))
     assert x.device.type == y.device.type == "cuda"
+
+
+def test_a_buffer_kept_on_the_host_trains_and_validates_on_the_gpu():
+    """train.device_resident=false: the step's loss and validation's sums live on the GPU (tests/test_gpu_paths)."""
+    cfg, accelerator, model, optimizer = _prepared("no")
+    buffer = _buffer("cuda", resident="false")
+    micro = local_batches(_pairs(buffer), 64, 1, cfg.seed, TrainState(), 0, 1)
+    loss, _, skipped = train_step(accelerator, model, optimizer, buffer, micro, cfg, 0)
+    assert loss.device.type == "cuda" and torch.isfinite(loss) and not skipped
+    val = validation_loss(accelerator, model, buffer, _pairs(buffer), 16, loss_function("mae", []))
+    assert 0 < val < float("inf")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

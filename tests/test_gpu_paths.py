@@ -7,15 +7,22 @@ pinned copies made plain copies (pinning needs a GPU).
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.config import load_config
 from pipeline.library import checkpoint as ckpt
+from pipeline.library.buffer import WindowBuffer
+from pipeline.library.losses import loss_function
 from pipeline.library.records import TrainState
+from pipeline.stages import train
 from pipeline.stages.train import make_accelerator
+
+from .conftest import series_table
 
 
 def _as_if_saved_on_cuda(path: Path) -> None:
@@ -58,3 +65,84 @@ def test_a_checkpoint_written_on_a_gpu_resumes_on_a_machine_without_one(tmp_path
     restored = optimizer2.state_dict()["state"][0]
     for key in ("exp_avg", "exp_avg_sq"):
         assert restored[key].device.type == "cpu" and torch.equal(restored[key], moments[key])
+
+
+class _Accelerator:
+    """What the loop asks of Accelerate, for one process; `reduce` stands for NCCL's all-reduce, which takes
+    only tensors on the process's GPU: it records the device of what it is given."""
+
+    process_index, num_processes, scaler, sync_gradients = 0, 1, None, True
+
+    def __init__(self) -> None:
+        self.reduced: list[torch.device] = []
+
+    def unwrap_model(self, model):
+        return model
+
+    def accumulate(self, model):
+        return contextlib.nullcontext()
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm):
+        return torch.zeros(())
+
+    def reduce(self, tensor, reduction):
+        self.reduced.append(tensor.device)
+        return torch.ones(tensor.shape, dtype=tensor.dtype)
+
+
+class _LastSteps(torch.nn.Module):
+    """A stand-in network (the recurrent model asks autocast about its device, which `meta` is not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1)
+
+    def forward(self, x):
+        return self.linear(x[:, -HORIZON:, :1])[..., 0]
+
+
+class _NoOptimizer:
+    def step(self) -> None:
+        pass
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+
+HORIZON = 12
+
+
+def _host_buffer_for(device: str, monkeypatch) -> WindowBuffer:
+    """`train.device_resident=false`: the values stay in host memory, batches come out on `device`."""
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)  # pinning needs a GPU
+    t = np.arange(2000)
+    raw = np.sin(2 * np.pi * t / 12).astype(np.float32)
+    buffer = WindowBuffer.from_ingest(raw, series_table([{"length": 2000}]), 48, HORIZON, device, resident="false")
+    assert buffer.values.device.type == "cpu" and buffer.device.type == device
+    return buffer
+
+
+def test_with_the_buffer_on_the_host_validation_sums_on_the_training_device(monkeypatch):
+    """The sums validation all-reduces were made on the buffer's device (the host), not the training device:
+    on a GPU with `train.device_resident=false` (or a buffer over half the GPU's free memory under auto), adding
+    a GPU loss into a host tensor fails at the first validation, and NCCL takes no host tensor."""
+    buffer = _host_buffer_for("meta", monkeypatch)
+    accelerator = _Accelerator()
+    pairs = torch.stack([torch.zeros(20, dtype=torch.long), torch.arange(20) * 7], dim=1)
+    loss = loss_function("mae", [])
+    train.validation_loss(accelerator, _LastSteps().to("meta"), buffer, pairs, 8, loss)
+    assert accelerator.reduced == [torch.device("meta")]
+
+
+def test_with_the_buffer_on_the_host_a_step_sums_its_loss_on_the_training_device(monkeypatch):
+    """The same for a training step's loss, which the step reporter all-reduces every `train.log_every` steps."""
+    buffer = _host_buffer_for("meta", monkeypatch)
+    monkeypatch.setattr(train, "finite_everywhere", lambda accelerator, loss: True)  # a meta tensor has no value
+    cfg = load_config(None, ["train.loss=mae", "window.lookback=48", f"window.horizon={HORIZON}"])
+    micro = [torch.stack([torch.zeros(8, dtype=torch.long), torch.arange(8) * 7], dim=1)]
+    model = _LastSteps().to("meta")
+    loss, _, _ = train.train_step(_Accelerator(), model, _NoOptimizer(), buffer, micro, cfg, 0)
+    assert loss.device == torch.device("meta")

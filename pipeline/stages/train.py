@@ -599,7 +599,7 @@ def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list,
     `train.skip_nonfinite`, skips the whole optimizer step on every rank alike.
     """
     loss_fn = loss or loss_function(cfg.train.loss, cfg.model.quantiles)
-    total = torch.zeros((), device=buffer.values.device)
+    total = torch.zeros((), device=buffer.device)  # the batches' device (the buffer may stay on the host)
     grad_norm = torch.zeros(())
     skipped = False
     for pairs in micro:
@@ -677,7 +677,7 @@ def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.T
     module = accelerator.unwrap_model(model)
     module.eval()
     shard = val_pairs[accelerator.process_index :: accelerator.num_processes]
-    sums = torch.zeros(2, dtype=torch.float64, device=buffer.values.device)
+    sums = torch.zeros(2, dtype=torch.float64, device=buffer.device)
     for chunk in shard.split(batch_size):
         x, y = buffer.gather(chunk)
         sums[0] += loss(float32_forward(module, x), y, reduction="none").sum(dtype=torch.float64)
