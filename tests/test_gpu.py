@@ -19,7 +19,7 @@ from pipeline.library.model import ModelSpec, build_model
 from pipeline.library.onnx_export import export_onnx
 from pipeline.library.records import TrainState
 from pipeline.library.schedule import local_batches
-from pipeline.stages.train import make_accelerator, train_step, validation_loss
+from pipeline.stages.train import make_accelerator, seed_cuda_step, train_step, validation_loss
 
 from .conftest import series_table
 
@@ -89,6 +89,24 @@ def test_a_buffer_kept_on_the_host_trains_and_validates_on_the_gpu():
     assert loss.device.type == "cuda" and torch.isfinite(loss) and not skipped
     val = validation_loss(accelerator, model, buffer, _pairs(buffer), 16, loss_function("mae", []))
     assert 0 < val < float("inf")
+
+
+def test_recurrent_dropout_masks_repeat_after_a_resume():
+    """cuDNN's LSTM dropout state is not in the RNG state a checkpoint keeps; seeding per step re-creates it."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(4, 16, num_layers=2, dropout=0.5, batch_first=True).cuda().train()
+    x = torch.randn(32, 20, 4, device="cuda")
+    torch.cuda.manual_seed(0)
+    outputs, saved = [], None
+    for step in range(3):
+        if step == 2:
+            saved = torch.cuda.get_rng_state()  # what a checkpoint after step 2 holds
+        seed_cuda_step(0, 0, step)
+        outputs.append(lstm(x)[0].detach())
+    assert not torch.equal(outputs[1], outputs[2])  # dropout is on: each step its own masks
+    torch.cuda.set_rng_state(saved)  # the resume: the generator restored, cuDNN's own dropout state not
+    seed_cuda_step(0, 0, 2)
+    assert torch.equal(lstm(x)[0].detach(), outputs[2])
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -146,3 +147,32 @@ def test_with_the_buffer_on_the_host_a_step_sums_its_loss_on_the_training_device
     model = _LastSteps().to("meta")
     loss, _, _ = train.train_step(_Accelerator(), model, _NoOptimizer(), buffer, micro, cfg, 0)
     assert loss.device == torch.device("meta")
+
+
+def test_on_a_gpu_every_step_seeds_the_gpu_generator_from_the_step_alone(monkeypatch):
+    """cuDNN's recurrent dropout keeps its random state outside the generator a checkpoint restores; seeding the
+    generator before each step makes PyTorch re-create that state from (seed, rank, step), so a resumed step
+    draws the masks the unbroken run drew (tests/test_gpu.py checks the masks themselves on a GPU)."""
+    seeds: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed", seeds.append)
+    monkeypatch.setattr(train, "train_step", lambda *a, **k: (torch.zeros(()), torch.zeros(()), False))
+    cfg = load_config(None, ["train.batch_size=64", "train.max_steps=10"])
+    pairs = torch.stack([torch.zeros(256, dtype=torch.long), torch.arange(256)], dim=1)
+
+    def steps(rank: int, state: TrainState, n: int) -> list[int]:
+        accelerator = SimpleNamespace(device=torch.device("cuda"), process_index=rank, num_processes=2)
+        session = SimpleNamespace(
+            cfg=cfg, accelerator=accelerator, optimizer=torch.optim.AdamW([torch.nn.Parameter(torch.ones(1))]),
+            data=SimpleNamespace(pairs={"train": pairs}, buffer=None), model=None, loss=None, threads=None,
+        )  # fmt: skip
+        seeds.clear()
+        for _ in range(n):
+            train.optimizer_step(session, state)
+        return list(seeds)
+
+    unbroken = steps(0, TrainState(), 3)
+    assert len(set(unbroken)) == 3
+    resumed = TrainState()
+    train.advance(resumed, len(pairs) // 64)
+    assert steps(0, resumed, 2) == unbroken[1:]
+    assert steps(1, TrainState(), 3) != unbroken  # each rank its own masks, as with set_seed(device_specific=True)

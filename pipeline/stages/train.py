@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import logging
 import math
 import shutil
@@ -581,6 +582,8 @@ def optimizer_step(session: Session, state: TrainState) -> tuple[torch.Tensor, t
         accelerator.num_processes,
     )
     set_lr(session.optimizer, lr_at(state.step, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio))
+    if accelerator.device.type == "cuda":
+        seed_cuda_step(cfg.seed, accelerator.process_index, state.step)
     start = time.perf_counter()
     loss, grad_norm, skipped = train_step(
         accelerator, session.model, session.optimizer, session.data.buffer, micro, cfg, state.step, session.loss
@@ -590,6 +593,18 @@ def optimizer_step(session: Session, state: TrainState) -> tuple[torch.Tensor, t
     if session.threads is not None:
         session.threads.after_step(state.step, time.perf_counter() - start)
     return loss, grad_norm
+
+
+def seed_cuda_step(seed: int, rank: int, step: int) -> None:
+    """Seed this process's GPU generator from (seed, rank, step) alone, before the step's first forward.
+
+    cuDNN's recurrent dropout (`model.dropout` between `num_layers` > 1) draws its masks from a state of its
+    own, which PyTorch seeds once from the GPU generator and cuDNN then advances at every call: a resume
+    restores the generator (the checkpoint's RNG state) but not that state, so the resumed steps' masks were
+    not the unbroken run's. PyTorch re-creates the state from the generator whenever the generator is seeded,
+    so with this the masks of every step depend on the step, whether the run was resumed or not."""
+    digest = hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest()
+    torch.cuda.manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
 def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int, loss=None):
