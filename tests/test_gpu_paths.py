@@ -176,3 +176,20 @@ def test_on_a_gpu_every_step_seeds_the_gpu_generator_from_the_step_alone(monkeyp
     train.advance(resumed, len(pairs) // 64)
     assert steps(0, resumed, 2) == unbroken[1:]
     assert steps(1, TrainState(), 3) != unbroken  # each rank its own masks, as with set_seed(device_specific=True)
+
+
+def test_a_cpu_run_on_a_machine_with_gpus_leaves_their_random_state_alone(tmp_path, monkeypatch):
+    """A checkpoint read and wrote the GPU generator wherever CUDA was there, also for a run on the CPU
+    (`ACCELERATE_USE_CPU`, `accelerate launch --cpu`): every rank then opened a CUDA context on GPU 0."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    accelerator, model, optimizer = _accelerated_adamw()
+    assert accelerator.device.type == "cpu"
+    touched: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_rng_state", lambda *a, **k: touched.append("get") or torch.zeros(16, dtype=torch.uint8)
+    )
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a, **k: touched.append("set"))
+    path = ckpt.save_checkpoint(tmp_path, TrainState(step=3), accelerator, model, optimizer, {"key": "k"}, 2)
+    ckpt.load_checkpoint(path, accelerator, model, optimizer)
+    assert touched == []

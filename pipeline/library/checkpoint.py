@@ -54,8 +54,8 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
+    if accelerator.device.type == "cuda":  # this rank's GPU; a CPU run on a GPU machine leaves the GPUs alone
+        rng["cuda"] = torch.cuda.get_rng_state(accelerator.device)
     save_file(rng, str(tmp / f"rng_rank{accelerator.process_index}.safetensors"))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -138,8 +138,8 @@ def load_checkpoint(path: Path, accelerator, model, optimizer) -> TrainState:
     if rng_file.exists():
         rng = load_file(str(rng_file))
         torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        if "cuda" in rng and accelerator.device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], accelerator.device)
     else:
         log.warning("checkpoint %s has no RNG state for rank %d", path, accelerator.process_index)
     return TrainState.from_json(saved)
