@@ -16,8 +16,12 @@ timeout in one step never stops the rest:
      (deterministic cuDNN/cuBLAS kernels: train.deterministic=true);
   e. nvidia-smi and the versions of Python, torch, CUDA, cuDNN, Accelerate.
 
-Writes `gpu_check.json` (every figure, each step's status and seconds) and `gpu_check.log` (the
-steps' output) into --out. Total budget on a GPU: about 8 minutes.
+The versions come first, so that even a check cut short says what it ran on. Writes
+`gpu_check.json` (every figure, each step's status and seconds) and `gpu_check.log` (the steps'
+output) into --out. About 8 minutes on a GPU; --budget (default 540 s) bounds the whole check, so
+that it ends inside a 10-minute device call: a step gets at most the time left, and one that
+would get under 20 s is recorded as skipped. A step that outlives its limit is killed with every
+process it started (its own process group), so nothing of it holds the GPU for the next step.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -44,8 +49,11 @@ GOALS = {"mase_within": 0.03, "pipeline_over_bare": 0.9, "pipeline_over_dataload
 class Check:
     """The steps' results, written to gpu_check.json after every step (a killed check keeps what it had)."""
 
-    def __init__(self, out: Path, device: str, quick: bool) -> None:
+    MIN_STEP_SECONDS = 20
+
+    def __init__(self, out: Path, device: str, quick: bool, budget: float = float("inf")) -> None:
         self.out, self.device, self.quick = out, device, quick
+        self.deadline = time.monotonic() + budget
         out.mkdir(parents=True, exist_ok=True)
         self.log = open(out / "gpu_check.log", "a")  # noqa: SIM115 - open for the whole check
         self.result: dict = {"device": device, "quick": quick, "goals": GOALS, "steps": {}}
@@ -54,22 +62,33 @@ class Check:
             self.env["ACCELERATE_USE_CPU"] = "true"
 
     def run(self, name: str, command: list[str], limit: float) -> subprocess.CompletedProcess | None:
-        """A child process bounded by `limit` seconds; its output goes to the log; None when it timed out."""
+        """A child process bounded by `limit` seconds and by the check's budget; its output goes to the log;
+        None when it timed out or no time was left for it."""
+        limit = min(limit, self.deadline - time.monotonic())
+        if limit < self.MIN_STEP_SECONDS:
+            self.record(name, {"status": "skipped", "why": "out of the check's time budget (--budget)"})
+            return None
         self.log.write(f"\n== {name}: {' '.join(command)}\n")
         self.log.flush()
         start = time.perf_counter()
+        child = subprocess.Popen(
+            command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
         try:
-            done = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=limit)
-        except subprocess.TimeoutExpired as exc:
-            self.log.write((exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""))
-            self.log.write(f"\n[timed out after {limit:.0f} s]\n")
+            stdout, stderr = child.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)  # the step and whatever it started (torchrun, a killed-run check)
+            stdout, stderr = child.communicate()
+            self.log.write(stdout + stderr + f"\n[timed out after {limit:.0f} s]\n")
+            self.log.flush()
             self.record(name, {"status": "timeout", "seconds": round(time.perf_counter() - start, 1)})
             return None
-        self.log.write(done.stdout + done.stderr)
+        self.log.write(stdout + stderr)
         self.log.flush()
-        status = "ok" if done.returncode == 0 else f"exit {done.returncode}"
+        status = "ok" if child.returncode == 0 else f"exit {child.returncode}"
         self.record(name, {"status": status, "seconds": round(time.perf_counter() - start, 1)})
-        return done
+        return subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
 
     @functools.cached_property
     def bf16_failure(self) -> str:
@@ -217,10 +236,11 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "runs" / "gpu_check")))
     p.add_argument("--quick", action="store_true", help="reduced sizes (the CPU test of this script)")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for the whole check (default 540)")
     args = p.parse_args()
-    check = Check(args.out.resolve(), args.device, args.quick)
+    check = Check(args.out.resolve(), args.device, args.quick, args.budget)
     start = time.perf_counter()
-    for step in (tests, demo, throughput, resume, machine):
+    for step in (machine, tests, demo, throughput, resume):
         try:
             step(check)
         except Exception as exc:  # a broken step is recorded; the next one still runs

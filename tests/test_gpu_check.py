@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -43,3 +44,29 @@ def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
         assert steps[name]["pipeline_over_bare"] > 0.5
     assert steps["resume"]["resumed"] and steps["resume"]["weights"]["model.safetensors"]["bit_identical"]
     assert steps["versions"]["torch"] and steps["versions"]["python"]
+
+
+def test_the_gpu_check_stays_inside_its_budget_and_says_which_steps_it_skipped(tmp_path):
+    """A lent GPU runs one command for at most 10 minutes: the check must end inside its --budget, the steps it
+    had no time for recorded as skipped (its step limits alone add up to 18 minutes on a GPU)."""
+    out = tmp_path / "gpu_check"
+    command = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--quick", "--budget", "1", "--out", str(out)]
+    start = time.monotonic()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert time.monotonic() - start < 60
+    steps = json.loads((out / "gpu_check.json").read_text())["steps"]
+    assert set(steps["summary"]) == {
+        "versions",
+        "gpu_tests",
+        "demo_fp32",
+        "throughput_bf16",
+        "throughput_fp32",
+        "resume",
+    }
+    assert set(steps["summary"].values()) == {"skipped"}
+    out_of_time = {
+        name for name, step in steps.items() if step.get("why") == "out of the check's time budget (--budget)"
+    }
+    assert out_of_time >= {"versions", "gpu_tests", "demo_fp32", "throughput_fp32", "resume"}
+    assert steps["versions"]["platform"]  # what it ran on, even so
