@@ -8,6 +8,7 @@ pinned copies made plain copies (pinning needs a GPU).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.library import checkpoint as ckpt
+from pipeline.library import runtime
 from pipeline.library.buffer import WindowBuffer
 from pipeline.library.losses import loss_function
 from pipeline.library.records import TrainState
@@ -193,3 +195,17 @@ def test_a_cpu_run_on_a_machine_with_gpus_leaves_their_random_state_alone(tmp_pa
     path = ckpt.save_checkpoint(tmp_path, TrainState(step=3), accelerator, model, optimizer, {"key": "k"}, 2)
     ckpt.load_checkpoint(path, accelerator, model, optimizer)
     assert touched == []
+
+
+def test_under_a_launcher_the_processes_wait_for_the_main_one_as_long_on_gpus_as_on_cpus(monkeypatch):
+    """NCCL's default timeout is 10 minutes (gloo's 30): the ranks waiting at a barrier while the main process
+    ingests were aborted by NCCL's watchdog after 10 minutes on GPUs."""
+    import accelerate
+
+    made: list[dict] = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: made.append(kwargs))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    runtime.dist_state()
+    assert made == [{"cpu": False, "timeout": datetime.timedelta(minutes=30)}]

@@ -8,6 +8,7 @@ batches about 8x slower, and oversubscribed threads under DDP are many times slo
 from __future__ import annotations
 
 import ctypes
+import datetime
 import functools
 import logging
 import os
@@ -94,6 +95,14 @@ class SingleProcess:
 
 _LAUNCHER_SIZES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
+COLLECTIVE_TIMEOUT_MINUTES = 30
+"""How long a process waits for the others at a barrier or collective before the run fails.
+
+The main process alone ingests, windows, and finishes training (blend, calibration, the tracker's
+uploads) while the others wait at a barrier. torch's default is 30 minutes for gloo but 10 for
+NCCL, whose watchdog then aborts every rank: a multi-GPU run whose ingest took 11 minutes died
+where the same run on CPUs went on. Both now wait as long as gloo does."""
+
 
 def dist_state():
     """Accelerate's process state (initialises torch.distributed under torchrun/accelerate).
@@ -110,7 +119,7 @@ def dist_state():
     from accelerate.utils import parse_flag_from_env
 
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
-    return PartialState(cpu=cpu)
+    return PartialState(cpu=cpu, timeout=datetime.timedelta(minutes=COLLECTIVE_TIMEOUT_MINUTES))
 
 
 def main_process_only(work) -> None:
