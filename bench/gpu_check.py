@@ -71,10 +71,15 @@ class Check:
         self.log.write(f"\n== {name}: {' '.join(command)}\n")
         self.log.flush()
         start = time.perf_counter()
-        child = subprocess.Popen(
-            command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True,
-        )  # fmt: skip
+        try:
+            child = subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:  # no such program (nvidia-smi on a machine without the driver's tools)
+            self.log.write(f"[could not start: {exc}]\n")
+            self.record(name, {"status": f"error: could not start: {exc}"[:300]})
+            return None
         try:
             stdout, stderr = child.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -240,14 +245,28 @@ def main() -> None:
     args = p.parse_args()
     check = Check(args.out.resolve(), args.device, args.quick, args.budget)
     start = time.perf_counter()
+    missing = None
     for step in (machine, tests, demo, throughput, resume):
         try:
             step(check)
         except Exception as exc:  # a broken step is recorded; the next one still runs
             check.record(step.__name__, {"status": f"error: {type(exc).__name__}: {exc}"[:300]})
+        if step is machine and (missing := no_gpu(check)):
+            check.record("no_gpu", {"status": f"error: {missing}"})
+            break
     check.result["seconds"] = round(time.perf_counter() - start, 1)
     check.record("summary", {s: v.get("status") for s, v in check.result["steps"].items() if "status" in v})
     print(json.dumps(check.result["steps"]["summary"]))
+    if missing:
+        sys.exit(f"gpu_check: {missing}")
+
+
+def no_gpu(check: Check) -> str | None:
+    """Why a `--device cuda` check cannot go on (torch sees no GPU), or None: every later step would train on the
+    CPU and record CPU figures as the GPU's, for the whole budget."""
+    if check.device != "cuda" or check.result["steps"].get("versions", {}).get("gpu"):
+        return None
+    return "torch sees no CUDA GPU (versions in gpu_check.json, nvidia-smi in gpu_check.log); no GPU step was run"
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from pipeline.library.runtime import cpu_bf16_lstm_fails
 
@@ -70,3 +71,20 @@ def test_the_gpu_check_stays_inside_its_budget_and_says_which_steps_it_skipped(t
     }
     assert out_of_time >= {"versions", "gpu_tests", "demo_fp32", "throughput_fp32", "resume"}
     assert steps["versions"]["platform"]  # what it ran on, even so
+
+
+def test_a_gpu_check_where_torch_sees_no_gpu_stops_at_once_and_says_so(tmp_path):
+    """Without the stop, every step ran on the CPU (the demo, throughput, the resume check) and recorded the CPU's
+    figures as the GPU check's, until the budget ran out."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "gpu_check"
+    command = [sys.executable, "bench/gpu_check.py", "--device", "cuda", "--out", str(out)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "gpu_check: torch sees no CUDA GPU (versions in gpu_check.json, nvidia-smi in gpu_check.log); "
+        "no GPU step was run"
+    )
+    steps = json.loads((out / "gpu_check.json").read_text())["steps"]
+    assert set(steps["summary"]) <= {"nvidia_smi", "versions", "no_gpu"} and steps["versions"]["gpu"] is None
