@@ -142,10 +142,10 @@ class Experiment:
         self._run(cfg, force=False)
         self._forecaster = None
         # ids as the text they are, as `predict` returns them: read as numbers, '007' became 7.0 and 'NA' NaN (every
-        # id in this file is a real one, so no cell is missing)
-        table = pd.read_csv(
-            stage_dir(cfg, "evaluate") / BACKTEST_FORECASTS, parse_dates=["origin", "time"], converters={"series": str}
-        )
+        # id in this file is a real one, so no cell is missing; pandas 3 reads 'NA' as missing before a converter)
+        path = stage_dir(cfg, "evaluate") / BACKTEST_FORECASTS
+        table = pd.read_csv(path, parse_dates=["origin", "time"])
+        table["series"] = pd.read_csv(path, usecols=["series"], dtype=str, keep_default_na=False)["series"]
         id_col = self.cfg.data.id_column
         return table.rename(columns={"series": id_col}) if id_col else table
 
