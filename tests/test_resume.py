@@ -60,6 +60,7 @@ def start_training(config: Path, nproc: int, env: dict | None = None, *extra: st
         "train",
         "--config",
         str(config),
+        *extra,
         env=env,
         start_new_session=True,
         stdout=subprocess.DEVNULL,
@@ -92,10 +93,12 @@ def kill_group(proc: subprocess.Popen) -> None:
             psutil.Process(pid).wait(timeout=30)
 
 
-def kill_at_step(config: Path, nproc: int, target: int) -> None:
-    """Start training and SIGKILL the whole process group once it has logged `target` steps."""
+def kill_at_step(config: Path, nproc: int, target: int, *extra: str) -> None:
+    """Start training (`train --config config *extra`) and SIGKILL the whole process group once its work
+    directory has logged `target` steps."""
     run = config.parent / "run"
-    proc = start_training(config, nproc)
+    trained = (run / "train/meta.json").exists()  # a retraining over a finished run (--force, other settings)
+    proc = start_training(config, nproc, None, *extra)
     deadline = time.monotonic() + 240
     try:
         while logged_step(run) < target:
@@ -104,7 +107,7 @@ def kill_at_step(config: Path, nproc: int, target: int) -> None:
             time.sleep(0.002)
     finally:
         kill_group(proc)
-    assert not (run / "train/meta.json").exists(), "the run finished before the kill"
+    assert trained or not (run / "train/meta.json").exists(), "the run finished before the kill"
 
 
 def finish(config: Path, nproc: int, real_process: bool = False) -> str:
@@ -209,20 +212,6 @@ def test_checkpoints_of_other_settings_are_dropped_under_auto_and_refused_when_n
     assert_bitwise_equal(tmp_path / "killed/run", tmp_path / "fresh/run")
 
 
-def kill_retraining_at_step(config: Path, target: int, *extra: str) -> None:
-    """SIGKILL a one-process `train ... extra` over a finished run once its work directory has logged `target` steps."""
-    run = config.parent / "run"
-    proc = start_training(config, 1, None, *extra)
-    deadline = time.monotonic() + 240
-    try:
-        while logged_step(run) < target:
-            assert proc.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline, "training too slow to reach the kill step"
-            time.sleep(0.002)
-    finally:
-        kill_group(proc)
-
-
 def test_a_killed_force_retraining_is_removed_by_the_next_train_and_other_settings_kept(tmp_path):
     """A killed `train --force` left its checkpoints in .train.work for good: `train` found train/ up to date,
     and `--force` starts over. Checkpoints of other settings stay, so a run of those resumes from them."""
@@ -230,7 +219,7 @@ def test_a_killed_force_retraining_is_removed_by_the_next_train_and_other_settin
     finish(config, 1)
     run = tmp_path / "run"
     before = load_weights(run / "train/model.safetensors")
-    kill_retraining_at_step(config, 40, "--force")
+    kill_at_step(config, 1, 40, "--force")
     assert (run / ".train.work/checkpoints/step_25").is_dir()
     cached = finish(config, 1)
     assert "train: up to date" in cached and f"removed {run / '.train.work'}" in cached
@@ -238,7 +227,7 @@ def test_a_killed_force_retraining_is_removed_by_the_next_train_and_other_settin
     after = load_weights(run / "train/model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)
 
-    kill_retraining_at_step(config, 40, "train.lr=0.002")
+    kill_at_step(config, 1, 40, "train.lr=0.002")
     cached = finish(config, 1)
     assert "train: up to date" in cached and "removed" not in cached
     assert (run / ".train.work/checkpoints/step_25").is_dir()
