@@ -639,3 +639,21 @@ def test_a_dataset_saved_by_datasets_is_read_as_its_rows(tmp_path, expected_long
     )
     with pytest.raises(DataError, match=r"dict: no split 'test' \(data.split\); splits: train, other"):
         _load(tmp_path / "dict", id_column="id", split="test")
+
+
+def test_a_class_label_id_column_gives_the_series_their_names(tmp_path, expected_long):
+    """Hub datasets often keep the series id as a ClassLabel; `to_pandas` gives its codes (0, 1), names of no
+    series the user knows."""
+    import datasets
+
+    frame = _long_frame()
+    features = datasets.Features(
+        {
+            "time": datasets.Value("timestamp[ns]"),
+            "id": datasets.ClassLabel(names=["a", "b"]),
+            "y": datasets.Value("float64"),
+        }
+    )
+    labelled = frame.assign(id=frame["id"].map({"a": 0, "b": 1}))
+    datasets.Dataset.from_pandas(labelled, features=features, preserve_index=False).save_to_disk(str(tmp_path / "cl"))
+    _assert_same(_load(tmp_path / "cl", id_column="id"), expected_long)

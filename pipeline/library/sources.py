@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -282,7 +283,7 @@ def _load_saved(path: Path, split: str) -> pd.DataFrame:
         if split not in ds:
             raise DataError(f"{path}: no split '{shown(split)}' (data.split); splits: {listed(list(ds))}")
         ds = ds[split]
-    table = ds.to_pandas()
+    table = rows_of(ds)
     if table.empty:
         raise DataError(f"{path}: no rows")
     return table
@@ -302,7 +303,22 @@ def _load_hub(dataset_id: str, split: str, revision: str | None = None, subset: 
         raise DataError(
             f"data.source: cannot load Hub dataset '{dataset_id}'{at} (split {split}): {_first_line(exc)}"
         ) from None
-    return ds.to_pandas()
+    return rows_of(ds)
+
+
+def rows_of(ds) -> pd.DataFrame:
+    """A `datasets.Dataset`'s rows, its ClassLabel columns as their names: Hub datasets often keep the series id
+    as a ClassLabel, whose integer codes `to_pandas` gives, and a code names no series a user knows (and a
+    forecast history written with the names would not match them)."""
+    import datasets
+
+    table = ds.to_pandas()
+    for name, feature in ds.features.items():
+        if isinstance(feature, datasets.ClassLabel) and name in table.columns:
+            names = np.asarray(feature.names, dtype=object)
+            codes = table[name].to_numpy()
+            table[name] = np.where(codes >= 0, names[np.clip(codes, 0, None)], None)  # -1: a missing label
+    return table
 
 
 def _first_line(exc: BaseException) -> str:
