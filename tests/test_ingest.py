@@ -657,3 +657,24 @@ def test_a_class_label_id_column_gives_the_series_their_names(tmp_path, expected
     labelled = frame.assign(id=frame["id"].map({"a": 0, "b": 1}))
     datasets.Dataset.from_pandas(labelled, features=features, preserve_index=False).save_to_disk(str(tmp_path / "cl"))
     _assert_same(_load(tmp_path / "cl", id_column="id"), expected_long)
+
+
+def test_local_midnights_across_a_daylight_saving_change_are_named_as_such(tmp_path):
+    """Daily data at local midnight in a zone with daylight saving is an hour off its grid in UTC, where timestamps
+    with a zone are read: the error said 'set data.freq', which cannot help."""
+    times = pd.date_range("2024-01-01", periods=120, freq="D", tz="Europe/Berlin")
+    pd.DataFrame({"time": times, "y": np.arange(120.0)}).to_parquet(tmp_path / "daily.parquet")
+    with pytest.raises(DataError) as info:
+        _load(tmp_path / "daily.parquet")
+    assert str(info.value) == (
+        f"{tmp_path / 'daily.parquet'}: series 'series': timestamp 2024-03-31 22:00:00 (row 92) is off the D grid by "
+        "an hour: a daylight-saving change moves local midnights by an hour in UTC, in which timestamps with a zone "
+        "are read; write the dates without a zone"
+    )
+    dates = pd.DataFrame({"time": times.tz_localize(None), "y": np.arange(120.0)})
+    dates.to_parquet(tmp_path / "dates.parquet")
+    assert _load(tmp_path / "dates.parquet").lengths.tolist() == [120]
+    hourly = pd.date_range("2024-01-01", periods=30, freq="h").delete(5).insert(5, pd.Timestamp("2024-01-01 05:30"))
+    pd.DataFrame({"time": hourly, "y": np.arange(30.0)}).to_parquet(tmp_path / "hourly.parquet")
+    with pytest.raises(DataError, match=r"is off the h grid \(irregular spacing"):
+        _load(tmp_path / "hourly.parquet", freq="h")

@@ -108,7 +108,10 @@ def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout,
     return frame
 
 
-ONE_ZONE = "write all timestamps in one zone (or all with the same UTC offset)"
+ONE_ZONE = (
+    "write all timestamps with one UTC offset (daily or coarser data across a daylight-saving change: dates without "
+    "a zone)"
+)
 
 
 def _zone_change(col: pd.Series) -> str:
@@ -374,6 +377,14 @@ def _span(delta: pd.Timedelta) -> str:
     return str(delta)
 
 
+def _an_hour_off(stamp: pd.Timestamp, grid: pd.DatetimeIndex) -> bool:
+    """Whether `stamp` lies an hour from a point of a grid of days or longer: local midnights in UTC across a
+    daylight-saving change, not data of another frequency."""
+    if len(grid) < 2 or grid[1] - grid[0] < pd.Timedelta("1D"):
+        return False
+    return bool(np.abs(grid - stamp).min() == pd.Timedelta("1h"))
+
+
 def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayout) -> np.ndarray | None:
     """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
     times = pd.DatetimeIndex(part["time"].to_numpy())
@@ -384,9 +395,14 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
         on_grid = times.isin(grid)
         if not on_grid.all():
             j = int(np.flatnonzero(~on_grid)[0])
+            at = f"{data.source}: series '{shown(sid)}': timestamp {times[j]} (row {part['row'].iloc[j]}) is off the"
+            if _an_hour_off(times[j], grid):
+                raise DataError(
+                    f"{at} {step.freqstr} grid by an hour: a daylight-saving change moves local midnights by an hour "
+                    f"in UTC, in which timestamps with a zone are read; write the dates without a zone"
+                )
             raise DataError(
-                f"{data.source}: series '{shown(sid)}': timestamp {times[j]} (row {part['row'].iloc[j]}) is off the "
-                f"{step.freqstr} grid (irregular spacing or a different frequency); set data.freq or fix the data"
+                f"{at} {step.freqstr} grid (irregular spacing or a different frequency); set data.freq or fix the data"
             )
         missing = grid.difference(times)
         if data.missing == "error":
