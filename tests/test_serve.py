@@ -432,7 +432,7 @@ def test_an_error_quotes_at_most_a_few_short_names(covariate_model):
     cut = "a" * 37 + "..."
     assert answer.status_code == 400
     assert answer.json()["error"] == f"history: covariate column 'temp' not found; columns: {cut}"
-    long_name = history.rename(columns={"temp": "t" * 100_000})
+    long_name = history.groupby("store").tail(48).rename(columns={"temp": "t" * 100_000})  # 14 MB of JSON keys
     many = long_name.assign(**{f"extra{k}": 0.0 for k in range(20)})
     answer = httpx.post(f"{url}/forecast", json=records(many))
     assert answer.status_code == 400 and len(answer.text) < 600, answer.text[:2000]
@@ -474,3 +474,35 @@ def test_model_lists_every_column_a_history_needs():
     forecaster.spec = dataclasses.replace(forecaster.spec, format="wide", id_column=None)
     wide = holder.describe()["history"]
     assert (wide["format"], wide["id_column"], wide["target_column"]) == ("wide", None, None)
+
+
+@pytest.mark.slow
+def test_a_body_over_the_limit_is_413_before_it_is_read_whole(tmp_path):
+    """Without a limit one request with an endless body held the service's memory (docs/serving.md said to rely
+    on a gateway); --max-body-mb answers 413, declared or streamed, and the service goes on serving."""
+    history, future = pd.read_csv(COMPAT / "data.csv"), pd.read_csv(COMPAT / "future.csv")
+    expected = Forecaster.load(COMPAT / "run" / "export").predict(history, future=future)
+    payload = {"records": records(history), "future": records(future)}
+    with server(COMPAT / "run" / "export", tmp_path / "serve.log", "--max-body-mb", "0.5") as url:
+        error = (
+            "the request body is over 0.5 MB (serve --max-body-mb); send a shorter history: the model reads the last "
+            f"{Forecaster.load(COMPAT / 'run' / 'export').lookback} steps of each series"
+        )
+        declared = httpx.post(f"{url}/forecast", content=b"a" * 600_000, headers=CSV)
+        assert declared.status_code == 413 and declared.json()["error"] == error
+
+        def chunks():  # no Content-Length: the limit holds as the body streams in
+            for _ in range(100):
+                yield b"b" * 10_000
+
+        streamed = httpx.post(f"{url}/forecast", content=chunks(), headers=CSV)
+        assert streamed.status_code == 413 and streamed.json()["error"] == error
+        answer = httpx.post(f"{url}/forecast", json=payload)
+        assert answer.status_code == 200, answer.text
+        assert_same(frame_of(answer.json()), expected)
+
+
+def test_max_body_mb_must_be_positive(tmp_path):
+    result = cli_in_process("serve", "--model", str(COMPAT / "run" / "export"), "--max-body-mb", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: --max-body-mb must be a positive number of MB, got 0"]

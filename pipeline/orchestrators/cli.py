@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 PREDICT_FLAGS = ("--model", "--input", "--output", "--future", "--scale")
-SERVE_FLAGS = ("--model", "--host", "--port", "--poll", "--threads")
+SERVE_FLAGS = ("--model", "--host", "--port", "--poll", "--threads", "--max-body-mb")
 NO_CONFIG = {"predict": PREDICT_FLAGS, "serve": SERVE_FLAGS}
 """The commands that read no config, and their options: anything else after them is no config key either."""
 VALUE_FLAGS = ("--config", "--to", *PREDICT_FLAGS, *SERVE_FLAGS[1:])
@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between checks of a registry's current")
     p.add_argument("--threads", type=int, help="torch threads for the forecasts (default: min(4, cores))")
+    p.add_argument(
+        "--max-body-mb", type=float, default=64.0, help="larger request bodies are answered 413 (default: 64)"
+    )
     return parser
 
 
@@ -200,6 +203,8 @@ def serve(args: argparse.Namespace) -> None:
         raise UserError(f"--poll must be a positive number of seconds, got {args.poll:g}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if not 0 < args.max_body_mb < float("inf"):
+        raise UserError(f"--max-body-mb must be a positive number of MB, got {args.max_body_mb:g}")
     try:
         from pipeline.orchestrators.serve import serve as run_service
     except ModuleNotFoundError as exc:
@@ -207,7 +212,7 @@ def serve(args: argparse.Namespace) -> None:
             raise
         raise UserError(f"serve needs FastAPI and uvicorn ({exc.name} is not installed): {SERVE_INSTALL}") from None
     threads = args.threads or min(4, available_cores())
-    run_service(Path(args.model), args.host, args.port, args.poll, threads)
+    run_service(Path(args.model), args.host, args.port, args.poll, threads, args.max_body_mb)
 
 
 # permission, read-only file system, a file where a directory should be, disk or quota full

@@ -228,13 +228,34 @@ def finite(value: Any) -> Any:
     return value
 
 
-def create_app(holder: ModelHolder, slots: int = 2) -> FastAPI:
+MAX_BODY_MB = 64.0
+"""`serve --max-body-mb`'s default: a history of a few hundred thousand rows; the model reads only its last
+`lookback` steps per series, and a larger body holds the service's memory for nothing."""
+
+
+async def bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None once it is over `limit` bytes (by its Content-Length, or as it streams in):
+    without a bound one request could hold the service's memory with an endless body."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(holder: ModelHolder, slots: int = 2, max_body_mb: float = MAX_BODY_MB) -> FastAPI:
     """The service's routes around `holder`; its watcher runs for the app's lifetime.
 
     At most `slots` forecasts compute at once (the others wait): each torch call from a request
     thread starts its own team of torch threads, so the threadpool's 40 threads calling together
-    would oversubscribe the cores many times over.
+    would oversubscribe the cores many times over. A body over `max_body_mb` is answered 413.
     """
+    limit = int(max_body_mb * 1_000_000)
     computing = threading.BoundedSemaphore(slots)
 
     def reply(payload: Any, version: str, status: int = 200) -> Response:
@@ -283,7 +304,13 @@ def create_app(holder: ModelHolder, slots: int = 2) -> FastAPI:
     @app.post("/forecast", openapi_extra={"requestBody": {"content": body_types, "required": True}})
     async def forecast_route(request: Request) -> Response:
         served = holder.served  # taken once: this request is answered entirely by this version
-        body = await request.body()
+        body = await bounded_body(request, limit)
+        if body is None:
+            error = (
+                f"the request body is over {max_body_mb:g} MB (serve --max-body-mb); send a shorter history: "
+                f"the model reads the last {served.forecaster.lookback} steps of each series"
+            )
+            return reply({"error": error, "version": served.version}, served.version, 413)
         headers, scale = request.headers, request.query_params.get("scale", "training")
         kind, accept = headers.get("content-type", ""), headers.get("accept", "")
         return await run_in_threadpool(answer, served, body, kind, accept, scale)
@@ -310,7 +337,7 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
-def serve(model: Path, host: str, port: int, poll: float, threads: int) -> None:
+def serve(model: Path, host: str, port: int, poll: float, threads: int, max_body_mb: float = MAX_BODY_MB) -> None:
     """Run the service until interrupted (SIGINT or SIGTERM: requests in flight are finished first)."""
     from pipeline.library.runtime import available_cores, configure_process
 
@@ -326,5 +353,6 @@ def serve(model: Path, host: str, port: int, poll: float, threads: int) -> None:
         holder.served.version, where, host, port, threads, slots,
         f", checking current every {poll:g} s" if holder.registry else "",
     )  # fmt: skip
-    config = uvicorn.Config(create_app(holder, slots), access_log=False, log_level="info", timeout_graceful_shutdown=30)
+    app = create_app(holder, slots, max_body_mb)
+    config = uvicorn.Config(app, access_log=False, log_level="info", timeout_graceful_shutdown=30)
     uvicorn.Server(config).run(sockets=[sock])
