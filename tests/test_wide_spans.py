@@ -65,3 +65,20 @@ def test_predict_on_the_same_table_forecasts_each_series_after_its_own_last_valu
     first = pd.read_csv(out, parse_dates=["time"]).groupby("series")["time"].min()
     end = pd.Timestamp("2024-01-01") + pd.Timedelta(hours=LENGTH)
     assert first.to_dict() == {"early": end - pd.Timedelta(hours=EARLY), "full": end, "late": end}
+
+
+def test_a_long_history_given_to_a_wide_model_is_named_as_such(trained):
+    """Each column of a long history was read as a series, and the error blamed series 'id' for a duplicate
+    timestamp."""
+    tmp, table = trained
+    long = table.melt(id_vars="time", var_name="id", value_name="value").dropna()
+    long.to_csv(tmp / "long.csv", index=False)
+    out = tmp / "never.csv"
+    args = ["predict", "--model", str(tmp / "run/export"), "--input", str(tmp / "long.csv"), "--output", str(out)]
+    result = cli_in_process(*args)
+    assert result.returncode == 2 and not out.exists()
+    first_repeat = int(long.reset_index(drop=True)["time"].duplicated().to_numpy().argmax()) + 1
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp / 'long.csv'}: row {first_repeat}: time {long['time'].iloc[first_repeat - 1]} appears in an "
+        "earlier row too; this wide model reads one row per time and a column per series (columns: time, id, value)"
+    ]

@@ -479,6 +479,14 @@ class Forecaster:
         if time_col not in history.columns:
             raise DataError(f"{source}: time column '{time_col}' not found; columns: {found}")
         if s.format == "wide":
+            repeated = history[time_col].duplicated()
+            if repeated.any():  # a long-format history: each column would be a 'series' with repeated timestamps
+                row = row_of(history, int(np.flatnonzero(repeated.to_numpy())[0]))
+                raise DataError(
+                    f"{source}: row {row}: time {shown(str(history[time_col][repeated].iloc[0]))} appears in an "
+                    f"earlier row too; this wide model reads one row per time and a column per series (columns: "
+                    f"{found})"
+                )
             value_cols = [c for c in history.columns if c != time_col and c not in covs]
             frames = {str(c): _its_span(self._series_frame(history, time_col, c), str(c), source) for c in value_cols}
         else:
