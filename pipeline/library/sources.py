@@ -188,7 +188,11 @@ def _check_headers(files: list[Path], sep: str) -> None:
         elif names != first[1]:
             have, want = set(names), set(first[1])
             missing, extra = [n for n in first[1] if n not in have], [n for n in names if n not in want]
-            parts = [f"missing {listed(missing)}"] * bool(missing) + [f"extra {listed(extra)}"] * bool(extra)
+            parts = []
+            if missing:
+                parts.append(f"missing {listed(missing)}")
+            if extra:
+                parts.append(f"extra {listed(extra)}")
             raise DataError(
                 f"{path}: its columns differ from those of {first[0]} ({'; '.join(parts) or 'in another order'}); "
                 "the files of a glob need one header"
@@ -266,7 +270,7 @@ def _load_files(builder: str, files: list[str], label: str, **kwargs) -> pd.Data
             if "corresponds to no data" in str(exc):  # a header and no row
                 raise DataError(f"{label}: no rows") from None
             raise DataError(f"{label}: cannot read as {builder}: {_first_line(exc)}") from None
-        table = ds.to_pandas()
+        table = rows_of(ds)
         del ds
     if table.empty:
         raise DataError(f"{label}: no rows")
