@@ -23,17 +23,17 @@ CPU_DDP = LAUNCH / "cpu_ddp.sh"
 
 EXPECTED = {
     "single_gpu.yaml": {"distributed_type": "NO", "num_processes": 1, "num_machines": 1, "mixed_precision": "no"},
-    "multi_gpu_8_bf16.yaml": {
+    "multi_gpu_8.yaml": {
         "distributed_type": "MULTI_GPU",
         "num_processes": 8,
         "num_machines": 1,
-        "mixed_precision": "bf16",
+        "mixed_precision": "no",
     },
     "multi_node_2x8.yaml": {
         "distributed_type": "MULTI_GPU",
         "num_processes": 16,
         "num_machines": 2,
-        "mixed_precision": "bf16",
+        "mixed_precision": "no",
         "machine_rank": 0,
         "main_process_ip": "MAIN_NODE_IP",
     },
@@ -107,7 +107,7 @@ def test_multi_node_flags_override_the_file():
     # the static rendezvous then meets at rdzv_endpoint instead of master_addr:master_port
     endpoint = getattr(args, "rdzv_endpoint", None) or f"{args.master_addr}:{args.master_port}"
     assert endpoint == "node-a:12345"
-    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "no"
     assert args.module and args.training_script == "pipeline"
     assert args.training_script_args == ["train", "--config", "configs/default.yaml"]
 

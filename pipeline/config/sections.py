@@ -316,12 +316,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm at this value (0 disables)."""
     skip_nonfinite: bool = False
-    """On a NaN/inf loss or gradient: skip that step and count it, instead of stopping with an error."""
+    """On a NaN/inf loss or gradient: skip that step and count it, instead of stopping with an error. Skipping
+    reads each step's verdict from the device at once; stopping reads it a step later, so a GPU never waits."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    """Autocast precision of the training forward and backward: `auto` is bf16 on GPUs and CPUs that compute it
-    natively (AVX-512 BF16 or AMX) and no elsewhere; `bf16` on a CPU whose oneDNN has no bf16 LSTM (AVX2 CPUs)
-    is a config error; `fp16` needs a GPU (it uses gradient scaling). Validation, evaluation, export and predict
-    run in float32 on the float32 master weights."""
+    """Autocast precision of the training forward and backward: `auto` is bf16 on CPUs that compute it natively
+    (AVX-512 BF16 or AMX) and no elsewhere, GPUs included (their float32 LSTM kernels were the fastest and most
+    accurate, bench/README.md); `bf16` is a config error on a CPU whose oneDNN has no bf16 LSTM (AVX2 CPUs) and
+    on a GPU whose torch runs the LSTM in float16 under bf16 autocast; `fp16` needs a GPU (it uses gradient
+    scaling). Validation, evaluation, export and predict run in float32 on the float32 master weights."""
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step; `batch_size` stays the global effective batch."""
     eval_every: int = 50

@@ -181,20 +181,48 @@ def cpu_bf16_lstm_fails() -> str | None:
     return None
 
 
-def resolve_precision(setting: str, device) -> tuple[str, str]:
-    """`train.mixed_precision` as Accelerate takes it (no|fp16|bf16), and why: `auto` is bf16 where native.
+@functools.cache
+def cuda_autocast_rnn_dtype() -> str:
+    """The dtype cuDNN's LSTM computes in under bf16 autocast on this process's GPU, as torch names it.
 
-    bf16 on a CPU whose bf16 LSTM fails (`cpu_bf16_lstm_fails`) is a ConfigError when set, and float32
-    under `auto`, instead of a kernel error at the first step. fp16 on a CPU is a ConfigError (it needs a
-    GPU's gradient scaling)."""
+    torch's autocast casts the cuDNN recurrent kernels to float16 whatever dtype autocast was asked for
+    (2.11 on an H200, bench/README.md): a bf16 run then trains its LSTM in float16 with no gradient
+    scaling, and lost 10% test MASE on the demo. One tiny forward, on the GPU this rank will use, tells."""
+    import torch
+
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count()))
+    with torch.random.fork_rng(devices=[]):
+        lstm = torch.nn.LSTM(1, 2, batch_first=True).to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out, _ = lstm(torch.zeros(1, 2, 1, device=device))
+    return str(out.dtype).removeprefix("torch.")
+
+
+def resolve_precision(setting: str, device) -> tuple[str, str]:
+    """`train.mixed_precision` as Accelerate takes it (no|fp16|bf16), and why.
+
+    `auto` is float32 on a GPU: at the LSTM's sizes cuDNN's float32 kernels were faster than autocast's and
+    matched the CPU's accuracy, where bf16 autocast ran the LSTM in float16
+    without scaling (`cuda_autocast_rnn_dtype`; bench/README.md, H200). On a CPU `auto` is bf16 where the
+    CPU computes it natively. bf16 where the LSTM would not train in it (an AVX2 CPU's oneDNN has no bf16
+    LSTM; a GPU's autocast runs it in float16) is a ConfigError when set, as is fp16 on a CPU (it needs a
+    GPU's gradient scaling), instead of a kernel error or a quietly worse model."""
     if setting == "fp16" and device.type == "cpu":
         usable = "auto or no" if cpu_bf16_lstm_fails() else "bf16, auto or no"
         raise ConfigError(f"train.mixed_precision: fp16 needs a GPU (gradient scaling); use {usable} on this CPU")
+    if setting == "auto" and device.type == "cuda":
+        return "no", "auto: float32 on a GPU, the LSTM's fastest and most accurate precision there (bench/README.md)"
     if setting == "auto":
         native, found = native_bf16(device)
         precision, why = ("bf16" if native else "no"), f"auto: {found}"
     else:
         precision, why = setting, "set in the config"
+    if precision == "bf16" and device.type == "cuda" and (dtype := cuda_autocast_rnn_dtype()) != "bfloat16":
+        raise ConfigError(
+            f"train.mixed_precision: bf16 would train the LSTM in {dtype} on this GPU (torch's autocast runs "
+            f"cuDNN's recurrent kernels in {dtype} under bf16), without gradient scaling; use fp16 (the same "
+            "kernels, scaled), no or auto"
+        )
     if precision == "bf16" and device.type == "cpu" and (failure := cpu_bf16_lstm_fails()) is not None:
         if setting == "bf16":
             raise ConfigError(
