@@ -58,6 +58,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--only", choices=["bare"], help=argparse.SUPPRESS)  # child process mode
     p.add_argument("--skip-default", action="store_true", help="do not measure bare_default")
+    p.add_argument(
+        "--unchecked",
+        action="store_true",
+        help="add `pipeline_unchecked`: the first pipeline step without its non-finite check (one device "
+        "read per step, a step late), to show what the check costs",
+    )
     return p.parse_args()
 
 
@@ -112,9 +118,12 @@ def bare_step(args, spec: ModelSpec, precision: str | None = None):
     return step
 
 
-def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, series: SeriesTable, pairs: np.ndarray, precision: str):
+def pipeline_step(
+    args, spec: ModelSpec, raw: np.ndarray, series: SeriesTable, pairs: np.ndarray, precision: str, checked=True
+):
     from pipeline.library.records import TrainState
     from pipeline.library.schedule import advance, local_batches
+    from pipeline.stages import train
     from pipeline.stages.train import make_accelerator, train_step
 
     overrides = [
@@ -134,9 +143,18 @@ def pipeline_step(args, spec: ModelSpec, raw: np.ndarray, series: SeriesTable, p
     state = TrainState()
     per_epoch = len(pairs) // args.batch_size
 
+    check = train.StepCheck(accelerator) if checked else None
+
     def step() -> None:
         micro = local_batches(train_pairs, cfg.train.batch_size, 1, cfg.seed, state, 0, 1)
-        train_step(accelerator, model, opt, buffer, micro, cfg, state.step)
+        if checked:  # as the training loop runs it: each step's verdict read a step late
+            train_step(accelerator, model, opt, buffer, micro, cfg, state.step, check=check)
+        else:
+            read, train.step_is_bad = train.step_is_bad, lambda *args: False
+            try:
+                train_step(accelerator, model, opt, buffer, micro, cfg, state.step)
+            finally:
+                train.step_is_bad = read
         advance(state, per_epoch)
 
     return step
@@ -192,12 +210,12 @@ def bare_default_rate(args) -> float:
 def main() -> None:
     args = parse()
     requested = {args.precision, *(args.bare_precisions or "").split(","), *(args.pipeline_precisions or "").split(",")}
-    if args.device == "cpu" and "bf16" in requested:
+    if "bf16" in requested:
         from pipeline.library.errors import ConfigError
         from pipeline.library.runtime import resolve_precision
 
-        try:  # the pipeline's own refusal where this CPU has no bf16 LSTM
-            resolve_precision("bf16", torch.device("cpu"))
+        try:  # the pipeline's own refusal where this CPU has no bf16 LSTM, or this GPU's autocast runs it in fp16
+            resolve_precision("bf16", torch.device(args.device.split(":")[0]))
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -228,6 +246,8 @@ def main() -> None:
     for precision in precisions:
         name = "pipeline" if not args.pipeline_precisions else f"pipeline[{precision}]"
         steps[name] = pipeline_step(args, spec, raw, table, pairs, precision)
+    if args.unchecked:
+        steps["pipeline_unchecked"] = pipeline_step(args, spec, raw, table, pairs, precisions[0], checked=False)
     steps["dataloader"] = dataloader_step(args, spec, series, pairs)
     rates = interleaved_rates(steps, args)
     ours = rates[next(k for k in rates if k.startswith("pipeline"))]  # the ratios compare the first pipeline

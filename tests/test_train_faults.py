@@ -34,6 +34,27 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tmp_path):
     # the finished earlier model is untouched, and the failed run's last good checkpoint is kept
     assert json.loads((tmp_path / "run/train/meta.json").read_text())["state"]["step"] == 5
     assert (tmp_path / f"run/.train.work/checkpoints/step_{failed_at - 1}/model.safetensors").is_file()
+    assert not (tmp_path / f"run/.train.work/checkpoints/step_{failed_at}").exists()  # the verdict came first
+
+
+def test_a_late_verdict_names_the_bad_step_and_is_read_before_anything_keeps_weights():
+    """The loop's check reads each step's values a step late (no GPU stall); a bad step still stops training,
+    named as itself, at the next step or at `settle` (which validation, checkpoints and the record call)."""
+    from pipeline.library.step_check import StepCheck
+
+    class One:
+        num_processes, scaler = 1, None
+
+    check = StepCheck(One())
+    check.defer(torch.tensor([1.0, 0.5, 2.0]), step=0)
+    check.defer(torch.tensor([0.0, float("nan"), 2.0]), step=1)  # bad, not yet read
+    with pytest.raises(DataError, match="loss became nan at step 2; training stopped"):
+        check.defer(torch.tensor([1.0, 0.4, 2.0]), step=2)
+    check.settle()  # what was pending after the raise is step 2's, which was fine
+    check.defer(torch.tensor([1.0, 0.4, float("inf")]), step=3)
+    with pytest.raises(DataError, match="gradient norm became inf at step 4"):
+        check.settle()
+    check.settle()  # nothing pending: nothing read twice
 
 
 @pytest.mark.parametrize("skip", [True, False])

@@ -52,6 +52,7 @@ from pipeline.library.runtime import (
 )
 from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.selection import effective_windows, one_standard_error
+from pipeline.library.step_check import StepCheck, step_is_bad, step_values
 from pipeline.library.store import read_covariates, read_values
 from pipeline.library.threads import ThreadTuner, same_bits
 from pipeline.library.train_log import MetricsLog
@@ -112,6 +113,7 @@ class Session:
     loss: Callable
     threads: ThreadTuner | None = None  # train.num_threads: auto on a CPU
     ran_with: Config | None = None  # the config as given (before the batch is fitted): what the record keeps
+    check: StepCheck | None = None  # the steps' non-finite verdicts, read a step late
 
 
 def train(cfg: Config, key: str, fresh: bool = False) -> None:
@@ -144,7 +146,7 @@ def train(cfg: Config, key: str, fresh: bool = False) -> None:
     metrics = MetricsLog(work / "metrics.jsonl", state.step, accelerator.is_main_process)
     session = Session(
         cfg, key, accelerator, model, optimizer, data, work, tracker, metrics, setup, loss, threads=threads,
-        ran_with=given,
+        ran_with=given, check=None if cfg.train.skip_nonfinite else StepCheck(accelerator),
     )  # fmt: skip
     progress = _progress(cfg, state, accelerator)
     reporter = StepReporter(session, progress, state.step)
@@ -158,6 +160,8 @@ def train(cfg: Config, key: str, fresh: bool = False) -> None:
             if state.step % cfg.train.eval_every == 0 or state.step == cfg.train.max_steps:
                 validate_and_keep_best(session, state)
             if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                if session.check is not None:
+                    session.check.settle()  # a checkpoint never holds a bad step
                 ckpt.save_checkpoint(
                     work / "checkpoints", state, accelerator, model, optimizer, {"key": key}, cfg.train.keep_last
                 )
@@ -586,8 +590,9 @@ def optimizer_step(session: Session, state: TrainState) -> tuple[torch.Tensor, t
         seed_cuda_step(cfg.seed, accelerator.process_index, state.step)
     start = time.perf_counter()
     loss, grad_norm, skipped = train_step(
-        accelerator, session.model, session.optimizer, session.data.buffer, micro, cfg, state.step, session.loss
-    )
+        accelerator, session.model, session.optimizer, session.data.buffer, micro, cfg, state.step, session.loss,
+        session.check,
+    )  # fmt: skip
     state.skipped_steps += int(skipped)
     advance(state, len(session.data.pairs["train"]) // t.batch_size)
     if session.threads is not None:
@@ -607,11 +612,15 @@ def seed_cuda_step(seed: int, rank: int, step: int) -> None:
     torch.cuda.manual_seed(int.from_bytes(digest, "little") >> 1)
 
 
-def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int, loss=None):
+def train_step(
+    accelerator, model, optimizer, buffer: WindowBuffer, micro: list, cfg: Config, step: int, loss=None,
+    check: StepCheck | None = None,
+):  # fmt: skip
     """One optimizer step over the micro-batches; returns (mean local loss, gradient norm, skipped).
 
     A non-finite loss or gradient stops training with an error naming the step, or, with
-    `train.skip_nonfinite`, skips the whole optimizer step on every rank alike.
+    `train.skip_nonfinite`, skips the whole optimizer step on every rank alike. Given a `check` (the
+    training loop's), a stopping verdict is read one step later (`library.step_check`); else at once.
     """
     loss_fn = loss or loss_function(cfg.train.loss, cfg.model.quantiles)
     total = torch.zeros((), device=buffer.device)  # the batches' device (the buffer may stay on the host)
@@ -621,38 +630,23 @@ def train_step(accelerator, model, optimizer, buffer: WindowBuffer, micro: list,
         with accelerator.accumulate(model):
             x, y = buffer.gather(pairs)
             batch_loss = training_loss(loss_fn, model, x, y, cfg.model.ensemble)
-            if not finite_everywhere(accelerator, batch_loss):
-                skipped = _non_finite(cfg, "loss", batch_loss.item(), step)
-                batch_loss = sum(p.sum() * 0.0 for p in model.parameters())  # keeps DDP and accumulation in step
-            accelerator.backward(batch_loss)
+            accelerator.backward(batch_loss)  # every rank backs every micro-batch, finite or not: DDP stays in step
+            total += batch_loss.detach()
             if accelerator.sync_gradients:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or float("inf"))
-                # already global: gradients were all-reduced; under fp16 an overflow is the grad scaler's to skip
-                if not torch.isfinite(grad_norm) and accelerator.scaler is None:
-                    skipped = _non_finite(cfg, "gradient norm", float(grad_norm), step)
+                values = step_values(accelerator, total, grad_norm)
+                if check is not None and not cfg.train.skip_nonfinite:
+                    check.defer(values, step)
+                else:
+                    skipped = step_is_bad(cfg.train.skip_nonfinite, accelerator, values, step)
                 if not skipped:
                     optimizer.step()
-                    skipped = bool(getattr(optimizer, "step_was_skipped", False))  # the scaler's skip
+                    skipped = bool(getattr(optimizer, "step_was_skipped", False))  # the fp16 scaler's skip
+                elif accelerator.scaler is not None:  # gradients were unscaled for clipping: close its step
+                    scaler = accelerator.scaler
+                    scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
             optimizer.zero_grad(set_to_none=True)
-        total += batch_loss.detach()
     return total / len(micro), grad_norm, skipped
-
-
-def finite_everywhere(accelerator, loss: torch.Tensor) -> bool:
-    flag = torch.isfinite(loss.detach()).float()
-    if accelerator.num_processes > 1:
-        flag = accelerator.reduce(flag, "sum") / accelerator.num_processes
-    return bool(flag == 1.0)
-
-
-def _non_finite(cfg: Config, what: str, value: float, step: int) -> bool:
-    if not cfg.train.skip_nonfinite:
-        raise DataError(
-            f"train: {what} became {value} at step {step + 1}; training stopped, the last good checkpoint is "
-            f"kept; lower train.lr, check the data, or set train.skip_nonfinite=true"
-        )
-    log.warning("train: %s became %s at step %d; step skipped (train.skip_nonfinite)", what, value, step + 1)
-    return True
 
 
 class StepReporter:
@@ -710,6 +704,8 @@ def float32_forward(module, x: torch.Tensor) -> torch.Tensor:
 def validate_and_keep_best(session: Session, state: TrainState) -> None:
     """Validate; keep the weights when they are the best so far; count towards early stopping."""
     cfg, accelerator = session.cfg, session.accelerator
+    if session.check is not None:
+        session.check.settle()
     val = validation_loss(
         accelerator, session.model, session.data.buffer, session.data.pairs["val"], cfg.train.eval_batch_size,
         session.loss,
@@ -739,6 +735,8 @@ def finish(session: Session, state: TrainState) -> None:
     """Write the final weights and record (setting a blend share and calibrating the best weights), then swap
     the work directory into `train/`."""
     cfg, accelerator, spec = session.cfg, session.accelerator, session.data.spec
+    if session.check is not None:
+        session.check.settle()
     if accelerator.is_main_process:
         work, buffer, val = session.work, session.data.buffer, session.data.pairs["val"]
         ckpt.save_weights(ckpt.unwrapped_state(accelerator, session.model), work / "model.safetensors")
