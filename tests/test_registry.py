@@ -679,7 +679,12 @@ def test_a_signal_to_the_cron_wrapper_stops_the_run_and_frees_the_lock(tmp_path,
         "LOCK_FILE": str(tmp_path / "retrain.lock"),
         "STUB_PID": str(tmp_path / "pid"),
     }
-    wrapper = subprocess.Popen(["bash", str(CRON), str(config)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    # a shell's background job (`make test &`, a CI step's `... &`) starts with INT ignored, which bash cannot
+    # trap: the wrapper starts with the disposition a scheduler or a terminal gives it
+    wrapper = subprocess.Popen(
+        ["bash", str(CRON), str(config)], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 30
     while not (tmp_path / "pid").is_file() or not (tmp_path / "pid").read_text().strip():
         assert time.monotonic() < deadline and wrapper.poll() is None, "the run never started"
