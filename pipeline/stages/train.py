@@ -663,10 +663,11 @@ class StepReporter:
             return
         now = time.perf_counter()
         rate = (state.step - self.last_step) * t.batch_size / max(now - self.last_time, 1e-9)
-        mean_loss = s.accelerator.reduce(loss.detach(), "mean").item()
+        mean_loss = s.accelerator.reduce(loss.detach(), "mean")
+        mean_loss, norm = torch.stack([mean_loss.float(), grad_norm.to(mean_loss.device).float()]).tolist()  # one read
         lr = lr_at(state.step - 1, t.lr, t.warmup_steps, t.max_steps, t.min_lr_ratio)
         row = {"step": state.step, "epoch": state.epoch, "loss": mean_loss, "lr": lr}
-        row.update(grad_norm=float(grad_norm), windows_per_s=rate, skipped_steps=state.skipped_steps)
+        row.update(grad_norm=norm, windows_per_s=rate, skipped_steps=state.skipped_steps)
         s.metrics.write(row)
         s.tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=state.step)
         self.progress.set_postfix(loss=f"{mean_loss:.4f}")
