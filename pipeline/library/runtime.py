@@ -202,9 +202,9 @@ def resolve_precision(setting: str, device) -> tuple[str, str]:
     """`train.mixed_precision` as Accelerate takes it (no|fp16|bf16), and why.
 
     `auto` is float32 on a GPU: at the LSTM's sizes cuDNN's float32 kernels were faster than autocast's and
-    matched the CPU's accuracy, where bf16 autocast ran the LSTM in float16
-    without scaling (`cuda_autocast_rnn_dtype`; bench/README.md, H200). On a CPU `auto` is bf16 where the
-    CPU computes it natively. bf16 where the LSTM would not train in it (an AVX2 CPU's oneDNN has no bf16
+    matched the CPU's accuracy, where bf16 autocast ran the LSTM in float16 without scaling
+    (`cuda_autocast_rnn_dtype`; bench/README.md, H200). On a CPU `auto` is bf16 where the CPU computes it
+    natively. bf16 where the LSTM would not train in it (an AVX2 CPU's oneDNN has no bf16
     LSTM; a GPU's autocast runs it in float16) is a ConfigError when set, as is fp16 on a CPU (it needs a
     GPU's gradient scaling), instead of a kernel error or a quietly worse model."""
     if setting == "fp16" and device.type == "cpu":

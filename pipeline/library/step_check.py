@@ -1,9 +1,9 @@
 """Whether a training step's loss and gradient norm were finite, read from the device as late as is safe.
 
 Reading a GPU value holds the host until the GPU has caught up. Read at its own step, the check left
-the GPU idle while the next step's kernels were launched: on an H200 the pipeline step ran at 0.72 of
-the bare cuDNN step with the read and 0.95 without it (bench/README.md). Where a bad step stops
-training (`train.skip_nonfinite: false`, the default), its verdict can wait one step: `StepCheck`
+the GPU idle while the next step's kernels were launched: on an H200 the pipeline step ran at 0.65 of
+the bare cuDNN step with two reads, 0.72 with one, and 0.97 with the read a step late (bench/README.md).
+Where a bad step stops training (`train.skip_nonfinite: false`, the default), its verdict can wait one step: `StepCheck`
 copies the step's values to the host without waiting and reads them after the next step is launched,
 and whatever keeps weights (validation, a checkpoint, the final record) settles the pending verdict
 first, so nothing kept ever holds a bad step. `train.skip_nonfinite` must know before the optimizer
@@ -48,6 +48,7 @@ def step_is_bad(skip: bool, accelerator, values: torch.Tensor, step: int) -> boo
 
 
 def non_finite(skip: bool, what: str, value: float, step: int) -> bool:
+    """True (the step is skipped, with a warning) under `skip`; else the DataError that stops training."""
     if not skip:
         raise DataError(
             f"train: {what} became {value} at step {step + 1}; training stopped, the last good checkpoint is "
