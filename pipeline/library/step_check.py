@@ -3,11 +3,11 @@
 Reading a GPU value holds the host until the GPU has caught up. Read at its own step, the check left
 the GPU idle while the next step's kernels were launched: on an H200 the pipeline step ran at 0.65 of
 the bare cuDNN step with two reads, 0.72 with one, and 0.97 with the read a step late (bench/README.md).
-Where a bad step stops training (`train.skip_nonfinite: false`, the default), its verdict can wait one step: `StepCheck`
-copies the step's values to the host without waiting and reads them after the next step is launched,
-and whatever keeps weights (validation, a checkpoint, the final record) settles the pending verdict
-first, so nothing kept ever holds a bad step. `train.skip_nonfinite` must know before the optimizer
-steps, so it reads at once (`step_is_bad`).
+Where a bad step stops training (`train.skip_nonfinite: false`, the default), its verdict can wait
+one step: `StepCheck` copies the step's values to the host without waiting and reads them after the
+next step is launched, and whatever keeps weights (validation, a checkpoint, the final record)
+settles the pending verdict first, so nothing kept ever holds a bad step. `train.skip_nonfinite`
+must know before the optimizer steps, so it reads at once (`step_is_bad`).
 """
 
 from __future__ import annotations
