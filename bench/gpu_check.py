@@ -155,7 +155,8 @@ def demo_source(check: Check) -> list[str]:
 def demo(check: Check) -> None:
     """b. make demo's run in every precision the device takes; test MASE against the CPU fp32 figure."""
     precisions = ["no", "fp16", "bf16"] if check.device == "cuda" else ["no", "bf16"]
-    quick = ["train.max_steps=20", "train.eval_every=10", "data.test_size=0.05"] if check.quick else []
+    quick = ["train.max_steps=20", "train.eval_every=10", "data.test_size=0.05", "window.lookback=336",
+             "train.batch_size=64", "train.num_threads=2"] if check.quick else []  # fmt: skip
     quick += demo_source(check)
     for precision in precisions[:1] if check.quick else precisions:
         name = f"demo_{'fp32' if precision == 'no' else precision}"
