@@ -198,7 +198,6 @@ def test_auto_on_a_gpu_is_float32_and_bf16_is_refused_where_autocast_runs_the_ls
     refused where the probe finds float16, and taken where a torch really runs the LSTM in bf16."""
     from pipeline.library import runtime
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     for dtype in ("float16", "bfloat16"):
         monkeypatch.setattr(runtime, "cuda_autocast_rnn_dtype", lambda d=dtype: d)
         precision, why = runtime.resolve_precision("auto", torch.device("cuda"))

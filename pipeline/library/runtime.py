@@ -143,15 +143,8 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16(device) -> tuple[bool, str]:
-    """Whether `device` computes bf16 natively (not emulated), and what was found, for the log."""
-    import torch
-
-    if device.type == "cuda":
-        try:
-            ok = torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # a torch without the argument
-            ok = torch.cuda.is_bf16_supported()
-        return ok, f"{torch.cuda.get_device_name(device)} {'computes' if ok else 'does not compute'} bf16"
+    """Whether a CPU `device` computes bf16 natively (not emulated), and what was found, for the log (on a GPU
+    `auto` is float32 whatever the GPU computes: `resolve_precision`)."""
     if device.type == "cpu":
         found = sorted({"amx_bf16", "avx512_bf16"} & cpu_flags())
         return bool(found), f"CPU with {' and '.join(found)}" if found else "CPU without AVX-512 BF16 or AMX"
