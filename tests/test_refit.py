@@ -267,3 +267,70 @@ def test_refit_with_covariates_slices_every_column_and_rescales_them_on_the_fold
         start += r["length"]
     assert meta["static_covariates"]["names"] == ["size"]
     assert meta["static_covariates"]["mean"] == pytest.approx([2.0])
+
+
+@pytest.mark.slow
+def test_each_fold_resolves_its_auto_settings_on_its_own_data(tmp_path):
+    """A weekly cycle that starts after fold 1's cutoff: the main run keeps the week, fold 1 cannot know of it.
+
+    Hourly data with a daily cycle and a wandering level throughout; from step 864 on, weekends run 30 higher. The main
+    run's validation part (1184-1352) shows the week, so ingest keeps seasons 24 and 168 and the lookback is
+    672. Fold 1 is cut at 864: a season, a lookback or a transform taken from the main run would have been read
+    from values after its cutoff. It keeps the day alone (the level wanders: last week is a worse guess than
+    yesterday) and its lookback follows from its own train part; fold 2, cut at 1376, sees the week again.
+    """
+    n, effect = 1400, 864
+    rng = np.random.default_rng(1)
+    t = np.arange(n)
+    times = pd.date_range("2024-01-01", periods=n, freq="h")  # a Monday
+    weekend = (times.dayofweek >= 5) & (t >= effect)
+    level = 200 + np.cumsum(rng.normal(0, 0.3, n))
+    y = level + 40 * np.sin(2 * np.pi * t / 24) + 30 * weekend + rng.normal(0, 0.1, n)
+    pd.DataFrame({"time": times, "y": y}).to_csv(tmp_path / "week.csv", index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {
+                "source": str(tmp_path / "week.csv"), "target_column": "y", "val_size": 168, "test_size": 48,
+                "calendar": "none",  # the inputs are the target alone: the fold's forecast is recomputed by hand
+            },
+            "window": {"lookback": "auto", "horizon": 24, "stride": 1},
+            "train.max_steps": 6,
+            "train.eval_every": 3,
+            "train.checkpoint_every": 0,
+            "evaluate": {"season_length": 24, "plot_series": 0, "backtest": {"folds": 2, "step": 512, "refit": True}},
+            "export.onnx": False,
+        },
+    )  # fmt: skip
+    done, run, bt = _run_backtest(config)
+    main = json.loads((run / "train/meta.json").read_text())
+    assert main["model"]["seasons"] == [24, 168]
+    assert json.loads((run / "window/meta.json").read_text())["lookback"] == 672
+    assert [f["steps_before_end"] for f in bt["per_fold"]] == [536, 24]
+    chosen = [(f["refit"]["seasons"], f["refit"]["lookback"]) for f in bt["per_fold"]]
+    assert chosen == [([24], 120), ([24, 168], 672)]
+    assert "evaluate: refit fold 1: data.transform auto ->" in done.stderr
+
+    # fold 1's ingest decided the week and the transform on its 696 train and 168 validation steps
+    record = run / "evaluate/refit/fold_1"
+    fold_ingest = json.loads((record / "ingest_meta.json").read_text())
+    assert [(c["season"], c["kept"]) for c in fold_ingest["seasons"]["checks"]] == [(24, True), (168, False)]
+    assert fold_ingest["transform_check"] is not None
+    transform = fold_ingest["transform"]
+    spec = ModelSpec(**json.loads((record / "train_meta.json").read_text())["model"])
+    assert (spec.residual_season, spec.seasons) == (24, ())
+
+    # the fold's metrics are its model's forecast from the 120 steps before the cutoff, with its own transform
+    model = build_model(spec)
+    model.load_state_dict(load_file(str(record / "model.safetensors")))
+    model.eval()
+    (r,) = fold_ingest["series"]
+    y32 = y.astype(np.float32)
+    inputs = y32[effect - 120 : effect].astype(np.float64)
+    inputs = np.log1p(inputs) if transform == "log1p" else inputs
+    x = ((inputs - r["mean"]) / r["scale"]).astype(np.float32)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x)[None, :, None]).double().numpy()[0] * r["scale"] + r["mean"]
+    forecast = np.expm1(out) if transform == "log1p" else out
+    mae = np.abs(forecast - y32[effect : effect + 24].astype(np.float64)).mean()
+    assert bt["per_fold"][0]["model"]["mae"] == pytest.approx(mae, rel=1e-4)

@@ -393,8 +393,8 @@ class BacktestConfig:
     """Steps between consecutive cutoffs (default: `window.horizon`)."""
     refit: bool = False
     """Train a fresh model per fold on the data before its cutoff (validation part from its end, scaling from the
-    rest); the folds may then reach before the test part. `false`: the trained model scores every fold, and the
-    folds must lie inside the test part."""
+    rest, every `auto` setting resolved on it); the folds may then reach before the test part. `false`: the
+    trained model scores every fold, and the folds must lie inside the test part."""
 
     def __post_init__(self) -> None:
         if self.folds < 0:

@@ -45,8 +45,8 @@ def fold_mase_scale(raw, offsets, train_end, season: int, series: np.ndarray, id
     return scale
 
 
-def fold_summary(k: int, fold_ingest: IngestRecord, trained: TrainRecord) -> dict:
-    """What metrics.json says about a fold's model."""
+def fold_summary(k: int, fold_ingest: IngestRecord, window: WindowRecord, trained: TrainRecord) -> dict:
+    """What metrics.json says about a fold's model, with the `auto` choices it made on its own data."""
     s, folded = trained.state, fold_ingest.series
     return {
         "dir": f"evaluate/refit/fold_{k}",
@@ -55,6 +55,9 @@ def fold_summary(k: int, fold_ingest: IngestRecord, trained: TrainRecord) -> dic
         "steps": s.step,
         "best_step": s.best_step,
         "best_val_loss": s.best_val,
+        "lookback": window.lookback,
+        "seasons": list(fold_ingest.detected_seasons or ()),
+        "transform": fold_ingest.transform,
     }
 
 
@@ -85,30 +88,43 @@ def fold_records(run_dir: Path, folds: int) -> list[tuple[IngestRecord, WindowRe
 
 
 def refit_forecasts(
-    run_dir: Path, ingest: IngestRecord, raw32: np.ndarray, plan: BacktestPlan, season: int, batch_size: int, state
+    run_dir: Path,
+    ingest: IngestRecord,
+    raw32: np.ndarray,
+    plan: BacktestPlan,
+    lookback: int,
+    season: int,
+    batch_size: int,
+    state,
 ) -> RefitForecasts:
-    """Every fold model's forecasts of its windows (called on every process; shards are gathered)."""
+    """Every fold model's forecasts of its windows (called on every process; shards are gathered).
+
+    `plan.pairs` start `lookback` (the main run's) before their cutoffs; a fold resolved its own
+    lookback and transform from its data, and its model reads its windows with them.
+    """
     series = ingest.series
     offsets = series.offsets
     output, window_scale, summaries = None, np.empty(len(plan.pairs)), []
     for k, (fold_ingest, window, trained) in enumerate(fold_records(run_dir, plan.folds), start=1):
         rows = np.flatnonzero(plan.fold == k)
-        pairs = plan.pairs[rows]
+        pairs = plan.pairs[rows].copy()
+        pairs[:, 1] += lookback - window.lookback  # the same cutoffs, the fold's own input length
         listed = pairs[:, 0]
         # the fold's statistics (and embedding rows: positions in the fold) for its series, in the full buffer,
         # whose future covariates over the fold's horizon the model reads
         stats = series.stats.with_rows(listed, fold_ingest.series.stats)
         model = load_model(fold_dir(run_dir, k) / "train" / "best" / "model.safetensors", trained.model)
-        buffer = WindowBuffer.for_model(
-            model.spec, run_dir / "ingest", raw32, series.with_stats(stats), ingest.freq, window.lookback,
-            ingest.transform,
-        )  # fmt: skip
+        with np.errstate(invalid="ignore"):  # log1p of a fold: values after its cutoffs are never its inputs
+            buffer = WindowBuffer.for_model(
+                model.spec, run_dir / "ingest", raw32, series.with_stats(stats), ingest.freq, window.lookback,
+                fold_ingest.transform,
+            )  # fmt: skip
         scaled = forecast_sharded(model, buffer, pairs, batch_size, state)
         if output is None:
             output = np.empty((len(plan.pairs), *scaled.shape[1:]))
-        output[rows] = to_original_units(scaled, stats, listed, ingest.transform)
+        output[rows] = to_original_units(scaled, stats, listed, fold_ingest.transform)
         train_end = series.train_end.copy()
         train_end[listed] = fold_ingest.series.train_end
         window_scale[rows] = fold_mase_scale(raw32, offsets, train_end, season, listed, series.ids, k)
-        summaries.append(fold_summary(k, fold_ingest, trained))
+        summaries.append(fold_summary(k, fold_ingest, window, trained))
     return RefitForecasts(output, window_scale, summaries)

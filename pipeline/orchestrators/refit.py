@@ -13,12 +13,15 @@ validation part before its earliest cutoff. For every fold:
    with no test part: `data.val_size` (a fraction of what remains, or steps) carves the
    validation part from the end, and the scaling statistics are recomputed on the rest, the
    fold's own train part.
+   With `data.transform: auto` the fold chooses its transform on its own windows, as ingest does.
 2. **Window and train** stages run on it, in `<output_dir>/.refit/fold_<k>/`, under the same
    Accelerate set-up (this runs on every process, so DDP training works as in the train stage,
-   and a killed fold resumes from its own checkpoints). The fold uses the main run's resolved
-   config (same lookback, model and train settings), without a tracker run of its own, without
-   a warm start (a champion has seen the future) and with `train.resume: auto` on its own work
-   directory.
+   and a killed fold resumes from its own checkpoints). The fold uses the run's config as the
+   user wrote it, so every `auto` setting (the seasons kept, the calendar features, the lookback,
+   the transform) is resolved from the fold's own ingest: a choice read from the main run's
+   train and validation parts would have read values at and after an early fold's cutoff. It
+   trains without a tracker run of its own, without a warm start (a champion has seen the
+   future) and with `train.resume: auto` on its own work directory.
 3. **Forecast and score.** The evaluate stage, which runs next, reads the fold models back
    (`pipeline.library.refit_folds`): the fold's best model forecasts the fold's window of every
    series from the main buffer scaled with the fold's statistics (its inputs all lie before the
@@ -46,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Config, RegistryConfig
-from pipeline.config.auto import resolve
+from pipeline.config.auto import AUTO, resolve
 from pipeline.library import checkpoint as ckpt
 from pipeline.library import store
 from pipeline.library.artifacts import stage_key, staged_dir
@@ -59,6 +62,7 @@ from pipeline.library.splits import split_and_scale
 from pipeline.library.windows import read_index
 from pipeline.stages import train, window
 from pipeline.stages.evaluate import plan_backtest
+from pipeline.stages.ingest import split_and_transform
 from pipeline.stages.table import stage_dir
 from pipeline.stages.train import train_key
 
@@ -66,8 +70,11 @@ log = logging.getLogger("pipeline")
 
 
 def prepare_folds(cfg: Config, force: bool = False) -> None:
-    """Train (or reuse) one model per fold of the refit backtest; called on every process."""
-    cfg = resolve(cfg)
+    """Train (or reuse) one model per fold of the refit backtest; called on every process.
+
+    `cfg` is the config as written: the folds resolve its `auto` settings on their own data.
+    """
+    written, cfg = cfg, resolve(cfg)
     ingest = IngestRecord.require(stage_dir(cfg, "ingest"), "evaluate")
     test = read_index(stage_dir(cfg, "window"))["test"]
     if len(test) == 0:
@@ -87,8 +94,9 @@ def prepare_folds(cfg: Config, force: bool = False) -> None:
             int(cutoffs.sum()),
         )
         path = fold_dir(cfg.run_dir, k)
-        main_process_only(partial(write_fold_ingest, cfg, ingest, series, cutoffs, path / "ingest", k, force))
-        fold_cfg = fold_config(cfg, path)
+        fold_cfg = fold_config(written, path)
+        ingest_dir = stage_dir(cfg, "ingest")
+        main_process_only(partial(write_fold_ingest, fold_cfg, ingest_dir, ingest, series, cutoffs, k, force))
         window.run(fold_cfg, force=force)
         main_process_only(partial(_drop_stale_work, fold_cfg))
         train.run(fold_cfg, force=force)
@@ -123,18 +131,33 @@ def fold_series(table, ingest: IngestRecord, series: np.ndarray, cutoffs: np.nda
 
 
 def write_fold_ingest(
-    cfg: Config, ingest: IngestRecord, series: np.ndarray, cutoffs: np.ndarray, out: Path, k: int, force: bool
-) -> None:
-    """The fold's ingest directory: the series cut at their cutoffs, split and scaled on their own."""
-    table = store.cut_table(store.read_table(stage_dir(cfg, "ingest")), ingest.series.offsets, series, cutoffs)
-    data = dataclasses.replace(cfg.data, scaling=ingest.scaling, transform=ingest.transform)
-    record = split_and_scale(fold_series(table, ingest, series, cutoffs), data, test_size=0)
+    fold_cfg: Config, ingest_dir: Path, ingest: IngestRecord, series: np.ndarray, cutoffs: np.ndarray, k: int,
+    force: bool,
+) -> None:  # fmt: skip
+    """The fold's ingest directory: the series cut at their cutoffs, split, scaled and transformed on their own.
+
+    With `data.transform: auto` the transform is chosen on the fold's windows as ingest chooses it
+    (`pipeline.stages.ingest.split_and_transform`); the cache key then also holds what that choice reads.
+    """
+    out = stage_dir(fold_cfg, "ingest")
+    table = store.cut_table(store.read_table(ingest_dir), ingest.series.offsets, series, cutoffs)
+    cut = fold_series(table, ingest, series, cutoffs)
+    data = dataclasses.replace(fold_cfg.data, scaling=ingest.scaling)
+    auto = data.transform == AUTO
+    record = split_and_scale(cut, dataclasses.replace(data, transform="none") if auto else data, test_size=0)
     # the content: values (split_and_scale's fingerprint) and every series' splits and statistics
-    fingerprint = stage_key("refit-ingest", record.fingerprint, json.dumps(record.series.to_json(), sort_keys=True))
+    inputs = [record.fingerprint, json.dumps(record.series.to_json(), sort_keys=True)]
+    if auto:  # the transform choice compares the model section's bases at the window's lookback and horizon
+        inputs.append(fold_cfg.section_hash("data", "window", "model", "evaluate.season_length"))
+    fingerprint = stage_key("refit-ingest", *inputs)
     if not force and is_cached(out, fingerprint):
         return
+    if auto:
+        record = split_and_transform(dataclasses.replace(fold_cfg, data=data), cut, test_size=0)
+        log.info("evaluate: refit fold %d: data.transform auto -> %s: %s", k, record.transform,
+                 record.transform_check["why"])  # fmt: skip
     record = dataclasses.replace(
-        record, fingerprint=fingerprint, key=fingerprint, source=f"{stage_dir(cfg, 'ingest')} cut at refit fold {k}",
+        record, fingerprint=fingerprint, key=fingerprint, source=f"{ingest_dir} cut at refit fold {k}",
         refit_fold=k,
     )  # fmt: skip
     with staged_dir(out) as tmp:
@@ -143,7 +166,10 @@ def write_fold_ingest(
 
 
 def fold_config(cfg: Config, fold_dir: Path) -> Config:
-    """The main run's resolved config, pointed at the fold's directory, training from scratch, untracked."""
+    """The run's config as written, pointed at the fold's directory, training from scratch, untracked.
+
+    Its `auto` values stay `auto`: each stage of the fold resolves them from the fold's ingest.
+    """
     return dataclasses.replace(
         cfg,
         output_dir=str(fold_dir),
@@ -172,7 +198,7 @@ def _drop_stale_work(fold_cfg: Config) -> None:
     window = WindowRecord.read(fold_cfg.run_dir / "window")
     if not work.is_dir() or window is None:
         return
-    key = train_key(fold_cfg, window.fingerprint)
+    key = train_key(resolve(fold_cfg), window.fingerprint)  # as the train stage keys it: on the fold's auto values
     for path in ckpt.list_checkpoints(work / "checkpoints"):
         with contextlib.suppress(OSError, ValueError):
             if ckpt.read_state(path).get("key") != key:

@@ -84,9 +84,8 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
 
     refitted = None
     if refit(cfg):
-        refitted = refit_forecasts(
-            cfg.run_dir, ingest, raw32, plan, cfg.evaluate.season_length, cfg.evaluate.batch_size, state
-        )
+        season, batch = cfg.evaluate.season_length, cfg.evaluate.batch_size
+        refitted = refit_forecasts(cfg.run_dir, ingest, raw32, plan, cfg.window.lookback, season, batch, state)
     by_model = all_pairs if refitted is None else pairs  # refit: the fold models forecast the folds
     output = model_forecasts(cfg, trained, ingest, raw32, by_model, state)
     if not state.is_main_process:

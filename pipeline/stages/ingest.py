@@ -82,20 +82,21 @@ def _run(cfg: Config, force: bool) -> None:
     _track(cfg, out)
 
 
-def split_and_transform(cfg: Config, series: SeriesSet) -> IngestRecord:
+def split_and_transform(cfg: Config, series: SeriesSet, test_size: int | None = None) -> IngestRecord:
     """The ingest record, with `data.transform: auto` decided on the windows before the test part.
 
     The bases compared are the ones the train stage will choose from (or its one configured base),
     read at the lookback and seasons the later stages resolve from the untransformed record: the
     transform does not move the split, the seasons or the lookback. A warm start keeps the
     transform of the weights it starts from, as it keeps their base: the correction was learned there.
+    `test_size` replaces `data.test_size` (a refit fold passes 0: its series end at its cutoff).
     """
     if cfg.data.transform != "auto":
-        return split_and_scale(series, cfg.data)
+        return split_and_scale(series, cfg.data, test_size)
     # imported here: the bases are torch code, and torch (190 MB) stays out of an ingest given its transform
     from pipeline.library.transform_choice import TransformCheck, first_negative
 
-    plain = split_and_scale(series, dataclasses.replace(cfg.data, transform="none"))
+    plain = split_and_scale(series, dataclasses.replace(cfg.data, transform="none"), test_size)
     kept = warm_start_transform(cfg.train.init_from, cfg.registry_root)
     if kept is not None:
         negative = first_negative(series.values, series.offsets) if kept == "log1p" else None
@@ -112,7 +113,7 @@ def split_and_transform(cfg: Config, series: SeriesSet) -> IngestRecord:
             check = TransformCheck("none", f"not checked: {error}")
     record = plain
     if check.transform != "none":
-        record = split_and_scale(series, dataclasses.replace(cfg.data, transform=check.transform))
+        record = split_and_scale(series, dataclasses.replace(cfg.data, transform=check.transform), test_size)
     return dataclasses.replace(record, transform_check=check.to_json())
 
 
