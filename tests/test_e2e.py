@@ -8,6 +8,7 @@ import json
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -269,3 +270,64 @@ def test_step_zero_validation_scores_the_seasonal_base(finished_run):
                 total += (z[origin + h] - forecast) ** 2
                 count += 1
     assert step0["val_loss"] == pytest.approx(total / count, rel=1e-4)
+
+
+def test_points_filled_by_data_missing_are_never_scored(tmp_path):
+    """A 5-hour gap in the test part and a NaN in the train part, interpolated: no score counts them.
+
+    The model and the baselines still read the filled values as inputs (they are what the series holds); the
+    actuals they are scored against, and the MASE scale, are the observed values only.
+    """
+    n, season, horizon = 400, 24, 12
+    t = np.arange(n)
+    y = 50 + 10 * np.sin(2 * np.pi * t / season) + 0.05 * t + np.random.default_rng(5).normal(0, 1, n)
+    times = pd.date_range("2024-01-01", periods=n, freq="h")
+    frame = pd.DataFrame({"time": times, "y": y})
+    frame.loc[100, "y"] = np.nan
+    gap = np.arange(380, 385)  # test part [340, 400): window 376-387, targets 4-8; no seasonal-naive source
+    frame.drop(index=gap).to_csv(tmp_path / "gappy.csv", index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {
+                "source": str(tmp_path / "gappy.csv"), "target_column": "y", "missing": "interpolate",
+                "transform": "none", "calendar": "none", "val_size": 0.15, "test_size": 0.15,
+            },
+            "train.max_steps": 4,
+            "train.checkpoint_every": 0,
+            "export.onnx": False,
+        },
+    )  # fmt: skip
+    done = cli_in_process("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ingest: 6 points filled by data.missing=interpolate" in done.stderr
+    run = tmp_path / "run"
+    table = pa.ipc.open_file(pa.memory_map(str(run / "ingest/values.arrow"))).read_all()
+    assert np.flatnonzero(table.column("filled").to_numpy()).tolist() == [100, *gap]
+
+    metrics = json.loads((run / "evaluate/metrics.json").read_text())
+    assert metrics["n_windows"] == 5 and metrics["filled_points"] == 5
+    assert "5 points of the test windows were filled by data.missing" in (run / "evaluate/report.md").read_text()
+    y32 = y.astype(np.float32).astype(np.float64)
+    observed = y32.copy()
+    observed[[100, *gap]] = np.nan
+    train_end = 280
+    pairs = [abs(observed[i] - observed[i - season]) for i in range(season, train_end)]
+    scale = np.nanmean(pairs)  # the pairs (76, 100) and (100, 124) left out
+    assert np.isnan(pairs).sum() == 2
+    errors = []
+    for origin in range(340, n, horizon):
+        for h in range(horizon):
+            if origin + h not in gap:
+                errors.append(y32[origin + h] - y32[origin + h - season])
+    errors = np.abs(errors)
+    assert len(errors) == 55
+    sn = metrics["baselines"]["seasonal_naive"]
+    assert sn["mae"] == pytest.approx(errors.mean(), rel=1e-9)
+    assert sn["mase"] == pytest.approx(errors.mean() / scale, rel=1e-9)
+
+    rows = pd.read_csv(run / "evaluate/forecasts.csv", parse_dates=["time"])
+    unobserved = rows[rows["actual"].isna()]
+    assert list(unobserved["time"]) == list(times[gap])
+    scored = rows.dropna(subset=["actual"])
+    assert metrics["model"]["mae"] == pytest.approx((scored["forecast"] - scored["actual"]).abs().mean(), rel=1e-5)

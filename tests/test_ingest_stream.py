@@ -72,6 +72,9 @@ def assert_identical(streamed, pandas_path, cfg: DataConfig) -> None:
     assert [s.isoformat() for s in streamed.starts] == [pd.Timestamp(s).isoformat() for s in pandas_path.starts]
     np.testing.assert_array_equal(streamed.lengths, pandas_path.lengths)
     assert streamed.values.tobytes() == pandas_path.values.astype(np.float32).tobytes()
+    assert (streamed.filled is None) == (pandas_path.filled is None)
+    if streamed.filled is not None:
+        np.testing.assert_array_equal(streamed.filled, pandas_path.filled)
     a, b = split_and_scale(streamed, cfg).to_json(), split_and_scale(pandas_path, cfg).to_json()
     if cfg.missing != "interpolate":
         assert a == b  # statistics and fingerprint, exactly
@@ -109,6 +112,16 @@ def test_same_series_as_the_pandas_path(tmp_path, batch_rows, kw):
     assert_identical(streamed, pandas_path, cfg)
     if kw.get("missing") == "drop":
         assert streamed.ids == ["s0", "s2", "s4"]
+    if kw.get("missing") in ("interpolate", "ffill"):  # the three gap points of s1 and the NaN and inf of s3
+        offsets = np.concatenate([[0], np.cumsum(streamed.lengths)])
+        for i, sid in enumerate(streamed.ids):
+            rows = df[df.id == sid]
+            seen = (rows.time[np.isfinite(rows.y)] - rows.time.min()) // pd.Timedelta(hours=1)
+            expected = sorted(set(range(int(streamed.lengths[i]))) - set(seen))
+            assert np.flatnonzero(streamed.filled[offsets[i] : offsets[i + 1]]).tolist() == expected
+            assert len(expected) == {"s1": 3, "s3": 2}.get(sid, 0)
+    else:
+        assert streamed.filled is None
 
 
 def test_unsorted_input_gives_the_values_of_sorted_input(tmp_path, batch_rows, caplog):

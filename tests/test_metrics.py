@@ -120,6 +120,36 @@ def test_mase_scale_by_hand():
     assert math.isnan(scale[2])  # train part not longer than the season
 
 
+def test_points_not_observed_are_left_out_of_every_score():
+    """NaN actuals (points data.missing filled): each mean is over the observed points only."""
+    actual = np.array([[1.0, np.nan, 3.0], [np.nan, 5.0, 6.0]])
+    forecast = np.array([[2.0, 9.0, 3.0], [9.0, 3.0, 9.0]])
+    terms = M.error_terms(actual, forecast, np.array([1.0, 2.0]))
+    out = M.summarise(terms)
+    assert out["mae"] == pytest.approx((1 + 0 + 2 + 3) / 4)
+    assert out["rmse"] == pytest.approx(np.sqrt((1 + 0 + 4 + 9) / 4))
+    assert out["mase"] == pytest.approx((1 + 0 + 1 + 1.5) / 4)
+    assert out["smape"] == pytest.approx((200 / 3 + 0 + 400 / 8 + 600 / 15) / 4)
+    by = M.summarise_by_series(terms, np.array([0, 1]), 3)
+    np.testing.assert_allclose(by["mae"][:2], [0.5, 2.5])
+    assert np.isnan(by["mae"][2])  # no window
+    band = np.stack([forecast - 1, forecast, forecast + 1], axis=-1)
+    q = M.summarise_quantiles(actual, band, [0.1, 0.5, 0.9], np.array([1.0, 2.0]))
+    assert q["coverage"]["0.1-0.9"]["empirical"] == pytest.approx(2 / 4)  # 1 in [1, 3]; 3 in [2, 4]; not 5, 6
+    assert q["pinball_by_quantile"]["0.5"] == pytest.approx(0.5 * 6 / 4)
+    assert np.isnan(M.summarise(M.error_terms(np.full((1, 2), np.nan), np.ones((1, 2)), np.ones(1)))["mae"])
+
+
+def test_mase_scale_leaves_out_pairs_with_a_point_not_observed():
+    raw = np.array([1.0, 3.0, np.nan, 5.0, 4.0, 8.0, 2.0, 4.0, 7.0])
+    offsets, train_end = np.array([0, 6]), np.array([6, 3])
+    # series 0, season 1: |3-1|, (3, nan), (nan, 5), |4-5|, |8-4| -> 3 pairs; series 1: |4-2|, |7-4|
+    np.testing.assert_allclose(M.mase_scale(raw, offsets, train_end, 1), [(2 + 1 + 4) / 3, (2 + 3) / 2])
+    # season 2: (nan, 1), |5-3|, (4, nan), |8-5| -> 2 pairs
+    assert M.mase_scale(raw, offsets, train_end, 2)[0] == pytest.approx((2 + 3) / 2)
+    assert np.isnan(M.mase_scale(np.array([1.0, np.nan, 2.0]), np.array([0]), np.array([3]), 1)[0])
+
+
 # ---------------------------------------------------------------- per series
 
 

@@ -1,7 +1,10 @@
 """Forecast accuracy metrics and the naive baselines, vectorised over all windows at once.
 
 All sums run in float64: the metrics are averages over up to millions of points, where
-float32 accumulation would drift in the last reported digits.
+float32 accumulation would drift in the last reported digits. An actual value of NaN is a point
+that was not observed (`data.missing` filled it, `pipeline.library.store.read_observed`): its
+terms are NaN and every mean here leaves it out, so a forecast is never scored against a value
+the pipeline made up.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ def mase_scale(raw: np.ndarray, offsets: np.ndarray, train_end: np.ndarray, seas
     """Per series, the mean absolute seasonal-naive error on its train part (in original units).
 
     NaN where the train part is not longer than a season. Vectorised over chunks of series:
-    `|y[t] - y[t - season]|` over a chunk, summed per series with one `reduceat`.
+    `|y[t] - y[t - season]|` over a chunk, summed per series with one `reduceat`. A pair with a
+    NaN (a point not observed: `read_observed`) is left out of the mean.
     """
     offsets = np.asarray(offsets, dtype=np.int64)
     train_end = np.asarray(train_end, dtype=np.int64)
@@ -45,10 +49,14 @@ def mase_scale(raw: np.ndarray, offsets: np.ndarray, train_end: np.ndarray, seas
         base = offsets[first]
         segment = np.asarray(raw[base : offsets[stop - 1] + train_end[stop - 1]], dtype=np.float64)
         diffs = np.append(np.abs(segment[season:] - segment[:-season]), 0.0)  # diffs[j]: t = base + season + j
+        unobserved = np.isnan(diffs)
         count = train_end[first:stop] - season
         lo = offsets[first:stop] - base
-        bounds = np.stack([lo, lo + np.maximum(count, 0)], axis=1).ravel()
-        sums = np.add.reduceat(diffs, np.minimum(bounds, len(diffs) - 1))[::2]
+        bounds = np.minimum(np.stack([lo, lo + np.maximum(count, 0)], axis=1).ravel(), len(diffs) - 1)
+        if unobserved.any():
+            diffs[unobserved] = 0.0
+            count = count - np.add.reduceat(unobserved.astype(np.int64), bounds)[::2] * (count > 0)
+        sums = np.add.reduceat(diffs, bounds)[::2]
         scales[first:stop] = np.where(count > 0, sums / np.maximum(count, 1), np.nan)
     return scales
 
@@ -67,24 +75,41 @@ def error_terms(actual: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> 
     err = forecast.astype(np.float64) - actual.astype(np.float64)
     denom = np.abs(actual) + np.abs(forecast)
     smape = np.divide(200.0 * np.abs(err), denom, out=np.zeros_like(err), where=denom > 0)
+    smape[np.isnan(err)] = np.nan
     return {"mae": np.abs(err), "mse": err**2, "smape": smape, "mase": np.abs(err) / scale[:, None]}
+
+
+def mean(terms: np.ndarray, axis=None):
+    """The mean over the observed points (NaN terms left out); NaN where none was observed."""
+    observed = ~np.isnan(terms)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(observed, terms, 0.0).sum(axis=axis) / observed.sum(axis=axis)
 
 
 def summarise(terms: dict[str, np.ndarray]) -> dict[str, float]:
     return {
-        "mae": float(terms["mae"].mean()),
-        "rmse": float(np.sqrt(terms["mse"].mean())),
-        "smape": float(terms["smape"].mean()),
-        "mase": float(terms["mase"].mean()),
+        "mae": float(mean(terms["mae"])),
+        "rmse": float(np.sqrt(mean(terms["mse"]))),
+        "smape": float(mean(terms["smape"])),
+        "mase": float(mean(terms["mase"])),
     }
+
+
+def per_series_means(values: np.ndarray, series: np.ndarray, n_series: int) -> np.ndarray:
+    """Per series, the mean of `values` (W, ...) over its windows' observed entries (NaN left out)."""
+    observed = ~np.isnan(values)
+    flat = observed.reshape(len(values), -1)
+    sums = np.where(observed, values, 0.0).reshape(len(values), -1).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.bincount(series, weights=sums, minlength=n_series) / np.bincount(
+            series, weights=flat.sum(axis=1), minlength=n_series
+        )
 
 
 def summarise_by_series(terms: dict[str, np.ndarray], series: np.ndarray, n_series: int) -> dict[str, np.ndarray]:
     """The same metrics per series, from per-window sums (no loop over series)."""
-    count = np.bincount(series, minlength=n_series) * terms["mae"].shape[1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = {k: np.bincount(series, weights=v.sum(axis=1), minlength=n_series) / count for k, v in terms.items()}
-    return {"mae": mean["mae"], "rmse": np.sqrt(mean["mse"]), "smape": mean["smape"], "mase": mean["mase"]}
+    means = {k: per_series_means(v, series, n_series) for k, v in terms.items()}
+    return {"mae": means["mae"], "rmse": np.sqrt(means["mse"]), "smape": means["smape"], "mase": means["mase"]}
 
 
 # ---------------------------------------------------------------- quantile forecasts
@@ -118,8 +143,10 @@ def interval_name(lo: float, hi: float) -> str:
 
 
 def coverage_terms(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """1.0 where the actual lies inside [lower, upper] (bounds included), else 0.0."""
-    return ((actual >= lower) & (actual <= upper)).astype(np.float64)
+    """1.0 where the actual lies inside [lower, upper] (bounds included), else 0.0; NaN where it was not observed."""
+    inside = ((actual >= lower) & (actual <= upper)).astype(np.float64)
+    inside[np.isnan(np.broadcast_to(actual, inside.shape))] = np.nan
+    return inside
 
 
 def summarise_quantiles(actual: np.ndarray, forecast: np.ndarray, quantiles, scale: np.ndarray) -> dict:
@@ -127,9 +154,9 @@ def summarise_quantiles(actual: np.ndarray, forecast: np.ndarray, quantiles, sca
     and the empirical coverage of every symmetric interval next to its nominal level."""
     terms = pinball_terms(actual, forecast, quantiles)
     result = {
-        "pinball": float(terms.mean()),
-        "scaled_pinball": float((terms / scale[:, None, None]).mean()),
-        "pinball_by_quantile": {f"{q:g}": float(terms[..., k].mean()) for k, q in enumerate(quantiles)},
+        "pinball": float(mean(terms)),
+        "scaled_pinball": float(mean(terms / scale[:, None, None])),
+        "pinball_by_quantile": {f"{q:g}": float(mean(terms[..., k])) for k, q in enumerate(quantiles)},
         "coverage": {},
     }
     for i, j in symmetric_intervals(quantiles):
@@ -137,6 +164,6 @@ def summarise_quantiles(actual: np.ndarray, forecast: np.ndarray, quantiles, sca
         name = interval_name(quantiles[i], quantiles[j])
         result["coverage"][name] = {
             "nominal": round(quantiles[j] - quantiles[i], 12),
-            "empirical": float(inside.mean()),
+            "empirical": float(mean(inside)),
         }
     return result

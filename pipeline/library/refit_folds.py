@@ -91,6 +91,7 @@ def refit_forecasts(
     run_dir: Path,
     ingest: IngestRecord,
     raw32: np.ndarray,
+    observed: np.ndarray,
     plan: BacktestPlan,
     lookback: int,
     season: int,
@@ -98,6 +99,8 @@ def refit_forecasts(
     state,
 ) -> RefitForecasts:
     """Every fold model's forecasts of its windows (called on every process; shards are gathered).
+
+    The models read `raw32` (the values as ingested); the MASE scales come from `observed` (NaN where filled).
 
     `plan.pairs` start `lookback` (the main run's) before their cutoffs; a fold resolved its own
     lookback and transform from its data, and its model reads its windows with them.
@@ -125,6 +128,6 @@ def refit_forecasts(
         output[rows] = to_original_units(scaled, stats, listed, fold_ingest.transform)
         train_end = series.train_end.copy()
         train_end[listed] = fold_ingest.series.train_end
-        window_scale[rows] = fold_mase_scale(raw32, offsets, train_end, season, listed, series.ids, k)
+        window_scale[rows] = fold_mase_scale(observed, offsets, train_end, season, listed, series.ids, k)
         summaries.append(fold_summary(k, fold_ingest, window, trained))
     return RefitForecasts(output, window_scale, summaries)

@@ -103,7 +103,7 @@ def report(name: str, result: dict, per_series: pd.DataFrame, plots: list[str], 
         "",
         f"{result['n_windows']} test windows over {result['n_series']} series, horizon {result['horizon']}, "
         f"season length {result['season_length']}. Errors in the data's original units; MASE is scaled by the "
-        "in-sample seasonal-naive error of each series' train part.",
+        "in-sample seasonal-naive error of each series' train part." + _filled_sentence(result.get("filled_points", 0)),
         "",
         "| method | MAE | RMSE | sMAPE | MASE |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -128,6 +128,15 @@ def report(name: str, result: dict, per_series: pd.DataFrame, plots: list[str], 
     if loss_curve:
         lines += ["", f"Training: ![loss by step]({loss_curve})"]
     return "\n".join(lines) + "\n"
+
+
+def _filled_sentence(filled: int) -> str:
+    if not filled:
+        return ""
+    return (
+        f" {filled} points of the test windows were filled by data.missing, not observed: they are left out of every "
+        "score (and of the MASE scales)."
+    )
 
 
 def _per_series_lines(per_series: pd.DataFrame) -> list[str]:

@@ -79,14 +79,12 @@ def per_series_table(windows: ScoredWindows, terms: dict, ids: list[str]) -> pd.
     table["seasonal_naive_mase"] = by["seasonal_naive"]["mase"]
     if quantiles:
         band = windows.band
-        points = np.bincount(series, minlength=n) * actual.shape[1]
-        pinball = M.pinball_terms(actual, band, quantiles).mean(axis=2).sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            table["model_pinball"] = np.bincount(series, weights=pinball, minlength=n) / points
-            for i, j in M.symmetric_intervals(quantiles):
-                inside = M.coverage_terms(actual, band[..., i], band[..., j]).sum(axis=1)
-                name = M.interval_name(quantiles[i], quantiles[j])
-                table[f"model_coverage_{name}"] = np.bincount(series, weights=inside, minlength=n) / points
+        table["model_pinball"] = M.per_series_means(M.pinball_terms(actual, band, quantiles), series, n)
+        for i, j in M.symmetric_intervals(quantiles):
+            inside = M.coverage_terms(actual, band[..., i], band[..., j])
+            table[f"model_coverage_{M.interval_name(quantiles[i], quantiles[j])}"] = M.per_series_means(
+                inside, series, n
+            )
     return pd.DataFrame(table)[keep].reset_index(drop=True)
 
 

@@ -39,6 +39,7 @@ class SeriesSet:
     freq: str
     covariates: np.ndarray | None = None  # (n_points, K) time-varying covariates beside `values`
     static: np.ndarray | None = None  # (n_series, S) static covariates
+    filled: np.ndarray | None = None  # (n_points,) bool: made by data.missing, not observed; None when none was
 
     @property
     def offsets(self) -> np.ndarray:
@@ -296,10 +297,10 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     check_duplicates(frame, data.source)
     step = infer_freq(frame, data.freq, data.source)
 
-    ids, starts, chunks, covs, statics = [], [], [], [], []
+    ids, starts, chunks, covs, statics, filled = [], [], [], [], [], []
     dropped = []
     for sid, part in frame.groupby("series", sort=True, observed=True):
-        values = regularise(str(sid), part, step, data)
+        values, made = regularise(str(sid), part, step, data) or (None, None)
         if values is not None and data.covariates:
             grid = pd.date_range(part["time"].iloc[0], part["time"].iloc[-1], freq=step)
             covs.append(covariates.on_grid(str(sid), part, data.covariates, grid, data))
@@ -312,11 +313,15 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
         ids.append(str(sid))
         starts.append(part["time"].iloc[0])
         chunks.append(values)
+        filled.append(made if made is not None else np.zeros(len(values), dtype=bool))
     accepted(data, ids, unsorted, dropped)
     lengths = np.array([len(c) for c in chunks], dtype=np.int64)
     cov = np.concatenate([c for c in covs if c is not None]) if data.covariates else None
     static = np.array(statics, dtype=np.float64) if data.static_covariates else None
-    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static)
+    made = np.concatenate(filled)
+    return SeriesSet(
+        ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static, made if made.any() else None
+    )
 
 
 def check_duplicates(frame: pd.DataFrame, source: str) -> None:
@@ -385,8 +390,11 @@ def _an_hour_off(stamp: pd.Timestamp, grid: pd.DatetimeIndex) -> bool:
     return bool(np.abs(grid - stamp).min() == pd.Timedelta("1h"))
 
 
-def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayout) -> np.ndarray | None:
-    """The series on its full regular grid, with gaps and NaN/inf handled by `data.missing`."""
+def regularise(
+    sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayout
+) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(the series on its full regular grid, with gaps and NaN/inf handled by `data.missing`; where it was filled,
+    or None where nothing was), or None for a series `data.missing: drop` leaves out."""
     times = pd.DatetimeIndex(part["time"].to_numpy())
     _check_span(sid, part, times, step, data.source)
     grid = pd.date_range(times[0], times[-1], freq=step).as_unit(times.unit)  # pandas 2: ns whatever the times
@@ -446,7 +454,7 @@ def regularise(sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayo
         raise DataError(
             f"{data.source}: series '{shown(sid)}': {scaling.too_large_for_float32('value', target[j], grid[j])}"
         )
-    return target
+    return target, (bad if bad.any() else None)
 
 
 def fill_missing(target: np.ndarray, bad: np.ndarray, sid: str, data: DataLayout) -> np.ndarray:

@@ -177,6 +177,7 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
     if duplicate.any():  # the pandas path checks every series for duplicates first
         faults.raise_for(int(np.argmax(duplicate)))
     keep = np.ones(len(names), dtype=bool)
+    filled = None  # allocated at the first series data.missing fills
     for i in np.flatnonzero(too_long | grid.off_grid | gappy | grid.non_finite | grid.huge):
         if too_long[i] or grid.off_grid[i]:
             faults.raise_for(i)
@@ -188,6 +189,9 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
                 continue
             segment = grid.values[offsets[i] : offsets[i] + lengths[i]]
             target = segment.astype(np.float64)
+            if filled is None:
+                filled = np.zeros(len(grid.values), dtype=bool)
+            filled[offsets[i] : offsets[i] + lengths[i]] = ~np.isfinite(target)
             segment[:] = fill_missing(target, ~np.isfinite(target), names[i], data)
         if grid.huge[i]:
             faults.raise_for(i)
@@ -195,11 +199,14 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
         lowest = np.minimum.reduceat(grid.values, offsets) if len(offsets) else np.array([])
         for i in np.flatnonzero((lowest < 0) & keep):
             faults.raise_for(int(i))
-    values, lengths = _compact(grid.values, offsets, lengths, keep)
+    values, kept_lengths = _compact(grid.values, offsets, lengths, keep)
+    if filled is not None:
+        filled, _ = _compact(filled, offsets, lengths, keep)
+        filled = filled if filled.any() else None
     kept = [names[i] for i in np.flatnonzero(keep)]
     accepted(data, kept, unsorted, [names[i] for i in np.flatnonzero(~keep)])
     starts = [pd.Timestamp(int(t)) for t in first[keep]]
-    return SeriesSet(kept, starts, lengths, values, step.freqstr)
+    return SeriesSet(kept, starts, kept_lengths, values, step.freqstr, filled=filled)
 
 
 def _survey(reader: Reader) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:

@@ -1,7 +1,9 @@
 """The series store: every series of an ingest back to back in one Arrow IPC file, values.arrow.
 
-One float32 column `target` in original units, and a float32 column `covariate:<name>` per
-time-varying covariate, all in the order of the ingest's series table. Read memory-mapped, so a
+One float32 column `target` in original units, a float32 column `covariate:<name>` per
+time-varying covariate and, where `data.missing` filled any point, a bool column `filled`
+(true where the target was made up, not observed: the evaluate stage does not score those
+points), all in the order of the ingest's series table. Read memory-mapped, so a
 stage touches only the pages it uses; the buffer's layout (offsets) comes from the table.
 """
 
@@ -17,13 +19,22 @@ from pipeline.library.errors import DataError
 VALUES_FILE = "values.arrow"
 TARGET = "target"
 COVARIATE = "covariate:"  # prefix of a time-varying covariate's column
+FILLED = "filled"
 
 
-def write_values(path: Path, values: np.ndarray, names: list[str] = (), covs: np.ndarray | None = None) -> None:
-    """The target (and time-varying covariates, one column each) as float32 Arrow columns."""
+def write_values(
+    path: Path,
+    values: np.ndarray,
+    names: list[str] = (),
+    covs: np.ndarray | None = None,
+    filled: np.ndarray | None = None,
+) -> None:
+    """The target (and time-varying covariates, one column each) as float32 Arrow columns; `filled` beside them."""
     columns = {TARGET: pa.array(np.asarray(values, dtype=np.float32))}  # float32 in: no copy
     for k, name in enumerate(names):
         columns[COVARIATE + name] = pa.array(np.ascontiguousarray(covs[:, k], dtype=np.float32))
+    if filled is not None:
+        columns[FILLED] = pa.array(np.asarray(filled, dtype=bool))
     write_table(path, pa.table(columns))
 
 
@@ -46,6 +57,15 @@ def column_values(column: pa.ChunkedArray) -> np.ndarray:
 def read_values(ingest_dir: Path) -> np.ndarray:
     """The float32 target buffer, memory-mapped."""
     return column_values(read_table(ingest_dir).column(TARGET))
+
+
+def read_observed(ingest_dir: Path) -> np.ndarray:
+    """The target in float64 with NaN where `data.missing` filled it: what forecasts are scored against."""
+    table = read_table(ingest_dir)
+    observed = column_values(table.column(TARGET)).astype(np.float64)
+    if FILLED in table.column_names:
+        observed[column_values(table.column(FILLED)).astype(bool, copy=False)] = np.nan
+    return observed
 
 
 def read_covariates(ingest_dir: Path, names: list[str] | tuple[str, ...]) -> np.ndarray | None:

@@ -51,7 +51,7 @@ from pipeline.library.registry_store import (
     switch_current,
     versions,
 )
-from pipeline.library.store import read_values
+from pipeline.library.store import read_observed, read_values
 from pipeline.library.windows import read_index
 from pipeline.stages.table import stage_dir
 
@@ -69,6 +69,7 @@ class ScoringWindows:
     """The newest test windows of the current data: what champion and challenger are scored on."""
 
     raw32: np.ndarray
+    observed: np.ndarray  # float64, NaN where data.missing filled a point (never scored against)
     table: SeriesTable  # the current data's series (ids, lengths, statistics)
     series: np.ndarray  # (W,) series index of each window
     target_start: np.ndarray  # (W,) position of each window's first target within its series
@@ -90,9 +91,11 @@ def scoring_windows(cfg: Config) -> ScoringWindows:
     if len(pairs) == 0:
         raise ConfigError("registry: no test window to score on; increase data.test_size")
     table = ingest.series
-    scale = M.mase_scale(raw32.astype(np.float64), table.offsets, table.train_end, cfg.evaluate.season_length)
+    observed = read_observed(ingest_dir)
+    scale = M.mase_scale(observed, table.offsets, table.train_end, cfg.evaluate.season_length)
     return ScoringWindows(
         raw32=raw32,
+        observed=observed,
         table=table,
         series=pairs[:, 0],
         target_start=pairs[:, 1] + window.lookback,
@@ -157,7 +160,7 @@ def score(forecaster: Forecaster, windows: ScoringWindows, rows: np.ndarray) -> 
     """mae, rmse, smape, mase of `forecaster` on the windows `rows`, as the evaluate stage computes them."""
     offsets = windows.table.offsets
     positions = offsets[windows.series[rows], None] + windows.target_start[rows, None] + np.arange(windows.horizon)
-    actual = windows.raw32.astype(np.float64)[positions]
+    actual = windows.observed[positions]
     terms = M.error_terms(actual, forecast(forecaster, windows, rows), windows.mase_scale[rows])
     return M.summarise(terms)
 

@@ -29,7 +29,7 @@ from pipeline.library.refit_folds import copy_fold_models, fold_records, refit_f
 from pipeline.library.report import report, write_plots
 from pipeline.library.runtime import dist_state
 from pipeline.library.scoring import METHODS, ScoredWindows, forecast_table, per_series_table, score
-from pipeline.library.store import read_values
+from pipeline.library.store import read_observed, read_values
 from pipeline.library.windows import read_index
 from pipeline.stages.table import cache_key, check_trained_with, check_upstream, stage_dir
 from pipeline.stages.tracking import open_tracker
@@ -80,12 +80,15 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
     plan = plan_backtest(cfg, ingest.series, pairs)
     all_pairs = np.concatenate([pairs, plan.pairs]).astype(np.int64)
     raw = raw32.astype(np.float64)
-    window_scale, positions = checked_scales(cfg, ingest.series, raw, pairs, all_pairs)
+    observed = read_observed(ingest_dir)  # NaN where data.missing filled a point: never scored against
+    window_scale, positions = checked_scales(cfg, ingest.series, observed, pairs, all_pairs)
 
     refitted = None
     if refit(cfg):
         season, batch = cfg.evaluate.season_length, cfg.evaluate.batch_size
-        refitted = refit_forecasts(cfg.run_dir, ingest, raw32, plan, cfg.window.lookback, season, batch, state)
+        refitted = refit_forecasts(
+            cfg.run_dir, ingest, raw32, observed, plan, cfg.window.lookback, season, batch, state
+        )
     by_model = all_pairs if refitted is None else pairs  # refit: the fold models forecast the folds
     output = model_forecasts(cfg, trained, ingest, raw32, by_model, state)
     if not state.is_main_process:
@@ -93,7 +96,7 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
     if refitted is not None:  # the folds: their models' forecasts, MASE scaled by the train part each learnt from
         output = np.concatenate([output, refitted.output])
         window_scale[len(pairs) :] = refitted.window_scale
-    windows = scored_windows(cfg, trained, raw, all_pairs, positions, window_scale, output)
+    windows = scored_windows(cfg, trained, raw, observed, all_pairs, positions, window_scale, output)
     test = windows.rows(slice(0, len(pairs)))
     terms, result = summarise_test(cfg, test, trained)
     folds_table = None
@@ -155,8 +158,12 @@ def model_forecasts(cfg, trained: TrainRecord, ingest: IngestRecord, raw32, pair
     return to_original_units(scaled, ingest.series.stats, pairs[:, 0], ingest.transform)
 
 
-def scored_windows(cfg, trained: TrainRecord, raw, pairs, positions, window_scale, output) -> ScoredWindows:
-    """The test and backtest windows with the model's and both baselines' forecasts."""
+def scored_windows(cfg, trained: TrainRecord, raw, observed, pairs, positions, window_scale, output) -> ScoredWindows:
+    """The test and backtest windows with the model's and both baselines' forecasts.
+
+    The baselines forecast from the values as ingested (`raw`, filled points included, as the model reads them);
+    the actuals are the observed values (`observed`: NaN where `data.missing` filled one, left out of every score).
+    """
     quantiles = list(trained.model.quantiles)
     forecasts = {
         "model": point_of(output, trained.model),
@@ -164,7 +171,7 @@ def scored_windows(cfg, trained: TrainRecord, raw, pairs, positions, window_scal
         "seasonal_naive": M.seasonal_naive_forecast(raw, positions, cfg.evaluate.season_length),
     }
     band = output if quantiles else None
-    return ScoredWindows(pairs, positions, raw[positions], forecasts, window_scale, quantiles, band)
+    return ScoredWindows(pairs, positions, observed[positions], forecasts, window_scale, quantiles, band)
 
 
 def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tuple[dict, dict]:
@@ -174,9 +181,10 @@ def summarise_test(cfg: Config, test: ScoredWindows, trained: TrainRecord) -> tu
         **block,
         "n_windows": len(test),
         "n_series": len(np.unique(test.series)),
+        "filled_points": int(np.isnan(test.actual).sum()),  # not observed (data.missing): left out of every score
         "horizon": cfg.window.horizon,
         "season_length": cfg.evaluate.season_length,
-        "mae_by_horizon": {m: terms[m]["mae"].mean(axis=0).tolist() for m in METHODS},
+        "mae_by_horizon": {m: M.mean(terms[m]["mae"], axis=0).tolist() for m in METHODS},
         "seasons": list(cfg.model.seasons),
         "base": describe_base(trained),
         "transform": cfg.data.transform,

@@ -65,7 +65,7 @@ def _run(cfg: Config, force: bool) -> None:
         "n_points": record.n_points,
     }
     with staged_dir(out) as tmp:
-        write_values(tmp / VALUES_FILE, series.values, cfg.data.covariates, series.covariates)
+        write_values(tmp / VALUES_FILE, series.values, cfg.data.covariates, series.covariates, series.filled)
         (tmp / DATA_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
         record.write(tmp)
     log.info(
@@ -75,6 +75,9 @@ def _run(cfg: Config, force: bool) -> None:
         series.freq,
         record.fingerprint,
     )
+    if series.filled is not None:
+        log.info("ingest: %d points filled by data.missing=%s; evaluate leaves them out of every score",
+                 int(series.filled.sum()), cfg.data.missing)  # fmt: skip
     for check in record.season_checks or ():
         log.info("ingest: season %d %s: %s", check["season"], "kept" if check["kept"] else "not kept", check["why"])
     if record.transform_check:
