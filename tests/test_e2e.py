@@ -125,6 +125,18 @@ def test_export_is_self_contained_and_onnx_matches(finished_run, tmp_path):
     np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, atol=1e-4)
 
 
+def test_an_onnx_parity_beyond_the_tolerance_is_one_line_and_keeps_the_export(finished_run):
+    run, config, _ = finished_run
+    before = {p.name: p.read_bytes() for p in (run / "export").iterdir() if p.is_file()}
+    tight = cli_in_process("export", "--config", str(config), "export.parity_atol=1e-12")
+    assert tight.returncode == 2, tight.stderr[-2000:]
+    (line,) = [x for x in tight.stderr.splitlines() if x.startswith("error:")]
+    assert "export.parity_atol (1e-12): the ONNX model's forecasts differ from PyTorch's by up to" in line
+    assert "Traceback" not in tight.stderr
+    assert {p.name: p.read_bytes() for p in (run / "export").iterdir() if p.is_file()} == before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # the staged export is gone too
+
+
 def test_predict_cli_forecasts_the_next_horizon(finished_run, tmp_path):
     run, _, _ = finished_run
     data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))

@@ -435,7 +435,8 @@ class ExportConfig:
     onnx: bool = True
     """Also write model.onnx and check it against PyTorch with ONNX Runtime."""
     parity_atol: float = 1e-4
-    """Largest allowed |ONNX - PyTorch| on the test windows (scaled units)."""
+    """Largest allowed |ONNX - PyTorch| on the test windows (scaled units); beyond it export stops (exit 2) and the
+    previous export stays."""
 
     def __post_init__(self) -> None:
         _positive("export.parity_atol", self.parity_atol)

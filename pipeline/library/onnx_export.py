@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.library.buffer import WindowBuffer
+from pipeline.library.errors import ConfigError
 from pipeline.library.inference import forecast_windows
 
 
@@ -38,6 +39,10 @@ def export_onnx(model: torch.nn.Module, buffer: WindowBuffer, pairs: np.ndarray,
         ]
     )
     diff = float(np.abs(got - expected).max())
-    if not diff <= atol:
-        raise RuntimeError(f"export: ONNX output differs from PyTorch by {diff:.3g} > export.parity_atol={atol}")
+    if not diff <= atol:  # the previous export stays in place: the caller writes into a staged directory
+        raise ConfigError(
+            f"export.parity_atol ({atol:g}): the ONNX model's forecasts differ from PyTorch's by up to {diff:.3g} on "
+            f"the test windows, in scaled units (float32 kernels differ by about 1e-6); raise export.parity_atol, "
+            f"or set export.onnx: false to export without ONNX"
+        )
     return diff
