@@ -342,6 +342,32 @@ def test_a_promotion_puts_champion_and_the_version_on_the_model_artifact(tmp_pat
     assert "link small-model to the registry collection wandb-registry-model/forecasters" in result.stderr
 
 
+@pytest.mark.slow
+def test_a_rollback_moves_champion_to_the_version_rolled_back_to(tmp_path):
+    """v0001 promoted, v0002 rejected; `rollback --to v0002` logs v0002's export files as the model artifact with
+    the aliases champion and v0002: the same files as v0002's export, so W&B puts them on the version it holds."""
+    overrides = {**FAST, "tracking.backend": "wandb", "registry.dir": str(tmp_path / "registry")}
+    config = write_config(tmp_path, overrides)
+    env = wandb_env(tmp_path)
+    assert cli("run", "--config", str(config), "--promote", env=env).returncode == 0
+    second = cli("run", "--config", str(config), "--promote", "train.max_steps=1", env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    registry = [r for r in wandb_runs(tmp_path / "run") if r.run["job_type"] == "registry"]
+    assert [r.artifacts[0]["metadata"]["registry"]["decision"] for r in registry] == ["promoted", "rejected"]
+    rejected = registry[1].artifacts[0]
+    assert "champion" not in rejected["aliases"]
+
+    rolled = cli("rollback", "--config", str(config), "--to", "v0002", env=env)
+    assert rolled.returncode == 0, rolled.stderr[-3000:]
+    rollback = by_job(wandb_runs(tmp_path / "run"))["rollback"]
+    [model] = rollback.artifacts
+    assert model["name"] == rejected["name"] == "small-model"
+    assert model["files"] == rejected["files"]  # v0002's export as it was logged: the same W&B version
+    assert {"champion", "v0002"} <= set(model["aliases"])
+    assert model["metadata"]["registry"]["decision"] == "rolled_back"
+    assert rollback.summary["registry/withdrawn"] == "v0001" and rollback.exited
+
+
 # ---------------------------------------------------------------- resume continues the W&B run
 
 

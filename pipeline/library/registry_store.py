@@ -44,6 +44,16 @@ LOCK = ".lock"
 
 
 DECISION = "decision.json"
+METRICS = "metrics.json"
+RUN_CONFIG = "run_config.yaml"
+DATA = "data.json"
+ADDED = (METRICS, RUN_CONFIG, DATA, DECISION)
+"""The files a version holds beside its export's own."""
+
+
+def export_files(version_dir: Path) -> list[Path]:
+    """The export's own files in a version (what the export stage logged to W&B as the model artifact)."""
+    return sorted(p for p in version_dir.iterdir() if p.is_file() and p.name not in ADDED)
 
 
 _VERSION = re.compile(r"^v(\d{4,})$")

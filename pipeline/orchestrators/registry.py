@@ -286,11 +286,11 @@ def _judge(cfg: Config, version_dir: Path, champion_path: Path | None, previous,
         n_series=len(np.unique(windows.series[rows])),
         data_fingerprint=_fingerprint(cfg),
     )
-    if (version_dir / "metrics.json").is_file():  # a version decided again keeps its first metrics
+    if (version_dir / store.METRICS).is_file():  # a version decided again keeps its first metrics
         return record
     evaluate_metrics = cfg.run_dir / "evaluate" / "metrics.json"
     store.write_json(
-        version_dir / "metrics.json",
+        version_dir / store.METRICS,
         {
             "challenger": ours,
             "champion": theirs,
@@ -321,8 +321,8 @@ def _build_version(cfg: Config, tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(cfg.run_dir / "export", tmp)
-        (tmp / "run_config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        store.write_json(tmp / "data.json", _data_info(cfg))
+        (tmp / store.RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        store.write_json(tmp / store.DATA, _data_info(cfg))
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"registry: cannot write {tmp}: {exc.strerror or exc}") from None

@@ -10,7 +10,10 @@ promote it straight back. A new challenger (new data or settings) is judged as u
 back `--to` a withdrawn version puts it back into service.
 
 The forecast service follows `current`, so it serves the version rolled back to within its poll
-interval. W&B's `champion` alias is not moved: that needs the W&B API online.
+interval. With `tracking.backend: wandb` a `rollback` run moves W&B's `champion` alias too: it logs
+the version's export files as the model artifact again, aliased `champion` and the version, and
+W&B, finding the same files, puts the aliases on the version it already holds (offline runs do so
+when synced).
 """
 
 from __future__ import annotations
@@ -60,7 +63,28 @@ def rollback(cfg: Config, to: str | None = None) -> dict:
         }
         store.append_history(root, record)
     log.info("registry: %s; %s is never promoted again unless rolled back to", record["reason"], current)
+    track_rollback(cfg, root / target, record)
     return record
+
+
+def track_rollback(cfg: Config, version_dir: Path, record: dict) -> None:
+    """W&B's `champion` alias follows `current`: the model artifact of the version rolled back to, aliased again
+    (and linked to `tracking.registry_collection` when one is set, as a promotion is)."""
+    if cfg.tracking.backend != "wandb":
+        return
+    from pipeline.stages.tracking import open_tracker
+
+    name, aliases = f"{cfg.name}-model", [record["version"], "champion"]
+    files = store.export_files(version_dir)
+    tracker = open_tracker(cfg, "rollback", True)
+    try:
+        tracker.summary({f"registry/{k}": record[k] for k in ("decision", "version", "withdrawn")})
+        tracker.log_artifact(None, name, "model", {"registry": record}, aliases=aliases, files=files)
+        collection = cfg.tracking.registry_collection
+        if collection:
+            tracker.link_artifact(None, name, "model", {"registry": record}, collection, aliases, files)
+    finally:
+        tracker.finish()
 
 
 def previous_version(root: Path, history: list[dict], current: str | None) -> str | None:

@@ -242,8 +242,8 @@ class Tracker:
         elif hasattr(self.run, "_log_artifact"):  # offline: what use_artifact records online, synced later
             self.run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
 
-    def link_artifact(self, path: Path, name: str, type: str, metadata: dict[str, Any], target: str,
-                      aliases: list[str]) -> None:  # fmt: skip
+    def link_artifact(self, path: Path | None, name: str, type: str, metadata: dict[str, Any], target: str,
+                      aliases: list[str], files: list[Path] = ()) -> None:  # fmt: skip
         """Link an artifact to a W&B registry collection (online; offline W&B cannot link: said in the log)."""
         if self.name != "wandb" or not self._started():
             return
@@ -254,7 +254,7 @@ class Tracker:
                 target,
             )
             return
-        self.run.link_artifact(_artifact(path, name, type, metadata, None, (), ()), target, aliases=aliases)
+        self.run.link_artifact(_artifact(path, name, type, metadata, None, files, ()), target, aliases=aliases)
 
     def finish(self) -> None:
         self.commit()
