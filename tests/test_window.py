@@ -379,3 +379,39 @@ def test_the_window_stage_refuses_a_constant_series_in_one_line(tmp_path):
     assert last.startswith("error: evaluate.season_length (24): series 'closed' repeats itself exactly"), last
     assert "Traceback" not in done.stderr and (tmp_path / "run" / "ingest").is_dir()
     assert not (tmp_path / "run" / "window").exists() and not (tmp_path / "run" / "train").exists()
+
+
+def test_a_series_observed_too_little_to_scale_mase_is_refused_before_training(tmp_path):
+    """Its train part is observed only in its first day and filled after (data.missing: interpolate): no two
+    observed values lie a season apart there, so evaluate could not scale its MASE; the window stage says so."""
+    import pandas as pd
+
+    from .conftest import cli_in_process, write_config
+
+    time = pd.date_range("2024-01-01", periods=300, freq="h")
+    wave = 10 + np.sin(np.arange(300) / 3.8) + np.random.default_rng(0).normal(0, 0.1, 300)
+    seen = (np.arange(300) < 24) | (np.arange(300) >= 250)
+    frame = pd.concat(
+        [
+            pd.DataFrame({"id": "shop", "time": time, "value": wave}),
+            pd.DataFrame({"id": "sparse", "time": time[seen], "value": wave[seen]}),
+        ]
+    )
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    overrides = {
+        "data": {
+            "source": str(tmp_path / "data.csv"), "id_column": "id", "target_column": "value", "freq": "h",
+            "missing": "interpolate", "transform": "none",
+        },
+        "window.lookback": 48,
+        "window.horizon": 12,
+        "evaluate.season_length": 24,
+    }  # fmt: skip
+    done = cli_in_process("run", "--config", str(write_config(tmp_path, overrides)))
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "error: series 'sparse': no two observed values evaluate.season_length (24) apart on its train part to scale "
+        "MASE by (data.missing=interpolate filled the others); give it more observed history or leave it out"
+    )
+    assert not (tmp_path / "run" / "window").exists() and not (tmp_path / "run" / "train").exists()

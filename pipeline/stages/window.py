@@ -19,7 +19,7 @@ from pipeline.library.artifacts import staged_dir
 from pipeline.library.errors import DataError, shown
 from pipeline.library.records import IngestRecord, SeriesTable, WindowRecord, is_cached
 from pipeline.library.runtime import main_process_only
-from pipeline.library.store import read_values
+from pipeline.library.store import read_observed
 from pipeline.library.windows import SPLITS, build_window_index, drop_short_series, write_index
 from pipeline.stages.table import cache_key, stage_dir
 
@@ -39,7 +39,7 @@ def _run(cfg: Config, force: bool) -> None:
     if not force and is_cached(out, key):
         dropped = WindowRecord.require(out, "window").dropped_series
         check_scoring_season(cfg, ingest.series, dropped)
-        check_mase_scale(cfg, ingest.series, dropped, read_values(stage_dir(cfg, "ingest")))
+        check_mase_scale(cfg, ingest.series, dropped, read_observed(stage_dir(cfg, "ingest")))
         log.info("window: up to date (inputs unchanged), skipped; --force redoes it")
         return
     series, w = ingest.series, cfg.window
@@ -48,7 +48,7 @@ def _run(cfg: Config, force: bool) -> None:
     )
     index, dropped = drop_short_series(index, series, w.lookback, w.horizon, cfg.data.short_series)
     check_scoring_season(cfg, series, dropped)
-    check_mase_scale(cfg, series, dropped, read_values(stage_dir(cfg, "ingest")))
+    check_mase_scale(cfg, series, dropped, read_observed(stage_dir(cfg, "ingest")))
     counts = {s: len(index[s]) for s in SPLITS}
     with staged_dir(out) as tmp:
         write_index(tmp, index)
@@ -61,15 +61,23 @@ def scored_series(series: SeriesTable, dropped: list[str]) -> np.ndarray:
     return (series.val_end < series.lengths) & ~np.isin(np.asarray(series.ids, dtype=object), dropped)
 
 
-def check_mase_scale(cfg: Config, series: SeriesTable, dropped: list[str], raw: np.ndarray) -> None:
+def check_mase_scale(cfg: Config, series: SeriesTable, dropped: list[str], observed: np.ndarray) -> None:
     """Every series scored has a MASE scale above 0: a series constant on its train part (which `data.scaling: none`
-    admits) would otherwise be trained on and then refuse evaluate's scoring, here before training. `raw`: ingest's
-    target buffer."""
+    admits) would otherwise be trained on and then refuse evaluate's scoring, here before training. `observed`:
+    ingest's target buffer with NaN where data.missing filled it, as evaluate scales MASE."""
     season = cfg.evaluate.season_length
-    scale = M.mase_scale(raw, series.offsets, series.train_end, season)
-    flat = np.flatnonzero(scored_series(series, dropped) & (scale == 0))
+    scale = M.mase_scale(observed, series.offsets, series.train_end, season)
+    scored = scored_series(series, dropped)
+    flat = np.flatnonzero(scored & (scale == 0))
     if len(flat):
         raise DataError(M.flat_season_message(season, shown(series.ids[int(flat[0])])))
+    unscaled = np.flatnonzero(scored & np.isnan(scale) & (series.train_end > season))
+    if len(unscaled):
+        raise DataError(
+            f"series '{shown(series.ids[int(unscaled[0])])}': no two observed values evaluate.season_length ({season}) "
+            f"apart on its train part to scale MASE by (data.missing={cfg.data.missing} filled the others); give it "
+            f"more observed history or leave it out"
+        )
 
 
 def check_scoring_season(cfg: Config, series: SeriesTable, dropped: list[str]) -> None:
