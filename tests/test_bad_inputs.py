@@ -401,7 +401,7 @@ CASES = [
     Case(
         "mixed-time-zones",
         lambda ws: ws.ingest("bad.csv", edited(at(4, "ts", ts(4) + "+02:00"))),
-        ("{root}/bad.csv", "mixed time zones", "row 1: no zone", "row 4: UTC+02:00"),
+        ("{root}/bad.csv", "timestamps with and without a zone", "row 1: no zone", "row 4: UTC+02:00"),
     ),
     Case(
         "irregular-spacing",

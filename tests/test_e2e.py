@@ -343,3 +343,45 @@ def test_points_filled_by_data_missing_are_never_scored(tmp_path):
     assert list(unobserved["time"]) == list(times[gap])
     scored = rows.dropna(subset=["actual"])
     assert metrics["model"]["mae"] == pytest.approx((scored["forecast"] - scored["actual"]).abs().mean(), rel=1e-5)
+
+
+def test_times_are_written_back_in_the_zone_of_the_data(tmp_path):
+    """Hourly data written in +10:00 is held in UTC; forecasts.csv and predict write their times in +10:00 again, the
+    same instants. A history whose offsets differ (here +10:00 and Z, the same instants) is forecast in UTC."""
+    n = 300
+    instants = pd.date_range("2024-01-01", periods=n, freq="h")  # UTC
+    y = 20 + 5 * np.sin(2 * np.pi * np.arange(n) / 24) + np.random.default_rng(2).normal(0, 0.5, n)
+    local = [t.tz_localize("UTC").tz_convert("+10:00").isoformat() for t in instants]
+    pd.DataFrame({"time": local, "y": y}).to_csv(tmp_path / "sydney.csv", index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {"source": str(tmp_path / "sydney.csv"), "target_column": "y", "val_size": 0.15, "test_size": 0.15},
+            "train.max_steps": 4,
+            "train.checkpoint_every": 0,
+            "export.onnx": False,
+        },
+    )
+    done = cli_in_process("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "ingest/meta.json").read_text())["zone"] == "UTC+10:00"
+    rows = pd.read_csv(run / "evaluate/forecasts.csv")
+    assert rows["time"].str.endswith("+10:00").all() and rows["origin"].str.endswith("+10:00").all()
+    # the test part's first forecast: 45 test steps of 300, windows every 12 from the end of the validation part
+    assert rows["time"].iloc[0] == instants[255].tz_localize("UTC").tz_convert("+10:00").isoformat(sep=" ")
+
+    history = pd.read_csv(tmp_path / "sydney.csv")
+    forecast = Forecaster.load(run / "export").predict(history)
+    first = instants[-1] + pd.Timedelta(hours=1)
+    assert str(forecast["time"].dt.tz) == "UTC+10:00"
+    assert forecast["time"].iloc[0] == first.tz_localize("UTC") and len(forecast) == 12
+    out = tmp_path / "forecast.csv"
+    cli_in_process("predict", "--model", str(run / "export"), "--input", str(tmp_path / "sydney.csv"), "--output",
+                   str(out))  # fmt: skip
+    assert pd.read_csv(out)["time"].iloc[0] == first.tz_localize("UTC").tz_convert("+10:00").isoformat(sep=" ")
+
+    mixed = history.assign(time=[t if i % 2 else instants[i].isoformat() + "Z" for i, t in enumerate(history.time)])
+    in_utc = Forecaster.load(run / "export").predict(mixed)
+    assert str(in_utc["time"].dt.tz) == "UTC" and in_utc["time"].iloc[0] == first.tz_localize("UTC")
+    np.testing.assert_array_equal(in_utc["forecast"], forecast["forecast"])  # the same instants, the same forecast

@@ -679,3 +679,37 @@ def test_local_midnights_across_a_daylight_saving_change_are_named_as_such(tmp_p
     pd.DataFrame({"time": hourly, "y": np.arange(30.0)}).to_parquet(tmp_path / "hourly.parquet")
     with pytest.raises(DataError, match=r"is off the h grid \(irregular spacing"):
         _load(tmp_path / "hourly.parquet", freq="h")
+
+
+def test_local_times_across_a_daylight_saving_change_are_read_as_the_instants_they_name(tmp_path):
+    """Hourly data written in local time with its UTC offset, which summer time changes (+01:00, then +02:00): the
+    instants lie an hour apart throughout, so they are read in UTC on a regular grid, and the zone recorded for
+    writing forecasts back is UTC. One offset throughout is recorded as itself; a mix with naive times is refused."""
+    from pipeline.library.history import in_zone, written_zone
+
+    local = pd.date_range("2024-03-30", periods=72, freq="h", tz="Europe/Berlin")  # 31 March: the clocks go forward
+    text = pd.Series([t.isoformat() for t in local])
+    assert text[0].endswith("+01:00") and text[71].endswith("+02:00")
+    pd.DataFrame({"time": text, "y": np.arange(72.0)}).to_csv(tmp_path / "local.csv", index=False)
+    series = _load(tmp_path / "local.csv")
+    assert series.lengths.tolist() == [72] and series.zone == "UTC" and series.freq == "h"
+    assert pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-03-29 23:00")
+    np.testing.assert_array_equal(series.values, np.arange(72.0))
+    assert written_zone(text) == "UTC"
+
+    sydney = pd.Series([f"2024-01-01T{h:02d}:00:00+10:00" for h in range(24)])
+    pd.DataFrame({"time": sydney, "y": np.arange(24.0)}).to_csv(tmp_path / "sydney.csv", index=False)
+    series = _load(tmp_path / "sydney.csv")
+    assert series.zone == "UTC+10:00" and pd.Timestamp(series.starts[0]) == pd.Timestamp("2023-12-31 14:00")
+    assert written_zone(sydney) == "UTC+10:00" and written_zone(pd.Series(["2024-01-01 00:00"])) is None
+    assert [str(t) for t in in_zone(np.array(["2023-12-31T14:00"], dtype="datetime64[ns]"), series.zone)] == [
+        "2024-01-01 00:00:00+10:00"
+    ]
+    naive = pd.Series(["2024-01-01 00:00", *sydney[1:]])
+    pd.DataFrame({"time": naive, "y": np.arange(24.0)}).to_csv(tmp_path / "mixed.csv", index=False)
+    with pytest.raises(DataError) as info:
+        _load(tmp_path / "mixed.csv")
+    assert str(info.value) == (
+        f"{tmp_path / 'mixed.csv'}: timestamps with and without a zone in the time column (row 1: no zone, row 2: "
+        "UTC+10:00); give all of them a zone (or a UTC offset) or none"
+    )

@@ -72,6 +72,7 @@ def assert_identical(streamed, pandas_path, cfg: DataConfig) -> None:
     assert [s.isoformat() for s in streamed.starts] == [pd.Timestamp(s).isoformat() for s in pandas_path.starts]
     np.testing.assert_array_equal(streamed.lengths, pandas_path.lengths)
     assert streamed.values.tobytes() == pandas_path.values.astype(np.float32).tobytes()
+    assert streamed.zone == pandas_path.zone
     assert (streamed.filled is None) == (pandas_path.filled is None)
     if streamed.filled is not None:
         np.testing.assert_array_equal(streamed.filled, pandas_path.filled)
@@ -152,7 +153,7 @@ def test_ids_times_and_types(tmp_path):
     source = write_parquet(df, tmp_path / "typed.parquet")
     streamed, pandas_path = both(source)
     assert_identical(streamed, pandas_path, cfg_for(source))
-    assert streamed.ids[:2] == ["0", "14"]
+    assert streamed.ids[:2] == ["0", "14"] and streamed.zone == "Europe/Paris"
 
     one = frame(n_series=1, shuffle=False).drop(columns="id").assign(y=lambda f: f.y > 10)
     source = write_parquet(one, tmp_path / "single.parquet")

@@ -21,7 +21,7 @@ from pipeline.library.artifacts import sha256_file
 from pipeline.library.calendar import Calendar, encode, fixed_step_ns
 from pipeline.library.covariates import frame_column, static_row
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import parse_times, read_history, row_of, within_its_span
+from pipeline.library.history import in_zone, parse_times, read_history, row_of, within_its_span, written_zone
 from pipeline.library.history_stats import stats_from_history
 from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model import build_model
@@ -138,6 +138,9 @@ class Forecaster:
         covariates also needs `future`: their values for the `horizon` steps after each
         series' history (columns: the id column where the data has one, the time, the names).
 
+        Times are naive where the history's are, else in the history's zone (UTC where its timestamps carry
+        different offsets); the model reads them in UTC either way.
+
         Any series can be forecast, not only those of the training data. `scale="training"` scales a
         series the model was trained on by its training statistics (its train part), and any other
         series by statistics of its own whole history, by the same rule
@@ -172,10 +175,12 @@ class Forecaster:
             columns = {"forecast": y[..., median]}
             columns.update({f"q{q:g}": y[..., k] for k, q in enumerate(self.quantiles) if k != median})
         future = self._future_times(last)
+        time_col = self.spec.time_column
+        zone = written_zone(history[time_col]) if time_col in history else None  # the history's zone, if any
         out = pd.DataFrame(
             {
                 "series": np.repeat(np.asarray(ids, dtype=object), self.horizon),
-                self.spec.time_column: future.ravel(),
+                time_col: in_zone(future.ravel(), zone),
                 **{name: v.reshape(-1) for name, v in columns.items()},
             }
         )

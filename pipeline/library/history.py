@@ -22,18 +22,66 @@ def numbers_as_times(col: pd.Series, where: str) -> None:
         )
 
 
+_OFFSET = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"  # how a written timestamp ends when it carries a zone or a UTC offset
+
+
+def instants_in_utc(col: pd.Series) -> pd.Series | None:
+    """Timestamps written with different UTC offsets (local time across a daylight-saving change) as the instants
+    they name, in UTC; None where some carry no offset (naive and aware together are ambiguous)."""
+    text = col.dropna().astype(str).str.strip()
+    if not text.str.contains(_OFFSET).all():
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas 2 warns that mixed offsets will need utc=True: it has it
+        return pd.to_datetime(col, errors="coerce", format="mixed", utc=True)
+
+
+def zone_name(tz: object) -> str | None:
+    """A time zone as the text that names it back (`UTC`, `UTC+10:00`, `Europe/Berlin`); None for no zone."""
+    return None if tz is None else str(pd.Timestamp("2000-01-01", tz=tz).tz)
+
+
+def written_zone(col: pd.Series) -> str | None:
+    """The zone forecasts of this time column are written in: its own (a named zone, or its one UTC offset), UTC
+    where its timestamps carry different offsets, None where they carry none (times stay naive, as given)."""
+    if pd.api.types.is_datetime64_any_dtype(col):
+        return zone_name(col.dt.tz)
+    text = col.dropna().astype(str).str.strip()
+    ends = text.str.extract(f"({_OFFSET})")[0]
+    if len(ends) == 0 or ends.isna().any():
+        return None
+    if ends.nunique() > 1:
+        return "UTC"
+    return zone_name(pd.Timestamp(text.iloc[0]).tz)
+
+
+def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None) -> pd.DatetimeIndex:
+    """Naive UTC times (as ingest and predict hold them) in `zone`; unchanged (naive) for None."""
+    index = pd.DatetimeIndex(np.asarray(times).ravel())
+    return index if zone is None else index.tz_localize("UTC").tz_convert(zone)
+
+
 def parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
     """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them); NaT where unparseable."""
-    zones = f"{source}: series '{shown(sid)}': mixed time zones in the time column; write all timestamps in one zone"
+    zones = (
+        f"{source}: series '{shown(sid)}': timestamps with and without a zone in the time column; give all or none one"
+    )
     numbers_as_times(col, f"{source}: series '{shown(sid)}'")
     try:
         times = pd.to_datetime(col, errors="coerce", format="mixed")
     except (ValueError, TypeError, OverflowError) as exc:
-        if "zone" in str(exc).lower() or "offset" in str(exc).lower():
+        if "zone" not in str(exc).lower() and "offset" not in str(exc).lower():
+            where = f"{source}: series '{shown(sid)}'"
+            raise DataError(f"{where}: cannot parse the time column: {shown(exc, 200)}") from None
+        times = instants_in_utc(col)  # pandas 3 refuses different offsets
+        if times is None:
             raise DataError(zones) from None
-        raise DataError(f"{source}: series '{shown(sid)}': cannot parse the time column: {shown(exc, 200)}") from None
-    if not pd.api.types.is_datetime64_any_dtype(times):  # pandas keeps mixed offsets as objects
-        raise DataError(zones)
+    if not pd.api.types.is_datetime64_any_dtype(times):  # pandas 2 keeps different offsets as objects
+        times = instants_in_utc(col)
+        if times is None:
+            raise DataError(zones)
     if times.dt.tz is not None:
         times = times.dt.tz_convert("UTC").dt.tz_localize(None)
     return times

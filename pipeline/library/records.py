@@ -242,6 +242,7 @@ class IngestRecord(Record):
     config: dict[str, Any] | None = None  # the config the stage ran with
     season_checks: list[dict[str, Any]] | None = None  # each candidate season's test (pipeline.library.seasonality)
     transform_check: dict[str, Any] | None = None  # how `data.transform: auto` chose (library.transform_choice)
+    zone: str | None = None  # the zone the source's timestamps carried (held in UTC), forecasts' times are in
 
     @property
     def n_series(self) -> int:
@@ -278,6 +279,8 @@ class IngestRecord(Record):
             n_points=self.n_points,
             series=self.series.to_json(),
         )
+        if self.zone is not None:
+            payload["zone"] = self.zone
         if self.season_checks is not None:
             payload["seasons"] = {"kept": list(self.detected_seasons or ()), "checks": self.season_checks}
         if self.transform_check is not None:
@@ -310,6 +313,7 @@ class IngestRecord(Record):
             config=payload.get("config"),
             season_checks=(payload.get("seasons") or {}).get("checks"),
             transform_check=payload.get("transform_check"),
+            zone=payload.get("zone"),
         )
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from pipeline.library import metrics as M
 from pipeline.library.calendar import fixed_step_ns
 from pipeline.library.chunks import offsets_of
+from pipeline.library.history import in_zone
 from pipeline.library.records import SeriesTable
 
 METHODS = ("model", "naive", "seasonal_naive")
@@ -105,12 +106,13 @@ def forecast_times(series: SeriesTable, freq: str, rows: np.ndarray, steps: np.n
     return np.concatenate(grids)[offsets_of(longest + 1)[slot, None] + steps]
 
 
-def forecast_table(windows: ScoredWindows, series: SeriesTable, freq: str) -> pd.DataFrame:
+def forecast_table(windows: ScoredWindows, series: SeriesTable, freq: str, zone: str | None = None) -> pd.DataFrame:
     """forecasts.csv: a row per scored point, so anyone can recompute the metrics and the coverage.
 
     Columns: series, origin (the time of the window's first forecast step), time, step (1 ahead
-    to horizon ahead), actual, forecast (the median of a quantile model), `q<level>` for the
-    other quantiles, naive, seasonal_naive.
+    to horizon ahead), actual (empty where the point was not observed), forecast (the median of a
+    quantile model), `q<level>` for the other quantiles, naive, seasonal_naive. Times are in
+    `zone` (the data's, ingest's record of it) where the data had one.
     """
     rows = windows.series
     steps = windows.positions - series.offsets[rows, None]
@@ -119,8 +121,8 @@ def forecast_table(windows: ScoredWindows, series: SeriesTable, freq: str) -> pd
     return pd.DataFrame(
         {
             "series": np.repeat(np.array(series.ids, dtype=object)[rows], horizon),
-            "origin": np.repeat(times[:, 0], horizon),
-            "time": times.ravel(),
+            "origin": in_zone(np.repeat(times[:, 0], horizon), zone),
+            "time": in_zone(times.ravel(), zone),
             "step": np.tile(np.arange(1, horizon + 1), len(rows)),
             "actual": windows.actual.ravel(),
             "forecast": windows.forecasts["model"].ravel(),

@@ -20,7 +20,7 @@ from pipeline.library import covariates, scaling
 from pipeline.library.calendar import fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import numbers_as_times, within_its_span
+from pipeline.library.history import instants_in_utc, numbers_as_times, within_its_span, zone_name
 
 if TYPE_CHECKING:
     from pipeline.library.sources import DataLayout
@@ -40,6 +40,7 @@ class SeriesSet:
     covariates: np.ndarray | None = None  # (n_points, K) time-varying covariates beside `values`
     static: np.ndarray | None = None  # (n_series, S) static covariates
     filled: np.ndarray | None = None  # (n_points,) bool: made by data.missing, not observed; None when none was
+    zone: str | None = None  # the zone the timestamps were written in (they are held in UTC); None: none given
 
     @property
     def offsets(self) -> np.ndarray:
@@ -109,14 +110,11 @@ def _with_covariates(frame: pd.DataFrame, table: pd.DataFrame, data: DataLayout,
     return frame
 
 
-ONE_ZONE = (
-    "write all timestamps with one UTC offset (daily or coarser data across a daylight-saving change: dates without "
-    "a zone)"
-)
+ONE_ZONE = "give all of them a zone (or a UTC offset) or none"
 
 
 def _zone_change(col: pd.Series) -> str:
-    """Where the zone first changes, e.g. ` (row 1: UTC+00:00, row 7: no zone)` (error path only)."""
+    """The first rows with and without a zone, e.g. ` (row 1: UTC+00:00, row 7: no zone)` (error path only)."""
     first = None
     for i, text in enumerate(col.tolist()):
         try:
@@ -126,7 +124,7 @@ def _zone_change(col: pd.Series) -> str:
         zone = "no zone" if offset is None else f"UTC{'-' if offset.days < 0 else '+'}{_hhmm(abs(offset))}"
         if first is None:
             first = (i, zone)
-        elif zone != first[1]:
+        elif (zone == "no zone") != (first[1] == "no zone"):
             return f" (row {first[0] + 1}: {first[1]}, row {i + 1}: {zone})"
     return ""
 
@@ -142,14 +140,19 @@ def _parse_times(col: pd.Series, source: str) -> pd.Series:
             raise DataError(f"{source}: row {int(np.flatnonzero(col.isna().to_numpy())[0]) + 1}: missing timestamp")
         return col
     numbers_as_times(col, source)
+    mixed = f"{source}: timestamps with and without a zone in the time column{_zone_change(col)}; {ONE_ZONE}"
     try:
         parsed = pd.to_datetime(col, errors="coerce", format="mixed")
     except (ValueError, TypeError) as exc:
-        if "zone" in str(exc).lower() or "offset" in str(exc).lower():
-            raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}") from None
-        raise DataError(f"{source}: cannot parse the time column: {shown(exc, 200)}") from None
-    if parsed.dtype == object:  # pandas keeps mixed offsets as objects
-        raise DataError(f"{source}: mixed time zones in the time column{_zone_change(col)}; {ONE_ZONE}")
+        if "zone" not in str(exc).lower() and "offset" not in str(exc).lower():
+            raise DataError(f"{source}: cannot parse the time column: {shown(exc, 200)}") from None
+        parsed = instants_in_utc(col)  # different UTC offsets (pandas 3 refuses them): the instants they name
+        if parsed is None:
+            raise DataError(mixed) from None
+    if parsed.dtype == object:  # pandas 2 keeps different offsets as objects
+        parsed = instants_in_utc(col)
+        if parsed is None:
+            raise DataError(mixed)
     bad = parsed.isna() & col.notna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -284,7 +287,8 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     frame = to_long(table, data)
     if frame.empty:
         raise DataError(f"{data.source}: no rows")
-    if frame["time"].dt.tz is not None:
+    zone = zone_name(frame["time"].dt.tz)  # forecasts are written back in it
+    if zone is not None:
         frame["time"] = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None)
     order = np.lexsort((frame["time"].to_numpy(), frame["series"].to_numpy()))
     unsorted = False
@@ -319,9 +323,8 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     cov = np.concatenate([c for c in covs if c is not None]) if data.covariates else None
     static = np.array(statics, dtype=np.float64) if data.static_covariates else None
     made = np.concatenate(filled)
-    return SeriesSet(
-        ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static, made if made.any() else None
-    )
+    made = made if made.any() else None
+    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static, made, zone)
 
 
 def check_duplicates(frame: pd.DataFrame, source: str) -> None:

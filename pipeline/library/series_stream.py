@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 from pipeline.library.calendar import fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError
+from pipeline.library.history import zone_name
 from pipeline.library.series import (
     MAX_GRID,
     SeriesSet,
@@ -90,6 +91,7 @@ class Reader:
     data: DataLayout
     ids: dict[str, int] = field(default_factory=dict)
     known: int | None = None  # after the first pass: how many ids there are
+    zone: str | None = None  # the time column's zone (Arrow's text for it), None for naive timestamps
 
     def __post_init__(self) -> None:
         self.id_col, self.time_col, targets = columns_of(self.batches.schemas[0].names, self.data)
@@ -109,6 +111,7 @@ class Reader:
         if col.null_count:
             i = int(np.argmax(col.is_null().to_numpy(zero_copy_only=False)))
             raise DataError(f"{self.data.source}: row {first_row + i}: missing timestamp")
+        self.zone = col.type.tz
         try:  # aware timestamps are stored as UTC instants: the values ingest keeps (naive UTC)
             col = col.cast(pa.timestamp("ns", col.type.tz))
         except pa.ArrowInvalid:
@@ -206,7 +209,7 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
     kept = [names[i] for i in np.flatnonzero(keep)]
     accepted(data, kept, unsorted, [names[i] for i in np.flatnonzero(~keep)])
     starts = [pd.Timestamp(int(t)) for t in first[keep]]
-    return SeriesSet(kept, starts, kept_lengths, values, step.freqstr, filled=filled)
+    return SeriesSet(kept, starts, kept_lengths, values, step.freqstr, filled=filled, zone=zone_name(reader.zone))
 
 
 def _survey(reader: Reader) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:

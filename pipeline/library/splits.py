@@ -97,6 +97,7 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
         static_loc=list(static_mean),
         static_scale=list(static_scale),
         season_checks=[c.to_json() for c in seasonality.detect(series.values, offsets, train_end, val_end, freq)],
+        zone=series.zone,
     )
 
 

@@ -31,6 +31,7 @@ from pipeline.config.loading import build
 from pipeline.library.errors import ConfigError, DataError
 from pipeline.library.forecast_plot import forecast_figure
 from pipeline.library.forecaster import Forecaster
+from pipeline.library.records import IngestRecord
 from pipeline.library.run_lock import run_lock
 from pipeline.library.runtime import configure_process, setup_logging
 from pipeline.orchestrators.run import run_stages
@@ -144,8 +145,12 @@ class Experiment:
         # ids as the text they are, as `predict` returns them: read as numbers, '007' became 7.0 and 'NA' NaN (every
         # id in this file is a real one, so no cell is missing; pandas 3 reads 'NA' as missing before a converter)
         path = stage_dir(cfg, "evaluate") / BACKTEST_FORECASTS
-        table = pd.read_csv(path, parse_dates=["origin", "time"])
+        table = pd.read_csv(path)
         table["series"] = pd.read_csv(path, usecols=["series"], dtype=str, keep_default_na=False)["series"]
+        zone = IngestRecord.require(stage_dir(cfg, "ingest"), "cross_validation").zone
+        for column in ("origin", "time"):  # in the data's zone where it had one (offsets change across summer time)
+            times = pd.to_datetime(table[column], utc=zone is not None, format="mixed")
+            table[column] = times if zone is None else times.dt.tz_convert(zone)
         id_col = self.cfg.data.id_column
         return table.rename(columns={"series": id_col}) if id_col else table
 
