@@ -138,6 +138,8 @@ def test_points_not_observed_are_left_out_of_every_score():
     assert q["coverage"]["0.1-0.9"]["empirical"] == pytest.approx(2 / 4)  # 1 in [1, 3]; 3 in [2, 4]; not 5, 6
     assert q["pinball_by_quantile"]["0.5"] == pytest.approx(0.5 * 6 / 4)
     assert np.isnan(M.summarise(M.error_terms(np.full((1, 2), np.nan), np.ones((1, 2)), np.ones(1)))["mae"])
+    broken = M.summarise(M.error_terms(np.ones((1, 2)), np.array([[1.0, np.nan]]), np.ones(1)))
+    assert broken["mae"] == np.inf  # a forecast that is not a number shows, it is not left out
 
 
 def test_mase_scale_leaves_out_pairs_with_a_point_not_observed():

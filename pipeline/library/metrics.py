@@ -73,9 +73,11 @@ def flat_season_message(season: int, name: str) -> str:
 def error_terms(actual: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
     """Per-point terms whose means are the metrics; `scale` is per window (its series' MASE scale)."""
     err = forecast.astype(np.float64) - actual.astype(np.float64)
+    unobserved = np.isnan(np.broadcast_to(actual, err.shape))
+    err[np.isnan(err) & ~unobserved] = np.inf  # a forecast that is not a number must not drop out of the mean
     denom = np.abs(actual) + np.abs(forecast)
     smape = np.divide(200.0 * np.abs(err), denom, out=np.zeros_like(err), where=denom > 0)
-    smape[np.isnan(err)] = np.nan
+    smape[unobserved] = np.nan
     return {"mae": np.abs(err), "mse": err**2, "smape": smape, "mase": np.abs(err) / scale[:, None]}
 
 
