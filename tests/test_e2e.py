@@ -316,6 +316,7 @@ def test_points_filled_by_data_missing_are_never_scored(tmp_path):
     run = tmp_path / "run"
     table = pa.ipc.open_file(pa.memory_map(str(run / "ingest/values.arrow"))).read_all()
     assert np.flatnonzero(table.column("filled").to_numpy()).tolist() == [100, *gap]
+    assert json.loads((run / "ingest/meta.json").read_text())["filled_points"] == 6
 
     metrics = json.loads((run / "evaluate/metrics.json").read_text())
     assert metrics["n_windows"] == 5 and metrics["filled_points"] == 5

@@ -243,6 +243,7 @@ class IngestRecord(Record):
     season_checks: list[dict[str, Any]] | None = None  # each candidate season's test (pipeline.library.seasonality)
     transform_check: dict[str, Any] | None = None  # how `data.transform: auto` chose (library.transform_choice)
     zone: str | None = None  # the zone the source's timestamps carried (held in UTC), forecasts' times are in
+    filled_points: int = 0  # points data.missing filled (values.arrow's `filled` column): inputs, never scored
 
     @property
     def n_series(self) -> int:
@@ -281,6 +282,8 @@ class IngestRecord(Record):
         )
         if self.zone is not None:
             payload["zone"] = self.zone
+        if self.filled_points:
+            payload["filled_points"] = self.filled_points
         if self.season_checks is not None:
             payload["seasons"] = {"kept": list(self.detected_seasons or ()), "checks": self.season_checks}
         if self.transform_check is not None:
@@ -314,6 +317,7 @@ class IngestRecord(Record):
             season_checks=(payload.get("seasons") or {}).get("checks"),
             transform_check=payload.get("transform_check"),
             zone=payload.get("zone"),
+            filled_points=int(payload.get("filled_points", 0)),
         )
 
 

@@ -98,6 +98,7 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
         static_scale=list(static_scale),
         season_checks=[c.to_json() for c in seasonality.detect(series.values, offsets, train_end, val_end, freq)],
         zone=series.zone,
+        filled_points=0 if series.filled is None else int(series.filled.sum()),
     )
 
 

@@ -119,6 +119,7 @@ def fold_series(table, ingest: IngestRecord, series: np.ndarray, cutoffs: np.nda
     if ingest.covariates:  # float64, as ingest hands them to split_and_scale (float32 sums would drift)
         columns = [store.column_values(table.column(store.COVARIATE + n)) for n in ingest.covariates]
         covs = np.stack(columns, axis=1, dtype=np.float64)
+    filled = store.column_values(table.column(store.FILLED)) if store.FILLED in table.column_names else None
     return SeriesSet(
         ids=[table_rows.ids[s] for s in series],
         starts=[pd.Timestamp(table_rows.starts[s]) for s in series],
@@ -127,6 +128,8 @@ def fold_series(table, ingest: IngestRecord, series: np.ndarray, cutoffs: np.nda
         freq=ingest.freq,
         covariates=covs,
         static=static,
+        filled=filled if filled is not None and filled.any() else None,
+        zone=ingest.zone,
     )
 
 
