@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from pipeline.library.model import ModelSpec, build_model
@@ -101,3 +102,31 @@ def test_batch_size_not_divisible_by_world_size_is_a_config_error(tmp_path):
     # our processes fail cleanly (exit 2, one line); torchrun itself then reports the failed child
     assert "[rank0]: Traceback" not in result.stderr and "[rank1]: Traceback" not in result.stderr
     assert "exitcode  : 2" in result.stderr
+
+
+def test_filled_targets_leave_two_processes_training_the_same_model_as_one(tmp_path):
+    """Gaps filled by data.missing are inputs but not targets: each rank's loss leaves them out over a fixed
+    denominator, so the averaged gradient, and the weights, do not depend on the number of processes."""
+    from pipeline.config import SyntheticConfig
+    from pipeline.library.synthetic import generate_synthetic
+
+    data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))
+    gaps = data.groupby("series", observed=True).cumcount().isin([*range(60, 72), *range(250, 262)])
+    data[~gaps].to_csv(tmp_path / "gappy.csv", index=False)
+    overrides = {
+        "data.source": str(tmp_path / "gappy.csv"), "data.id_column": "series", "data.target_column": "value",
+        "data.missing": "interpolate",
+    }  # fmt: skip
+    one, two = prepared(tmp_path, "one", **overrides), prepared(tmp_path, "two", **overrides)
+    meta = json.loads((tmp_path / "one/run/ingest/meta.json").read_text())
+    assert meta["filled_points"] == 4 * 24
+    r1 = one_process("train", "--config", str(one))
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    r2 = torchrun(2, "train", "--config", str(two))
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert_same_weights(
+        tmp_path / "one/run/train/model.safetensors", tmp_path / "two/run/train/model.safetensors", ATOL
+    )
+    rows = [json.loads(line) for line in (tmp_path / "one/run/train/metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert all(np.isfinite(r["val_loss"]) for r in rows if "val_loss" in r)

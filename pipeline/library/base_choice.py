@@ -124,8 +124,12 @@ def window_losses(bases: dict[str, ModelSpec], buffer, pairs: torch.Tensor, batc
         for name, spec in bases.items():
             base = residual_base(target, spec)
             forecast = base[:, :, None].expand(-1, -1, len(spec.quantiles)) if spec.quantiles else base
-            sums[name] += float(loss(forecast.float(), y, reduction="none").sum(dtype=torch.float64))
-        count += y.numel()
+            per_point = loss(forecast.float(), y, reduction="none")
+            if buffer.partial_targets:  # a target data.missing filled is NaN there: left out
+                sums[name] += float(per_point.nansum(dtype=torch.float64))
+            else:
+                sums[name] += float(per_point.sum(dtype=torch.float64))
+        count += int((~torch.isnan(y)).sum()) if buffer.partial_targets else y.numel()
     return {name: total / count for name, total in sums.items()}
 
 

@@ -34,13 +34,13 @@ GRID = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 21))
 def validation_losses(model, buffer, pairs: torch.Tensor, batch_size: int, loss) -> np.ndarray:
     """(windows, len(GRID)): the loss of `base + w * correction` per window of `pairs` for each `w` of GRID."""
     model.blend.fill_(1.0)
+    mean = torch.nanmean if buffer.partial_targets else torch.mean  # NaN: a target data.missing filled
     rows = []
     for chunk in pairs.split(batch_size):
         x, y = buffer.gather(chunk)
         head, spread, base = model.decompose(x)
-        columns = [
-            loss((base + w * head * spread).float(), y, reduction="none").flatten(1).double().mean(dim=1) for w in GRID
-        ]
+        columns = [mean(loss((base + w * head * spread).float(), y, reduction="none").flatten(1).double(), dim=1)
+                   for w in GRID]  # fmt: skip
         rows.append(torch.stack(columns, dim=1).cpu())
     return torch.cat(rows).numpy()
 
@@ -57,8 +57,10 @@ def blend_best(
     """Set the `blend` share in the weights file (`model.blend`: a fixed share, or `validation`; idempotent)."""
     model = load_model(weights, spec).to(buffer.device)
     per_window = validation_losses(model, buffer, val_pairs, batch_size, loss)
+    scored = ~np.isnan(per_window).any(axis=1)  # a window whose targets were all filled says nothing
+    per_window = per_window[scored]
     losses = dict(zip(GRID, per_window.mean(axis=0).tolist()))
-    n_effective = effective_windows(val_pairs.cpu().numpy(), spec.horizon)
+    n_effective = effective_windows(val_pairs.cpu().numpy()[scored], spec.horizon)
     weight = choose(per_window, n_effective) if setting == "validation" else float(setting)
     model.blend.fill_(weight)
     save_weights(model.state_dict(), weights)
@@ -88,7 +90,8 @@ def point_errors(weights: Path, spec: ModelSpec, share: float, buffer, pairs: to
         x, y = buffer.gather(chunk)
         out = model(x)
         point = out[..., spec.median_index] if spec.quantiles else out
-        rows.append((point.float() - y).abs().flatten(1).double().mean(dim=1).cpu())
+        errors = (point.float() - y).abs().flatten(1).double()
+        rows.append((torch.nanmean(errors, dim=1) if buffer.partial_targets else errors.mean(dim=1)).cpu())
     return torch.cat(rows).numpy()
 
 

@@ -46,6 +46,12 @@ class WindowBuffer:
     n_future_covariates: int = 0
     static: torch.Tensor | None = None  # (n_series, S) float32 standardised static covariates
     series_index: torch.Tensor | None = None  # (n_series,) float32: the embedding row of each series
+    observed: torch.Tensor | None = None  # (n_points,) float32: `values` with NaN where data.missing filled a point
+
+    @property
+    def partial_targets(self) -> bool:
+        """Whether some targets were not observed: they come out of `gather` as NaN, and losses leave them out."""
+        return self.observed is not None
 
     def __post_init__(self) -> None:
         self.device = torch.device(self.device or self.values.device)
@@ -66,13 +72,15 @@ class WindowBuffer:
         calendar: Calendar | None = None,
         covariates: np.ndarray | None = None,
         spec: ModelSpec | None = None,
+        filled: np.ndarray | None = None,
     ) -> WindowBuffer:
         """Transform and scale the raw buffer per series into one float32 array (no float64 copy).
 
         The series table gives each series' length and scaler. `covariates` (n_points, K) are
         the raw time-varying covariates `spec` names (past ones first); `spec` also says whether
         the model reads static covariates and a series index (the table's `index`: a served
-        model keeps its training positions).
+        model keeps its training positions). `filled` (n_points,) marks the points data.missing
+        filled: inputs as they are, but targets NaN (a second float32 buffer, only then).
         """
         scaled = np.empty(len(raw), dtype=np.float32)
         lengths, offsets = series.lengths, series.offsets
@@ -102,6 +110,11 @@ class WindowBuffer:
             extra["static"] = torch.from_numpy(series.stats.static.astype(np.float32)).to(home)
         if spec is not None and spec.series_embedding:
             extra["series_index"] = torch.from_numpy(series.stats.index.astype(np.float32)).to(home)
+        if filled is not None and filled.any():
+            observed = scaled.copy()
+            observed[filled] = np.nan
+            observed_t = torch.from_numpy(observed)
+            extra["observed"] = (observed_t.pin_memory() if values.is_pinned() else observed_t).to(home)
         offsets_t = torch.from_numpy(offsets).to(home)
         return cls(values.to(home), offsets_t, lookback, horizon, device, phase0, rate, **extra)
 
@@ -144,6 +157,8 @@ class WindowBuffer:
             series_index=None if self.series_index is None else self.series_index[series],
         )
         targets = windows[:, self.lookback :]
+        if self.observed is not None:  # NaN where the target was filled, not observed
+            targets = self.observed[pos[:, None] + self._span[None, self.lookback :]]
         if self._host_to_device:
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
             targets = targets.pin_memory().to(self.device, non_blocking=True)

@@ -42,9 +42,20 @@ def conformal_widening(lower: np.ndarray, upper: np.ndarray, target: np.ndarray,
     """Per horizon step, the widening delta >= 0 (in units of `spread`) that makes the interval
     cover at least `nominal` of the n calibration windows at the finite-sample level ceil((n+1) nominal)/n."""
     scores = np.maximum(lower - target, target - upper) / spread
+    if np.isnan(target).any():  # targets data.missing filled: each step's quantile over the observed ones
+        return np.array([_widening(column[~np.isnan(column)], nominal) for column in scores.T])
     n = scores.shape[0]
     level = min(1.0, math.ceil((n + 1) * nominal) / n)
     return np.maximum(np.quantile(scores, level, axis=0, method="inverted_cdf"), 0.0)
+
+
+def _widening(scores: np.ndarray, nominal: float) -> float:
+    """`conformal_widening` of one horizon step's scores (0 where none was observed)."""
+    n = len(scores)
+    if n == 0:
+        return 0.0
+    level = min(1.0, math.ceil((n + 1) * nominal) / n)
+    return max(float(np.quantile(scores, level, method="inverted_cdf")), 0.0)
 
 
 def offsets(widening: dict[tuple[int, int], np.ndarray], n_quantiles: int, median: int, horizon: int) -> np.ndarray:
@@ -102,8 +113,8 @@ def calibrate(model, buffer, pairs: torch.Tensor, batch_size: int) -> dict:
         name = M.interval_name(spec.quantiles[i], spec.quantiles[j])
         report[name] = {
             "nominal": round(spec.quantiles[j] - spec.quantiles[i], 12),
-            "val_coverage_before": float(M.coverage_terms(target, forecast[..., i], forecast[..., j]).mean()),
-            "val_coverage_after": float(M.coverage_terms(target, after[..., i], after[..., j]).mean()),
+            "val_coverage_before": float(M.mean(M.coverage_terms(target, forecast[..., i], forecast[..., j]))),
+            "val_coverage_after": float(M.mean(M.coverage_terms(target, after[..., i], after[..., j]))),
             "mean_widening": float(table[:, j].mean()),
         }
         if band is not None:

@@ -23,12 +23,35 @@ def pinball_loss(forecast: torch.Tensor, target: torch.Tensor, quantiles, reduct
 LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 
 
-def loss_function(name: str, quantiles=()) -> Callable:
-    """`train.loss` as a callable (forecast, target, reduction="mean"); `pinball` needs the quantile levels."""
+def loss_function(name: str, quantiles=(), partial: bool = False) -> Callable:
+    """`train.loss` as a callable (forecast, target, reduction="mean"); `pinball` needs the quantile levels.
+
+    `partial`: some targets are NaN (points data.missing filled, `WindowBuffer.partial_targets`) and are left
+    out (`observed_only`)."""
     if name == "pinball":
         levels = tuple(quantiles)
-        return lambda forecast, target, reduction="mean": pinball_loss(forecast, target, levels, reduction)
-    return LOSSES[name]
+        loss = lambda forecast, target, reduction="mean": pinball_loss(forecast, target, levels, reduction)  # noqa: E731
+    else:
+        loss = LOSSES[name]
+    return observed_only(loss) if partial else loss
+
+
+def observed_only(loss: Callable) -> Callable:
+    """`loss` over the observed targets only (NaN targets: points data.missing filled, never learnt from).
+
+    `reduction="none"` gives NaN at those points; `"mean"` sums the observed points' losses over the number of
+    all points of the batch, a denominator that does not depend on the data, so every rank of a DDP run divides
+    alike and the averaged gradient is the same for any number of processes.
+    """
+
+    def masked(forecast: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        unobserved = torch.isnan(target)
+        per_point = loss(forecast, torch.where(unobserved, torch.zeros_like(target), target), reduction="none")
+        if reduction == "none":
+            return per_point.masked_fill(unobserved, float("nan"))
+        return per_point.masked_fill(unobserved, 0.0).sum() / per_point.numel()
+
+    return masked
 
 
 def training_loss(loss: Callable, model, x: torch.Tensor, y: torch.Tensor, ensemble: int = 1) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 One float32 column `target` in original units, a float32 column `covariate:<name>` per
 time-varying covariate and, where `data.missing` filled any point, a bool column `filled`
-(true where the target was made up, not observed: the evaluate stage does not score those
-points), all in the order of the ingest's series table. Read memory-mapped, so a
+(true where the target was made up, not observed: training never learns from those points
+and the evaluate stage never scores them), all in the order of the ingest's series table. Read memory-mapped, so a
 stage touches only the pages it uses; the buffer's layout (offsets) comes from the table.
 """
 
@@ -61,11 +61,19 @@ def read_values(ingest_dir: Path) -> np.ndarray:
 
 def read_observed(ingest_dir: Path) -> np.ndarray:
     """The target in float64 with NaN where `data.missing` filled it: what forecasts are scored against."""
-    table = read_table(ingest_dir)
-    observed = column_values(table.column(TARGET)).astype(np.float64)
-    if FILLED in table.column_names:
-        observed[column_values(table.column(FILLED)).astype(bool, copy=False)] = np.nan
+    observed = read_values(ingest_dir).astype(np.float64)
+    filled = read_filled(ingest_dir)
+    if filled is not None:
+        observed[filled] = np.nan
     return observed
+
+
+def read_filled(ingest_dir: Path) -> np.ndarray | None:
+    """(n_points,) bool: where data.missing filled the target; None where it filled nothing."""
+    table = read_table(ingest_dir)
+    if FILLED not in table.column_names:
+        return None
+    return column_values(table.column(FILLED)).astype(bool, copy=False)
 
 
 def read_covariates(ingest_dir: Path, names: list[str] | tuple[str, ...]) -> np.ndarray | None:

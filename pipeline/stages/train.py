@@ -53,7 +53,7 @@ from pipeline.library.runtime import (
 from pipeline.library.schedule import advance, local_batches, lr_at, set_lr
 from pipeline.library.selection import effective_windows, one_standard_error
 from pipeline.library.step_check import StepCheck, step_is_bad, step_values
-from pipeline.library.store import read_covariates, read_values
+from pipeline.library.store import read_covariates, read_filled, read_values
 from pipeline.library.threads import ThreadTuner, same_bits
 from pipeline.library.train_log import MetricsLog
 from pipeline.library.warm_start import warm_start_bases, warm_start_identity, warm_start_state
@@ -133,7 +133,7 @@ def train(cfg: Config, key: str, fresh: bool = False) -> None:
 
     work = cfg.run_dir / ".train.work"
     state = restore(cfg, accelerator, model, optimizer, work, {"key": key}, fresh)
-    loss = loss_function(cfg.train.loss, cfg.model.quantiles)
+    loss = loss_function(cfg.train.loss, cfg.model.quantiles, data.buffer.partial_targets)
     probe = lambda: step_probe(cfg, accelerator, model, optimizer, data, loss, state)  # noqa: E731
     threads = thread_tuner(cfg, accelerator, work, probe, state.step)
     setup = describe_setup(cfg, accelerator, torch.get_num_threads(), data.info)
@@ -335,6 +335,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         calendar=Calendar(spec.calendar, ingest.freq),
         covariates=read_covariates(ingest_dir, spec.covariates),
         spec=spec,
+        filled=read_filled(ingest_dir),
     )
     # window indices live beside the buffer, so sampling and gathering never cross devices
     if len(index["val"]) == 0:
@@ -376,7 +377,7 @@ def choose_residual_base(
             )
         log.info("train: residual base of the starting weights kept (train.init_from)")
         return kept_base(spec, saved, fallback)
-    loss = loss_function(cfg.train.loss, cfg.model.quantiles)
+    loss = loss_function(cfg.train.loss, cfg.model.quantiles, buffer.partial_targets)
     train = pairs["train"]
     if cfg.train.val_windows and len(train) > cfg.train.val_windows:
         train = train[torch.linspace(0, len(train) - 1, cfg.train.val_windows).round().long()]
@@ -622,7 +623,7 @@ def train_step(
     `train.skip_nonfinite`, skips the whole optimizer step on every rank alike. Given a `check` (the
     training loop's), a stopping verdict is read one step later (`library.step_check`); else at once.
     """
-    loss_fn = loss or loss_function(cfg.train.loss, cfg.model.quantiles)
+    loss_fn = loss or loss_function(cfg.train.loss, cfg.model.quantiles, buffer.partial_targets)
     total = torch.zeros((), device=buffer.device)  # the batches' device (the buffer may stay on the host)
     grad_norm = torch.zeros(())
     skipped = False
@@ -690,8 +691,13 @@ def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.T
     sums = torch.zeros(2, dtype=torch.float64, device=buffer.device)
     for chunk in shard.split(batch_size):
         x, y = buffer.gather(chunk)
-        sums[0] += loss(float32_forward(module, x), y, reduction="none").sum(dtype=torch.float64)
-        sums[1] += y.numel()
+        per_point = loss(float32_forward(module, x), y, reduction="none")
+        if buffer.partial_targets:  # NaN where the target was filled, not observed: left out
+            sums[0] += per_point.nansum(dtype=torch.float64)
+            sums[1] += (~torch.isnan(y)).sum()
+        else:
+            sums[0] += per_point.sum(dtype=torch.float64)
+            sums[1] += y.numel()
     module.train()
     sums = accelerator.reduce(sums, "sum")
     return float(sums[0] / sums[1])
@@ -793,6 +799,8 @@ def fall_back(
         val = data.pairs["val"]
         ours = point_errors(weights, spec, blend["weight"], data.buffer, val, batch_size)
         alone = point_errors(weights, data.fallback, 0.0, data.buffer, val, batch_size)
+        scored = ~(np.isnan(ours) | np.isnan(alone))  # a window whose targets were all filled says nothing
+        val, ours, alone = val[torch.from_numpy(scored).to(val.device)], ours[scored], alone[scored]
         base = {**base, "validation_error": {"model": float(ours.mean()), "fallback": float(alone.mean())}}
         n_effective = effective_windows(val.cpu().numpy(), spec.horizon)
         if one_standard_error(np.stack([ours, alone], axis=1), n_effective) == 0:  # the model first: the one chosen
