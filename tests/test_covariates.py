@@ -284,6 +284,14 @@ def test_covariate_run_end_to_end_and_predict_with_and_without_future(tmp_path):
     future.drop(index=future.index[-1]).to_csv(short, index=False)
     bad = cli_in_process(*base, "--future", str(short))
     assert bad.returncode == 2 and "series 's2': no row at 2024-01-09 13:00:00" in bad.stderr
+    zoned = tmp_path / "zoned.csv"
+    future.assign(time=pd.to_datetime(future["time"]).dt.tz_localize("UTC")).to_csv(zoned, index=False)
+    other_zone = cli_in_process(*base, "--future", str(zoned))  # UTC instants against naive history times
+    assert other_zone.returncode == 2 and not out.exists()
+    assert other_zone.stderr.strip().splitlines()[-1] == (
+        f"error: {zoned}: its times carry a zone where the history's carry none; give both a zone (or a UTC offset) "
+        "or neither"
+    )
     ok = cli_in_process(*base, "--future", str(tmp_path / "future.csv"))
     assert ok.returncode == 0, ok.stderr[-2000:]
     got = pd.read_csv(out)

@@ -149,6 +149,13 @@ class Forecaster:
         if scale not in SCALE_FROM:
             raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {shown(repr(scale))}")
         ids, last, windows, fresh = self._split_history(history, source, scale)
+        time_col = self.spec.time_column
+        zone = written_zone(history[time_col]) if time_col in history else None  # the history's zone, if any
+        if future is not None and time_col in future and (written_zone(future[time_col]) is None) != (zone is None):
+            raise DataError(
+                f"{future_source}: its times {'carry no zone' if zone else 'carry a zone'} where the history's "
+                f"{'are in ' + zone if zone else 'carry none'}; give both a zone (or a UTC offset) or neither"
+            )
         ahead = self._future_values(future, ids, last, future_source)
         stats = self._stats(ids, fresh, history, source)
         transform = self.spec.transform
@@ -175,8 +182,6 @@ class Forecaster:
             columns = {"forecast": y[..., median]}
             columns.update({f"q{q:g}": y[..., k] for k, q in enumerate(self.quantiles) if k != median})
         future = self._future_times(last)
-        time_col = self.spec.time_column
-        zone = written_zone(history[time_col]) if time_col in history else None  # the history's zone, if any
         out = pd.DataFrame(
             {
                 "series": np.repeat(np.asarray(ids, dtype=object), self.horizon),
