@@ -685,7 +685,7 @@ def test_local_times_across_a_daylight_saving_change_are_read_as_the_instants_th
     """Hourly data written in local time with its UTC offset, which summer time changes (+01:00, then +02:00): the
     instants lie an hour apart throughout, so they are read in UTC on a regular grid, and the zone recorded for
     writing forecasts back is UTC. One offset throughout is recorded as itself; a mix with naive times is refused."""
-    from pipeline.library.history import in_zone, written_zone
+    from pipeline.library.history import in_zone, instants_in_utc, written_zone
 
     local = pd.date_range("2024-03-30", periods=72, freq="h", tz="Europe/Berlin")  # 31 March: the clocks go forward
     text = pd.Series([t.isoformat() for t in local])
@@ -702,6 +702,9 @@ def test_local_times_across_a_daylight_saving_change_are_read_as_the_instants_th
     series = _load(tmp_path / "sydney.csv")
     assert series.zone == "UTC+10:00" and pd.Timestamp(series.starts[0]) == pd.Timestamp("2023-12-31 14:00")
     assert written_zone(sydney) == "UTC+10:00" and written_zone(pd.Series(["2024-01-01 00:00"])) is None
+    assert written_zone(pd.Series(["2024-01-01", "2024-01-02", "2024-02-03"])) is None  # a date's "-01" is no offset
+    assert written_zone(pd.Series(["2024-01-01T00:00:00.000+0100"])) == "UTC+01:00"
+    assert instants_in_utc(pd.Series(["2024-01-01", "2024-01-02T00:00+01:00"])) is None  # naive and aware
     assert [str(t) for t in in_zone(np.array(["2023-12-31T14:00"], dtype="datetime64[ns]"), series.zone)] == [
         "2024-01-01 00:00:00+10:00"
     ]

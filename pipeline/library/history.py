@@ -22,7 +22,8 @@ def numbers_as_times(col: pd.Series, where: str) -> None:
         )
 
 
-_OFFSET = r"(?:Z|[+-]\d\d(?::?\d\d)?)$"  # how a written timestamp ends when it carries a zone or a UTC offset
+# a written time of day followed by a zone or a UTC offset (a date's own "-01" is no offset)
+_OFFSET = r"\d:\d\d(?::\d\d(?:\.\d+)?)?\s*(?:Z|[+-]\d\d(?::?\d\d)?)$"
 
 
 def instants_in_utc(col: pd.Series) -> pd.Series | None:
@@ -48,13 +49,17 @@ def written_zone(col: pd.Series) -> str | None:
     where its timestamps carry different offsets, None where they carry none (times stay naive, as given)."""
     if pd.api.types.is_datetime64_any_dtype(col):
         return zone_name(col.dt.tz)
-    text = col.dropna().astype(str).str.strip()
-    ends = text.str.extract(f"({_OFFSET})")[0]
-    if len(ends) == 0 or ends.isna().any():
-        return None
-    if ends.nunique() > 1:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pandas 2 warns about different offsets (kept as objects)
+            parsed = pd.to_datetime(col, errors="coerce", format="mixed")
+    except (ValueError, TypeError, OverflowError):  # pandas 3 refuses different offsets
         return "UTC"
-    return zone_name(pd.Timestamp(text.iloc[0]).tz)
+    if not pd.api.types.is_datetime64_any_dtype(parsed):  # pandas 2: different offsets
+        return "UTC"
+    return zone_name(parsed.dt.tz)
 
 
 def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None) -> pd.DatetimeIndex:
