@@ -716,3 +716,24 @@ def test_local_times_across_a_daylight_saving_change_are_read_as_the_instants_th
         f"{tmp_path / 'mixed.csv'}: timestamps with and without a zone in the time column (row 1: no zone, row 2: "
         "UTC+10:00); give all of them a zone (or a UTC offset) or none"
     )
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_a_span_wider_than_nanosecond_time_differences_is_the_wide_span_error(tmp_path, suffix):
+    """One 2022 timestamp among 1677 ones (found by tests/test_fuzz.py): the span is 344 years, more than a
+    nanosecond difference holds (292 years), and counting its steps raised OutOfBoundsDatetime (exit 1)."""
+    from pipeline.stages.ingest import read_series
+
+    rows = [("a", "2022-01-01 00:00"), *[(s, f"1677-09-22 {h:02d}:00") for s in "ab" for h in range(1, 18)]]
+    frame = pd.DataFrame(rows, columns=["id", "time"]).assign(y=0.0)
+    source = tmp_path / f"t.{suffix}"
+    if suffix == "csv":
+        frame.to_csv(source, index=False)
+    else:
+        frame.assign(time=pd.to_datetime(frame["time"])).to_parquet(source)
+    with pytest.raises(DataError) as info:
+        read_series(_cfg(source, id_column="id", freq="h"))
+    assert str(info.value) == (
+        f"{source}: series 'a': its timestamps span 3017856 steps of h for 18 rows (largest gap from 1677-09-22 "
+        "17:00:00 (row 18) to 2022-01-01 00:00:00 (row 1)); check those timestamps or data.freq"
+    )

@@ -352,13 +352,13 @@ MAX_GRID = 1_000_000
 
 def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.DateOffset, source: str) -> None:
     """Refuse a grid far longer than the series (one wrong year would allocate gigabytes)."""
-    if isinstance(step, pd.offsets.Tick):  # fixed steps: count without building the grid
-        points = int((times[-1] - times[0]) // pd.Timedelta(step)) + 1
+    if isinstance(step, pd.offsets.Tick):  # fixed steps: count without building the grid, in Python integers
+        points = (int(times.asi8[-1]) - int(times.asi8[0])) // pd.Timedelta(step).value + 1  # 1677 to 2262: > int64
     else:  # calendar steps (days and longer, business days): the grid stays small
         points = len(pd.date_range(times[0], times[-1], freq=step))
     if points <= max(MAX_GRID, 10 * len(times)):
         return
-    j = int(np.argmax(np.diff(times.asi8))) if len(times) > 1 else 0
+    j = int(np.argmax(np.diff(times.asi8.astype(np.float64)))) if len(times) > 1 else 0
     rows = part["row"].to_numpy()
     raise DataError(
         f"{source}: series '{shown(sid)}': its timestamps span {points} steps of {step.freqstr} for {len(times)} rows "

@@ -165,8 +165,10 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
     step_ns = fixed_step_ns(step)
     if step_ns is None:
         return None
-    points = (last - first) // step_ns + 1
-    too_long = points > np.maximum(MAX_GRID, 10 * counts)  # the pandas path's _check_span
+    limit = np.maximum(MAX_GRID, 10 * counts)
+    too_long = (last.astype(np.float64) - first.astype(np.float64)) / step_ns + 1 > limit  # no int64 overflow here
+    points = np.where(too_long, 0, (last - first) // step_ns + 1)  # exact where it counts (the span fits int64)
+    too_long |= points > limit  # the pandas path's _check_span
     lengths = np.where(too_long, 0, points)
     offsets = offsets_of(lengths)
     grid = Grid(np.full(int(lengths.sum()), np.nan, dtype=np.float32), offsets, first, step_ns, too_long)
