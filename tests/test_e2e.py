@@ -137,6 +137,25 @@ def test_an_onnx_parity_beyond_the_tolerance_is_one_line_and_keeps_the_export(fi
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # the staged export is gone too
 
 
+def test_a_history_ending_too_near_2262_is_one_line(finished_run):
+    """datetime64[ns] ends at 2262-04-11 23:47: a forecast after 2262-04-11 23:00 would wrap around to 1677 (found
+    by tests/test_fuzz.py as an AssertionError inside pandas)."""
+    run, _, _ = finished_run
+    forecaster = Forecaster.load(run / "export")
+    for last in ("2262-04-11 23:00", "2262-04-11 12:00"):
+        times = pd.Timestamp(last) - pd.to_timedelta(np.arange(47, -1, -1), "h")  # date_range fails this near 2262
+        history = pd.DataFrame({"series": "s0000", "time": times, "value": np.arange(48.0)})
+        with pytest.raises(DataError) as info:
+            forecaster.predict(history)
+        assert str(info.value) == (
+            f"history: series 's0000': timestamp {pd.Timestamp(last)} lies too near the end of the range of "
+            "timestamps (1677-09-21 to 2262-04-11) to forecast 12 steps of h after it"
+        )
+    times = pd.Timestamp("2262-04-11 11:00") - pd.to_timedelta(np.arange(47, -1, -1), "h")  # ends at 23:00: fits
+    forecast = forecaster.predict(pd.DataFrame({"series": "s0000", "time": times, "value": np.arange(48.0)}))
+    assert forecast["time"].iloc[-1] == pd.Timestamp("2262-04-11 23:00")
+
+
 def test_predict_cli_forecasts_the_next_horizon(finished_run, tmp_path):
     run, _, _ = finished_run
     data = generate_synthetic(SyntheticConfig(n_series=4, length=400, min_length=300, freq="h", seed=1))

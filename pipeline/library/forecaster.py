@@ -149,6 +149,7 @@ class Forecaster:
         if scale not in SCALE_FROM:
             raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {shown(repr(scale))}")
         ids, last, windows, fresh = self._split_history(history, source, scale)
+        self._check_room(ids, last, source)
         time_col = self.spec.time_column
         zone = written_zone(history[time_col]) if time_col in history else None  # the history's zone, if any
         if future is not None and time_col in future and (written_zone(future[time_col]) is None) != (zone is None):
@@ -293,6 +294,26 @@ class Forecaster:
         step = pd.tseries.frequencies.to_offset(self.spec.freq)
         index = pd.DatetimeIndex(last)
         return np.stack([(index + int(k) * step).to_numpy(dtype="datetime64[ns]") for k in steps], axis=1)
+
+    def _check_room(self, ids: list[str], last: np.ndarray, source: str) -> None:
+        """Refuse a series whose horizon would run past 2262-04-11 (datetime64[ns] would wrap around to 1677)."""
+        ns = np.asarray(last, dtype="datetime64[ns]").view(np.int64)
+        step_ns = self._step_ns()
+        if step_ns:
+            late = np.flatnonzero(ns.astype(np.float64) + self.horizon * step_ns >= float(np.iinfo(np.int64).max))
+        else:  # calendar steps: pandas refuses the months past the range
+            try:
+                self._future_times(last)
+                late = []
+            except (OverflowError, ValueError):  # OutOfBoundsDatetime is a ValueError
+                late = [int(np.argmax(ns))]
+        if len(late):
+            k = int(late[0])
+            raise DataError(
+                f"{source}: series '{shown(ids[k])}': timestamp {pd.Timestamp(last[k])} lies too near the end of the "
+                f"range of timestamps (1677-09-21 to 2262-04-11) to forecast {self.horizon} steps of "
+                f"{self.spec.freq} after it"
+            )
 
     def _future_times(self, last: np.ndarray) -> np.ndarray:
         """(series, horizon) datetime64[ns]: the steps after each series' last timestamp."""
@@ -551,7 +572,13 @@ class Forecaster:
                 f"{source}: series '{shown(sid)}' has {len(times)} points; this model needs the last {self.lookback}"
             )
         last = times[-self.lookback :]
-        expected = pd.date_range(end=last[-1], periods=self.lookback, freq=step)
+        try:
+            expected = pd.date_range(end=last[-1], periods=self.lookback, freq=step)
+        except (AssertionError, OverflowError, ValueError):  # pandas, at the ends of the datetime64 range
+            raise DataError(
+                f"{source}: series '{shown(sid)}': timestamp {last[-1]} lies too near the end of the range of "
+                f"timestamps (1677-09-21 to 2262-04-11) to forecast {self.horizon} steps of {step.freqstr} after it"
+            ) from None
         if not last.equals(expected):
             gap = expected.difference(last)
             where = gap[-1] if len(gap) else last[0]
