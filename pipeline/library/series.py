@@ -353,7 +353,9 @@ MAX_GRID = 1_000_000
 def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.DateOffset, source: str) -> None:
     """Refuse a grid far longer than the series (one wrong year would allocate gigabytes)."""
     if isinstance(step, pd.offsets.Tick):  # fixed steps: count without building the grid, in Python integers
-        points = (int(times.asi8[-1]) - int(times.asi8[0])) // pd.Timedelta(step).value + 1  # 1677 to 2262: > int64
+        unit_ns = pd.Timedelta(1, unit=times.unit).value  # pandas 3 parses text to seconds or microseconds
+        span_ns = (int(times.asi8[-1]) - int(times.asi8[0])) * unit_ns  # 1677 to 2262 is more than int64 holds
+        points = span_ns // pd.Timedelta(step).value + 1
     else:  # calendar steps (days and longer, business days): the grid stays small
         points = len(pd.date_range(times[0], times[-1], freq=step))
     if points <= max(MAX_GRID, 10 * len(times)):
