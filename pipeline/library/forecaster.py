@@ -308,12 +308,13 @@ class Forecaster:
             except (OverflowError, ValueError):  # OutOfBoundsDatetime is a ValueError
                 late = [int(np.argmax(ns))]
         if len(late):
-            k = int(late[0])
-            raise DataError(
-                f"{source}: series '{shown(ids[k])}': timestamp {pd.Timestamp(last[k])} lies too near the end of the "
-                f"range of timestamps (1677-09-21 to 2262-04-11) to forecast {self.horizon} steps of "
-                f"{self.spec.freq} after it"
-            )
+            raise self._too_late(ids[int(late[0])], last[int(late[0])], source)
+
+    def _too_late(self, sid: str, last, source: str) -> DataError:
+        return DataError(
+            f"{source}: series '{shown(sid)}': timestamp {pd.Timestamp(last)} lies too near the end of the range of "
+            f"timestamps (1677-09-21 to 2262-04-11) to forecast {self.horizon} steps of {self.spec.freq} after it"
+        )
 
     def _future_times(self, last: np.ndarray) -> np.ndarray:
         """(series, horizon) datetime64[ns]: the steps after each series' last timestamp."""
@@ -575,10 +576,7 @@ class Forecaster:
         try:
             expected = pd.date_range(end=last[-1], periods=self.lookback, freq=step)
         except (AssertionError, OverflowError, ValueError):  # pandas, at the ends of the datetime64 range
-            raise DataError(
-                f"{source}: series '{shown(sid)}': timestamp {last[-1]} lies too near the end of the range of "
-                f"timestamps (1677-09-21 to 2262-04-11) to forecast {self.horizon} steps of {step.freqstr} after it"
-            ) from None
+            raise self._too_late(sid, last[-1], source) from None
         if not last.equals(expected):
             gap = expected.difference(last)
             where = gap[-1] if len(gap) else last[0]
