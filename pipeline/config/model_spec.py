@@ -18,7 +18,7 @@ MULTI = ("multi", "multi_recent")  # the `model.base` values of a multi-seasonal
 def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
     """The spec of the network `cfg` trains on this ingest (`cfg` resolved: no `auto` left)."""
     d, m = cfg.data, cfg.model
-    calendar = Calendar(tuple(d.calendar), ingest.freq)
+    calendar = Calendar(tuple(d.calendar), ingest.freq, calendar_zone(ingest.zone) if d.calendar else None)
     return ModelSpec(
         input_size=1 + len(d.past_covariates) + len(d.future_covariates) + calendar.size + len(d.static_covariates),
         horizon=cfg.window.horizon,
@@ -31,6 +31,7 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
         season_average=m.season_average,
         quantiles=tuple(m.quantiles),
         calendar=calendar.features,
+        calendar_zone=calendar.zone,
         past_covariates=tuple(d.past_covariates),
         future_covariates=tuple(d.future_covariates),
         static_covariates=tuple(d.static_covariates),
@@ -50,6 +51,12 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
         else 0,
         band_season=interval_season(cfg) if m.quantiles and m.calibrate and m.calibration_band else 0,
     )
+
+
+def calendar_zone(zone: str | None) -> str | None:
+    """The zone whose wall clock the calendar follows: the data's, but None for UTC (the same cycles, and a spec
+    that reads as one saved before the field existed)."""
+    return None if zone in (None, "UTC") else zone
 
 
 def interval_season(cfg: Config) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.library import covariates as cov
 from pipeline.library import scaling
-from pipeline.library.calendar import Calendar, encode
+from pipeline.library.calendar import Calendar, OffsetChanges, encode
 from pipeline.library.chunks import series_chunks
 from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model_spec import ModelSpec
@@ -41,6 +41,7 @@ class WindowBuffer:
     device: torch.device | None = None
     phase0: torch.Tensor | None = None  # (n_series, F) float64 calendar phases at each series' start
     rate: torch.Tensor | None = None  # (F,) float64 cycles per step
+    offset_changes: OffsetChanges | None = None  # the calendar zone's summer time, where the cycles follow it
     covariates: torch.Tensor | None = None  # (n_points, K) float32 scaled covariates, past ones first
     n_past: int = 0  # how many of the covariates are past covariates
     n_future_covariates: int = 0
@@ -96,10 +97,13 @@ class WindowBuffer:
         if home.type == "cpu" and device.type == "cuda":
             values = values.pin_memory()
         phase0 = rate = None
+        extra = {}
         if calendar is not None and calendar.features:
             p0, r = calendar.phases(series.starts)
             phase0, rate = torch.from_numpy(p0).to(home), torch.from_numpy(r).to(home)
-        extra = {}
+            changes = calendar.offset_changes(series.starts, int(lengths.max()))
+            if changes is not None:
+                extra["offset_changes"] = changes.to(home)
         if spec is not None and spec.covariates:
             extra.update(
                 covariates=torch.from_numpy(cov.standardise(covariates, series)).to(home),
@@ -130,7 +134,7 @@ class WindowBuffer:
             lookback,
             spec.horizon,
             transform=transform,
-            calendar=Calendar(spec.calendar, freq),
+            calendar=Calendar(spec.calendar, freq, spec.calendar_zone),
             covariates=read_covariates(ingest_dir, spec.covariates),
             spec=spec,
         )
@@ -150,9 +154,7 @@ class WindowBuffer:
             self.horizon,
             self.n_past,
             covariates=None if self.covariates is None else self.covariates[pos[:, None] + self._span[None, :steps]],
-            calendar=None
-            if self.phase0 is None
-            else encode(self.phase0[series], self.rate, pairs[:, 1:2] + self._span),
+            calendar=None if self.phase0 is None else self._calendar(series, pairs[:, 1:2] + self._span),
             static=None if self.static is None else self.static[series],
             series_index=None if self.series_index is None else self.series_index[series],
         )
@@ -163,6 +165,11 @@ class WindowBuffer:
             inputs = inputs.pin_memory().to(self.device, non_blocking=True)
             targets = targets.pin_memory().to(self.device, non_blocking=True)
         return inputs, targets
+
+    def _calendar(self, series: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        changes = self.offset_changes
+        shift = None if changes is None else changes.cycles(series, positions)
+        return encode(self.phase0[series], self.rate, positions, shift)
 
 
 def buffer_fits(nbytes: int, device: torch.device, resident: str | bool) -> bool:

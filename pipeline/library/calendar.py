@@ -7,6 +7,11 @@ from each series' first timestamp and `rate` from the frequency, then encoded as
 so that 23:30 sits next to 00:00 and December next to January. The same function serves
 training batches (vectorised over positions, on the training device) and `predict` (from the
 history's last timestamps), so they cannot disagree.
+
+The cycles follow the wall clock of the data's zone (`zone`; ingest holds every timestamp in
+UTC). Where that zone keeps summer time, the clock jumps an hour twice a year while the steps
+do not, so sub-daily data add the offset's change since each series' start
+(`OffsetChanges`): demand that peaks at 08:00 local time keeps one phase all year.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class Calendar:
 
     features: tuple[str, ...]
     freq: str
+    zone: str | None = None  # the wall clock the cycles follow (None: UTC, where zoned timestamps are held)
 
     @property
     def size(self) -> int:
@@ -51,6 +57,8 @@ class Calendar:
         stamps = pd.DatetimeIndex(starts).as_unit("ns")  # pandas 3 may pick seconds
         if stamps.tz is not None:
             stamps = stamps.tz_localize(None)  # local wall-clock time is what the cycles follow
+        elif self.zone is not None:  # UTC instants, read on the zone's wall clock
+            stamps = stamps.tz_localize("UTC").tz_convert(self.zone).tz_localize(None)
         ns = stamps.asi8.astype(np.int64)
         since_midnight = np.mod(ns, DAY_NS) / DAY_NS  # wall-clock days start at multiples of a day (no overflow
         # at the ends of the datetime64 range, where normalize() fails)
@@ -70,15 +78,95 @@ class Calendar:
                 phase0[:, k], rate[k] = (stamps.month - 1 + (stamps.day - 1) / 31) / 12, months / 12
         return phase0, rate
 
+    def offset_changes(self, starts: list, steps: int) -> OffsetChanges | None:
+        """The zone's offset changes over `steps` steps from each of `starts` (naive UTC), for sub-daily data
+        in a zone with summer time; None where the wall clock keeps one offset there (the cycles are linear)."""
+        import pandas as pd
 
-def encode(phase0: torch.Tensor, rate: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        step_ns = fixed_step_ns(pd.tseries.frequencies.to_offset(self.freq)) or 0
+        if self.zone is None or not self.features or not 0 < step_ns < DAY_NS or not len(starts):
+            return None
+        first = pd.DatetimeIndex(starts).as_unit("ns").asi8.astype(np.int64)
+        bounds, offsets = _changes(self.zone, int(first.min()), int(first.max()) + steps * step_ns)
+        if not len(bounds):
+            return None
+        cycle = {"day": DAY_NS, "week": WEEK_NS, "year": YEAR_NS}
+        per_ns = np.array([1.0 / cycle[name] for name in self.features])
+        return OffsetChanges(first, step_ns, bounds, offsets, per_ns)
+
+
+@dataclass(frozen=True)
+class OffsetChanges:
+    """Where a zone's UTC offset changes, as cycle shifts: the wall clock's jumps that steps of UTC miss.
+
+    Numpy arrays, or torch tensors after `to` (the training buffer keeps them on its device).
+    """
+
+    starts: np.ndarray  # (S,) int64: each series' first instant, ns since 1970 UTC
+    step_ns: int
+    bounds: np.ndarray  # (K,) int64: the instants at which the offset changes, sorted
+    offsets: np.ndarray  # (K + 1,) int64 ns: the offset before the first change, then after each
+    per_ns: np.ndarray  # (F,) float64: cycles of each feature per nanosecond
+
+    def to(self, device: torch.device | str = "cpu") -> OffsetChanges:
+        import torch
+
+        arrays = (self.starts, self.bounds, self.offsets, self.per_ns)
+        starts, bounds, offsets, per_ns = (torch.as_tensor(a).to(device) for a in arrays)
+        return OffsetChanges(starts, self.step_ns, bounds, offsets, per_ns)
+
+    def cycles(self, series: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, T, F) float64: how far each cycle's wall clock at `positions` (B, T) of `series` (B,) has moved
+        from where steps of UTC put it, by the offset changes since the series' start."""
+        import torch
+
+        starts = self.starts[series]
+        at = self.offsets[torch.searchsorted(self.bounds, starts[:, None] + positions * self.step_ns, right=True)]
+        since = at - self.offsets[torch.searchsorted(self.bounds, starts, right=True)][:, None]
+        return since.to(torch.float64)[..., None] * self.per_ns
+
+
+def _changes(zone: str, first_ns: int, last_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bounds, offsets) of `zone` between two instants: each change's first second, and the offsets around them.
+
+    The zone is read on an hourly grid, then each hour with a change second by second: no private
+    tz-database API, and exact for every change at a whole second (all of them).
+    """
+    hour, second = 3_600 * 10**9, 10**9
+    lowest, highest = np.iinfo(np.int64).min + 2 * DAY_NS, np.iinfo(np.int64).max - 2 * DAY_NS  # local time fits too
+    grid = np.arange(max(first_ns - DAY_NS, lowest), min(last_ns, highest - DAY_NS) + DAY_NS, hour, dtype=np.int64)
+    offsets = _offsets(zone, grid)
+    bounds, after = [], [offsets[0]]
+    for k in np.flatnonzero(np.diff(offsets)):
+        seconds = grid[k] + second * np.arange(1, 3_601, dtype=np.int64)
+        within = _offsets(zone, seconds)
+        for j in np.flatnonzero(np.diff(np.concatenate([[offsets[k]], within]))):
+            bounds.append(seconds[j])
+            after.append(within[j])
+    return np.array(bounds, dtype=np.int64), np.array(after, dtype=np.int64)
+
+
+def _offsets(zone: str, instants_ns: np.ndarray) -> np.ndarray:
+    """The zone's UTC offset (ns) at each instant."""
+    import pandas as pd
+
+    utc = pd.DatetimeIndex(instants_ns.astype("datetime64[ns]"))
+    return (utc.tz_localize("UTC").tz_convert(zone).tz_localize(None).asi8 - utc.asi8).astype(np.int64)
+
+
+def encode(
+    phase0: torch.Tensor, rate: torch.Tensor, positions: torch.Tensor, shift: torch.Tensor | None = None
+) -> torch.Tensor:
     """(sin, cos) of each cycle at `positions` (B, T) of series with start phases `phase0` (B, F).
 
+    `shift` (B, T, F): cycles the wall clock moved beyond the steps (`OffsetChanges.cycles`).
     Computed in float64 (positions reach 10^8 on big data) and returned as float32 (B, T, 2F).
     """
     import torch
 
     cycles = phase0[:, None, :] + positions[..., None].to(torch.float64) * rate
+    if shift is not None:
+        cycles = cycles + shift
     angle = (2 * math.pi) * torch.remainder(cycles, 1.0)
     return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).to(torch.float32)
 

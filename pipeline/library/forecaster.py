@@ -138,8 +138,8 @@ class Forecaster:
         covariates also needs `future`: their values for the `horizon` steps after each
         series' history (columns: the id column where the data has one, the time, the names).
 
-        Times are naive where the history's are, else in the history's zone (UTC where its timestamps carry
-        different offsets); the model reads them in UTC either way.
+        Times are naive where the history's are, else in the history's zone (where its timestamps carry
+        different offsets, the training data's zone, `data.zone`, or UTC); the model reads them in UTC either way.
 
         Any series can be forecast, not only those of the training data. `scale="training"` scales a
         series the model was trained on by its training statistics (its train part), and any other
@@ -151,7 +151,8 @@ class Forecaster:
         ids, last, windows, fresh = self._split_history(history, source, scale)
         self._check_room(ids, last, source)
         time_col = self.spec.time_column
-        zone = written_zone(history[time_col]) if time_col in history else None  # the history's zone, if any
+        # the history's zone, if any; where its offsets differ (local time across summer time), the data's
+        zone = written_zone(history[time_col], self.spec.zone or "UTC") if time_col in history else None
         if future is not None and time_col in future and (written_zone(future[time_col]) is None) != (zone is None):
             raise DataError(
                 f"{future_source}: its times {'carry no zone' if zone else 'carry a zone'} where the history's "
@@ -341,9 +342,12 @@ class Forecaster:
             covariates = _float32(scaled)
         if spec.calendar:
             firsts = self._shifted(pd.DatetimeIndex(last).as_unit("ns").to_numpy(), np.array([1 - lookback]))[:, 0]
-            phase0, rate = Calendar(spec.calendar, self.spec.freq).phases(firsts)
+            clock = Calendar(spec.calendar, self.spec.freq, spec.calendar_zone)
+            phase0, rate = clock.phases(firsts)
             positions = torch.arange(steps).expand(n, -1)
-            calendar = encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions)
+            changes = clock.offset_changes(firsts, steps)
+            shift = None if changes is None else changes.to().cycles(torch.arange(n), positions)
+            calendar = encode(torch.from_numpy(phase0), torch.from_numpy(rate), positions, shift)
         if spec.static_covariates:
             static = _float32(stats.static)
         if spec.series_embedding:

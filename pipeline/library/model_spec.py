@@ -19,6 +19,7 @@ _LATER = {
     "band_season": 0,
     "recent_shapes": False,
     "level_smoothing": 0.0,
+    "calendar_zone": None,
 }
 
 BASE_FIELDS = (
@@ -47,6 +48,7 @@ class ModelSpec:
     season_average: int = 1
     quantiles: tuple[float, ...] = ()
     calendar: tuple[str, ...] = ()  # calendar features (pipeline.library.calendar), known over the horizon too
+    calendar_zone: str | None = None  # the wall clock the calendar follows (None: UTC), the data's zone
     past_covariates: tuple[str, ...] = ()
     future_covariates: tuple[str, ...] = ()
     static_covariates: tuple[str, ...] = ()
@@ -136,5 +138,7 @@ class ModelSpec:
 
         All of them, switched-off ones included (a spec saved before a field existed compares as
         switched off), but dropout, interval_scale and band_season: the calibration is set again after
-        every training."""
-        return {k: v for k, v in self._plain().items() if k not in ("dropout", "interval_scale", "band_season")}
+        every training; nor calendar_zone: a model trained on UTC cycles (before they followed the data's
+        zone) starts a retraining as well as any, so an upgrade does not break a scheduled warm start."""
+        skipped = ("dropout", "interval_scale", "band_season", "calendar_zone")
+        return {k: v for k, v in self._plain().items() if k not in skipped}

@@ -152,6 +152,7 @@ def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, met
         static_loc=list(ingest.static_loc),
         static_scale=list(ingest.static_scale),
         base=fallback_base(trained.base),
+        zone=ingest.zone,
     )
 
 
@@ -172,7 +173,8 @@ def onnx_input_description(spec: ForecasterSpec) -> str:
     parts = ["the scaled values"]
     parts += [f"past covariates {', '.join(past)}"] if past else []
     parts += [f"future covariates {', '.join(future)}"] if future else []
-    parts += [f"sin and cos of {', '.join(calendar)} (pipeline.library.calendar)"] if calendar else []
+    clock = f" on the wall clock of {m.calendar_zone}" if m.calendar_zone else " in UTC"
+    parts += [f"sin and cos of {', '.join(calendar)}{clock} (pipeline.library.calendar)"] if calendar else []
     parts += [f"static covariates {', '.join(static)}"] if static else []
     parts += ["the series' index (forecaster.json)"] if m.series_embedding else []
     channels = m.channels

@@ -332,7 +332,7 @@ def load_training_data(cfg: Config, device: torch.device) -> TrainingData:
         device,
         resident=cfg.train.device_resident,
         transform=ingest.transform,
-        calendar=Calendar(spec.calendar, ingest.freq),
+        calendar=Calendar(spec.calendar, ingest.freq, spec.calendar_zone),
         covariates=read_covariates(ingest_dir, spec.covariates),
         spec=spec,
         filled=read_filled(ingest_dir),
