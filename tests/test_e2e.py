@@ -367,7 +367,8 @@ def test_points_filled_by_data_missing_are_never_scored(tmp_path):
 
 def test_times_are_written_back_in_the_zone_of_the_data(tmp_path):
     """Hourly data written in +10:00 is held in UTC; forecasts.csv and predict write their times in +10:00 again, the
-    same instants. A history whose offsets differ (here +10:00 and Z, the same instants) is forecast in UTC."""
+    same instants. A history whose offsets differ (here +10:00 and Z, the same instants) is forecast in the data's
+    zone, +10:00 (the model's `zone`)."""
     n = 300
     instants = pd.date_range("2024-01-01", periods=n, freq="h")  # UTC
     y = 20 + 5 * np.sin(2 * np.pi * np.arange(n) / 24) + np.random.default_rng(2).normal(0, 0.5, n)
@@ -402,6 +403,50 @@ def test_times_are_written_back_in_the_zone_of_the_data(tmp_path):
     assert pd.read_csv(out)["time"].iloc[0] == first.tz_localize("UTC").tz_convert("+10:00").isoformat(sep=" ")
 
     mixed = history.assign(time=[t if i % 2 else instants[i].isoformat() + "Z" for i, t in enumerate(history.time)])
-    in_utc = Forecaster.load(run / "export").predict(mixed)
-    assert str(in_utc["time"].dt.tz) == "UTC" and in_utc["time"].iloc[0] == first.tz_localize("UTC")
-    np.testing.assert_array_equal(in_utc["forecast"], forecast["forecast"])  # the same instants, the same forecast
+    in_data_zone = Forecaster.load(run / "export").predict(mixed)
+    assert str(in_data_zone["time"].dt.tz) == "UTC+10:00" and in_data_zone["time"].iloc[0] == first.tz_localize("UTC")
+    np.testing.assert_array_equal(in_data_zone["forecast"], forecast["forecast"])  # the same instants and forecast
+
+
+def test_data_zone_reads_local_time_written_with_offsets_on_its_clock(tmp_path):
+    """Berlin local time written as text with its offsets (+01:00, then +02:00 from 31 March): read as UTC instants,
+    whose zone alone is UTC. `data.zone: Europe/Berlin` keeps the instants and puts them on Berlin's clock: the
+    calendar follows it across the change, forecasts.csv and predict write their times in it. Naive timestamps name
+    no instant, so a zone for them is one line, exit 2."""
+    local = pd.date_range("2024-03-20", periods=400, freq="h", tz="Europe/Berlin")
+    y = 20 + 5 * np.sin(2 * np.pi * local.hour / 24) + np.random.default_rng(4).normal(0, 0.3, len(local))
+    pd.DataFrame({"time": [t.isoformat() for t in local], "y": y}).to_csv(tmp_path / "berlin.csv", index=False)
+    overrides = {
+        "data": {"source": str(tmp_path / "berlin.csv"), "target_column": "y", "calendar": ["day", "week"]},
+        "train.max_steps": 4,
+        "train.checkpoint_every": 0,
+        "export.onnx": False,
+        "evaluate.plot_series": 0,
+    }
+    config = write_config(tmp_path, overrides)
+    done = cli_in_process("ingest", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run/ingest/meta.json").read_text())["zone"] == "UTC"  # offsets differ
+    done = cli_in_process("run", "--config", str(config), "data.zone=Europe/Berlin")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    assert json.loads((run / "ingest/meta.json").read_text())["zone"] == "Europe/Berlin"
+    exported = json.loads((run / "export/forecaster.json").read_text())
+    assert exported["zone"] == exported["model"]["calendar_zone"] == "Europe/Berlin"
+    rows = pd.read_csv(run / "evaluate/forecasts.csv")
+    assert rows["time"].str.endswith("+02:00").all()  # the test part lies after the change
+    assert set(rows["time"]) <= {str(t) for t in local[340:]}  # the test part's instants, on Berlin's clock
+    forecast = Forecaster.load(run / "export").predict(pd.read_csv(tmp_path / "berlin.csv"))
+    assert str(forecast["time"].dt.tz) == "Europe/Berlin" and forecast["time"].iloc[0] == local[-1] + pd.Timedelta("1h")
+
+    naive = pd.DataFrame({"time": local[:250].tz_localize(None), "y": y[:250]})  # before the change: no gap
+    naive.to_csv(tmp_path / "naive.csv", index=False)
+    done = cli_in_process("ingest", "--config", str(config), f"data.source={tmp_path / 'naive.csv'}",
+                          "data.zone=Europe/Berlin")  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'naive.csv'}: data.zone is Europe/Berlin, but the timestamps carry no zone or UTC offset, "
+        "so they name no instant to read on its clock; write them with their offsets (e.g. 2024-03-31T03:00+02:00) or "
+        "leave data.zone at auto"
+    )
+    assert json.loads((run / "ingest/meta.json").read_text())["zone"] == "Europe/Berlin"  # kept as it was

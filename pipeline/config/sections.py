@@ -75,6 +75,13 @@ class DataConfig:
     """Column holding the timestamps."""
     target_column: str = "demand"
     """Long format: column holding the values to forecast."""
+    zone: str = _added("auto")
+    """The time zone the data's clock is in: forecasts and backtests write their times in it, and the calendar
+    features follow its wall clock (summer time included). `auto`: the timestamps' own (a named zone from typed
+    parquet, the one UTC offset of the text; UTC where the offsets differ, as in local time written across a
+    summer-time change); or a name from the time-zone database (e.g. `Europe/Berlin`) for timestamps that carry a
+    zone or UTC offsets: the same instants, on that zone's clock. Naive timestamps name no instant: a zone for them
+    is refused."""
     freq: str | None = None
     """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent, from the longest series (across
     its gaps: the step, of its most common difference and the business-day, month, quarter and year steps, whose grid
@@ -98,10 +105,10 @@ class DataConfig:
     error (seasonal swings that grow with the level), else `none`; chosen at ingest, in ingest/meta.json."""
     calendar: list[str] | Literal["auto", "none"] = "auto"
     """Calendar features from the timestamps, known ahead: `day` (time of day), `week` (day of week), `year` (time
-    of year), encoded as sine and cosine, from the timestamps in UTC where they carry a zone; `auto`: with
-    `model.seasons: auto`, those of the seasons ingest keeps (a daily season gives `day`, a weekly one `week`, a
-    yearly one `year`; none from weekly data on), with a warm start those of its weights; with seasons given,
-    day+week below daily, week+year daily, none from weekly on."""
+    of year), encoded as sine and cosine, on the wall clock of the data's zone (summer time included; naive
+    timestamps as written); `auto`: with `model.seasons: auto`, those of the seasons ingest keeps (a daily season
+    gives `day`, a weekly one `week`, a yearly one `year`; none from weekly data on), with a warm start those of its
+    weights; with seasons given, day+week below daily, week+year daily, none from weekly on."""
     past_covariates: list[str] = field(default_factory=list)
     """Numeric columns known only up to the forecast time (e.g. a measured temperature): inputs over the lookback;
     scaled per series from the train part."""
@@ -129,6 +136,8 @@ class DataConfig:
                 raise ConfigError(f"data.calendar: unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
         if not self.source.strip():
             raise ConfigError("data.source is empty")
+        if self.zone != "auto":
+            _check_zone(self.zone)
         if self.freq is not None:
             _check_freq("data.freq", self.freq)
         if self.source == "synthetic":  # checked where it is used: pandas stays out of a config that does not need it
@@ -636,6 +645,19 @@ def _check_quantiles(quantiles: list[float]) -> None:
             raise ConfigError(f"model.quantiles must be sorted ascending, got {a} before {b}")
     if quantiles and 0.5 not in quantiles:
         raise ConfigError(f"model.quantiles {quantiles} must include 0.5: the median is the point forecast")
+
+
+def _check_zone(name: str) -> None:
+    """`data.zone` is a zone of the time-zone database (through `zoneinfo`, as pandas reads it)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"data.zone: unknown time zone {name!r}; give a name from the time-zone database (e.g. Europe/Berlin, "
+            "America/New_York, UTC) or auto"
+        ) from None
 
 
 def _check_freq(key: str, value: str) -> None:

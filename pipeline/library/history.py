@@ -44,9 +44,10 @@ def zone_name(tz: object) -> str | None:
     return None if tz is None else str(pd.Timestamp("2000-01-01", tz=tz).tz)
 
 
-def written_zone(col: pd.Series) -> str | None:
-    """The zone forecasts of this time column are written in: its own (a named zone, or its one UTC offset), UTC
-    where its timestamps carry different offsets, None where they carry none (times stay naive, as given)."""
+def written_zone(col: pd.Series, differing: str = "UTC") -> str | None:
+    """The zone forecasts of this time column are written in: its own (a named zone, or its one UTC offset),
+    `differing` where its timestamps carry different offsets, None where they carry none (times stay naive, as
+    given)."""
     if pd.api.types.is_datetime64_any_dtype(col):
         return zone_name(col.dt.tz)
     import warnings
@@ -56,9 +57,9 @@ def written_zone(col: pd.Series) -> str | None:
             warnings.simplefilter("ignore")  # pandas 2 warns about different offsets (kept as objects)
             parsed = pd.to_datetime(col, errors="coerce", format="mixed")
     except (ValueError, TypeError, OverflowError):  # pandas 3 refuses different offsets
-        return "UTC"
+        return differing
     if not pd.api.types.is_datetime64_any_dtype(parsed):  # pandas 2: different offsets
-        return "UTC"
+        return differing
     return zone_name(parsed.dt.tz)
 
 

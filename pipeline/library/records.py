@@ -507,6 +507,7 @@ class ForecasterSpec:
     static_loc: list[float] = field(default_factory=list)  # across training series: how a new series'
     static_scale: list[float] = field(default_factory=list)  # static covariates are standardised
     base: dict[str, Any] | None = None  # where the forecast runs on a fallback base: train/meta.json's base record
+    zone: str | None = None  # the data's zone: predict writes in it where a history's UTC offsets differ
 
     def to_json(self) -> dict[str, Any]:
         payload = {
@@ -531,6 +532,8 @@ class ForecasterSpec:
             payload["static_covariates"] = {"mean": self.static_loc, "scale": self.static_scale}
         if self.base is not None:
             payload["base"] = self.base
+        if self.zone is not None:
+            payload["zone"] = self.zone
         return payload
 
     @classmethod
@@ -556,4 +559,5 @@ class ForecasterSpec:
             static_loc=list(static.get("mean", [])),
             static_scale=list(static.get("scale", [])),
             base=payload.get("base"),
+            zone=payload.get("zone"),
         )

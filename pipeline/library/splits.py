@@ -118,4 +118,6 @@ def fingerprint(series: SeriesSet, table: SeriesTable, data: DataLayout, scaling
     digest.update(repr(list(bounds)).encode())
     digest.update(series.freq.encode())
     digest.update(f"{scaling_name}/{transform}".encode())
+    if series.zone is not None:  # the calendar follows its wall clock (data without one hashes as before zones)
+        digest.update(f"zone/{series.zone}".encode())
     return digest.hexdigest()[:16]
