@@ -84,6 +84,29 @@ def test_a_buffer_kept_on_the_host_still_hands_out_gpu_batches():
     assert x.device.type == y.device.type == "cuda"
 
 
+def test_calendar_channels_across_summer_time_on_the_gpu_equal_the_cpus():
+    """The zone's offset changes live beside the resident buffer; the lookup (searchsorted on int64) runs there, and
+    copies nothing from the host."""
+    from pipeline.library.calendar import Calendar
+
+    records = [{"start": "2024-03-20T00:00:00", "length": 2000}, {"start": "2024-10-01T00:00:00", "length": 1500}]
+    raw = np.zeros(3500, np.float32)
+    cal = Calendar(("day", "week"), "h", "Europe/Berlin")
+    cpu = WindowBuffer.from_ingest(raw, series_table(records), LOOKBACK, HORIZON, "cpu", calendar=cal)
+    gpu = WindowBuffer.from_ingest(raw, series_table(records), LOOKBACK, HORIZON, "cuda", calendar=cal)
+    assert gpu.offset_changes is not None and gpu.offset_changes.bounds.device.type == "cuda"
+    pairs = torch.tensor([[0, 230], [1, 600], [0, 1500], [1, 10]])
+    x_cpu, _ = cpu.gather(pairs)
+    gpu.gather(pairs.cuda())  # warm-up: kernels load
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        x_gpu, _ = gpu.gather(pairs.cuda())
+        torch.cuda.synchronize()
+    assert [e.name for e in prof.events() if "memcpy" in e.name.lower() and "htod" in e.name.lower()] == []
+    torch.testing.assert_close(x_gpu.cpu(), x_cpu, rtol=0, atol=1e-6)
+
+
 def test_a_buffer_kept_on_the_host_trains_and_validates_on_the_gpu():
     """train.device_resident=false: the step's loss and validation's sums live on the GPU (tests/test_gpu_paths)."""
     cfg, accelerator, model, optimizer = _prepared("no")
