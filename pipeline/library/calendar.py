@@ -16,6 +16,7 @@ do not, so sub-daily data add the offset's change since each series' start
 
 from __future__ import annotations
 
+import datetime
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -85,6 +86,8 @@ class Calendar:
 
         step_ns = fixed_step_ns(pd.tseries.frequencies.to_offset(self.freq)) or 0
         if self.zone is None or not self.features or not 0 < step_ns < DAY_NS or not len(starts):
+            return None
+        if isinstance(pd.Timestamp(0, tz=self.zone).tz, datetime.timezone):  # a fixed offset: nothing to look up
             return None
         first = pd.DatetimeIndex(starts).as_unit("ns").asi8.astype(np.int64)
         bounds, offsets = _changes(self.zone, int(first.min()), int(first.max()) + steps * step_ns)
