@@ -117,21 +117,26 @@ def test_calendar_run_end_to_end_and_predict_builds_the_training_inputs(tmp_path
     assert "(batch, 48 + 12, 5)" in (run / "export" / "README.md").read_text()  # the ONNX input documented
 
     # predict's inputs for a history ending at some step = the training buffer's window ending there
-    forecaster = Forecaster.load(run / "export")
-    meta = json.loads((run / "ingest" / "meta.json").read_text())
+    _predict_reads_the_training_window(run, Calendar(("day", "week"), "h"), start=100)
+
+
+def _predict_reads_the_training_window(run, cal: Calendar, start: int) -> torch.Tensor:
+    """predict's inputs (1, 60, 5) for the history of the run's first series ending at `start + 47`, checked equal to
+    the training buffer's window starting at `start` (lookback 48, horizon 12)."""
     from pipeline.library.store import read_values
 
+    forecaster = Forecaster.load(run / "export")
+    meta = json.loads((run / "ingest" / "meta.json").read_text())
     raw = read_values(run / "ingest")
     rec = meta["series"][0]
-    cal = Calendar(("day", "week"), meta["freq"])
     buffer = WindowBuffer.from_ingest(raw, series_table(meta["series"]), 48, 12, calendar=cal)
-    start = 100
     x_train, _ = buffer.gather(torch.tensor([[0, start]]))
     times = pd.date_range(rec["start"], periods=rec["length"], freq=meta["freq"])
     window = (raw[start : start + 48].astype(np.float64) - rec["mean"]) / rec["scale"]
     stats = forecaster.spec.series.stats.take(forecaster.spec.series.positions([rec["id"]]))
     x_pred = forecaster._inputs(window[None], np.zeros((1, 48, 0)), None, stats, [times[start + 47]])
     torch.testing.assert_close(x_pred, x_train, rtol=0, atol=1e-5)
+    return x_pred
 
 
 def test_phases_at_the_ends_of_the_datetime_range():
@@ -220,23 +225,10 @@ def test_a_run_on_zoned_data_keeps_the_zones_wall_clock_from_training_to_predict
     assert spec["model"]["calendar_zone"] == "Europe/Berlin"
     assert "sin and cos of day, week on the wall clock of Europe/Berlin" in (run / "export" / "README.md").read_text()
 
-    from pipeline.library.store import read_values
-
-    forecaster = Forecaster.load(run / "export")
-    meta = json.loads((run / "ingest" / "meta.json").read_text())
-    raw = read_values(run / "ingest")
-    rec = meta["series"][0]
-    cal = Calendar(("day", "week"), meta["freq"], "Europe/Berlin")
-    buffer = WindowBuffer.from_ingest(raw, series_table(meta["series"]), 48, 12, calendar=cal)
     start = 240  # the window's input ends at step 287, after the change; its first step is before it
-    x_train, _ = buffer.gather(torch.tensor([[0, start]]))
-    times = pd.date_range(rec["start"], periods=rec["length"], freq=meta["freq"])
-    window = (raw[start : start + 48].astype(np.float64) - rec["mean"]) / rec["scale"]
-    stats = forecaster.spec.series.stats.take(forecaster.spec.series.positions([rec["id"]]))
-    x_pred = forecaster._inputs(window[None], np.zeros((1, 48, 0)), None, stats, [times[start + 47]])
-    torch.testing.assert_close(x_pred, x_train, rtol=0, atol=1e-5)
+    x_pred = _predict_reads_the_training_window(run, Calendar(("day", "week"), "h", "Europe/Berlin"), start)
     hours = local[start : start + 60]
     day = np.mod(np.arctan2(x_pred[0, :, 1].double().numpy(), x_pred[0, :, 3].double().numpy()) / (2 * math.pi), 1)
     _same_cycle(day, hours.hour / 24)
-    forecast = forecaster.predict(pd.DataFrame({"time": local[:300], "y": y[:300]}))
+    forecast = Forecaster.load(run / "export").predict(pd.DataFrame({"time": local[:300], "y": y[:300]}))
     assert str(forecast["time"].dt.tz) == "Europe/Berlin" and forecast["time"].iloc[0] == local[300]
