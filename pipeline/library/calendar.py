@@ -95,7 +95,8 @@ class Calendar:
             return None
         cycle = {"day": DAY_NS, "week": WEEK_NS, "year": YEAR_NS}
         per_ns = np.array([1.0 / cycle[name] for name in self.features])
-        return OffsetChanges(first, step_ns, bounds, offsets, per_ns)
+        at_start = offsets[np.searchsorted(bounds, first, side="right")]
+        return OffsetChanges(first, step_ns, bounds, offsets, per_ns, at_start)
 
 
 @dataclass(frozen=True)
@@ -110,22 +111,22 @@ class OffsetChanges:
     bounds: np.ndarray  # (K,) int64: the instants at which the offset changes, sorted
     offsets: np.ndarray  # (K + 1,) int64 ns: the offset before the first change, then after each
     per_ns: np.ndarray  # (F,) float64: cycles of each feature per nanosecond
+    at_start: np.ndarray  # (S,) int64 ns: each series' offset at its start, which its phase0 holds already
 
     def to(self, device: torch.device | str = "cpu") -> OffsetChanges:
         import torch
 
-        arrays = (self.starts, self.bounds, self.offsets, self.per_ns)
-        starts, bounds, offsets, per_ns = (torch.as_tensor(a).to(device) for a in arrays)
-        return OffsetChanges(starts, self.step_ns, bounds, offsets, per_ns)
+        arrays = (self.starts, self.bounds, self.offsets, self.per_ns, self.at_start)
+        starts, bounds, offsets, per_ns, at_start = (torch.as_tensor(a).to(device) for a in arrays)
+        return OffsetChanges(starts, self.step_ns, bounds, offsets, per_ns, at_start)
 
     def cycles(self, series: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, T, F) float64: how far each cycle's wall clock at `positions` (B, T) of `series` (B,) has moved
         from where steps of UTC put it, by the offset changes since the series' start."""
         import torch
 
-        starts = self.starts[series]
-        at = self.offsets[torch.searchsorted(self.bounds, starts[:, None] + positions * self.step_ns, right=True)]
-        since = at - self.offsets[torch.searchsorted(self.bounds, starts, right=True)][:, None]
+        instants = self.starts[series][:, None] + positions * self.step_ns
+        since = self.offsets[torch.searchsorted(self.bounds, instants, right=True)] - self.at_start[series][:, None]
         return since.to(torch.float64)[..., None] * self.per_ns
 
 

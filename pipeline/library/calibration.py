@@ -42,11 +42,8 @@ def conformal_widening(lower: np.ndarray, upper: np.ndarray, target: np.ndarray,
     """Per horizon step, the widening delta >= 0 (in units of `spread`) that makes the interval
     cover at least `nominal` of the n calibration windows at the finite-sample level ceil((n+1) nominal)/n."""
     scores = np.maximum(lower - target, target - upper) / spread
-    if np.isnan(target).any():  # targets data.missing filled: each step's quantile over the observed ones
-        return np.array([_widening(column[~np.isnan(column)], nominal) for column in scores.T])
-    n = scores.shape[0]
-    level = min(1.0, math.ceil((n + 1) * nominal) / n)
-    return np.maximum(np.quantile(scores, level, axis=0, method="inverted_cdf"), 0.0)
+    # per step, over its observed targets (NaN: a target data.missing filled)
+    return np.array([_widening(column[~np.isnan(column)], nominal) for column in scores.T])
 
 
 def _widening(scores: np.ndarray, nominal: float) -> float:

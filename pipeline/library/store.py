@@ -61,8 +61,13 @@ def read_values(ingest_dir: Path) -> np.ndarray:
 
 def read_observed(ingest_dir: Path) -> np.ndarray:
     """The target in float64 with NaN where `data.missing` filled it: what forecasts are scored against."""
-    observed = read_values(ingest_dir).astype(np.float64)
-    filled = read_filled(ingest_dir)
+    return observed_values(read_values(ingest_dir), read_filled(ingest_dir))
+
+
+def observed_values(values: np.ndarray, filled: np.ndarray | None) -> np.ndarray:
+    """`values` (`read_values`) in float64 with NaN where `filled` (`read_filled`) marks a point: for a stage that
+    has read the values already."""
+    observed = values.astype(np.float64)
     if filled is not None:
         observed[filled] = np.nan
     return observed

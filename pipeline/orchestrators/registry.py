@@ -51,7 +51,7 @@ from pipeline.library.registry_store import (
     switch_current,
     versions,
 )
-from pipeline.library.store import read_observed, read_values
+from pipeline.library.store import observed_values, read_filled, read_values
 from pipeline.library.windows import read_index
 from pipeline.stages.table import stage_dir
 
@@ -91,7 +91,7 @@ def scoring_windows(cfg: Config) -> ScoringWindows:
     if len(pairs) == 0:
         raise ConfigError("registry: no test window to score on; increase data.test_size")
     table = ingest.series
-    observed = read_observed(ingest_dir)
+    observed = observed_values(raw32, read_filled(ingest_dir))
     scale = M.mase_scale(observed, table.offsets, table.train_end, cfg.evaluate.season_length)
     return ScoringWindows(
         raw32=raw32,

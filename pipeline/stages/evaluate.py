@@ -29,7 +29,7 @@ from pipeline.library.refit_folds import copy_fold_models, fold_records, refit_f
 from pipeline.library.report import report, write_plots
 from pipeline.library.runtime import dist_state
 from pipeline.library.scoring import METHODS, ScoredWindows, forecast_table, per_series_table, score
-from pipeline.library.store import read_filled, read_values
+from pipeline.library.store import observed_values, read_filled, read_values
 from pipeline.library.windows import read_index
 from pipeline.stages.table import cache_key, check_trained_with, check_upstream, stage_dir
 from pipeline.stages.tracking import open_tracker
@@ -80,10 +80,7 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
     plan = plan_backtest(cfg, ingest.series, pairs)
     all_pairs = np.concatenate([pairs, plan.pairs]).astype(np.int64)
     raw = raw32.astype(np.float64)
-    observed = raw.copy()  # NaN where data.missing filled a point: never scored against
-    filled = read_filled(ingest_dir)
-    if filled is not None:
-        observed[filled] = np.nan
+    observed = observed_values(raw32, read_filled(ingest_dir))  # NaN where data.missing filled: never scored
     window_scale, positions = checked_scales(cfg, ingest.series, observed, pairs, all_pairs)
 
     refitted = None
