@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 
 import numpy as np
 import onnxruntime as ort
@@ -450,3 +451,58 @@ def test_data_zone_reads_local_time_written_with_offsets_on_its_clock(tmp_path):
         "leave data.zone at auto"
     )
     assert json.loads((run / "ingest/meta.json").read_text())["zone"] == "Europe/Berlin"  # kept as it was
+
+
+def test_daily_data_in_a_zone_with_summer_time_runs_on_its_wall_clock(tmp_path):
+    """Daily Berlin data at local midnight (typed parquet, as pandas writes a zoned daily index): held on Berlin's
+    clock, trained, forecasts.csv at local midnights with the offset of each date across the spring change, and
+    predict reads the same days from a history written in any of the ways a user has them: the same forecast."""
+    n = 480
+    days = pd.date_range("2023-01-01", periods=n, freq="D", tz="Europe/Berlin")  # to 24 April 2024
+    y = 100 + 30 * (days.dayofweek >= 5) + np.random.default_rng(5).normal(0, 2, n)
+    pd.DataFrame({"time": days, "y": y}).to_parquet(tmp_path / "daily.parquet")
+    config = write_config(
+        tmp_path,
+        {
+            "data": {"source": str(tmp_path / "daily.parquet"), "target_column": "y", "calendar": ["week"]},
+            "window": {"lookback": 28, "horizon": 7},
+            "train.max_steps": 4,
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+        },
+    )
+    done = cli_in_process("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    meta = json.loads((run / "ingest/meta.json").read_text())
+    assert (meta["zone"], meta["wall_clock"], meta["freq"]) == ("Europe/Berlin", True, "D")
+    assert meta["series"][0]["start"] == "2023-01-01T00:00:00"  # the date, not 2022-12-31 23:00 UTC
+    exported = json.loads((run / "export/forecaster.json").read_text())
+    assert exported["wall_clock"] and exported["zone"] == "Europe/Berlin" and "calendar_zone" not in exported["model"]
+    assert "sin and cos of week on the wall clock of Europe/Berlin" in (run / "export/README.md").read_text()
+    rows = pd.read_csv(run / "evaluate/forecasts.csv")
+    assert (rows["time"].str[11:19] == "00:00:00").all()
+    assert set(rows["time"].str[-6:]) == {"+01:00", "+02:00"}  # the test part crosses 31 March
+    assert set(rows["time"]) <= {str(t) for t in days}
+
+    history = pd.DataFrame({"time": days[:455], "y": y[:455]})  # ends 30 March: the horizon crosses the change
+    ways = {
+        "typed.parquet": history,
+        "utc.parquet": history.assign(time=history["time"].dt.tz_convert("UTC")),
+        "offsets.csv": history.assign(time=[t.isoformat() for t in history["time"]]),
+        "dates.csv": history.assign(time=history["time"].dt.strftime("%Y-%m-%d")),
+    }
+    forecasts = {}
+    for name, frame in ways.items():
+        (frame.to_parquet if name.endswith("parquet") else partial(frame.to_csv, index=False))(tmp_path / name)
+        out = tmp_path / f"forecast_{name}.csv"
+        done = cli_in_process("predict", "--model", str(run / "export"), "--input", str(tmp_path / name),
+                              "--output", str(out))  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        forecasts[name] = pd.read_csv(out)
+    ahead = days[455:462]
+    assert list(forecasts["typed.parquet"]["time"]) == [str(t) for t in ahead]  # +01:00, then +02:00 from 31 March
+    assert list(forecasts["dates.csv"]["time"]) == [t.strftime("%Y-%m-%d") for t in ahead]
+    for name, forecast in forecasts.items():
+        np.testing.assert_array_equal(forecast["forecast"], forecasts["typed.parquet"]["forecast"], err_msg=name)
+        assert name == "dates.csv" or list(forecast["time"]) == [str(t) for t in ahead]

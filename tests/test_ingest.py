@@ -659,26 +659,57 @@ def test_a_class_label_id_column_gives_the_series_their_names(tmp_path, expected
     _assert_same(_load(tmp_path / "cl", id_column="id"), expected_long)
 
 
-def test_local_midnights_across_a_daylight_saving_change_are_named_as_such(tmp_path):
-    """Daily data at local midnight in a zone with daylight saving is an hour off its grid in UTC, where timestamps
-    with a zone are read: the error said 'set data.freq', which cannot help."""
-    times = pd.date_range("2024-01-01", periods=120, freq="D", tz="Europe/Berlin")
-    pd.DataFrame({"time": times, "y": np.arange(120.0)}).to_parquet(tmp_path / "daily.parquet")
+def test_days_in_a_zone_with_summer_time_are_counted_on_its_wall_clock(tmp_path):
+    """Daily data at local midnight in Berlin is 23:00 UTC in winter and 22:00 in summer: on no UTC grid (it was
+    refused: "write the dates without a zone"), yet one day apart on Berlin's clock. Steps of a day or longer are
+    held on the zone's wall clock, through both parquet readers; hours stay instants in UTC."""
+    from pipeline.stages.ingest import read_series
+
+    def read_both(source, **kw) -> SeriesSet:
+        streamed, pandas_path = read_series(_cfg(source, **kw)), _load(source, **kw)
+        _assert_same(streamed, pandas_path)
+        assert (streamed.zone, streamed.wall_clock) == (pandas_path.zone, pandas_path.wall_clock)
+        return pandas_path
+
+    for freq, periods, name in (("D", 120, "D"), ("W-MON", 40, "W-MON"), ("MS", 30, "MS")):
+        times = pd.date_range("2024-01-01", periods=periods, freq=freq, tz="Europe/Berlin")
+        pd.DataFrame({"time": times, "y": np.arange(float(periods))}).to_parquet(tmp_path / f"{name}.parquet")
+        series = read_both(tmp_path / f"{name}.parquet")
+        assert (series.freq, series.zone, series.wall_clock, series.lengths.tolist()) == (
+            name, "Europe/Berlin", True, [periods]
+        )  # fmt: skip
+        assert pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-01-01")  # local midnight, not 23:00 UTC
+        np.testing.assert_array_equal(series.values, np.arange(float(periods)))
+
+    hourly = pd.date_range("2024-03-30", periods=72, freq="h", tz="Europe/Berlin")
+    pd.DataFrame({"time": hourly, "y": np.arange(72.0)}).to_parquet(tmp_path / "hourly.parquet")
+    series = read_both(tmp_path / "hourly.parquet")
+    assert (series.freq, series.zone, series.wall_clock) == ("h", "Europe/Berlin", False)
+    assert pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-03-29 23:00")  # UTC: 71 hours, not 72 on the clock
+
+    days = pd.date_range("2024-01-01", periods=120, freq="D", tz="Europe/Berlin")
+    text = pd.DataFrame({"time": [t.isoformat() for t in days], "y": np.arange(120.0)})
+    text.to_csv(tmp_path / "daily.csv", index=False)  # offsets +01:00, then +02:00: instants, no zone named
     with pytest.raises(DataError) as info:
-        _load(tmp_path / "daily.parquet")
+        _load(tmp_path / "daily.csv")
     step = "D" if "off the D grid" in str(info.value) else "24h"  # pandas 3 names a fixed day step in hours
     assert str(info.value) == (
-        f"{tmp_path / 'daily.parquet'}: series 'series': timestamp 2024-03-31 22:00:00 (row 92) is off the {step} grid "
-        "by an hour: a daylight-saving change moves local midnights by an hour in UTC, in which timestamps with a zone "
-        "are read; write the dates without a zone"
+        f"{tmp_path / 'daily.csv'}: series 'series': timestamp 2024-03-31 22:00:00 (row 92) is off the {step} grid by "
+        "an hour: a daylight-saving change moves local midnights by an hour in UTC, where timestamps with different "
+        "offsets name no zone; set data.zone to theirs (e.g. Europe/Berlin) to count days on its clock, or write the "
+        "dates without a zone"
     )
-    dates = pd.DataFrame({"time": times.tz_localize(None), "y": np.arange(120.0)})
+    series = _load(tmp_path / "daily.csv", zone="Europe/Berlin")
+    assert (series.freq, series.zone, series.wall_clock, series.lengths.tolist()) == ("D", "Europe/Berlin", True, [120])
+    assert pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-01-01")
+    dates = pd.DataFrame({"time": days.tz_localize(None), "y": np.arange(120.0)})
     dates.to_parquet(tmp_path / "dates.parquet")
-    assert _load(tmp_path / "dates.parquet").lengths.tolist() == [120]
-    hourly = pd.date_range("2024-01-01", periods=30, freq="h").delete(5).insert(5, pd.Timestamp("2024-01-01 05:30"))
-    pd.DataFrame({"time": hourly, "y": np.arange(30.0)}).to_parquet(tmp_path / "hourly.parquet")
+    series = _load(tmp_path / "dates.parquet")
+    assert (series.lengths.tolist(), series.zone, series.wall_clock) == ([120], None, False)
+    irregular = pd.date_range("2024-01-01", periods=30, freq="h").delete(5).insert(5, pd.Timestamp("2024-01-01 05:30"))
+    pd.DataFrame({"time": irregular, "y": np.arange(30.0)}).to_parquet(tmp_path / "irregular.parquet")
     with pytest.raises(DataError, match=r"is off the h grid \(irregular spacing"):
-        _load(tmp_path / "hourly.parquet", freq="h")
+        _load(tmp_path / "irregular.parquet", freq="h")
 
 
 def test_local_times_across_a_daylight_saving_change_are_read_as_the_instants_they_name(tmp_path):

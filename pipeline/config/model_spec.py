@@ -18,7 +18,8 @@ MULTI = ("multi", "multi_recent")  # the `model.base` values of a multi-seasonal
 def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
     """The spec of the network `cfg` trains on this ingest (`cfg` resolved: no `auto` left)."""
     d, m = cfg.data, cfg.model
-    calendar = Calendar(tuple(d.calendar), ingest.freq, calendar_zone(ingest.zone) if d.calendar else None)
+    zone = calendar_zone(ingest.zone, ingest.wall_clock) if d.calendar else None
+    calendar = Calendar(tuple(d.calendar), ingest.freq, zone)
     return ModelSpec(
         input_size=1 + len(d.past_covariates) + len(d.future_covariates) + calendar.size + len(d.static_covariates),
         horizon=cfg.window.horizon,
@@ -53,10 +54,10 @@ def model_spec(cfg: Config, ingest: IngestRecord) -> ModelSpec:
     )
 
 
-def calendar_zone(zone: str | None) -> str | None:
+def calendar_zone(zone: str | None, wall_clock: bool = False) -> str | None:
     """The zone whose wall clock the calendar follows: the data's, but None for UTC (the same cycles, and a spec
-    that reads as one saved before the field existed)."""
-    return None if zone in (None, "UTC") else zone
+    that reads as one saved before the field existed) and where the times are held on that wall clock already."""
+    return None if zone in (None, "UTC") or wall_clock else zone
 
 
 def interval_season(cfg: Config) -> int:

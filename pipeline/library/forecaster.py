@@ -21,7 +21,7 @@ from pipeline.library.artifacts import sha256_file
 from pipeline.library.calendar import Calendar, encode, fixed_step_ns
 from pipeline.library.covariates import frame_column, static_row
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import in_zone, parse_times, read_history, row_of, within_its_span, written_zone
+from pipeline.library.history import held, in_zone, parse_times, read_history, row_of, within_its_span, written_zone
 from pipeline.library.history_stats import stats_from_history
 from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model import build_model
@@ -139,7 +139,9 @@ class Forecaster:
         series' history (columns: the id column where the data has one, the time, the names).
 
         Times are naive where the history's are, else in the history's zone (where its timestamps carry
-        different offsets, the training data's zone, `data.zone`, or UTC); the model reads them in UTC either way.
+        different offsets, the training data's zone, `data.zone`, or UTC); the model reads them in UTC either way,
+        or, where it counts days on its data's wall clock (steps of a day or longer in a zone), on that clock and
+        writes them in that zone.
 
         Any series can be forecast, not only those of the training data. `scale="training"` scales a
         series the model was trained on by its training statistics (its train part), and any other
@@ -153,6 +155,7 @@ class Forecaster:
         time_col = self.spec.time_column
         # the history's zone, if any; where its offsets differ (local time across summer time), the data's
         zone = written_zone(history[time_col], self.spec.zone or "UTC") if time_col in history else None
+        zone = self._clock if self._clock and zone else zone  # days counted on the model's clock are written on it
         if future is not None and time_col in future and (written_zone(future[time_col]) is None) != (zone is None):
             raise DataError(
                 f"{future_source}: its times {'carry no zone' if zone else 'carry a zone'} where the history's "
@@ -187,7 +190,7 @@ class Forecaster:
         out = pd.DataFrame(
             {
                 "series": np.repeat(np.asarray(ids, dtype=object), self.horizon),
-                time_col: in_zone(future.ravel(), zone),
+                time_col: in_zone(future.ravel(), zone, self._clock is not None),
                 **{name: v.reshape(-1) for name, v in columns.items()},
             }
         )
@@ -377,7 +380,7 @@ class Forecaster:
             if col not in future.columns:
                 found = listed(future.columns)
                 raise DataError(f"{source}: column '{col}' not found; columns: {found}")
-        times = parse_times(future[time_col], "all", source)
+        times = parse_times(future[time_col], "all", source, self._clock)
         if times.isna().any():
             row = int(np.flatnonzero(times.isna().to_numpy())[0]) + 1
             raise DataError(f"{source}: row {row}: unparseable timestamp")
@@ -438,6 +441,11 @@ class Forecaster:
         fresh = {i: series[i][2] for i in ids if self._needs_history(i, scale)}
         return ids, last, np.stack([series[i][1] for i in ids]), fresh
 
+    @property
+    def _clock(self) -> str | None:
+        """The zone on whose wall clock this model holds times (days in a zone), or None: UTC."""
+        return self.spec.zone if self.spec.wall_clock else None
+
     def _needs_history(self, sid: str, scale: str) -> bool:
         return scale == "history" or sid not in self.spec.series
 
@@ -457,9 +465,7 @@ class Forecaster:
             return None
         if not pd.api.types.is_datetime64_any_dtype(times):
             return None
-        if times.dt.tz is not None:
-            times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-        stamps = times.to_numpy(dtype="datetime64[ns]")
+        stamps = held(times, self._clock).to_numpy(dtype="datetime64[ns]")
         values = np.stack(
             [pd.to_numeric(history[c], errors="coerce").to_numpy(dtype=np.float64) for c in value_cols], axis=1
         )
@@ -560,7 +566,7 @@ class Forecaster:
     ) -> tuple[pd.Timestamp, np.ndarray, np.ndarray]:
         """`frame`: `_series_frame`'s; `whole`: the series' statistics come from its whole history, which is checked as
         its window is."""
-        times = parse_times(frame["time"], sid, source)
+        times = parse_times(frame["time"], sid, source, self._clock)
         if times.isna().any():
             row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
             raise DataError(f"{source}: series '{shown(sid)}': unparseable timestamp in row {row}")

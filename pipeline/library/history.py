@@ -63,14 +63,23 @@ def written_zone(col: pd.Series, differing: str = "UTC") -> str | None:
     return zone_name(parsed.dt.tz)
 
 
-def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None) -> pd.DatetimeIndex:
-    """Naive UTC times (as ingest and predict hold them) in `zone`; unchanged (naive) for None."""
+def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None, wall_clock: bool = False) -> pd.DatetimeIndex:
+    """Naive UTC times (as ingest and predict hold them) in `zone`; unchanged (naive) for None.
+
+    `wall_clock`: the times are held on the zone's wall clock (steps of a day or longer). A wall-clock time the zone
+    skips (a midnight where summer time starts at midnight) is written at the next one there is, one it repeats at
+    its first instant."""
     index = pd.DatetimeIndex(np.asarray(times).ravel())
-    return index if zone is None else index.tz_localize("UTC").tz_convert(zone)
+    if zone is None:
+        return index
+    if wall_clock:
+        return index.tz_localize(zone, ambiguous=np.ones(len(index), dtype=bool), nonexistent="shift_forward")
+    return index.tz_localize("UTC").tz_convert(zone)
 
 
-def parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
-    """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them); NaT where unparseable."""
+def parse_times(col: pd.Series, sid: str, source: str, clock: str | None = None) -> pd.Series:
+    """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them, or on the wall clock of `clock`, a
+    model's zone where it counts days on it); NaT where unparseable."""
     zones = (
         f"{source}: series '{shown(sid)}': timestamps with and without a zone in the time column; give all or none one"
     )
@@ -88,8 +97,13 @@ def parse_times(col: pd.Series, sid: str, source: str) -> pd.Series:
         times = instants_in_utc(col)
         if times is None:
             raise DataError(zones)
+    return held(times, clock)
+
+
+def held(times: pd.Series, clock: str | None = None) -> pd.Series:
+    """Parsed timestamps as a model holds them: naive, aware ones in UTC or on the wall clock of `clock`."""
     if times.dt.tz is not None:
-        times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+        times = times.dt.tz_convert(clock or "UTC").dt.tz_localize(None)
     return times
 
 

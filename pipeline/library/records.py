@@ -243,6 +243,7 @@ class IngestRecord(Record):
     season_checks: list[dict[str, Any]] | None = None  # each candidate season's test (pipeline.library.seasonality)
     transform_check: dict[str, Any] | None = None  # how `data.transform: auto` chose (library.transform_choice)
     zone: str | None = None  # the zone the source's timestamps carried (held in UTC), forecasts' times are in
+    wall_clock: bool = False  # the series' times are held on the zone's wall clock, not in UTC (days and longer)
     filled_points: int = 0  # points data.missing filled (values.arrow's `filled` column): inputs, never scored
 
     @property
@@ -282,6 +283,8 @@ class IngestRecord(Record):
         )
         if self.zone is not None:
             payload["zone"] = self.zone
+        if self.wall_clock:
+            payload["wall_clock"] = True
         if self.filled_points:
             payload["filled_points"] = self.filled_points
         if self.season_checks is not None:
@@ -317,6 +320,7 @@ class IngestRecord(Record):
             season_checks=(payload.get("seasons") or {}).get("checks"),
             transform_check=payload.get("transform_check"),
             zone=payload.get("zone"),
+            wall_clock=bool(payload.get("wall_clock", False)),
             filled_points=int(payload.get("filled_points", 0)),
         )
 
@@ -508,6 +512,7 @@ class ForecasterSpec:
     static_scale: list[float] = field(default_factory=list)  # static covariates are standardised
     base: dict[str, Any] | None = None  # where the forecast runs on a fallback base: train/meta.json's base record
     zone: str | None = None  # the data's zone: predict writes in it where a history's UTC offsets differ
+    wall_clock: bool = False  # the model counts days on the zone's wall clock: a history's times are read on it
 
     def to_json(self) -> dict[str, Any]:
         payload = {
@@ -534,6 +539,8 @@ class ForecasterSpec:
             payload["base"] = self.base
         if self.zone is not None:
             payload["zone"] = self.zone
+        if self.wall_clock:
+            payload["wall_clock"] = True
         return payload
 
     @classmethod
@@ -560,4 +567,5 @@ class ForecasterSpec:
             static_scale=list(static.get("scale", [])),
             base=payload.get("base"),
             zone=payload.get("zone"),
+            wall_clock=bool(payload.get("wall_clock", False)),
         )

@@ -106,13 +106,16 @@ def forecast_times(series: SeriesTable, freq: str, rows: np.ndarray, steps: np.n
     return np.concatenate(grids)[offsets_of(longest + 1)[slot, None] + steps]
 
 
-def forecast_table(windows: ScoredWindows, series: SeriesTable, freq: str, zone: str | None = None) -> pd.DataFrame:
+def forecast_table(
+    windows: ScoredWindows, series: SeriesTable, freq: str, zone: str | None = None, wall_clock: bool = False
+) -> pd.DataFrame:
     """forecasts.csv: a row per scored point, so anyone can recompute the metrics and the coverage.
 
     Columns: series, origin (the time of the window's first forecast step), time, step (1 ahead
     to horizon ahead), actual (empty where the point was not observed), forecast (the median of a
     quantile model), `q<level>` for the other quantiles, naive, seasonal_naive. Times are in
-    `zone` (the data's, ingest's record of it) where the data had one.
+    `zone` (the data's, ingest's record of it) where the data had one; `wall_clock`: the series' times are held on
+    its clock, not in UTC.
     """
     rows = windows.series
     steps = windows.positions - series.offsets[rows, None]
@@ -121,8 +124,8 @@ def forecast_table(windows: ScoredWindows, series: SeriesTable, freq: str, zone:
     return pd.DataFrame(
         {
             "series": np.repeat(np.array(series.ids, dtype=object)[rows], horizon),
-            "origin": in_zone(np.repeat(times[:, 0], horizon), zone),
-            "time": in_zone(times.ravel(), zone),
+            "origin": in_zone(np.repeat(times[:, 0], horizon), zone, wall_clock),
+            "time": in_zone(times.ravel(), zone, wall_clock),
             "step": np.tile(np.arange(1, horizon + 1), len(rows)),
             "actual": windows.actual.ravel(),
             "forecast": windows.forecasts["model"].ravel(),

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.library import covariates, scaling
-from pipeline.library.calendar import fixed_step_ns
+from pipeline.library.calendar import DAY_NS, fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import instants_in_utc, numbers_as_times, within_its_span, zone_name
@@ -41,6 +41,7 @@ class SeriesSet:
     static: np.ndarray | None = None  # (n_series, S) static covariates
     filled: np.ndarray | None = None  # (n_points,) bool: made by data.missing, not observed; None when none was
     zone: str | None = None  # the zone the timestamps were written in (they are held in UTC); None: none given
+    wall_clock: bool = False  # held on the zone's wall clock, not in UTC: steps of a day or longer (`on_wall_clock`)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -287,9 +288,10 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     frame = to_long(table, data)
     if frame.empty:
         raise DataError(f"{data.source}: no rows")
-    zone = zone_name(frame["time"].dt.tz)  # forecasts are written back in it
+    zone = data_zone(zone_name(frame["time"].dt.tz), data)  # forecasts are written back in it
+    aware = frame["time"]
     if zone is not None:
-        frame["time"] = frame["time"].dt.tz_convert("UTC").dt.tz_localize(None)
+        frame["time"] = aware.dt.tz_convert("UTC").dt.tz_localize(None)
     order = np.lexsort((frame["time"].to_numpy(), frame["series"].to_numpy()))
     unsorted = False
     if not np.array_equal(order, np.arange(len(frame))):
@@ -300,6 +302,11 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
         frame = frame.iloc[order].reset_index(drop=True)
     check_duplicates(frame, data.source)
     step = infer_freq(frame, data.freq, data.source)
+    wall_clock = on_wall_clock(zone, step)
+    if wall_clock:  # the same rows on the zone's clock: the order of instants is theirs, bar a repeated hour
+        frame["time"] = aware.iloc[order].dt.tz_convert(zone).dt.tz_localize(None).to_numpy()
+        check_duplicates(frame, data.source)
+        step = infer_freq(frame, data.freq, data.source)
 
     ids, starts, chunks, covs, statics, filled = [], [], [], [], [], []
     dropped = []
@@ -324,7 +331,34 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     static = np.array(statics, dtype=np.float64) if data.static_covariates else None
     made = np.concatenate(filled)
     made = made if made.any() else None
-    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static, made, zone)
+    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static, made, zone, wall_clock)
+
+
+def data_zone(written: str | None, data: DataLayout) -> str | None:
+    """The zone the data is read on: `data.zone` where one is named, else the one the timestamps were written in."""
+    named = data.zone
+    if named == "auto" or named == written:
+        return written
+    if written is None:
+        raise DataError(
+            f"{data.source}: data.zone is {named}, but the timestamps carry no zone or UTC offset, so they name no "
+            "instant to read on its clock; write them with their offsets (e.g. 2024-03-31T03:00+02:00) or leave "
+            "data.zone at auto"
+        )
+    return named
+
+
+def on_wall_clock(zone: str | None, step: pd.DateOffset) -> bool:
+    """Whether series of this step are held on the zone's wall clock rather than in UTC.
+
+    A step of a day or longer counts calendar days: daily data at local midnight in Berlin is 23:00 UTC in winter
+    and 22:00 in summer, on no UTC grid, yet one day apart on Berlin's clock. A shorter step is a fixed duration,
+    which the instants (UTC) keep across a change of the clock. UTC itself is the same either way and stays as it was.
+    """
+    if zone is None or zone == "UTC":
+        return False
+    step_ns = fixed_step_ns(step)
+    return step_ns is None or step_ns >= DAY_NS
 
 
 def check_duplicates(frame: pd.DataFrame, source: str) -> None:
@@ -412,7 +446,8 @@ def regularise(
             if _an_hour_off(times[j], grid):
                 raise DataError(
                     f"{at} {step.freqstr} grid by an hour: a daylight-saving change moves local midnights by an hour "
-                    f"in UTC, in which timestamps with a zone are read; write the dates without a zone"
+                    f"in UTC, where timestamps with different offsets name no zone; set data.zone to theirs (e.g. "
+                    f"Europe/Berlin) to count days on its clock, or write the dates without a zone"
                 )
             raise DataError(
                 f"{at} {step.freqstr} grid (irregular spacing or a different frequency); set data.freq or fix the data"

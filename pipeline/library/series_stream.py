@@ -38,8 +38,10 @@ from pipeline.library.series import (
     accepted,
     check_duplicates,
     columns_of,
+    data_zone,
     fill_missing,
     freq_of,
+    on_wall_clock,
     parse_freq,
     regularise,
 )
@@ -163,7 +165,8 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
 
     step = parse_freq(data.freq) if data.freq is not None else _infer_step(reader, counts)
     step_ns = fixed_step_ns(step)
-    if step_ns is None:
+    zone = data_zone(zone_name(reader.zone), data)
+    if step_ns is None or on_wall_clock(zone, step):  # calendar steps, and days on a local clock: the pandas path
         return None
     limit = np.maximum(MAX_GRID, 10 * counts)
     too_long = (last.astype(np.float64) - first.astype(np.float64)) / step_ns + 1 > limit  # no int64 overflow here
@@ -211,7 +214,7 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
     kept = [names[i] for i in np.flatnonzero(keep)]
     accepted(data, kept, unsorted, [names[i] for i in np.flatnonzero(~keep)])
     starts = [pd.Timestamp(int(t)) for t in first[keep]]
-    return SeriesSet(kept, starts, kept_lengths, values, step.freqstr, filled=filled, zone=zone_name(reader.zone))
+    return SeriesSet(kept, starts, kept_lengths, values, step.freqstr, filled=filled, zone=zone)
 
 
 def _survey(reader: Reader) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:

@@ -44,6 +44,7 @@ class DataLayout(Protocol):
     time_column: str
     target_column: str
     freq: str | None
+    zone: str
     missing: str
     transform: str
     scaling: str

@@ -98,6 +98,7 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
         static_scale=list(static_scale),
         season_checks=[c.to_json() for c in seasonality.detect(series.values, offsets, train_end, val_end, freq)],
         zone=series.zone,
+        wall_clock=series.wall_clock,
         filled_points=0 if series.filled is None else int(series.filled.sum()),
     )
 
@@ -120,4 +121,6 @@ def fingerprint(series: SeriesSet, table: SeriesTable, data: DataLayout, scaling
     digest.update(f"{scaling_name}/{transform}".encode())
     if series.zone is not None:  # the calendar follows its wall clock (data without one hashes as before zones)
         digest.update(f"zone/{series.zone}".encode())
+    if series.wall_clock:
+        digest.update(b"wall clock")
     return digest.hexdigest()[:16]

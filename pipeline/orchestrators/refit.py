@@ -130,6 +130,7 @@ def fold_series(table, ingest: IngestRecord, series: np.ndarray, cutoffs: np.nda
         static=static,
         filled=filled if filled is not None and filled.any() else None,
         zone=ingest.zone,
+        wall_clock=ingest.wall_clock,
     )
 
 

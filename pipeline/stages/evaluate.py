@@ -104,7 +104,7 @@ def evaluate(cfg: Config, key: str, trained: TrainRecord, state) -> None:
         backtest = windows.rows(slice(len(pairs), None))
         folds = refitted.folds if refitted is not None else None
         result["backtest"] = backtest_result(plan, backtest, ingest.series, cfg.window.lookback, ingest.freq, folds)
-        folds_table = forecast_table(backtest, ingest.series, ingest.freq, ingest.zone)
+        folds_table = forecast_table(backtest, ingest.series, ingest.freq, ingest.zone, ingest.wall_clock)
         folds_table.insert(0, "fold", np.repeat(plan.fold, cfg.window.horizon))
     per_series = per_series_table(test, terms, ingest.series.ids)
     write_outputs(cfg, key, result, per_series, test, ingest, refitted, folds_table)
@@ -222,7 +222,9 @@ def write_outputs(
         if refitted is not None:
             copy_fold_models(tmp, cfg.run_dir, cfg.evaluate.backtest.folds)
         per_series.to_csv(tmp / "per_series.csv", index=False)
-        forecast_table(test, ingest.series, ingest.freq, ingest.zone).to_csv(tmp / "forecasts.csv", index=False)
+        forecast_table(test, ingest.series, ingest.freq, ingest.zone, ingest.wall_clock).to_csv(
+            tmp / "forecasts.csv", index=False
+        )
         if folds_table is not None:
             folds_table.to_csv(tmp / BACKTEST_FORECASTS, index=False)
         plots = write_plots(tmp, test, ingest.series, ingest.freq, result, cfg.evaluate.plot_series)

@@ -153,6 +153,7 @@ def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, met
         static_scale=list(ingest.static_scale),
         base=fallback_base(trained.base),
         zone=ingest.zone,
+        wall_clock=ingest.wall_clock,
     )
 
 
@@ -173,7 +174,8 @@ def onnx_input_description(spec: ForecasterSpec) -> str:
     parts = ["the scaled values"]
     parts += [f"past covariates {', '.join(past)}"] if past else []
     parts += [f"future covariates {', '.join(future)}"] if future else []
-    clock = f" on the wall clock of {m.calendar_zone}" if m.calendar_zone else " in UTC"
+    zone = m.calendar_zone or (spec.zone if spec.wall_clock else None)
+    clock = f" on the wall clock of {zone}" if zone else " in UTC"
     parts += [f"sin and cos of {', '.join(calendar)}{clock} (pipeline.library.calendar)"] if calendar else []
     parts += [f"static covariates {', '.join(static)}"] if static else []
     parts += ["the series' index (forecaster.json)"] if m.series_embedding else []

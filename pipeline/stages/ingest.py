@@ -55,7 +55,7 @@ def _run(cfg: Config, force: bool) -> None:
     if not force and is_cached(out, key):
         log.info("ingest: up to date (inputs unchanged), skipped; --force redoes it")
         return
-    series = with_zone(read_series(cfg.data) if table is None else prepare_series(table, cfg.data), cfg.data)
+    series = read_series(cfg.data) if table is None else prepare_series(table, cfg.data)
     record = dataclasses.replace(split_and_transform(cfg, series), key=key, config=cfg.to_dict())
     identity = {
         "fingerprint": record.fingerprint,
@@ -145,20 +145,6 @@ def _track(cfg: Config, out: Path) -> None:
         tracker.log_artifact(None, description=f"{cfg.data.source}: the data as ingested, by reference", **artifact)
     finally:
         tracker.finish()
-
-
-def with_zone(series: SeriesSet, data: DataConfig) -> SeriesSet:
-    """The series on the clock of `data.zone` where one is named: the instants stay, the zone recorded changes
-    (where forecasts are written, which wall clock the calendar follows)."""
-    if data.zone == "auto" or data.zone == series.zone:
-        return series
-    if series.zone is None:
-        raise DataError(
-            f"{data.source}: data.zone is {data.zone}, but the timestamps carry no zone or UTC offset, so they name no "
-            "instant to read on its clock; write them with their offsets (e.g. 2024-03-31T03:00+02:00) or leave "
-            "data.zone at auto"
-        )
-    return dataclasses.replace(series, zone=data.zone)
 
 
 def read_series(data: DataConfig) -> SeriesSet:
