@@ -93,3 +93,42 @@ def test_validation_loss_is_the_mean_over_the_observed_targets():
         AcceleratorState._reset_state(True)
     assert len(errors) == 50 * 3 - 9  # each filled point is a target of three windows
     assert value == pytest.approx(np.mean(errors), rel=1e-6)
+
+
+def test_a_nan_forecast_where_the_target_was_observed_is_not_left_out():
+    """Losses were summed with `nansum` wherever data.missing had filled some target, which left out a NaN loss at an
+    observed point too: a model forecasting NaN there scored as if it had been right, and validation never said so.
+    Only a NaN target marks a point to leave out."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from pipeline.library.blend import window_mean
+    from pipeline.library.losses import observed_total
+    from pipeline.stages.train import validation_loss
+
+    nan = float("nan")
+    target = torch.tensor([[1.0, nan, 3.0], [nan, nan, nan]])
+    per_point = torch.tensor([[0.5, 9.0, 1.5], [1.0, 1.0, 1.0]])
+    assert [float(v) for v in observed_total(per_point, target)] == [2.0, 2.0]
+    means = window_mean(per_point, target)
+    assert means[0] == 1.0 and torch.isnan(means[1])  # a window with no observed target says nothing
+    per_point[0, 2] = nan  # a NaN forecast where the target is 3.0
+    assert torch.isnan(observed_total(per_point, target)[0]) and torch.isnan(window_mean(per_point, target)[0])
+
+    class NaNOnce(torch.nn.Module):  # the last input value, but NaN at the first window's first step
+        def forward(self, x):
+            out = x[:, -1:, 0].expand(-1, 3).clone()
+            out[0, 0] = nan
+            return out
+
+    raw = np.sin(np.arange(60) / 3).astype(np.float32)
+    filled = np.zeros(60, dtype=bool)
+    filled[[20, 21, 40]] = True
+    buffer = WindowBuffer.from_ingest(raw, series_table([{"length": 60}]), lookback=5, horizon=3, filled=filled)
+    pairs = torch.stack([torch.zeros(50, dtype=torch.long), torch.arange(50)], dim=1)
+    try:
+        accelerator = Accelerator(cpu=True)
+        value = validation_loss(accelerator, NaNOnce(), buffer, pairs, 64, loss_function("mae", partial=True))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert np.isnan(value)

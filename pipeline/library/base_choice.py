@@ -48,6 +48,7 @@ import logging
 
 import torch
 
+from pipeline.library.losses import observed_total
 from pipeline.library.model import residual_base
 from pipeline.library.model_spec import ModelSpec
 
@@ -124,12 +125,9 @@ def window_losses(bases: dict[str, ModelSpec], buffer, pairs: torch.Tensor, batc
         for name, spec in bases.items():
             base = residual_base(target, spec)
             forecast = base[:, :, None].expand(-1, -1, len(spec.quantiles)) if spec.quantiles else base
-            per_point = loss(forecast.float(), y, reduction="none")
-            if buffer.partial_targets:  # a target data.missing filled is NaN there: left out
-                sums[name] += float(per_point.nansum(dtype=torch.float64))
-            else:
-                sums[name] += float(per_point.sum(dtype=torch.float64))
-        count += int((~torch.isnan(y)).sum()) if buffer.partial_targets else y.numel()
+            total, observed = observed_total(loss(forecast.float(), y, reduction="none"), y)
+            sums[name] += float(total)
+        count += int(observed)
     return {name: total / count for name, total in sums.items()}
 
 

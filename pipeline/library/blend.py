@@ -22,6 +22,7 @@ import torch
 
 from pipeline.library.checkpoint import save_weights
 from pipeline.library.inference import load_model
+from pipeline.library.losses import observed_total
 from pipeline.library.model_spec import ModelSpec
 from pipeline.library.selection import effective_windows, one_standard_error
 
@@ -34,13 +35,11 @@ GRID = tuple(round(float(w), 2) for w in np.linspace(0.0, 1.0, 21))
 def validation_losses(model, buffer, pairs: torch.Tensor, batch_size: int, loss) -> np.ndarray:
     """(windows, len(GRID)): the loss of `base + w * correction` per window of `pairs` for each `w` of GRID."""
     model.blend.fill_(1.0)
-    mean = torch.nanmean if buffer.partial_targets else torch.mean  # NaN: a target data.missing filled
     rows = []
     for chunk in pairs.split(batch_size):
         x, y = buffer.gather(chunk)
         head, spread, base = model.decompose(x)
-        columns = [mean(loss((base + w * head * spread).float(), y, reduction="none").flatten(1).double(), dim=1)
-                   for w in GRID]  # fmt: skip
+        columns = [window_mean(loss((base + w * head * spread).float(), y, reduction="none"), y) for w in GRID]
         rows.append(torch.stack(columns, dim=1).cpu())
     return torch.cat(rows).numpy()
 
@@ -90,9 +89,14 @@ def point_errors(weights: Path, spec: ModelSpec, share: float, buffer, pairs: to
         x, y = buffer.gather(chunk)
         out = model(x)
         point = out[..., spec.median_index] if spec.quantiles else out
-        errors = (point.float() - y).abs().flatten(1).double()
-        rows.append((torch.nanmean(errors, dim=1) if buffer.partial_targets else errors.mean(dim=1)).cpu())
+        rows.append(window_mean((point.float() - y).abs(), y).cpu())
     return torch.cat(rows).numpy()
+
+
+def window_mean(per_point: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(windows,): the mean per-point loss of each window over its observed targets (`observed_total`)."""
+    total, count = observed_total(per_point.flatten(1), y.flatten(1), dim=1)
+    return total / count
 
 
 def set_share(weights: Path, spec: ModelSpec, share: float) -> None:

@@ -54,6 +54,20 @@ def observed_only(loss: Callable) -> Callable:
     return masked
 
 
+def observed_total(per_point: torch.Tensor, target: torch.Tensor, dim: int | None = None):
+    """(sum in float64, count) of per-point losses over the observed targets, whole or along `dim`.
+
+    A NaN target is a point data.missing filled and is left out. A NaN loss at an observed point (a NaN forecast)
+    stays in and makes the sum NaN: `nansum` would drop it too, and a model that forecasts NaN there would score as
+    if it had been right. Without NaN targets this is the plain sum and the number of points.
+    """
+    observed = ~torch.isnan(target)
+    total = per_point.double().masked_fill(~observed, 0.0)
+    if dim is None:
+        return total.sum(), observed.sum()
+    return total.sum(dim), observed.sum(dim)
+
+
 def training_loss(loss: Callable, model, x: torch.Tensor, y: torch.Tensor, ensemble: int = 1) -> torch.Tensor:
     """The loss of a batch; with an ensemble (k > 1 members), the mean of each member's own loss."""
     if ensemble == 1:

@@ -38,7 +38,7 @@ from pipeline.library.buffer import WindowBuffer
 from pipeline.library.calendar import Calendar
 from pipeline.library.calibration import calibrate_best
 from pipeline.library.errors import ConfigError, DataError
-from pipeline.library.losses import loss_function, training_loss
+from pipeline.library.losses import loss_function, observed_total, training_loss
 from pipeline.library.model import build_model
 from pipeline.library.model_spec import ModelSpec
 from pipeline.library.records import IngestRecord, TrainRecord, TrainState, WindowRecord, is_cached
@@ -691,13 +691,9 @@ def validation_loss(accelerator, model, buffer: WindowBuffer, val_pairs: torch.T
     sums = torch.zeros(2, dtype=torch.float64, device=buffer.device)
     for chunk in shard.split(batch_size):
         x, y = buffer.gather(chunk)
-        per_point = loss(float32_forward(module, x), y, reduction="none")
-        if buffer.partial_targets:  # NaN where the target was filled, not observed: left out
-            sums[0] += per_point.nansum(dtype=torch.float64)
-            sums[1] += (~torch.isnan(y)).sum()
-        else:
-            sums[0] += per_point.sum(dtype=torch.float64)
-            sums[1] += y.numel()
+        total, count = observed_total(loss(float32_forward(module, x), y, reduction="none"), y)
+        sums[0] += total
+        sums[1] += count
     module.train()
     sums = accelerator.reduce(sums, "sum")
     return float(sums[0] / sums[1])
