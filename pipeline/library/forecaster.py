@@ -21,7 +21,17 @@ from pipeline.library.artifacts import sha256_file
 from pipeline.library.calendar import Calendar, encode, fixed_step_ns
 from pipeline.library.covariates import frame_column, static_row
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import held, in_zone, parse_times, read_history, row_of, within_its_span, written_zone
+from pipeline.library.history import (
+    held,
+    in_zone,
+    parse_times,
+    parsed_column,
+    read_history,
+    row_of,
+    within_its_span,
+    written_zone,
+    zone_of,
+)
 from pipeline.library.history_stats import stats_from_history
 from pipeline.library.inputs import assemble_inputs
 from pipeline.library.model import build_model
@@ -150,11 +160,12 @@ class Forecaster:
         """
         if scale not in SCALE_FROM:
             raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {shown(repr(scale))}")
-        ids, last, windows, fresh = self._split_history(history, source, scale)
-        self._check_room(ids, last, source)
         time_col = self.spec.time_column
+        parsed = parsed_column(history[time_col]) if time_col in history else None  # once: large histories
+        ids, last, windows, fresh = self._split_history(history, source, scale, parsed)
+        self._check_room(ids, last, source)
         # the history's zone, if any; where its offsets differ (local time across summer time), the data's
-        zone = written_zone(history[time_col], self.spec.zone or "UTC") if time_col in history else None
+        zone = zone_of(parsed, self.spec.zone or "UTC") if time_col in history else None
         zone = self._clock if self._clock and zone else zone  # days counted on the model's clock are written on it
         if future is not None and time_col in future and (written_zone(future[time_col]) is None) != (zone is None):
             raise DataError(
@@ -421,7 +432,7 @@ class Forecaster:
         return values
 
     def _split_history(
-        self, history: pd.DataFrame, source: str, scale: str = "training"
+        self, history: pd.DataFrame, source: str, scale: str = "training", parsed: pd.Series | None = None
     ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """(series ids, last timestamps (S,) datetime64[ns], last `lookback` rows (S, lookback, 1 + K), and the
         whole histories (T, 1 + K) of the series whose statistics come from them: see `predict`'s `scale`).
@@ -432,7 +443,7 @@ class Forecaster:
         cut in array ops over the whole history; anything else, or any problem, goes through the
         per-series checks, which name the series and what is wrong.
         """
-        fast = self._split_history_fast(history, scale)
+        fast = self._split_history_fast(history, scale, parsed)
         if fast is not None:
             return fast
         series = self._split_history_per_series(history, source, scale)
@@ -450,7 +461,7 @@ class Forecaster:
         return scale == "history" or sid not in self.spec.series
 
     def _split_history_fast(
-        self, history: pd.DataFrame, scale: str
+        self, history: pd.DataFrame, scale: str, parsed: pd.Series | None = None
     ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]] | None:
         s = self.spec
         time_col, target_col, id_col = s.time_column, s.target_column, s.id_column
@@ -459,11 +470,8 @@ class Forecaster:
         needed = [time_col, *value_cols, *([id_col] if id_col else [])]
         if s.format == "wide" or len(history) == 0 or any(c not in history for c in needed):
             return None
-        try:
-            times = pd.to_datetime(history[time_col], errors="coerce", format="mixed")
-        except (ValueError, TypeError, OverflowError):
-            return None
-        if not pd.api.types.is_datetime64_any_dtype(times):
+        times = parsed_column(history[time_col]) if parsed is None else parsed
+        if times is None:
             return None
         stamps = held(times, self._clock).to_numpy(dtype="datetime64[ns]")
         values = np.stack(

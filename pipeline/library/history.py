@@ -44,23 +44,32 @@ def zone_name(tz: object) -> str | None:
     return None if tz is None else str(pd.Timestamp("2000-01-01", tz=tz).tz)
 
 
-def written_zone(col: pd.Series, differing: str = "UTC") -> str | None:
-    """The zone forecasts of this time column are written in: its own (a named zone, or its one UTC offset),
-    `differing` where its timestamps carry different offsets, None where they carry none (times stay naive, as
-    given)."""
+def parsed_column(col: pd.Series) -> pd.Series | None:
+    """A whole time column parsed in one go (a typed one as it is), or None where pandas cannot: timestamps with
+    different UTC offsets (pandas 3 refuses them, pandas 2 keeps objects) or text that is no timestamp."""
     if pd.api.types.is_datetime64_any_dtype(col):
-        return zone_name(col.dt.tz)
+        return col
     import warnings
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pandas 2 warns about different offsets (kept as objects)
             parsed = pd.to_datetime(col, errors="coerce", format="mixed")
-    except (ValueError, TypeError, OverflowError):  # pandas 3 refuses different offsets
-        return differing
-    if not pd.api.types.is_datetime64_any_dtype(parsed):  # pandas 2: different offsets
-        return differing
-    return zone_name(parsed.dt.tz)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return parsed if pd.api.types.is_datetime64_any_dtype(parsed) else None
+
+
+def written_zone(col: pd.Series, differing: str = "UTC") -> str | None:
+    """The zone forecasts of this time column are written in: its own (a named zone, or its one UTC offset),
+    `differing` where its timestamps carry different offsets, None where they carry none (times stay naive, as
+    given)."""
+    return zone_of(parsed_column(col), differing)
+
+
+def zone_of(parsed: pd.Series | None, differing: str = "UTC") -> str | None:
+    """`written_zone` of a column `parsed_column` has parsed (None: it could not, as with different offsets)."""
+    return differing if parsed is None else zone_name(parsed.dt.tz)
 
 
 def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None, wall_clock: bool = False) -> pd.DatetimeIndex:
