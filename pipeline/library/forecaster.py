@@ -163,7 +163,7 @@ class Forecaster:
         time_col = self.spec.time_column
         parsed = parsed_column(history[time_col]) if time_col in history else None  # once: large histories
         ids, last, windows, fresh = self._split_history(history, source, scale, parsed)
-        self._check_room(ids, last, source)
+        wanted = self._future_times_in_range(ids, last, source)
         # the history's zone, if any; where its offsets differ (local time across summer time), the data's
         zone = zone_of(parsed, self.spec.zone or "UTC") if time_col in history else None
         zone = self._clock if self._clock and zone else zone  # days counted on the model's clock are written on it
@@ -172,7 +172,7 @@ class Forecaster:
                 f"{future_source}: its times {'carry no zone' if zone else 'carry a zone'} where the history's "
                 f"{'are in ' + zone if zone else 'carry none'}; give both a zone (or a UTC offset) or neither"
             )
-        ahead = self._future_values(future, ids, last, future_source)
+        ahead = self._future_values(future, ids, last, future_source, wanted)
         stats = self._stats(ids, fresh, history, source)
         transform = self.spec.transform
         target = windows[..., 0]
@@ -197,11 +197,10 @@ class Forecaster:
             median = self.quantiles.index(0.5)
             columns = {"forecast": y[..., median]}
             columns.update({f"q{q:g}": y[..., k] for k, q in enumerate(self.quantiles) if k != median})
-        future = self._future_times(last)
         out = pd.DataFrame(
             {
                 "series": np.repeat(np.asarray(ids, dtype=object), self.horizon),
-                time_col: in_zone(future.ravel(), zone, self._clock is not None),
+                time_col: in_zone(wanted.ravel(), zone, self._clock is not None),
                 **{name: v.reshape(-1) for name, v in columns.items()},
             }
         )
@@ -310,20 +309,21 @@ class Forecaster:
         index = pd.DatetimeIndex(last)
         return np.stack([(index + int(k) * step).to_numpy(dtype="datetime64[ns]") for k in steps], axis=1)
 
-    def _check_room(self, ids: list[str], last: np.ndarray, source: str) -> None:
-        """Refuse a series whose horizon would run past 2262-04-11 (datetime64[ns] would wrap around to 1677)."""
+    def _future_times_in_range(self, ids: list[str], last: np.ndarray, source: str) -> np.ndarray:
+        """`_future_times`, after refusing a series whose horizon would run past 2262-04-11 (datetime64[ns] would
+        wrap around to 1677)."""
         ns = np.asarray(last, dtype="datetime64[ns]").view(np.int64)
         step_ns = self._step_ns()
         if step_ns:
             late = np.flatnonzero(ns.astype(np.float64) + self.horizon * step_ns >= float(np.iinfo(np.int64).max))
-        else:  # calendar steps: pandas refuses the months past the range
-            try:
-                self._future_times(last)
-                late = []
-            except (OverflowError, ValueError):  # OutOfBoundsDatetime is a ValueError
-                late = [int(np.argmax(ns))]
-        if len(late):
-            raise self._too_late(ids[int(late[0])], last[int(late[0])], source)
+            if len(late):
+                raise self._too_late(ids[int(late[0])], last[int(late[0])], source)
+            return self._future_times(last)
+        try:  # calendar steps: pandas refuses the months past the range
+            return self._future_times(last)
+        except (OverflowError, ValueError):  # OutOfBoundsDatetime is a ValueError
+            k = int(np.argmax(ns))
+            raise self._too_late(ids[k], last[k], source) from None
 
     def _too_late(self, sid: str, last, source: str) -> DataError:
         return DataError(
@@ -370,9 +370,10 @@ class Forecaster:
         return assemble_inputs(target, horizon, spec.past_size, covariates, calendar, static, index)
 
     def _future_values(
-        self, future: pd.DataFrame | None, ids: list[str], last: np.ndarray, source: str
+        self, future: pd.DataFrame | None, ids: list[str], last: np.ndarray, source: str, wanted=None
     ) -> np.ndarray | None:
-        """(S, horizon, F) future covariate values for the steps after each series' history, checked."""
+        """(S, horizon, F) future covariate values for the steps after each series' history (at `wanted`, the
+        times `_future_times` gives), checked."""
         names = self.future_covariates
         if not names:
             if future is not None:  # values the caller expects to matter would be ignored
@@ -408,7 +409,7 @@ class Forecaster:
             raise DataError(
                 f"{source}: duplicate row at {r['time']}: the future covariates are one row per time, {shared}"
             )
-        wanted = self._future_times(last)
+        wanted = self._future_times(last) if wanted is None else wanted
         index = pd.MultiIndex.from_arrays(
             [np.repeat(np.asarray(ids if keyed else ["series"] * len(ids), dtype=object), self.horizon), wanted.ravel()]
         )
