@@ -415,3 +415,21 @@ def test_a_series_observed_too_little_to_scale_mase_is_refused_before_training(t
         "MASE by (data.missing=interpolate filled the others); give it more observed history or leave it out"
     )
     assert not (tmp_path / "run" / "window").exists() and not (tmp_path / "run" / "train").exists()
+
+
+def test_training_windows_whose_every_target_was_filled_are_left_out():
+    """They teach nothing (their targets are out of the loss) but counted in its fixed denominator: every batch that
+    drew one took a smaller step. Validation and test windows stay; a window with one observed target stays."""
+    from pipeline.library.windows import without_unobserved_targets
+
+    lengths = np.array([20, 15])
+    index = build_window_index(lengths, np.array([14, 10]), np.array([17, 12]), lookback=3, horizon=2)
+    observed = np.arange(35, dtype=np.float64)
+    observed[[8, 9, 10]] = np.nan  # series 0: a filled gap of three points
+    observed[20 + 5] = np.nan  # series 1: one filled point
+    kept, dropped = without_unobserved_targets(index, np.array([0, 20]), observed, lookback=3, horizon=2)
+    gone = {tuple(p) for p in index["train"].tolist()} - {tuple(p) for p in kept["train"].tolist()}
+    assert gone == {(0, 5), (0, 6)} and dropped == 2  # targets [8, 10) and [9, 11); [7, 9) and [10, 12) keep one
+    assert all(np.array_equal(kept[s], index[s]) for s in ("val", "test"))
+    full, none = without_unobserved_targets(index, np.array([0, 20]), np.arange(35.0), lookback=3, horizon=2)
+    assert none == 0 and np.array_equal(full["train"], index["train"])

@@ -93,6 +93,22 @@ def drop_short_series(
     return index, names
 
 
+def without_unobserved_targets(
+    index: dict[str, np.ndarray], offsets: np.ndarray, observed: np.ndarray, lookback: int, horizon: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """(the index without the training windows whose every target data.missing filled, how many those were).
+
+    Such a window teaches nothing (its targets are left out of the loss), yet it would count in the loss's fixed
+    denominator (`losses.observed_only`) and shrink the step of every batch that drew it. `observed`: the targets
+    back to back, NaN where filled (`store.read_observed`). Validation and test windows stay: they score only
+    observed points, and a test window still shows its forecast."""
+    seen = np.concatenate([[0], np.cumsum(~np.isnan(observed), dtype=np.int64)])
+    pairs = index["train"]
+    first = np.asarray(offsets, dtype=np.int64)[pairs[:, 0]] + pairs[:, 1] + lookback
+    keep = seen[first + horizon] > seen[first]
+    return {**index, "train": pairs[keep]}, int((~keep).sum())
+
+
 def write_index(directory: Path, index: dict[str, np.ndarray]) -> None:
     for split in SPLITS:
         np.save(directory / f"{split}.npy", index[split])

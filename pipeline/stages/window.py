@@ -20,7 +20,13 @@ from pipeline.library.errors import DataError, shown
 from pipeline.library.records import IngestRecord, SeriesTable, WindowRecord, is_cached
 from pipeline.library.runtime import main_process_only
 from pipeline.library.store import read_observed
-from pipeline.library.windows import SPLITS, build_window_index, drop_short_series, write_index
+from pipeline.library.windows import (
+    SPLITS,
+    build_window_index,
+    drop_short_series,
+    without_unobserved_targets,
+    write_index,
+)
 from pipeline.stages.table import cache_key, stage_dir
 
 log = logging.getLogger("pipeline")
@@ -48,7 +54,12 @@ def _run(cfg: Config, force: bool) -> None:
     )
     index, dropped = drop_short_series(index, series, w.lookback, w.horizon, cfg.data.short_series)
     check_scoring_season(cfg, series, dropped)
-    check_mase_scale(cfg, series, dropped, read_observed(stage_dir(cfg, "ingest")))
+    observed = read_observed(stage_dir(cfg, "ingest"))
+    check_mase_scale(cfg, series, dropped, observed)
+    if ingest.filled_points:
+        index, unobserved = without_unobserved_targets(index, series.offsets, observed, w.lookback, w.horizon)
+        if unobserved:
+            log.info("window: %d training windows left out: data.missing filled every target of them", unobserved)
     counts = {s: len(index[s]) for s in SPLITS}
     with staged_dir(out) as tmp:
         write_index(tmp, index)
