@@ -663,23 +663,40 @@ def test_days_in_a_zone_with_summer_time_are_counted_on_its_wall_clock(tmp_path)
     """Daily data at local midnight in Berlin is 23:00 UTC in winter and 22:00 in summer: on no UTC grid (it was
     refused: "write the dates without a zone"), yet one day apart on Berlin's clock. Steps of a day or longer are
     held on the zone's wall clock, through both parquet readers; hours stay instants in UTC."""
-    from pipeline.stages.ingest import read_series
+    from pipeline.library.series_stream import stream_series
+    from pipeline.library.sources import parquet_batches
 
-    def read_both(source, **kw) -> SeriesSet:
-        streamed, pandas_path = read_series(_cfg(source, **kw)), _load(source, **kw)
-        _assert_same(streamed, pandas_path)
-        assert (streamed.zone, streamed.wall_clock) == (pandas_path.zone, pandas_path.wall_clock)
+    def read_both(source, streams: bool = True, **kw) -> SeriesSet:
+        """The streamed reader (fixed steps; months and weeks go to the pandas path) and the pandas path agree."""
+        cfg = _cfg(source, **kw)
+        streamed, pandas_path = stream_series(parquet_batches(cfg), cfg), _load(source, **kw)
+        assert (streamed is not None) == streams
+        if streamed is not None:
+            _assert_same(streamed, pandas_path)
+            assert (streamed.zone, streamed.wall_clock) == (pandas_path.zone, pandas_path.wall_clock)
         return pandas_path
 
     for freq, periods, name in (("D", 120, "D"), ("W-MON", 40, "W-MON"), ("MS", 30, "MS")):
         times = pd.date_range("2024-01-01", periods=periods, freq=freq, tz="Europe/Berlin")
         pd.DataFrame({"time": times, "y": np.arange(float(periods))}).to_parquet(tmp_path / f"{name}.parquet")
-        series = read_both(tmp_path / f"{name}.parquet")
+        series = read_both(tmp_path / f"{name}.parquet", streams=name == "D")
         assert (series.freq, series.zone, series.wall_clock, series.lengths.tolist()) == (
             name, "Europe/Berlin", True, [periods]
         )  # fmt: skip
         assert pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-01-01")  # local midnight, not 23:00 UTC
         np.testing.assert_array_equal(series.values, np.arange(float(periods)))
+    days = pd.date_range("2024-01-01", periods=120, freq="D", tz="Europe/Berlin")
+    pd.DataFrame({"time": days.tz_convert("UTC"), "y": np.arange(120.0)}).to_parquet(tmp_path / "utc.parquet")
+    series = read_both(tmp_path / "utc.parquet", zone="Europe/Berlin")  # typed in UTC, named by data.zone
+    assert (series.freq, series.zone, series.wall_clock, series.lengths.tolist()) == ("D", "Europe/Berlin", True, [120])
+    tokyo = pd.date_range("2024-01-01", periods=50, freq="D", tz="+09:00")
+    pd.DataFrame({"time": tokyo, "y": np.arange(50.0)}).to_parquet(tmp_path / "offset.parquet")
+    series = read_both(tmp_path / "offset.parquet")  # a fixed offset: Arrow's "+09:00"
+    assert (series.zone, series.wall_clock, pd.Timestamp(series.starts[0])) == (
+        "UTC+09:00",
+        True,
+        days[0].tz_localize(None),
+    )
 
     hourly = pd.date_range("2024-03-30", periods=72, freq="h", tz="Europe/Berlin")
     pd.DataFrame({"time": hourly, "y": np.arange(72.0)}).to_parquet(tmp_path / "hourly.parquet")
@@ -695,9 +712,9 @@ def test_days_in_a_zone_with_summer_time_are_counted_on_its_wall_clock(tmp_path)
     step = "D" if "off the D grid" in str(info.value) else "24h"  # pandas 3 names a fixed day step in hours
     assert str(info.value) == (
         f"{tmp_path / 'daily.csv'}: series 'series': timestamp 2024-03-31 22:00:00 (row 92) is off the {step} grid by "
-        "an hour: a daylight-saving change moves local midnights by an hour in UTC, where timestamps with different "
-        "offsets name no zone; set data.zone to theirs (e.g. Europe/Berlin) to count days on its clock, or write the "
-        "dates without a zone"
+        "an hour: a daylight-saving change moves local midnights by an hour in UTC, the clock these timestamps are "
+        "read on; set data.zone to theirs (e.g. Europe/Berlin) to count days on its clock, or write the dates without "
+        "a zone"
     )
     series = _load(tmp_path / "daily.csv", zone="Europe/Berlin")
     assert (series.freq, series.zone, series.wall_clock, series.lengths.tolist()) == ("D", "Europe/Berlin", True, [120])

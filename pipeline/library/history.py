@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,12 @@ def instants_in_utc(col: pd.Series) -> pd.Series | None:
 
 def zone_name(tz: object) -> str | None:
     """A time zone as the text that names it back (`UTC`, `UTC+10:00`, `Europe/Berlin`); None for no zone."""
-    return None if tz is None else str(pd.Timestamp("2000-01-01", tz=tz).tz)
+    if tz is None:
+        return None
+    stamp = pd.Timestamp("2000-01-01", tz=tz)
+    if type(stamp.tz).__name__ == "_FixedOffset":  # pandas 2 with pytz reads Arrow's "+09:00" so: not a zone name
+        return str(datetime.timezone(stamp.utcoffset()))
+    return str(stamp.tz)
 
 
 def parsed_column(col: pd.Series) -> pd.Series | None:

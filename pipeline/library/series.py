@@ -446,8 +446,8 @@ def regularise(
             if _an_hour_off(times[j], grid):
                 raise DataError(
                     f"{at} {step.freqstr} grid by an hour: a daylight-saving change moves local midnights by an hour "
-                    f"in UTC, where timestamps with different offsets name no zone; set data.zone to theirs (e.g. "
-                    f"Europe/Berlin) to count days on its clock, or write the dates without a zone"
+                    f"in UTC, the clock these timestamps are read on; set data.zone to theirs (e.g. Europe/Berlin) to "
+                    f"count days on its clock, or write the dates without a zone"
                 )
             raise DataError(
                 f"{at} {step.freqstr} grid (irregular spacing or a different frequency); set data.freq or fix the data"

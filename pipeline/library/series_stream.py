@@ -94,6 +94,7 @@ class Reader:
     ids: dict[str, int] = field(default_factory=dict)
     known: int | None = None  # after the first pass: how many ids there are
     zone: str | None = None  # the time column's zone (Arrow's text for it), None for naive timestamps
+    clock: str | None = None  # read the times on this zone's wall clock (days in a zone: `on_wall_clock`), not UTC
 
     def __post_init__(self) -> None:
         self.id_col, self.time_col, targets = columns_of(self.batches.schemas[0].names, self.data)
@@ -120,6 +121,8 @@ class Reader:
             raise DataError(
                 f"{self.data.source}: timestamps outside the years 1677-2262 (the range of nanosecond times)"
             ) from None
+        if self.clock is not None and col.type.tz is not None:  # the same instants, as that clock shows them
+            col = pc.local_timestamp(col.cast(pa.timestamp("ns", self.clock)))
         return col.cast(pa.int64()).to_numpy()
 
     def _codes(self, batch: pa.RecordBatch, first_row: int) -> np.ndarray:
@@ -152,22 +155,19 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
     """The clean regular series of a parquet source, or None when it is not for this reader."""
     if not streamable(batches, data):
         return None
-    reader = Reader(batches, data)
-    counts, first, last, unsorted = _survey(reader)
-    if counts.sum() == 0:
-        raise DataError(f"{batches.label}: no rows")
-    # from here on a series' code is its rank among the sorted ids, as prepare_series orders them
-    order = sorted(range(len(reader.ids)), key=list(reader.ids).__getitem__)
-    reader.ids = {name: i for i, name in enumerate(sorted(reader.ids))}
-    reader.known = len(reader.ids)
-    counts, first, last = counts[order], first[order], last[order]
-    names = list(reader.ids)
-
-    step = parse_freq(data.freq) if data.freq is not None else _infer_step(reader, counts)
-    step_ns = fixed_step_ns(step)
+    reader, (counts, first, last, unsorted), step = _surveyed(Reader(batches, data))
     zone = data_zone(zone_name(reader.zone), data)
-    if step_ns is None or on_wall_clock(zone, step):  # calendar steps, and days on a local clock: the pandas path
+    wall_clock = on_wall_clock(zone, step)
+    if wall_clock and fixed_step_ns(step) is not None:  # whole days: again, on the zone's clock
+        clock = reader.zone if data.zone == "auto" else data.zone  # Arrow's own text for a fixed offset
+        try:
+            reader, (counts, first, last, unsorted), step = _surveyed(Reader(batches, data, clock=clock))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a zone Arrow's time-zone database lacks
+            return None
+    step_ns = fixed_step_ns(step)
+    if step_ns is None:  # calendar steps (months, weeks, business days): the pandas path
         return None
+    names = list(reader.ids)
     limit = np.maximum(MAX_GRID, 10 * counts)
     too_long = (last.astype(np.float64) - first.astype(np.float64)) / step_ns + 1 > limit  # no int64 overflow here
     points = np.where(too_long, 0, (last - first) // step_ns + 1)  # exact where it counts (the span fits int64)
@@ -214,7 +214,23 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
     kept = [names[i] for i in np.flatnonzero(keep)]
     accepted(data, kept, unsorted, [names[i] for i in np.flatnonzero(~keep)])
     starts = [pd.Timestamp(int(t)) for t in first[keep]]
-    return SeriesSet(kept, starts, kept_lengths, values, step.freqstr, filled=filled, zone=zone)
+    return SeriesSet(kept, starts, kept_lengths, values, step.freqstr, filled=filled, zone=zone, wall_clock=wall_clock)
+
+
+def _surveyed(reader: Reader) -> tuple[Reader, tuple[np.ndarray, np.ndarray, np.ndarray, bool], pd.DateOffset]:
+    """Pass 1 (`_survey`) with the series in id order, and the step: `data.freq`, else inferred as prepare_series
+    infers it."""
+    counts, first, last, unsorted = _survey(reader)
+    if counts.sum() == 0:
+        raise DataError(f"{reader.batches.label}: no rows")
+    # from here on a series' code is its rank among the sorted ids, as prepare_series orders them
+    order = sorted(range(len(reader.ids)), key=list(reader.ids).__getitem__)
+    reader.ids = {name: i for i, name in enumerate(sorted(reader.ids))}
+    reader.known = len(reader.ids)
+    counts, first, last = counts[order], first[order], last[order]
+    data = reader.data
+    step = parse_freq(data.freq) if data.freq is not None else _infer_step(reader, counts)
+    return reader, (counts, first, last, unsorted), step
 
 
 def _survey(reader: Reader) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
