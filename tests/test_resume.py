@@ -25,7 +25,7 @@ SETTINGS = {
     "model.hidden_size": 32,
     "model.num_layers": 2,
     "model.dropout": 0.1,  # exercises the saved RNG state
-    "train.max_steps": 200,
+    "train.max_steps": 120,
     "train.checkpoint_every": 25,
     "train.eval_every": 20,
     "train.log_every": 1,
@@ -151,7 +151,7 @@ def reference(tmp_path_factory):
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_sigkill_at_a_random_step_then_resume_is_bit_for_bit(tmp_path, reference, nproc):
     seed = int(time.time())
-    target = random.Random(seed).randint(SETTINGS["train.checkpoint_every"] + 1, 150)
+    target = random.Random(seed).randint(SETTINGS["train.checkpoint_every"] + 1, 100)
     config = prepared(tmp_path)
     kill_at_step(config, nproc, target)
     work = tmp_path / "run/.train.work/checkpoints"
