@@ -1,8 +1,9 @@
 """Stage 2, window: the (series, start) index pairs of every split; no window is ever materialised.
 
 The index is a pure function of the series' lengths and split boundaries
-(`pipeline.library.windows`); series too short for a window in every split are dropped with a
-warning or fail, by `data.short_series`.
+(`pipeline.library.windows`) and, where data.missing filled points, of which targets were
+observed (a training window with none is left out); series too short for a window in every split
+are dropped with a warning or fail, by `data.short_series`.
 """
 
 from __future__ import annotations
