@@ -412,8 +412,8 @@ def test_times_are_written_back_in_the_zone_of_the_data(tmp_path):
 def test_data_zone_reads_local_time_written_with_offsets_on_its_clock(tmp_path):
     """Berlin local time written as text with its offsets (+01:00, then +02:00 from 31 March): read as UTC instants,
     whose zone alone is UTC. `data.zone: Europe/Berlin` keeps the instants and puts them on Berlin's clock: the
-    calendar follows it across the change, forecasts.csv and predict write their times in it. Naive timestamps name
-    no instant, so a zone for them is one line, exit 2."""
+    calendar follows it across the change, forecasts.csv and predict write their times in it. Naive timestamps with
+    a time the clock skips are one line, exit 2, and the previous ingest stays."""
     local = pd.date_range("2024-03-20", periods=400, freq="h", tz="Europe/Berlin")
     y = 20 + 5 * np.sin(2 * np.pi * local.hour / 24) + np.random.default_rng(4).normal(0, 0.3, len(local))
     pd.DataFrame({"time": [t.isoformat() for t in local], "y": y}).to_csv(tmp_path / "berlin.csv", index=False)
@@ -440,17 +440,85 @@ def test_data_zone_reads_local_time_written_with_offsets_on_its_clock(tmp_path):
     forecast = Forecaster.load(run / "export").predict(pd.read_csv(tmp_path / "berlin.csv"))
     assert str(forecast["time"].dt.tz) == "Europe/Berlin" and forecast["time"].iloc[0] == local[-1] + pd.Timedelta("1h")
 
-    naive = pd.DataFrame({"time": local[:250].tz_localize(None), "y": y[:250]})  # before the change: no gap
+    naive = pd.DataFrame({"time": local.tz_localize(None), "y": y})  # Berlin's clock: no 02:00 on 31 March
+    naive.loc[266, "time"] = pd.Timestamp("2024-03-31 02:00")  # was 03:00: a time the clock skips
     naive.to_csv(tmp_path / "naive.csv", index=False)
     done = cli_in_process("ingest", "--config", str(config), f"data.source={tmp_path / 'naive.csv'}",
                           "data.zone=Europe/Berlin")  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'naive.csv'}: data.zone is Europe/Berlin, but the timestamps carry no zone or UTC offset, "
-        "so they name no instant to read on its clock; write them with their offsets (e.g. 2024-03-31T03:00+02:00) or "
-        "leave data.zone at auto"
+        f"error: {tmp_path / 'naive.csv'}: series 'series': timestamp 2024-03-31 02:00:00 (row 267) does not exist on "
+        "the clock of Europe/Berlin: summer time skips it; fix or drop that row"
     )
     assert json.loads((run / "ingest/meta.json").read_text())["zone"] == "Europe/Berlin"  # kept as it was
+
+
+def test_naive_local_times_with_data_zone_are_read_on_its_clock_across_both_changes(tmp_path):
+    """Hourly Berlin data written as naive local time, as many exports do: 31 March has no 02:00, 27 October has it
+    twice. With `data.zone` each series is read on Berlin's clock in the order its rows were written (the first
+    02:00 is summer time), so the instants are one hour apart throughout: no gap, no duplicate. predict reads a naive
+    history the same way and writes naive local times back; the same history with offsets gives the same forecast."""
+    instants = pd.date_range("2024-03-25", "2024-11-04", freq="h", tz="Europe/Berlin")
+    rng = np.random.default_rng(6)
+    frames = []
+    for shop, level in (("north", 20.0), ("south", 35.0)):
+        y = level + 5 * np.sin(2 * np.pi * instants.hour / 24) + rng.normal(0, 0.3, len(instants))
+        frames.append(pd.DataFrame({"shop": shop, "time": instants.tz_localize(None), "y": y}))
+    naive = pd.concat(frames, ignore_index=True)
+    assert naive.duplicated(["shop", "time"]).sum() == 2  # 02:00 on 27 October, twice in each shop
+    naive.to_csv(tmp_path / "naive.csv", index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {"source": str(tmp_path / "naive.csv"), "id_column": "shop", "target_column": "y",
+                     "zone": "Europe/Berlin", "calendar": ["day"], "test_size": 0.1},
+            "window": {"lookback": 48, "horizon": 24},
+            "train.max_steps": 4,
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+            "export.onnx": False,
+        },
+    )  # fmt: skip
+    done = cli_in_process("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "run"
+    meta = json.loads((run / "ingest/meta.json").read_text())
+    assert (meta["zone"], meta["local_times"], meta["freq"], meta.get("filled_points", 0)) == (
+        "Europe/Berlin", True, "h", 0
+    )  # fmt: skip
+    assert [s["length"] for s in meta["series"]] == [len(instants)] * 2  # every hour once, none filled
+    assert meta["series"][0]["start"] == "2024-03-24T23:00:00"  # in UTC
+    rows = pd.read_csv(run / "evaluate/forecasts.csv")
+    assert {"+01:00", "+02:00"} == set(rows["time"].str[-6:])  # the test part crosses 27 October
+    assert set(rows["time"]) <= {str(t) for t in instants}
+
+    history = naive.iloc[np.r_[0 : len(instants) - 100, len(instants) : 2 * len(instants) - 100]]
+    forecast = Forecaster.load(run / "export").predict(history)
+    ahead = instants[len(instants) - 100 : len(instants) - 76]
+    assert forecast["time"].dt.tz is None and list(forecast["time"][:24]) == list(ahead.tz_localize(None))
+    written = np.tile([t.isoformat() for t in instants], 2)[history.index]  # the same instants, with offsets
+    with_offsets = Forecaster.load(run / "export").predict(history.assign(time=written))
+    np.testing.assert_array_equal(with_offsets["forecast"], forecast["forecast"])
+    assert list(with_offsets["time"][:24]) == list(ahead)
+    spring = naive.iloc[np.r_[100:300, len(instants) + 100 : len(instants) + 300]]  # no hour repeated: the fast path
+    april = Forecaster.load(run / "export").predict(spring)
+    aware = Forecaster.load(run / "export").predict(spring.assign(time=np.tile(instants, 2)[spring.index]))
+    np.testing.assert_array_equal(april["forecast"], aware["forecast"])
+    assert list(april["time"][:24]) == list(instants[300:324].tz_localize(None))
+
+    once = naive[~(naive["time"].eq(pd.Timestamp("2024-10-27 02:00")) & naive["time"].duplicated())]
+    once.to_csv(tmp_path / "once.csv", index=False)  # 02:00 on 27 October once per shop: which one is it?
+    done = cli_in_process("ingest", "--config", str(config), f"data.source={tmp_path / 'once.csv'}")
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {tmp_path / 'once.csv'}: series 'north': timestamp 2024-10-27 02:00:00 (row ")
+    )
+    assert done.stderr.strip().endswith(
+        "occurs twice on the clock of Europe/Berlin (summer time ends) and the order of the rows does not tell which; "
+        "write the timestamps with their UTC offsets (e.g. 2024-10-27T02:00+02:00, then +01:00)"
+    )
 
 
 def test_daily_data_in_a_zone_with_summer_time_runs_on_its_wall_clock(tmp_path):

@@ -785,3 +785,30 @@ def test_a_span_wider_than_nanosecond_time_differences_is_the_wide_span_error(tm
         f"{source}: series 'a': its timestamps span 3017856 steps of h for 18 rows (largest gap from 1677-09-22 "
         "17:00:00 (row 18) to 2022-01-01 00:00:00 (row 1)); check those timestamps or data.freq"
     )
+
+
+def test_naive_local_times_are_read_on_the_clock_data_zone_names(tmp_path):
+    """Naive Berlin local time across 27 October (02:00 twice): read in the order written, an hour apart in UTC
+    throughout; the streamed reader leaves such data to the pandas path. Naive dates with a zone stay dates."""
+    from pipeline.library.series_stream import stream_series
+    from pipeline.library.sources import parquet_batches
+    from pipeline.stages.ingest import read_series
+
+    instants = pd.date_range("2024-10-26 12:00", periods=30, freq="h", tz="Europe/Berlin")
+    frame = pd.DataFrame({"time": instants.tz_localize(None), "y": np.arange(30.0)})
+    assert frame["time"].duplicated().sum() == 1
+    frame.to_parquet(tmp_path / "naive.parquet")
+    cfg = _cfg(tmp_path / "naive.parquet", zone="Europe/Berlin")
+    assert stream_series(parquet_batches(cfg), cfg) is None
+    series = read_series(cfg)
+    assert (series.freq, series.zone, series.local_times, series.wall_clock) == ("h", "Europe/Berlin", True, False)
+    assert series.lengths.tolist() == [30] and pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-10-26 10:00")
+    np.testing.assert_array_equal(series.values, np.arange(30.0))
+    with pytest.raises(DataError, match=r"duplicate timestamp 2024-10-27 02:00:00 \(row 16\)"):
+        _load(tmp_path / "naive.parquet")  # without data.zone: naive times as they are
+
+    days = pd.DataFrame({"time": pd.date_range("2024-03-01", periods=60, freq="D"), "y": np.arange(60.0)})
+    days.to_parquet(tmp_path / "days.parquet")
+    series = read_series(_cfg(tmp_path / "days.parquet", zone="Europe/Berlin"))
+    assert (series.freq, series.zone, series.wall_clock, series.local_times) == ("D", "Europe/Berlin", True, True)
+    assert pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-03-01") and series.lengths.tolist() == [60]

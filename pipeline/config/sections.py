@@ -80,9 +80,10 @@ class DataConfig:
     features follow its wall clock (summer time included). `auto`: the timestamps' own (a named zone from typed
     parquet, the one UTC offset of the text; UTC where the offsets differ, as in local time written across a
     summer-time change); or a name from the time-zone database (e.g. `Europe/Berlin`) for timestamps that carry a
-    zone or UTC offsets: the same instants, on that zone's clock. Naive timestamps name no instant: a zone for them
-    is refused. Steps of a day or longer count days on the zone's clock (local midnights are 23 or 25 hours apart
-    across a summer-time change), shorter steps are durations between instants."""
+    zone or UTC offsets: the same instants, on that zone's clock. Naive timestamps are then local times on its clock:
+    the hour summer time repeats is told apart by the order of each series' rows (the first is summer time), and a
+    time the clock skips is refused in one line. Steps of a day or longer count days on the zone's clock (local
+    midnights are 23 or 25 hours apart across a summer-time change), shorter steps are durations between instants."""
     freq: str | None = None
     """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent, from the longest series (across
     its gaps: the step, of its most common difference and the business-day, month, quarter and year steps, whose grid

@@ -200,7 +200,7 @@ class Forecaster:
         out = pd.DataFrame(
             {
                 "series": np.repeat(np.asarray(ids, dtype=object), self.horizon),
-                time_col: in_zone(wanted.ravel(), zone, self._clock is not None),
+                time_col: self._written_times(wanted, zone),
                 **{name: v.reshape(-1) for name, v in columns.items()},
             }
         )
@@ -309,6 +309,13 @@ class Forecaster:
         index = pd.DatetimeIndex(last)
         return np.stack([(index + int(k) * step).to_numpy(dtype="datetime64[ns]") for k in steps], axis=1)
 
+    def _written_times(self, wanted: np.ndarray, zone: str | None) -> pd.DatetimeIndex:
+        """The forecast's times as written: in `zone` (the history's), or naive as the history's were (local times
+        where the model was trained on naive local times)."""
+        if zone is None and self._local:
+            return in_zone(wanted.ravel(), self._local).tz_localize(None)
+        return in_zone(wanted.ravel(), zone, self._clock is not None)
+
     def _future_times_in_range(self, ids: list[str], last: np.ndarray, source: str) -> np.ndarray:
         """`_future_times`, after refusing a series whose horizon would run past 2262-04-11 (datetime64[ns] would
         wrap around to 1677)."""
@@ -392,7 +399,7 @@ class Forecaster:
             if col not in future.columns:
                 found = listed(future.columns)
                 raise DataError(f"{source}: column '{col}' not found; columns: {found}")
-        times = parse_times(future[time_col], "all", source, self._clock)
+        times = self._future_frame_times(future, time_col, id_col if keyed else None, source)
         if times.isna().any():
             row = int(np.flatnonzero(times.isna().to_numpy())[0]) + 1
             raise DataError(f"{source}: row {row}: unparseable timestamp")
@@ -432,6 +439,17 @@ class Forecaster:
             _refuse_beyond_float32(values[k], wanted[k], [f"covariate '{n}' value" for n in names], ids[k], source)
         return values
 
+    def _future_frame_times(self, future: pd.DataFrame, time_col: str, id_col: str | None, source: str) -> pd.Series:
+        """The future covariates' times as the model holds them; naive local times read per series in file order."""
+        if not self._local:
+            return parse_times(future[time_col], "all", source, self._clock)
+        groups = future.groupby(id_col, sort=False).groups.values() if id_col else [future.index]
+        parts = [
+            parse_times(future.loc[rows, time_col], "all", source, None, self._local, rows=_rows(future.loc[rows]))
+            for rows in groups
+        ]
+        return pd.concat(parts).reindex(future.index)
+
     def _split_history(
         self, history: pd.DataFrame, source: str, scale: str = "training", parsed: pd.Series | None = None
     ) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -458,6 +476,12 @@ class Forecaster:
         """The zone on whose wall clock this model holds times (days in a zone), or None: UTC."""
         return self.spec.zone if self.spec.wall_clock else None
 
+    @property
+    def _local(self) -> str | None:
+        """The zone whose local time a naive history is (a model trained on naive local times of steps under a
+        day), or None: naive times are read as they are."""
+        return self.spec.zone if self.spec.local_times and not self.spec.wall_clock else None
+
     def _needs_history(self, sid: str, scale: str) -> bool:
         return scale == "history" or sid not in self.spec.series
 
@@ -474,6 +498,11 @@ class Forecaster:
         times = parsed_column(history[time_col]) if parsed is None else parsed
         if times is None:
             return None
+        if self._local and times.dt.tz is None:  # naive local times: here only where no hour is repeated or skipped
+            try:
+                times = times.dt.tz_localize(self._local, ambiguous="raise", nonexistent="raise")
+            except Exception:  # pytz's and pandas' own errors: the per-series path reads each series in its order
+                return None
         stamps = held(times, self._clock).to_numpy(dtype="datetime64[ns]")
         values = np.stack(
             [pd.to_numeric(history[c], errors="coerce").to_numpy(dtype=np.float64) for c in value_cols], axis=1
@@ -575,7 +604,7 @@ class Forecaster:
     ) -> tuple[pd.Timestamp, np.ndarray, np.ndarray]:
         """`frame`: `_series_frame`'s; `whole`: the series' statistics come from its whole history, which is checked as
         its window is."""
-        times = parse_times(frame["time"], sid, source, self._clock)
+        times = parse_times(frame["time"], sid, source, self._clock, self._local, rows=_rows(frame))
         if times.isna().any():
             row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
             raise DataError(f"{source}: series '{shown(sid)}': unparseable timestamp in row {row}")
@@ -611,6 +640,11 @@ class Forecaster:
         names = ["value", *[f"covariate '{name}' value" for name in self.covariates]]
         _refuse_beyond_float32(values if whole else window, times if whole else last, names, sid, source)
         return last[-1], window, values
+
+
+def _rows(frame: pd.DataFrame) -> np.ndarray:
+    """The 1-based rows of a history file a frame holds (`row_of` for each)."""
+    return np.array([row_of(frame, i) for i in range(len(frame))], dtype=np.int64)
 
 
 def _its_span(frame: pd.DataFrame, sid: str, source: str) -> pd.DataFrame:

@@ -78,6 +78,30 @@ def zone_of(parsed: pd.Series | None, differing: str = "UTC") -> str | None:
     return differing if parsed is None else zone_name(parsed.dt.tz)
 
 
+def localised(times: pd.Series, zone: str, where: str, rows: np.ndarray | None = None) -> pd.Series:
+    """Naive local times of one series, in the order written, as the instants they name on `zone`'s clock.
+
+    The hour summer time repeats is told apart by that order (the first time is summer time, the second winter
+    time, as the clock runs); a time the clock skips names no instant. Either one that cannot be read is one line
+    naming the timestamp and its row (`rows`: the 1-based rows of `times`, else their positions)."""
+    try:
+        return times.dt.tz_localize(zone, ambiguous="infer", nonexistent="raise")
+    except Exception:  # pytz's and pandas' own errors, by pandas version
+        pass
+    everywhere = np.ones(len(times), dtype=bool)
+    skipped = times.dt.tz_localize(zone, ambiguous=everywhere, nonexistent="NaT").isna().to_numpy()
+    repeated = times.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT").isna().to_numpy() & ~skipped
+    k = int(np.flatnonzero(skipped if skipped.any() else repeated)[0])
+    row = int(rows[k]) if rows is not None else k + 1
+    at = f"{where}: timestamp {times.iloc[k]} (row {row})"
+    if skipped.any():
+        raise DataError(f"{at} does not exist on the clock of {zone}: summer time skips it; fix or drop that row")
+    raise DataError(
+        f"{at} occurs twice on the clock of {zone} (summer time ends) and the order of the rows does not tell which; "
+        "write the timestamps with their UTC offsets (e.g. 2024-10-27T02:00+02:00, then +01:00)"
+    )
+
+
 def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None, wall_clock: bool = False) -> pd.DatetimeIndex:
     """Naive UTC times (as ingest and predict hold them) in `zone`; unchanged (naive) for None.
 
@@ -92,9 +116,12 @@ def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None, wall_clock: 
     return index.tz_localize("UTC").tz_convert(zone)
 
 
-def parse_times(col: pd.Series, sid: str, source: str, clock: str | None = None) -> pd.Series:
+def parse_times(
+    col: pd.Series, sid: str, source: str, clock: str | None = None, local: str | None = None, rows=None
+) -> pd.Series:
     """Timestamps as naive datetimes (aware ones in UTC, as ingest stores them, or on the wall clock of `clock`, a
-    model's zone where it counts days on it); NaT where unparseable."""
+    model's zone where it counts days on it); NaT where unparseable. `local`: naive ones are local times on that
+    zone's clock (`localised`, in the order given; `rows` numbers them for its errors)."""
     zones = (
         f"{source}: series '{shown(sid)}': timestamps with and without a zone in the time column; give all or none one"
     )
@@ -112,6 +139,8 @@ def parse_times(col: pd.Series, sid: str, source: str, clock: str | None = None)
         times = instants_in_utc(col)
         if times is None:
             raise DataError(zones)
+    if local is not None and times.dt.tz is None and not times.isna().any():
+        times = localised(times, local, f"{source}: series '{shown(sid)}'", rows)
     return held(times, clock)
 
 

@@ -244,6 +244,7 @@ class IngestRecord(Record):
     transform_check: dict[str, Any] | None = None  # how `data.transform: auto` chose (library.transform_choice)
     zone: str | None = None  # the zone the source's timestamps carried (held in UTC), forecasts' times are in
     wall_clock: bool = False  # the series' times are held on the zone's wall clock, not in UTC (days and longer)
+    local_times: bool = False  # the source's timestamps were naive local times on the zone's clock (data.zone)
     filled_points: int = 0  # points data.missing filled (values.arrow's `filled` column): inputs, never scored
 
     @property
@@ -285,6 +286,8 @@ class IngestRecord(Record):
             payload["zone"] = self.zone
         if self.wall_clock:
             payload["wall_clock"] = True
+        if self.local_times:
+            payload["local_times"] = True
         if self.filled_points:
             payload["filled_points"] = self.filled_points
         if self.season_checks is not None:
@@ -321,6 +324,7 @@ class IngestRecord(Record):
             transform_check=payload.get("transform_check"),
             zone=payload.get("zone"),
             wall_clock=bool(payload.get("wall_clock", False)),
+            local_times=bool(payload.get("local_times", False)),
             filled_points=int(payload.get("filled_points", 0)),
         )
 
@@ -513,6 +517,7 @@ class ForecasterSpec:
     base: dict[str, Any] | None = None  # where the forecast runs on a fallback base: train/meta.json's base record
     zone: str | None = None  # the data's zone: predict writes in it where a history's UTC offsets differ
     wall_clock: bool = False  # the model counts days on the zone's wall clock: a history's times are read on it
+    local_times: bool = False  # trained on naive local times: a naive history is read on the zone's clock too
 
     def to_json(self) -> dict[str, Any]:
         payload = {
@@ -541,6 +546,8 @@ class ForecasterSpec:
             payload["zone"] = self.zone
         if self.wall_clock:
             payload["wall_clock"] = True
+        if self.local_times:
+            payload["local_times"] = True
         return payload
 
     @classmethod
@@ -568,4 +575,5 @@ class ForecasterSpec:
             base=payload.get("base"),
             zone=payload.get("zone"),
             wall_clock=bool(payload.get("wall_clock", False)),
+            local_times=bool(payload.get("local_times", False)),
         )

@@ -20,7 +20,7 @@ from pipeline.library import covariates, scaling
 from pipeline.library.calendar import DAY_NS, fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import instants_in_utc, numbers_as_times, within_its_span, zone_name
+from pipeline.library.history import instants_in_utc, localised, numbers_as_times, within_its_span, zone_name
 
 if TYPE_CHECKING:
     from pipeline.library.sources import DataLayout
@@ -42,6 +42,7 @@ class SeriesSet:
     filled: np.ndarray | None = None  # (n_points,) bool: made by data.missing, not observed; None when none was
     zone: str | None = None  # the zone the timestamps were written in (they are held in UTC); None: none given
     wall_clock: bool = False  # held on the zone's wall clock, not in UTC: steps of a day or longer (`on_wall_clock`)
+    local_times: bool = False  # the source's timestamps were naive, local times on the clock data.zone names
 
     @property
     def offsets(self) -> np.ndarray:
@@ -288,7 +289,11 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     frame = to_long(table, data)
     if frame.empty:
         raise DataError(f"{data.source}: no rows")
-    zone = data_zone(zone_name(frame["time"].dt.tz), data)  # forecasts are written back in it
+    written = zone_name(frame["time"].dt.tz)
+    zone = data_zone(written, data)  # forecasts are written back in it
+    local_times = written is None and zone is not None  # naive local times on the clock data.zone names
+    if local_times:
+        frame["time"] = _localised(frame, zone, data.source)
     aware = frame["time"]
     if zone is not None:
         frame["time"] = aware.dt.tz_convert("UTC").dt.tz_localize(None)
@@ -331,21 +336,28 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     static = np.array(statics, dtype=np.float64) if data.static_covariates else None
     made = np.concatenate(filled)
     made = made if made.any() else None
-    return SeriesSet(ids, starts, lengths, np.concatenate(chunks), step.freqstr, cov, static, made, zone, wall_clock)
+    values = np.concatenate(chunks)
+    return SeriesSet(ids, starts, lengths, values, step.freqstr, cov, static, made, zone, wall_clock, local_times)
 
 
 def data_zone(written: str | None, data: DataLayout) -> str | None:
-    """The zone the data is read on: `data.zone` where one is named, else the one the timestamps were written in."""
-    named = data.zone
-    if named == "auto" or named == written:
-        return written
-    if written is None:
-        raise DataError(
-            f"{data.source}: data.zone is {named}, but the timestamps carry no zone or UTC offset, so they name no "
-            "instant to read on its clock; write them with their offsets (e.g. 2024-03-31T03:00+02:00) or leave "
-            "data.zone at auto"
-        )
-    return named
+    """The zone the data is read on: `data.zone` where one is named, else the one the timestamps were written in
+    (naive timestamps with a zone named are local times on its clock: `_localised`)."""
+    return written if data.zone == "auto" else data.zone
+
+
+def _localised(frame: pd.DataFrame, zone: str, source: str) -> pd.Series:
+    """The long frame's naive times as instants on `zone`'s clock; where summer time repeats an hour, each series
+    is read in the order its rows were written (`history.localised`)."""
+    try:  # most data: no repeated or skipped hour, and then the order of rows does not matter
+        return frame["time"].dt.tz_localize(zone, ambiguous="raise", nonexistent="raise")
+    except Exception:  # pytz's and pandas' own errors, by pandas version
+        pass
+    parts = [
+        localised(part["time"], zone, f"{source}: series '{shown(sid)}'", part["row"].to_numpy())
+        for sid, part in frame.groupby("series", sort=False, observed=True)
+    ]
+    return pd.concat(parts).reindex(frame.index)
 
 
 def on_wall_clock(zone: str | None, step: pd.DateOffset) -> bool:

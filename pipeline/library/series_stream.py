@@ -157,6 +157,8 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
         return None
     reader, (counts, first, last, unsorted), step = _surveyed(Reader(batches, data))
     zone = data_zone(zone_name(reader.zone), data)
+    if reader.zone is None and zone is not None:  # naive local times: the pandas path reads them on the zone's clock
+        return None
     wall_clock = on_wall_clock(zone, step)
     if wall_clock and fixed_step_ns(step) is not None:  # whole days: again, on the zone's clock
         clock = reader.zone if data.zone == "auto" else data.zone  # Arrow's own text for a fixed offset

@@ -99,6 +99,7 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
         season_checks=[c.to_json() for c in seasonality.detect(series.values, offsets, train_end, val_end, freq)],
         zone=series.zone,
         wall_clock=series.wall_clock,
+        local_times=series.local_times,
         filled_points=0 if series.filled is None else int(series.filled.sum()),
     )
 
@@ -123,4 +124,6 @@ def fingerprint(series: SeriesSet, table: SeriesTable, data: DataLayout, scaling
         digest.update(f"zone/{series.zone}".encode())
     if series.wall_clock:
         digest.update(b"wall clock")
+    if series.local_times:
+        digest.update(b"local times")
     return digest.hexdigest()[:16]

@@ -131,6 +131,7 @@ def fold_series(table, ingest: IngestRecord, series: np.ndarray, cutoffs: np.nda
         filled=filled if filled is not None and filled.any() else None,
         zone=ingest.zone,
         wall_clock=ingest.wall_clock,
+        local_times=ingest.local_times,
     )
 
 

@@ -154,6 +154,7 @@ def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, met
         base=fallback_base(trained.base),
         zone=ingest.zone,
         wall_clock=ingest.wall_clock,
+        local_times=ingest.local_times,
     )
 
 
