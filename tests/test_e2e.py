@@ -574,3 +574,37 @@ def test_daily_data_in_a_zone_with_summer_time_runs_on_its_wall_clock(tmp_path):
     for name, forecast in forecasts.items():
         np.testing.assert_array_equal(forecast["forecast"], forecasts["typed.parquet"]["forecast"], err_msg=name)
         assert name == "dates.csv" or list(forecast["time"]) == [str(t) for t in ahead]
+
+
+def test_future_covariates_of_a_model_on_naive_local_times_are_read_on_its_clock(tmp_path):
+    """The horizon after 27 October 00:00 in Berlin holds 02:00 twice: naive future covariates are read in the order
+    written, as the history is, and give the forecast the same rows with offsets give."""
+    instants = pd.date_range("2024-10-15", "2024-11-03", freq="h", tz="Europe/Berlin")
+    promo = ((instants.hour >= 8) & (instants.hour < 18)).astype(float)
+    y = 20 + 5 * promo + np.random.default_rng(7).normal(0, 0.3, len(instants))
+    naive = pd.DataFrame({"time": instants.tz_localize(None), "y": y, "promo": promo})
+    naive.to_csv(tmp_path / "naive.csv", index=False)
+    config = write_config(
+        tmp_path,
+        {
+            "data": {"source": str(tmp_path / "naive.csv"), "target_column": "y", "zone": "Europe/Berlin",
+                     "future_covariates": ["promo"], "calendar": []},
+            "window": {"lookback": 48, "horizon": 24},
+            "train.max_steps": 4,
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+            "export.onnx": False,
+        },
+    )  # fmt: skip
+    done = cli_in_process("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    end = int(np.flatnonzero(instants == pd.Timestamp("2024-10-27 00:00", tz="Europe/Berlin"))[0]) + 1
+    history, future = naive.iloc[:end], naive.iloc[end : end + 24].drop(columns="y")
+    assert future["time"].duplicated().sum() == 1  # 02:00 twice
+    forecaster = Forecaster.load(tmp_path / "run/export")
+    local = forecaster.predict(history, future=future)
+    written = np.array([t.isoformat() for t in instants])
+    aware = forecaster.predict(history.assign(time=written[:end]), future=future.assign(time=written[end : end + 24]))
+    np.testing.assert_array_equal(local["forecast"], aware["forecast"])
+    assert list(local["time"]) == list(instants[end : end + 24].tz_localize(None))
+    assert list(aware["time"]) == list(instants[end : end + 24])

@@ -443,12 +443,14 @@ class Forecaster:
         """The future covariates' times as the model holds them; naive local times read per series in file order."""
         if not self._local:
             return parse_times(future[time_col], "all", source, self._clock)
-        groups = future.groupby(id_col, sort=False).groups.values() if id_col else [future.index]
-        parts = [
-            parse_times(future.loc[rows, time_col], "all", source, None, self._local, rows=_rows(future.loc[rows]))
-            for rows in groups
-        ]
-        return pd.concat(parts).reindex(future.index)
+        groups = future.groupby(id_col, sort=False, dropna=False).indices.values() if id_col else [slice(None)]
+        times = np.full(len(future), np.datetime64("NaT"), dtype="datetime64[ns]")
+        for at in groups:
+            part = future.iloc[at]
+            times[at] = parse_times(part[time_col], "all", source, None, self._local, _rows(part)).to_numpy(
+                dtype="datetime64[ns]"
+            )
+        return pd.Series(times, index=future.index)
 
     def _split_history(
         self, history: pd.DataFrame, source: str, scale: str = "training", parsed: pd.Series | None = None
@@ -604,7 +606,8 @@ class Forecaster:
     ) -> tuple[pd.Timestamp, np.ndarray, np.ndarray]:
         """`frame`: `_series_frame`'s; `whole`: the series' statistics come from its whole history, which is checked as
         its window is."""
-        times = parse_times(frame["time"], sid, source, self._clock, self._local, rows=_rows(frame))
+        rows = _rows(frame) if self._local else None  # only naive local times' errors need them
+        times = parse_times(frame["time"], sid, source, self._clock, self._local, rows)
         if times.isna().any():
             row = row_of(frame, int(np.flatnonzero(times.isna().to_numpy())[0]))
             raise DataError(f"{source}: series '{shown(sid)}': unparseable timestamp in row {row}")
