@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -467,20 +468,8 @@ def test_naive_local_times_with_data_zone_are_read_on_its_clock_across_both_chan
     naive = pd.concat(frames, ignore_index=True)
     assert naive.duplicated(["shop", "time"]).sum() == 2  # 02:00 on 27 October, twice in each shop
     naive.to_csv(tmp_path / "naive.csv", index=False)
-    config = write_config(
-        tmp_path,
-        {
-            "data": {"source": str(tmp_path / "naive.csv"), "id_column": "shop", "target_column": "y",
-                     "zone": "Europe/Berlin", "calendar": ["day"], "test_size": 0.1},
-            "window": {"lookback": 48, "horizon": 24},
-            "train.max_steps": 4,
-            "train.checkpoint_every": 0,
-            "evaluate.plot_series": 0,
-            "export.onnx": False,
-        },
-    )  # fmt: skip
-    done = cli_in_process("run", "--config", str(config))
-    assert done.returncode == 0, done.stderr[-3000:]
+    data = {"id_column": "shop", "target_column": "y", "zone": "Europe/Berlin", "calendar": ["day"], "test_size": 0.1}
+    config = _short_run(tmp_path, {"source": str(tmp_path / "naive.csv"), **data}, lookback=48, horizon=24)
     run = tmp_path / "run"
     meta = json.loads((run / "ingest/meta.json").read_text())
     assert (meta["zone"], meta["local_times"], meta["freq"], meta.get("filled_points", 0)) == (
@@ -529,18 +518,8 @@ def test_daily_data_in_a_zone_with_summer_time_runs_on_its_wall_clock(tmp_path):
     days = pd.date_range("2023-01-01", periods=n, freq="D", tz="Europe/Berlin")  # to 24 April 2024
     y = 100 + 30 * (days.dayofweek >= 5) + np.random.default_rng(5).normal(0, 2, n)
     pd.DataFrame({"time": days, "y": y}).to_parquet(tmp_path / "daily.parquet")
-    config = write_config(
-        tmp_path,
-        {
-            "data": {"source": str(tmp_path / "daily.parquet"), "target_column": "y", "calendar": ["week"]},
-            "window": {"lookback": 28, "horizon": 7},
-            "train.max_steps": 4,
-            "train.checkpoint_every": 0,
-            "evaluate.plot_series": 0,
-        },
-    )
-    done = cli_in_process("run", "--config", str(config))
-    assert done.returncode == 0, done.stderr[-3000:]
+    data = {"source": str(tmp_path / "daily.parquet"), "target_column": "y", "calendar": ["week"]}
+    _short_run(tmp_path, data, onnx=True, lookback=28, horizon=7)
     run = tmp_path / "run"
     meta = json.loads((run / "ingest/meta.json").read_text())
     assert (meta["zone"], meta["wall_clock"], meta["freq"]) == ("Europe/Berlin", True, "D")
@@ -584,20 +563,8 @@ def test_future_covariates_of_a_model_on_naive_local_times_are_read_on_its_clock
     y = 20 + 5 * promo + np.random.default_rng(7).normal(0, 0.3, len(instants))
     naive = pd.DataFrame({"time": instants.tz_localize(None), "y": y, "promo": promo})
     naive.to_csv(tmp_path / "naive.csv", index=False)
-    config = write_config(
-        tmp_path,
-        {
-            "data": {"source": str(tmp_path / "naive.csv"), "target_column": "y", "zone": "Europe/Berlin",
-                     "future_covariates": ["promo"], "calendar": []},
-            "window": {"lookback": 48, "horizon": 24},
-            "train.max_steps": 4,
-            "train.checkpoint_every": 0,
-            "evaluate.plot_series": 0,
-            "export.onnx": False,
-        },
-    )  # fmt: skip
-    done = cli_in_process("run", "--config", str(config))
-    assert done.returncode == 0, done.stderr[-3000:]
+    data = {"target_column": "y", "zone": "Europe/Berlin", "future_covariates": ["promo"], "calendar": []}
+    _short_run(tmp_path, {"source": str(tmp_path / "naive.csv"), **data}, lookback=48, horizon=24)
     end = int(np.flatnonzero(instants == pd.Timestamp("2024-10-27 00:00", tz="Europe/Berlin"))[0]) + 1
     history, future = naive.iloc[:end], naive.iloc[end : end + 24].drop(columns="y")
     assert future["time"].duplicated().sum() == 1  # 02:00 twice
@@ -608,3 +575,22 @@ def test_future_covariates_of_a_model_on_naive_local_times_are_read_on_its_clock
     np.testing.assert_array_equal(local["forecast"], aware["forecast"])
     assert list(local["time"]) == list(instants[end : end + 24].tz_localize(None))
     assert list(aware["time"]) == list(instants[end : end + 24])
+
+
+def _short_run(tmp_path, data: dict, onnx: bool = False, **window) -> Path:
+    """`run` of four steps, without checkpoints or plots (and ONNX unless `onnx`: the model card describes its
+    input), on `data` (the data section): for tests of what the data's clock does. The config's path."""
+    config = write_config(
+        tmp_path,
+        {
+            "data": data,
+            "window": window,
+            "train.max_steps": 4,
+            "train.checkpoint_every": 0,
+            "evaluate.plot_series": 0,
+            "export.onnx": onnx,
+        },
+    )
+    done = cli_in_process("run", "--config", str(config))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return config
