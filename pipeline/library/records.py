@@ -282,12 +282,7 @@ class IngestRecord(Record):
             n_points=self.n_points,
             series=self.series.to_json(),
         )
-        if self.zone is not None:
-            payload["zone"] = self.zone
-        if self.wall_clock:
-            payload["wall_clock"] = True
-        if self.local_times:
-            payload["local_times"] = True
+        payload.update(clock_to_json(self.zone, self.wall_clock, self.local_times))
         if self.filled_points:
             payload["filled_points"] = self.filled_points
         if self.season_checks is not None:
@@ -322,9 +317,7 @@ class IngestRecord(Record):
             config=payload.get("config"),
             season_checks=(payload.get("seasons") or {}).get("checks"),
             transform_check=payload.get("transform_check"),
-            zone=payload.get("zone"),
-            wall_clock=bool(payload.get("wall_clock", False)),
-            local_times=bool(payload.get("local_times", False)),
+            **clock_from_json(payload),
             filled_points=int(payload.get("filled_points", 0)),
         )
 
@@ -542,12 +535,7 @@ class ForecasterSpec:
             payload["static_covariates"] = {"mean": self.static_loc, "scale": self.static_scale}
         if self.base is not None:
             payload["base"] = self.base
-        if self.zone is not None:
-            payload["zone"] = self.zone
-        if self.wall_clock:
-            payload["wall_clock"] = True
-        if self.local_times:
-            payload["local_times"] = True
+        payload.update(clock_to_json(self.zone, self.wall_clock, self.local_times))
         return payload
 
     @classmethod
@@ -573,7 +561,21 @@ class ForecasterSpec:
             static_loc=list(static.get("mean", [])),
             static_scale=list(static.get("scale", [])),
             base=payload.get("base"),
-            zone=payload.get("zone"),
-            wall_clock=bool(payload.get("wall_clock", False)),
-            local_times=bool(payload.get("local_times", False)),
+            **clock_from_json(payload),
         )
+
+
+def clock_to_json(zone: str | None, wall_clock: bool, local_times: bool) -> dict[str, Any]:
+    """The data's clock as ingest's and the forecaster's records write it: only what differs from naive times in
+    UTC, so that files written before a field existed read as they were."""
+    fields = {"zone": zone, "wall_clock": wall_clock or None, "local_times": local_times or None}
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def clock_from_json(payload: dict[str, Any]) -> dict[str, Any]:
+    """`clock_to_json` read back, with the defaults of a record written without it."""
+    return {
+        "zone": payload.get("zone"),
+        "wall_clock": bool(payload.get("wall_clock", False)),
+        "local_times": bool(payload.get("local_times", False)),
+    }
