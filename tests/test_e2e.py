@@ -494,6 +494,10 @@ def test_naive_local_times_with_data_zone_are_read_on_its_clock_across_both_chan
     aware = Forecaster.load(run / "export").predict(spring.assign(time=np.tile(instants, 2)[spring.index]))
     np.testing.assert_array_equal(april["forecast"], aware["forecast"])
     assert list(april["time"][:24]) == list(instants[300:324].tz_localize(None))
+    gap = len(instants) - 110  # north's last 48 hours lack 30 October 11:00 (winter time): named as written
+    with pytest.raises(DataError, match=r"north.*not a regular h sequence \(missing 2024-10-30 11:00:00\+01:00\)"):
+        Forecaster.load(run / "export").predict(history.drop(index=gap))
+    assert str(naive["time"][gap]) == "2024-10-30 11:00:00"
 
     once = naive[~(naive["time"].eq(pd.Timestamp("2024-10-27 02:00")) & naive["time"].duplicated())]
     once.to_csv(tmp_path / "once.csv", index=False)  # 02:00 on 27 October once per shop: which one is it?

@@ -377,6 +377,36 @@ def test_off_grid_timestamp_names_row():
     assert "2022-01-01 03:20:00" in msg and "row 4" in msg and "off the" in msg
 
 
+def test_errors_name_times_in_the_zone_the_data_was_written_in(tmp_path):
+    """Zoned data is held in UTC, yet an error names each time as the file has it: in the data's zone with its
+    offset (10:00 Berlin summer time, not the 08:00 UTC it is held as), naive local times read with data.zone and
+    typed zoned parquet alike, through both readers; naive data without a zone stays as written."""
+    from pipeline.library.series_stream import stream_series
+    from pipeline.library.sources import parquet_batches
+
+    instants = pd.date_range("2024-07-01", periods=48, freq="h", tz="Europe/Berlin")
+    naive = pd.DataFrame({"time": instants.tz_localize(None), "y": np.arange(48.0)})
+    naive.drop(index=10).to_csv(tmp_path / "gap.csv", index=False)
+    with pytest.raises(DataError, match=r"1 missing timestamp\(s\), first 2024-07-01 10:00:00\+02:00; "):
+        _load(tmp_path / "gap.csv", zone="Europe/Berlin")
+    with pytest.raises(DataError, match=r"1 missing timestamp\(s\), first 2024-07-01 10:00:00; "):
+        _load(tmp_path / "gap.csv")
+
+    twice = pd.DataFrame({"time": instants.insert(11, instants[10]), "y": np.arange(49.0)})
+    twice.to_parquet(tmp_path / "twice.parquet")
+    off = pd.DataFrame({"time": instants.insert(11, instants[10] + pd.Timedelta("30min")), "y": np.arange(49.0)})
+    off.to_parquet(tmp_path / "off.parquet")
+    for name, words in (
+        ("twice", r"duplicate timestamp 2024-07-01 10:00:00\+02:00 \(row 12\)"),
+        ("off", r"timestamp 2024-07-01 10:30:00\+02:00 \(row 12\) is off the h grid"),
+    ):
+        cfg = _cfg(tmp_path / f"{name}.parquet")
+        with pytest.raises(DataError, match=words):
+            stream_series(parquet_batches(cfg), cfg)
+        with pytest.raises(DataError, match=words):
+            _load(tmp_path / f"{name}.parquet")
+
+
 # ---------------------------------------------------------------- bad input
 
 
@@ -711,10 +741,10 @@ def test_days_in_a_zone_with_summer_time_are_counted_on_its_wall_clock(tmp_path)
         _load(tmp_path / "daily.csv")
     step = "D" if "off the D grid" in str(info.value) else "24h"  # pandas 3 names a fixed day step in hours
     assert str(info.value) == (
-        f"{tmp_path / 'daily.csv'}: series 'series': timestamp 2024-03-31 22:00:00 (row 92) is off the {step} grid by "
-        "an hour: a daylight-saving change moves local midnights by an hour in UTC, the clock these timestamps are "
-        "read on; set data.zone to theirs (e.g. Europe/Berlin) to count days on its clock, or write the dates without "
-        "a zone"
+        f"{tmp_path / 'daily.csv'}: series 'series': timestamp 2024-03-31 22:00:00+00:00 (row 92) is off the {step} "
+        "grid by an hour: a daylight-saving change moves local midnights by an hour in UTC, the clock these timestamps "
+        "are read on; set data.zone to theirs (e.g. Europe/Berlin) to count days on its clock, or write the dates "
+        "without a zone"
     )
     series = _load(tmp_path / "daily.csv", zone="Europe/Berlin")
     assert (series.freq, series.zone, series.wall_clock, series.lengths.tolist()) == ("D", "Europe/Berlin", True, [120])

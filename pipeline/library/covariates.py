@@ -22,6 +22,7 @@ import pandas as pd
 
 from pipeline.library.chunks import series_chunks
 from pipeline.library.errors import DataError, shown
+from pipeline.library.history import shown_time
 from pipeline.library.scaling import FLOAT32_MAX, too_large_for_float32
 
 if TYPE_CHECKING:
@@ -39,9 +40,10 @@ def frame_column(name: str) -> str:
 
 
 def on_grid(
-    sid: str, part: pd.DataFrame, names: list[str], grid: pd.DatetimeIndex, data: DataLayout
+    sid: str, part: pd.DataFrame, names: list[str], grid: pd.DatetimeIndex, data: DataLayout, zone: str | None = None
 ) -> np.ndarray | None:
     """(len(grid), K) float64 covariate values on the series' regular grid, by `data.missing`; None = drop the series.
+    `zone`: errors name the (UTC) times in it, as the data wrote them (`shown_time`).
 
     `part` holds the series' rows (columns `time`, `row` and `frame_column(name)` of each covariate, sorted by time).
     """
@@ -53,7 +55,7 @@ def on_grid(
     if huge.any():
         j, k = np.argwhere(huge)[0]
         row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
-        what = too_large_for_float32(f"covariate '{shown(names[k])}' value", values[j, k], grid[j])
+        what = too_large_for_float32(f"covariate '{shown(names[k])}' value", values[j, k], shown_time(grid[j], zone))
         raise DataError(f"{data.source}: series '{shown(sid)}': {what} (row {row})")
     bad = ~np.isfinite(values)
     if not bad.any():
@@ -61,8 +63,9 @@ def on_grid(
     if data.missing == "error":
         j, k = np.argwhere(bad)[0]
         row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
+        when = shown_time(grid[j], zone)
         raise DataError(
-            f"{data.source}: series '{shown(sid)}': missing or non-finite value of covariate '{names[k]}' at {grid[j]} "
+            f"{data.source}: series '{shown(sid)}': missing or non-finite value of covariate '{names[k]}' at {when} "
             f"(row {row}); set data.missing to interpolate, ffill or drop"
         )
     if data.missing == "drop":

@@ -28,6 +28,7 @@ from pipeline.library.history import (
     parsed_column,
     read_history,
     row_of,
+    shown_time,
     within_its_span,
     written_zone,
     zone_of,
@@ -80,13 +81,16 @@ def _float32(values: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(values, dtype=np.float32))
 
 
-def _refuse_beyond_float32(values: np.ndarray, times, names: list[str], sid: str, source: str) -> None:
+def _refuse_beyond_float32(
+    values: np.ndarray, times, names: list[str], sid: str, source: str, zone: str | None = None
+) -> None:
     """Refuse a value the model's float32 inputs cannot hold, worded as ingest refuses it: `values` (T, C) in
-    time order at `times`, `names[c]` what column c is called ("value" for the target)."""
+    time order at `times` (named in `zone`: `shown_time`), `names[c]` what column c is called ("value" for the
+    target)."""
     huge = np.abs(values) > scaling.FLOAT32_MAX  # NaN compares False
     if huge.any():
         j, c = np.argwhere(huge)[0]
-        text = scaling.too_large_for_float32(names[c], values[j, c], pd.Timestamp(times[j]))
+        text = scaling.too_large_for_float32(names[c], values[j, c], shown_time(times[j], zone))
         raise DataError(f"{source}: series '{shown(sid)}': {text}")
 
 
@@ -266,8 +270,9 @@ class Forecaster:
             j, c = np.unravel_index(int(np.argmax(size)), size.shape)
             largest.append((size[j, c], source, named[c], raw[j, c], times[j]))
         size, source, what, value, when = max(largest, key=lambda entry: entry[0])
+        when = shown_time(when, self._named_in)
         raise DataError(
-            f"{source}: series '{shown(ids[k])}': {what} {value:.6g} at {pd.Timestamp(when)} is too large for this "
+            f"{source}: series '{shown(ids[k])}': {what} {value:.6g} at {when} is too large for this "
             f"model: scaled by the series' statistics it is {size:.3g}, and the forecast overflows float32"
         )
 
@@ -333,8 +338,9 @@ class Forecaster:
             raise self._too_late(ids[k], last[k], source) from None
 
     def _too_late(self, sid: str, last, source: str) -> DataError:
+        last = shown_time(last, self._named_in)
         return DataError(
-            f"{source}: series '{shown(sid)}': timestamp {pd.Timestamp(last)} lies too near the end of the range of "
+            f"{source}: series '{shown(sid)}': timestamp {last} lies too near the end of the range of "
             f"timestamps (1677-09-21 to 2262-04-11) to forecast {self.horizon} steps of {self.spec.freq} after it"
         )
 
@@ -410,12 +416,11 @@ class Forecaster:
         dup = frame.duplicated(["id", "time"])
         if dup.any():
             r = frame[dup].iloc[0]
+            when = shown_time(r["time"], self._named_in)
             if keyed:
-                raise DataError(f"{source}: duplicate row for series '{shown(r['id'])}' at {r['time']}")
+                raise DataError(f"{source}: duplicate row for series '{shown(r['id'])}' at {when}")
             shared = "shared by every series of this wide model" if s.format == "wide" else "of the one series"
-            raise DataError(
-                f"{source}: duplicate row at {r['time']}: the future covariates are one row per time, {shared}"
-            )
+            raise DataError(f"{source}: duplicate row at {when}: the future covariates are one row per time, {shared}")
         wanted = self._future_times(last) if wanted is None else wanted
         index = pd.MultiIndex.from_arrays(
             [np.repeat(np.asarray(ids if keyed else ["series"] * len(ids), dtype=object), self.horizon), wanted.ravel()]
@@ -427,16 +432,18 @@ class Forecaster:
             sid, when = ids[row // self.horizon], wanted.ravel()[row]
             present = (frame["id"] == index[row][0]) & (frame["time"] == when)
             what = f"a missing or non-numeric '{names[k]}'" if present.any() else "no row"
+            when = shown_time(when, self._named_in)
             raise DataError(
-                f"{source}: series '{shown(sid)}': {what} at {pd.Timestamp(when)}; the future covariates are needed "
+                f"{source}: series '{shown(sid)}': {what} at {when}; the future covariates are needed "
                 f"for the {self.horizon} steps after the history's last timestamp "
-                f"{pd.Timestamp(last[row // self.horizon])}"
+                f"{shown_time(last[row // self.horizon], self._named_in)}"
             )
         values = values.reshape(len(ids), self.horizon, len(names))
         huge = np.abs(values) > scaling.FLOAT32_MAX
         if huge.any():
             k = int(np.argwhere(huge)[0][0])
-            _refuse_beyond_float32(values[k], wanted[k], [f"covariate '{n}' value" for n in names], ids[k], source)
+            named = [f"covariate '{n}' value" for n in names]
+            _refuse_beyond_float32(values[k], wanted[k], named, ids[k], source, self._named_in)
         return values
 
     def _future_frame_times(self, future: pd.DataFrame, time_col: str, id_col: str | None, source: str) -> pd.Series:
@@ -483,6 +490,12 @@ class Forecaster:
         """The zone whose local time a naive history is (a model trained on naive local times of steps under a
         day), or None: naive times are read as they are."""
         return self.spec.zone if self.spec.local_times and not self.spec.wall_clock else None
+
+    @property
+    def _named_in(self) -> str | None:
+        """The zone errors name times in (`shown_time`): the data's, where this model holds times in UTC; None where
+        they are naive or on the data's wall clock, and so already as written."""
+        return None if self.spec.wall_clock else self.spec.zone
 
     def _needs_history(self, sid: str, scale: str) -> bool:
         return scale == "history" or sid not in self.spec.series
@@ -618,7 +631,8 @@ class Forecaster:
         order = np.argsort(times.to_numpy(), kind="stable")
         times, values = pd.DatetimeIndex(times.to_numpy()[order]), values[order]
         if times.has_duplicates:
-            raise DataError(f"{source}: series '{shown(sid)}': duplicate timestamp {times[times.duplicated()][0]}")
+            twice = shown_time(times[times.duplicated()][0], self._named_in)
+            raise DataError(f"{source}: series '{shown(sid)}': duplicate timestamp {twice}")
         if len(times) < self.lookback:
             raise DataError(
                 f"{source}: series '{shown(sid)}' has {len(times)} points; this model needs the last {self.lookback}"
@@ -633,15 +647,18 @@ class Forecaster:
             where = gap[-1] if len(gap) else last[0]
             raise DataError(
                 f"{source}: series '{shown(sid)}': the last {self.lookback} steps are not a regular {step.freqstr} "
-                f"sequence (missing {where}); fill the gap before forecasting"
+                f"sequence (missing {shown_time(where, self._named_in)}); fill the gap before forecasting"
             )
         window = values[-self.lookback :]
         if not np.isfinite(window).all():
             j, k = np.argwhere(~np.isfinite(window))[0]
             what = f"covariate '{self.covariates[k - 1]}'" if k else "value"
-            raise DataError(f"{source}: series '{shown(sid)}': missing or non-numeric {what} at {last[j]}")
+            when = shown_time(last[j], self._named_in)
+            raise DataError(f"{source}: series '{shown(sid)}': missing or non-numeric {what} at {when}")
         names = ["value", *[f"covariate '{name}' value" for name in self.covariates]]
-        _refuse_beyond_float32(values if whole else window, times if whole else last, names, sid, source)
+        _refuse_beyond_float32(
+            values if whole else window, times if whole else last, names, sid, source, self._named_in
+        )
         return last[-1], window, values
 
 

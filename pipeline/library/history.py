@@ -102,6 +102,19 @@ def localised(times: pd.Series, zone: str, where: str, rows: np.ndarray | None =
     )
 
 
+def shown_time(time: object, zone: str | None = None) -> pd.Timestamp:
+    """A time as held (naive, in UTC where `zone` is given) as its data wrote it: in `zone`, with the offset it had
+    there, so that an error names the time a user finds in their file (`2024-10-27 02:30:00+01:00`, not the UTC
+    01:30 it is held as); as held where `zone` is None (naive data, or days held on the zone's wall clock)."""
+    stamp = pd.Timestamp(time)
+    if zone is None:
+        return stamp
+    try:
+        return stamp.tz_localize("UTC").tz_convert(zone)
+    except (OverflowError, ValueError):  # at the ends of the datetime64 range: as held, marked as UTC
+        return stamp.tz_localize("UTC")
+
+
 def in_zone(times: np.ndarray | pd.DatetimeIndex, zone: str | None, wall_clock: bool = False) -> pd.DatetimeIndex:
     """Naive UTC times (as ingest and predict hold them) in `zone`; unchanged (naive) for None.
 

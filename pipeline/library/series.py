@@ -20,7 +20,14 @@ from pipeline.library import covariates, scaling
 from pipeline.library.calendar import DAY_NS, fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
-from pipeline.library.history import instants_in_utc, localised, numbers_as_times, within_its_span, zone_name
+from pipeline.library.history import (
+    instants_in_utc,
+    localised,
+    numbers_as_times,
+    shown_time,
+    within_its_span,
+    zone_name,
+)
 
 if TYPE_CHECKING:
     from pipeline.library.sources import DataLayout
@@ -305,21 +312,22 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
         )
         unsorted = not ordered_before.all()
         frame = frame.iloc[order].reset_index(drop=True)
-    check_duplicates(frame, data.source)
+    check_duplicates(frame, data.source, zone)
     step = infer_freq(frame, data.freq, data.source)
     wall_clock = on_wall_clock(zone, step)
     if wall_clock:  # the same rows on the zone's clock: the order of instants is theirs, bar a repeated hour
         frame["time"] = aware.iloc[order].dt.tz_convert(zone).dt.tz_localize(None).to_numpy()
         check_duplicates(frame, data.source)
         step = infer_freq(frame, data.freq, data.source)
+    shown_in = None if wall_clock else zone  # errors name times as the data wrote them (`shown_time`)
 
     ids, starts, chunks, covs, statics, filled = [], [], [], [], [], []
     dropped = []
     for sid, part in frame.groupby("series", sort=True, observed=True):
-        values, made = regularise(str(sid), part, step, data) or (None, None)
+        values, made = regularise(str(sid), part, step, data, shown_in) or (None, None)
         if values is not None and data.covariates:
             grid = pd.date_range(part["time"].iloc[0], part["time"].iloc[-1], freq=step)
-            covs.append(covariates.on_grid(str(sid), part, data.covariates, grid, data))
+            covs.append(covariates.on_grid(str(sid), part, data.covariates, grid, data, shown_in))
             values = None if covs[-1] is None else values
         if values is None:
             dropped.append(str(sid))
@@ -373,13 +381,16 @@ def on_wall_clock(zone: str | None, step: pd.DateOffset) -> bool:
     return step_ns is None or step_ns >= DAY_NS
 
 
-def check_duplicates(frame: pd.DataFrame, source: str) -> None:
-    """The first repeated (series, time) of a frame sorted by series then time (stable: file order)."""
+def check_duplicates(frame: pd.DataFrame, source: str, zone: str | None = None) -> None:
+    """The first repeated (series, time) of a frame sorted by series then time (stable: file order); `zone`: the
+    times are held in UTC and named in that zone (`shown_time`)."""
     dup = frame.duplicated(["series", "time"], keep="first")
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         r = frame.iloc[i]
-        raise DataError(f"{source}: series '{shown(r.series)}': duplicate timestamp {r.time} (row {r.row})")
+        raise DataError(
+            f"{source}: series '{shown(r.series)}': duplicate timestamp {shown_time(r.time, zone)} (row {r.row})"
+        )
 
 
 def accepted(data: DataLayout, ids: list[str], unsorted: bool, dropped: list[str]) -> None:
@@ -396,7 +407,9 @@ MAX_GRID = 1_000_000
 """A series' regular grid may be longer than its rows by 10x, or up to this many points."""
 
 
-def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.DateOffset, source: str) -> None:
+def _check_span(
+    sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.DateOffset, source: str, zone: str | None
+) -> None:
     """Refuse a grid far longer than the series (one wrong year would allocate gigabytes)."""
     if isinstance(step, pd.offsets.Tick):  # fixed steps: count without building the grid, in Python integers
         unit_ns = pd.Timedelta(1, unit=times.unit).value  # pandas 3 parses text to seconds or microseconds
@@ -410,7 +423,8 @@ def _check_span(sid: str, part: pd.DataFrame, times: pd.DatetimeIndex, step: pd.
     rows = part["row"].to_numpy()
     raise DataError(
         f"{source}: series '{shown(sid)}': its timestamps span {points} steps of {step.freqstr} for {len(times)} rows "
-        f"(largest gap from {times[j]} (row {rows[j]}) to {times[j + 1]} (row {rows[j + 1]})); "
+        f"(largest gap from {shown_time(times[j], zone)} (row {rows[j]}) to {shown_time(times[j + 1], zone)} "
+        f"(row {rows[j + 1]})); "
         f"check those timestamps or data.freq"
     )
 
@@ -442,19 +456,21 @@ def _an_hour_off(stamp: pd.Timestamp, grid: pd.DatetimeIndex) -> bool:
 
 
 def regularise(
-    sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayout
+    sid: str, part: pd.DataFrame, step: pd.DateOffset, data: DataLayout, zone: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None] | None:
     """(the series on its full regular grid, with gaps and NaN/inf handled by `data.missing`; where it was filled,
-    or None where nothing was), or None for a series `data.missing: drop` leaves out."""
+    or None where nothing was), or None for a series `data.missing: drop` leaves out. `zone`: the times are held in
+    UTC and errors name them in that zone (`shown_time`)."""
     times = pd.DatetimeIndex(part["time"].to_numpy())
-    _check_span(sid, part, times, step, data.source)
+    _check_span(sid, part, times, step, data.source, zone)
     grid = pd.date_range(times[0], times[-1], freq=step).as_unit(times.unit)  # pandas 2: ns whatever the times
     target = part["target"].to_numpy(dtype=np.float64).copy()
     if len(grid) != len(times) or not grid.equals(times):
         on_grid = times.isin(grid)
         if not on_grid.all():
             j = int(np.flatnonzero(~on_grid)[0])
-            at = f"{data.source}: series '{shown(sid)}': timestamp {times[j]} (row {part['row'].iloc[j]}) is off the"
+            when = shown_time(times[j], zone)
+            at = f"{data.source}: series '{shown(sid)}': timestamp {when} (row {part['row'].iloc[j]}) is off the"
             if _an_hour_off(times[j], grid):
                 raise DataError(
                     f"{at} {step.freqstr} grid by an hour: a daylight-saving change moves local midnights by an hour "
@@ -474,8 +490,9 @@ def regularise(
                     f"{_span(pd.Timedelta(step))} ({origin}), so {len(missing)} would be missing; keep one frequency "
                     f"per source or set data.freq"
                 )
+            first = shown_time(missing[0], zone)
             raise DataError(
-                f"{data.source}: series '{shown(sid)}': {len(missing)} missing timestamp(s), first {missing[0]}; "
+                f"{data.source}: series '{shown(sid)}': {len(missing)} missing timestamp(s), first {first}; "
                 f"set data.missing to interpolate, ffill or drop"
             )
         if data.missing == "drop":
@@ -486,8 +503,9 @@ def regularise(
         if data.missing == "error":
             j = int(np.flatnonzero(bad)[0])
             row = part["row"].iloc[j] if j < len(part) and len(grid) == len(times) else "?"
+            when = shown_time(grid[j], zone)
             raise DataError(
-                f"{data.source}: series '{shown(sid)}': missing or non-finite target at {grid[j]} (row {row}); "
+                f"{data.source}: series '{shown(sid)}': missing or non-finite target at {when} (row {row}); "
                 f"set data.missing to interpolate, ffill or drop"
             )
         if data.missing == "drop":
@@ -496,16 +514,16 @@ def regularise(
     j = scaling.first_outside_domain(target, data.transform)
     if j is not None:
         row = part["row"].iloc[times.get_loc(grid[j])] if grid[j] in times else "?"
+        when = shown_time(grid[j], zone)
         raise DataError(
-            f"{data.source}: series '{shown(sid)}': value {target[j]:.6g} at {grid[j]} (row {row}) is negative; "
+            f"{data.source}: series '{shown(sid)}': value {target[j]:.6g} at {when} (row {row}) is negative; "
             f"data.transform: log1p needs values >= 0 (use data.transform: none)"
         )
     huge = np.abs(target) > scaling.FLOAT32_MAX
     if huge.any():  # the buffer is float32: it would hold inf
         j = int(np.flatnonzero(huge)[0])
-        raise DataError(
-            f"{data.source}: series '{shown(sid)}': {scaling.too_large_for_float32('value', target[j], grid[j])}"
-        )
+        what = scaling.too_large_for_float32("value", target[j], shown_time(grid[j], zone))
+        raise DataError(f"{data.source}: series '{shown(sid)}': {what}")
     return target, (bad if bad.any() else None)
 
 

@@ -183,7 +183,7 @@ def stream_series(batches: ParquetBatches, data: DataLayout) -> SeriesSet | None
     duplicate = grid.duplicate
     gappy = (grid.rows < lengths) & ~duplicate
 
-    faults = Faults(reader, names, step, data)
+    faults = Faults(reader, names, step, data, None if wall_clock else zone)
     if duplicate.any():  # the pandas path checks every series for duplicates first
         faults.raise_for(int(np.argmax(duplicate)))
     keep = np.ones(len(names), dtype=bool)
@@ -349,6 +349,7 @@ class Faults:
     names: list[str]
     step: pd.DateOffset
     data: DataLayout
+    zone: str | None = None  # the times are UTC instants, named in this zone (`shown_time`)
 
     def raise_for(self, code: int) -> None:
         parts = []
@@ -360,8 +361,8 @@ class Faults:
             {"series": self.names[code], "time": times.astype("datetime64[ns]"), "target": values, "row": rows}
         )
         frame = frame.sort_values("time", kind="stable").reset_index(drop=True)
-        check_duplicates(frame, self.data.source)
-        regularise(self.names[code], frame, self.step, self.data)
+        check_duplicates(frame, self.data.source, self.zone)
+        regularise(self.names[code], frame, self.step, self.data, self.zone)
         raise AssertionError(f"ingest: series '{self.names[code]}' was flagged but passes the checks")
 
 
