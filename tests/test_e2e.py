@@ -559,6 +559,37 @@ def test_daily_data_in_a_zone_with_summer_time_runs_on_its_wall_clock(tmp_path):
         assert name == "dates.csv" or list(forecast["time"]) == [str(t) for t in ahead]
 
 
+def test_a_day_whose_midnight_summer_time_skips_is_that_days_midnight_on_the_wall_clock(tmp_path):
+    """Santiago's summer time starts at midnight: 8 September 2024 has no 00:00 and starts at 01:00, where pandas and
+    databases write that day of a daily series. It is that date on the wall clock (it was off the D grid): ingest,
+    forecasts.csv and predict read it so and write it back at 01:00-03:00, as the data has it."""
+    n = 420
+    days = pd.date_range("2023-08-01", periods=n, freq="D").tz_localize("America/Santiago", nonexistent="shift_forward")
+    skipped = pd.Timestamp("2024-09-08 01:00", tz="America/Santiago")
+    assert skipped in days and days[-1] == pd.Timestamp("2024-09-23", tz="America/Santiago")
+    y = 50 + 10 * (days.dayofweek >= 5) + np.random.default_rng(8).normal(0, 1, n)
+    pd.DataFrame({"time": days, "y": y}).to_parquet(tmp_path / "daily.parquet")
+    data = {"source": str(tmp_path / "daily.parquet"), "target_column": "y", "test_size": 0.1}
+    _short_run(tmp_path, data, lookback=28, horizon=14)
+    run = tmp_path / "run"
+    meta = json.loads((run / "ingest/meta.json").read_text())
+    assert (meta["zone"], meta["wall_clock"], meta["freq"]) == ("America/Santiago", True, "D")
+    assert [s["length"] for s in meta["series"]] == [n]
+    assert str(skipped) in set(pd.read_csv(run / "evaluate/forecasts.csv")["time"])
+
+    model = Forecaster.load(run / "export")
+    history = pd.DataFrame({"time": days, "y": y})
+    before = model.predict(history.iloc[:400])  # ends 3 September: the horizon holds the 8th
+    assert list(before["time"]) == list(days[400:414]) and before["time"].iloc[4] == skipped
+    across = model.predict(history.assign(time=[t.isoformat() for t in days]).iloc[:-7])  # the 8th in its window
+    assert [str(t) for t in across["time"]] == [str(t) for t in days[413:]] + [
+        str(pd.Timestamp("2024-09-24", tz="America/Santiago") + pd.Timedelta(days=k)) for k in range(7)
+    ]
+    late = history.assign(time=history["time"].where(history.index != 100, days[100] + pd.Timedelta("1h")))
+    with pytest.raises(DataError, match=r"not a regular D sequence"):  # 01:00 on an ordinary day is no midnight
+        model.predict(late.iloc[:110])
+
+
 def test_future_covariates_of_a_model_on_naive_local_times_are_read_on_its_clock(tmp_path):
     """The horizon after 27 October 00:00 in Berlin holds 02:00 twice: naive future covariates are read in the order
     written, as the history is, and give the forecast the same rows with offsets give."""

@@ -377,6 +377,38 @@ def test_off_grid_timestamp_names_row():
     assert "2022-01-01 03:20:00" in msg and "row 4" in msg and "off the" in msg
 
 
+def test_a_day_whose_midnight_the_zone_skips_is_read_as_that_date(tmp_path):
+    """8 September 2024 in Santiago starts at 01:00 (summer time skips its midnight), where a daily series' time
+    is written: both readers, typed and as text with data.zone, hold it as that date; 01:00 on another day is still
+    off the grid, named as the wall clock shows it."""
+    from pipeline.library.series_stream import stream_series
+    from pipeline.library.sources import parquet_batches
+
+    days = pd.date_range("2024-08-01", periods=60, freq="D").tz_localize(
+        "America/Santiago", nonexistent="shift_forward"
+    )
+    assert days[38] == pd.Timestamp("2024-09-08 01:00", tz="America/Santiago")
+    pd.DataFrame({"time": days, "y": np.arange(60.0)}).to_parquet(tmp_path / "typed.parquet")
+    pd.DataFrame({"time": [t.isoformat() for t in days], "y": np.arange(60.0)}).to_csv(tmp_path / "text.csv")
+    cfg = _cfg(tmp_path / "typed.parquet")
+    streamed = stream_series(parquet_batches(cfg), cfg)
+    for series in (streamed, _load(tmp_path / "typed.parquet"), _load(tmp_path / "text.csv", zone="America/Santiago")):
+        assert (series.freq, series.zone, series.wall_clock, series.lengths.tolist()) == (
+            "D", "America/Santiago", True, [60]
+        )  # fmt: skip
+        assert pd.Timestamp(series.starts[0]) == pd.Timestamp("2024-08-01")
+        np.testing.assert_array_equal(series.values, np.arange(60.0))
+
+    late = days.where(np.arange(60) != 10, days[10] + pd.Timedelta("1h"))
+    pd.DataFrame({"time": late, "y": np.arange(60.0)}).to_parquet(tmp_path / "late.parquet")
+    words = r"timestamp 2024-08-11 01:00:00 \(row 11\) is off the (D|24h) grid \(irregular spacing"
+    cfg = _cfg(tmp_path / "late.parquet")
+    with pytest.raises(DataError, match=words):
+        stream_series(parquet_batches(cfg), cfg)
+    with pytest.raises(DataError, match=words):
+        _load(tmp_path / "late.parquet")
+
+
 def test_errors_name_times_in_the_zone_the_data_was_written_in(tmp_path):
     """Zoned data is held in UTC, yet an error names each time as the file has it: in the data's zone with its
     offset (10:00 Berlin summer time, not the 08:00 UTC it is held as), naive local times read with data.zone and

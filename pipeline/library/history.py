@@ -159,9 +159,47 @@ def parse_times(
 
 def held(times: pd.Series, clock: str | None = None) -> pd.Series:
     """Parsed timestamps as a model holds them: naive, aware ones in UTC or on the wall clock of `clock`."""
-    if times.dt.tz is not None:
-        times = times.dt.tz_convert(clock or "UTC").dt.tz_localize(None)
-    return times
+    if times.dt.tz is None:
+        return times
+    if clock is None:
+        return times.dt.tz_convert("UTC").dt.tz_localize(None)
+    return pd.Series(on_the_wall_clock(times, clock), index=times.index, name=times.name)
+
+
+def on_the_wall_clock(times: pd.Series, zone: str) -> np.ndarray:
+    """Aware timestamps as naive datetime64[ns] on `zone`'s wall clock, where days are counted (`on_wall_clock`)."""
+    instants = times.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    local = times.dt.tz_convert(zone).dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return skipped_midnights(local, instants, zone).view("datetime64[ns]")
+
+
+DAY = pd.Timedelta("1D").value
+
+
+def skipped_midnights(local: np.ndarray, instants: np.ndarray, zone: str) -> np.ndarray:
+    """`local` (int64 ns on `zone`'s wall clock) with each day that starts after a skipped midnight put back at it.
+
+    Where summer time starts at midnight (Santiago, Havana, Cairo; Sao Paulo until 2019) that day has no 00:00: it
+    starts at 01:00, and pandas, databases and exports write a daily series' time there. On the wall clock it is
+    still that day, so it counts as its midnight; a 01:00 on any other day stays off the grid. `instants`: the same
+    times as int64 ns in UTC. Writing back (`in_zone`) puts such a midnight at 01:00 again."""
+    odd = np.flatnonzero(local % DAY != 0)
+    if not len(odd):
+        return local
+    midnights = local[odd] - local[odd] % DAY
+    meant = pd.DatetimeIndex(midnights.view("datetime64[ns]"))
+    every = np.ones(len(odd), dtype=bool)
+    try:
+        skipped = meant.tz_localize(zone, ambiguous=every, nonexistent="NaT").isna()
+        start = meant.tz_localize(zone, ambiguous=every, nonexistent="shift_forward").tz_convert("UTC")
+    except Exception:  # a zone pandas cannot name (Arrow's text for an offset), or the ends of the range: no change
+        return local
+    at_start = skipped & (start.tz_localize(None).as_unit("ns").asi8 == instants[odd])
+    if not at_start.any():
+        return local
+    out = local.copy()
+    out[odd[at_start]] = midnights[at_start]
+    return out
 
 
 def within_its_span(times: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from pipeline.library.history import (
     instants_in_utc,
     localised,
     numbers_as_times,
+    on_the_wall_clock,
     shown_time,
     within_its_span,
     zone_name,
@@ -316,7 +317,7 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     step = infer_freq(frame, data.freq, data.source)
     wall_clock = on_wall_clock(zone, step)
     if wall_clock:  # the same rows on the zone's clock: the order of instants is theirs, bar a repeated hour
-        frame["time"] = aware.iloc[order].dt.tz_convert(zone).dt.tz_localize(None).to_numpy()
+        frame["time"] = on_the_wall_clock(aware.iloc[order], zone)
         check_duplicates(frame, data.source)
         step = infer_freq(frame, data.freq, data.source)
     shown_in = None if wall_clock else zone  # errors name times as the data wrote them (`shown_time`)
@@ -471,7 +472,7 @@ def regularise(
             j = int(np.flatnonzero(~on_grid)[0])
             when = shown_time(times[j], zone)
             at = f"{data.source}: series '{shown(sid)}': timestamp {when} (row {part['row'].iloc[j]}) is off the"
-            if _an_hour_off(times[j], grid):
+            if zone == "UTC" and _an_hour_off(times[j], grid):  # read in UTC: local midnights across a change
                 raise DataError(
                     f"{at} {step.freqstr} grid by an hour: a daylight-saving change moves local midnights by an hour "
                     f"in UTC, the clock these timestamps are read on; set data.zone to theirs (e.g. Europe/Berlin) to "

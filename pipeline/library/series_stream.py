@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from pipeline.library.calendar import fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError
-from pipeline.library.history import zone_name
+from pipeline.library.history import skipped_midnights, zone_name
 from pipeline.library.series import (
     MAX_GRID,
     SeriesSet,
@@ -122,7 +122,9 @@ class Reader:
                 f"{self.data.source}: timestamps outside the years 1677-2262 (the range of nanosecond times)"
             ) from None
         if self.clock is not None and col.type.tz is not None:  # the same instants, as that clock shows them
-            col = pc.local_timestamp(col.cast(pa.timestamp("ns", self.clock)))
+            instants = col.cast(pa.int64()).to_numpy()
+            local = pc.local_timestamp(col.cast(pa.timestamp("ns", self.clock))).cast(pa.int64()).to_numpy()
+            return skipped_midnights(local, instants, self.clock)
         return col.cast(pa.int64()).to_numpy()
 
     def _codes(self, batch: pa.RecordBatch, first_row: int) -> np.ndarray:
