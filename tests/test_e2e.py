@@ -590,6 +590,28 @@ def test_a_day_whose_midnight_summer_time_skips_is_that_days_midnight_on_the_wal
         model.predict(late.iloc[:110])
 
 
+def test_a_day_first_export_trains_and_predicts_in_its_order(tmp_path):
+    """Hourly data from a day-first export (02/01/2024 13:00): ingest reads it in that order (no gap, none filled)
+    and records it; predict reads a history of 1-10 March, whose dates cannot tell the order, by the model's, and
+    gives the forecast the same rows with ISO dates give."""
+    hours = pd.date_range("2024-01-01", "2024-03-10 23:00", freq="h")
+    y = 10 + 3 * np.sin(2 * np.pi * hours.hour / 24) + np.random.default_rng(2).normal(0, 0.2, len(hours))
+    frame = pd.DataFrame({"time": hours.strftime("%d/%m/%Y %H:%M"), "y": y})
+    frame.to_csv(tmp_path / "export.csv", index=False)
+    _short_run(tmp_path, {"source": str(tmp_path / "export.csv"), "target_column": "y"}, lookback=48, horizon=24)
+    run = tmp_path / "run"
+    meta = json.loads((run / "ingest/meta.json").read_text())
+    assert (meta["date_order"], meta["series"][0]["length"], meta.get("filled_points", 0)) == ("day_first", len(y), 0)
+    assert json.loads((run / "export/forecaster.json").read_text())["date_order"] == "day_first"
+
+    model = Forecaster.load(run / "export")
+    march = frame.iloc[-240:]  # 1-10 March: every number 12 or less
+    forecast = model.predict(march)
+    iso = model.predict(march.assign(time=hours[-240:].strftime("%Y-%m-%d %H:%M")))
+    np.testing.assert_array_equal(forecast["forecast"], iso["forecast"])
+    assert forecast["time"].iloc[0] == pd.Timestamp("2024-03-11 00:00")
+
+
 def test_future_covariates_of_a_model_on_naive_local_times_are_read_on_its_clock(tmp_path):
     """The horizon after 27 October 00:00 in Berlin holds 02:00 twice: naive future covariates are read in the order
     written, as the history is, and give the forecast the same rows with offsets give."""

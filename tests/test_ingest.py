@@ -409,6 +409,46 @@ def test_a_day_whose_midnight_the_zone_skips_is_read_as_that_date(tmp_path):
         _load(tmp_path / "late.parquet")
 
 
+def test_dates_written_in_numbers_only_are_read_in_the_order_the_column_shows(tmp_path):
+    """02/01/2024 is 2 January in a day-first export: pandas read it as 1 February and 13/01/2024 as 13 January,
+    row by row, so the series came out as gaps and disorder that data.missing would fill. The column decides the
+    order once (a first number above 12: day first; a second: month first); one that cannot tell, or tells both,
+    or contradicts data.date_order, is one line naming a row."""
+    hours = pd.date_range("2024-01-01", "2024-01-20 23:00", freq="h")
+    for fmt, order in (
+        ("%d/%m/%Y %H:%M", "day_first"),
+        ("%d.%m.%Y %H:%M", "day_first"),
+        ("%m/%d/%Y %H:%M", "month_first"),
+    ):
+        frame = pd.DataFrame({"time": hours.strftime(fmt), "y": np.arange(len(hours), dtype=float)})
+        frame.to_csv(tmp_path / "dates.csv", index=False)
+        series = _load(tmp_path / "dates.csv")
+        assert (series.freq, series.lengths.tolist(), series.date_order) == ("h", [len(hours)], order), fmt
+        assert pd.Timestamp(series.starts[0]) == hours[0]
+        np.testing.assert_array_equal(series.values, np.arange(len(hours), dtype=float))
+
+    early = pd.DataFrame({"time": hours[:240].strftime("%d/%m/%Y %H:%M"), "y": np.arange(240.0)})  # 1-10 January
+    early.to_csv(tmp_path / "early.csv", index=False)
+    with pytest.raises(DataError) as info:
+        _load(tmp_path / "early.csv")
+    assert str(info.value) == (
+        f"{tmp_path / 'early.csv'}: row 1: '01/01/2024 00:00' reads as day first or as month first, and no date of "
+        "the column tells which (each number is 12 or less); set data.date_order (day_first or month_first) or write "
+        "ISO dates (2024-01-02)"
+    )
+    series = _load(tmp_path / "early.csv", date_order="day_first")
+    assert pd.Timestamp(series.starts[0]) + 239 * pd.Timedelta("1h") == hours[239] and series.lengths.tolist() == [240]
+    with pytest.raises(
+        DataError, match=r"row 289: '01/13/2024 00:00' is no date written day first \(data.date_order\)"
+    ):
+        _load(tmp_path / "dates.csv", date_order="day_first")  # the loop's last file: month first
+    both = pd.DataFrame({"time": ["13/01/2024", "14/01/2024", "01/15/2024"], "y": [1.0, 2.0, 3.0]})
+    with pytest.raises(DataError, match=r"day first \(row 1: '13/01/2024'\) and month first \(row 3: '01/15/2024'\)"):
+        prepare_series(both, _cfg())
+    iso = pd.DataFrame({"time": hours.strftime("%Y-%m-%d %H:%M"), "y": np.arange(len(hours), dtype=float)})
+    assert prepare_series(iso, _cfg()).date_order is None
+
+
 def test_errors_name_times_in_the_zone_the_data_was_written_in(tmp_path):
     """Zoned data is held in UTC, yet an error names each time as the file has it: in the data's zone with its
     offset (10:00 Berlin summer time, not the 08:00 UTC it is held as), naive local times read with data.zone and

@@ -84,6 +84,11 @@ class DataConfig:
     the hour summer time repeats is told apart by the order of each series' rows (the first is summer time), and a
     time the clock skips is refused in one line. Steps of a day or longer count days on the zone's clock (local
     midnights are 23 or 25 hours apart across a summer-time change), shorter steps are durations between instants."""
+    date_order: Literal["auto", "day_first", "month_first"] = _added("auto")
+    """How dates written in numbers only (02/01/2024, 2.1.2024, 02-01-2024) order the day and the month. `auto`: as
+    the time column shows it (day first where some first number is above 12, month first where some second one is),
+    refused in one line where no date tells (every number 12 or less, as in the first days of a month). The order is
+    recorded: `predict` reads a history by it where the history does not tell. ISO dates (2024-01-02) need none."""
     freq: str | None = None
     """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent, from the longest series (across
     its gaps: the step, of its most common difference and the business-day, month, quarter and year steps, whose grid

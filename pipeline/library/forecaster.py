@@ -24,6 +24,7 @@ from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import (
     held,
     in_zone,
+    numeric_dates,
     parse_times,
     parsed_column,
     read_history,
@@ -165,6 +166,7 @@ class Forecaster:
         if scale not in SCALE_FROM:
             raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {shown(repr(scale))}")
         time_col = self.spec.time_column
+        history, future = self._dates_in_order(history, source), self._dates_in_order(future, future_source)
         parsed = parsed_column(history[time_col]) if time_col in history else None  # once: large histories
         ids, last, windows, fresh = self._split_history(history, source, scale, parsed)
         wanted = self._future_times_in_range(ids, last, source)
@@ -490,6 +492,15 @@ class Forecaster:
         """The zone whose local time a naive history is (a model trained on naive local times of steps under a
         day), or None: naive times are read as they are."""
         return self.spec.zone if self.spec.local_times and not self.spec.wall_clock else None
+
+    def _dates_in_order(self, frame: pd.DataFrame | None, source: str) -> pd.DataFrame | None:
+        """`frame` with its dates written in numbers only (02/01/2024) rewritten year first, in the order its time
+        column shows, else the order of the model's data (a history of the first days of a month does not tell)."""
+        time_col = self.spec.time_column
+        if not isinstance(frame, pd.DataFrame) or time_col not in frame:
+            return frame
+        written, order = numeric_dates(frame[time_col], source, fallback=self.spec.date_order)
+        return frame if order is None else frame.assign(**{time_col: written})
 
     @property
     def _named_in(self) -> str | None:

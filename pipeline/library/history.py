@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,62 @@ def numbers_as_times(col: pd.Series, where: str) -> None:
             f"{where}: the time column holds numbers (first {shown(repr(first.item()))}), not timestamps; "
             "write dates or times (e.g. 2024-01-01 or 2024-01-01 13:30)"
         )
+
+
+DATE_ORDERS = ("day_first", "month_first")
+
+# a date written in numbers only, day and month in either order, a four-digit year: 02/01/2024, 2.1.2024, 02-01-2024
+_NUMERIC_DATE = r"^\s*(\d{1,2})([/.\-])(\d{1,2})\2(\d{4})(?!\d)"
+
+
+def numeric_dates(
+    col: pd.Series, where: str, order: str = "auto", fallback: str | None = None
+) -> tuple[pd.Series, str | None]:
+    """(the column with its dates written in numbers only rewritten year first, the order they were read in).
+
+    pandas reads 02/01/2024 as 1 February and 13/01/2024 as 13 January, row by row: a day-first column comes out
+    half in the wrong month, as gaps and disorder that `data.missing` would fill. The order is one per column:
+    `order` where given (`data.date_order`: `day_first` or `month_first`), else the dates' own: day first where some
+    first number is above 12, month first where some second one is, else `fallback` (the order a model was trained
+    on). None where the column's first timestamp is no such date (ISO dates, named months). A column showing both
+    orders, or the other one than `order`, or neither with nothing to go by, is one line naming a row."""
+    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_numeric_dtype(col) or col.isna().all():
+        return col, None
+    text = pd.Series(col.to_numpy(dtype=object)).dropna().astype(str)  # indexed by position
+    if not re.match(_NUMERIC_DATE, text.iloc[0]):
+        return col, None
+    parts = text.str.extract(_NUMERIC_DATE + r"(.*)$", flags=re.DOTALL).dropna(subset=[0])
+    first, second = parts[0].astype(int), parts[2].astype(int)
+    day_first, month_first = first > 12, second > 12
+
+    def row(flags: pd.Series) -> str:
+        k = int(flags.idxmax())
+        return f"row {k + 1}: {shown(repr(text[k]))}"
+
+    if day_first.any() and month_first.any():
+        raise DataError(
+            f"{where}: dates written day first ({row(day_first)}) and month first ({row(month_first)}) in one time "
+            "column; write them one way (ISO: 2024-01-02)"
+        )
+    seen = "day_first" if day_first.any() else "month_first" if month_first.any() else None
+    if seen is not None and order in DATE_ORDERS and seen != order:
+        raise DataError(
+            f"{where}: {row(day_first | month_first)} is no date written {order.replace('_', ' ')} (data.date_order)"
+        )
+    order = order if order in DATE_ORDERS else seen or fallback
+    if order is None:
+        raise DataError(
+            f"{where}: {row(first > 0)} reads as day first or as month first, and no date of the column tells which "
+            "(each number is 12 or less); set data.date_order (day_first or month_first) or write ISO dates "
+            "(2024-01-02)"
+        )
+    day, month = (first, second) if order == "day_first" else (second, first)
+    if not ((day >= 1) & (day <= 31) & (month >= 1) & (month <= 12)).all():
+        return col, order  # no date in that order: pandas' parse names the row
+    iso = parts[3] + "-" + month.astype(str).str.zfill(2) + "-" + day.astype(str).str.zfill(2) + parts[4]
+    out = col.to_numpy(dtype=object).copy()
+    out[iso.index.to_numpy()] = iso.to_numpy()
+    return pd.Series(out, index=col.index, name=col.name), order
 
 
 # a written time of day followed by a zone or a UTC offset (a date's own "-01" is no offset)

@@ -245,6 +245,7 @@ class IngestRecord(Record):
     zone: str | None = None  # the zone the source's timestamps carried (held in UTC), forecasts' times are in
     wall_clock: bool = False  # the series' times are held on the zone's wall clock, not in UTC (days and longer)
     local_times: bool = False  # the source's timestamps were naive local times on the zone's clock (data.zone)
+    date_order: str | None = None  # dates written in numbers only: day_first or month_first
     filled_points: int = 0  # points data.missing filled (values.arrow's `filled` column): inputs, never scored
 
     @property
@@ -282,7 +283,7 @@ class IngestRecord(Record):
             n_points=self.n_points,
             series=self.series.to_json(),
         )
-        payload.update(clock_to_json(self.zone, self.wall_clock, self.local_times))
+        payload.update(clock_to_json(self.zone, self.wall_clock, self.local_times, self.date_order))
         if self.filled_points:
             payload["filled_points"] = self.filled_points
         if self.season_checks is not None:
@@ -511,6 +512,7 @@ class ForecasterSpec:
     zone: str | None = None  # the data's zone: predict writes in it where a history's UTC offsets differ
     wall_clock: bool = False  # the model counts days on the zone's wall clock: a history's times are read on it
     local_times: bool = False  # trained on naive local times: a naive history is read on the zone's clock too
+    date_order: str | None = None  # the data's dates were written in numbers only, in this order: a history's too
 
     def to_json(self) -> dict[str, Any]:
         payload = {
@@ -535,7 +537,7 @@ class ForecasterSpec:
             payload["static_covariates"] = {"mean": self.static_loc, "scale": self.static_scale}
         if self.base is not None:
             payload["base"] = self.base
-        payload.update(clock_to_json(self.zone, self.wall_clock, self.local_times))
+        payload.update(clock_to_json(self.zone, self.wall_clock, self.local_times, self.date_order))
         return payload
 
     @classmethod
@@ -565,10 +567,17 @@ class ForecasterSpec:
         )
 
 
-def clock_to_json(zone: str | None, wall_clock: bool, local_times: bool) -> dict[str, Any]:
-    """The data's clock as ingest's and the forecaster's records write it: only what differs from naive times in
-    UTC, so that files written before a field existed read as they were."""
-    fields = {"zone": zone, "wall_clock": wall_clock or None, "local_times": local_times or None}
+def clock_to_json(
+    zone: str | None, wall_clock: bool, local_times: bool, date_order: str | None = None
+) -> dict[str, Any]:
+    """The data's clock (and how its dates were written) as ingest's and the forecaster's records write it: only
+    what differs from naive ISO times in UTC, so that files written before a field existed read as they were."""
+    fields = {
+        "zone": zone,
+        "wall_clock": wall_clock or None,
+        "local_times": local_times or None,
+        "date_order": date_order,
+    }
     return {key: value for key, value in fields.items() if value is not None}
 
 
@@ -578,4 +587,5 @@ def clock_from_json(payload: dict[str, Any]) -> dict[str, Any]:
         "zone": payload.get("zone"),
         "wall_clock": bool(payload.get("wall_clock", False)),
         "local_times": bool(payload.get("local_times", False)),
+        "date_order": payload.get("date_order"),
     }

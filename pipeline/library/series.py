@@ -24,6 +24,7 @@ from pipeline.library.history import (
     instants_in_utc,
     localised,
     numbers_as_times,
+    numeric_dates,
     on_the_wall_clock,
     shown_time,
     within_its_span,
@@ -51,6 +52,7 @@ class SeriesSet:
     zone: str | None = None  # the zone the timestamps were written in (they are held in UTC); None: none given
     wall_clock: bool = False  # held on the zone's wall clock, not in UTC: steps of a day or longer (`on_wall_clock`)
     local_times: bool = False  # the source's timestamps were naive, local times on the clock data.zone names
+    date_order: str | None = None  # dates written in numbers only: day_first or month_first (`numeric_dates`)
 
     @property
     def offsets(self) -> np.ndarray:
@@ -294,6 +296,11 @@ def _first_quarter_anchor(step: pd.DateOffset) -> pd.DateOffset:
 
 def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     """Sort, check duplicates and spacing, apply the missing-value policy; one clean regular set."""
+    time_col = columns_of(list(table.columns), data)[1]
+    written, date_order = numeric_dates(table[time_col], data.source, data.date_order)
+    if date_order is not None:  # 02/01/2024 read as the column shows it, not row by row
+        table = table.assign(**{time_col: written})
+        log.info("ingest: dates written in numbers only read %s", date_order.replace("_", " "))
     frame = to_long(table, data)
     if frame.empty:
         raise DataError(f"{data.source}: no rows")
@@ -346,7 +353,9 @@ def prepare_series(table: pd.DataFrame, data: DataLayout) -> SeriesSet:
     made = np.concatenate(filled)
     made = made if made.any() else None
     values = np.concatenate(chunks)
-    return SeriesSet(ids, starts, lengths, values, step.freqstr, cov, static, made, zone, wall_clock, local_times)
+    return SeriesSet(
+        ids, starts, lengths, values, step.freqstr, cov, static, made, zone, wall_clock, local_times, date_order
+    )
 
 
 def data_zone(written: str | None, data: DataLayout) -> str | None:

@@ -45,6 +45,7 @@ class DataLayout(Protocol):
     target_column: str
     freq: str | None
     zone: str
+    date_order: str
     missing: str
     transform: str
     scaling: str

@@ -100,6 +100,7 @@ def split_and_scale(series: SeriesSet, data: DataLayout, test_size: int | float 
         zone=series.zone,
         wall_clock=series.wall_clock,
         local_times=series.local_times,
+        date_order=series.date_order,
         filled_points=0 if series.filled is None else int(series.filled.sum()),
     )
 

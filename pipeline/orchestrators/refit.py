@@ -132,6 +132,7 @@ def fold_series(table, ingest: IngestRecord, series: np.ndarray, cutoffs: np.nda
         zone=ingest.zone,
         wall_clock=ingest.wall_clock,
         local_times=ingest.local_times,
+        date_order=ingest.date_order,
     )
 
 

@@ -155,6 +155,7 @@ def forecaster_spec(cfg: Config, trained: TrainRecord, ingest: IngestRecord, met
         zone=ingest.zone,
         wall_clock=ingest.wall_clock,
         local_times=ingest.local_times,
+        date_order=ingest.date_order,
     )
 
 
