@@ -342,11 +342,23 @@ def test_missing_config_file(tmp_path):
         ("train.lr=nan", "train.lr"),
         ("train.lr=.nan", "train.lr"),
         ("model.hidden_size=0", "model.hidden_size"),
+        ("train.log_every=0", "train.log_every"),  # was a ZeroDivisionError once training started
     ],
 )
 def test_non_positive_rejected(override, key):
     msg = _error(override)
     assert f"{key} must be positive" in msg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("seed=-1", "seed"), ("seed=4294967296", "seed"), ("data.synthetic.seed=-1", "data.synthetic.seed")],
+)
+def test_a_seed_the_generators_refuse_is_refused_at_load(override, key):
+    """numpy and torch take seeds from 0 to 2**32 - 1: another one was a traceback after ingest and window ran."""
+    value = override.split("=")[1]
+    assert _error(override) == f"override '{override}': {key} must be between 0 and 4294967295 (2**32 - 1), got {value}"
+    load_config(None, ["seed=4294967295"])
 
 
 @pytest.mark.parametrize(

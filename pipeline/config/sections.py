@@ -49,6 +49,7 @@ class SyntheticConfig:
     """Seed of the generator (independent of the training seed)."""
 
     def __post_init__(self) -> None:
+        _seed("data.synthetic.seed", self.seed)
         _positive("data.synthetic.n_series", self.n_series)
         _positive("data.synthetic.length", self.length)
         if self.min_length is not None:
@@ -372,7 +373,7 @@ class TrainConfig:
     """Keep the whole training buffer on the accelerator (`auto`: when it takes under half its free memory)."""
 
     def __post_init__(self) -> None:
-        for key in ("batch_size", "gradient_accumulation_steps", "eval_every", "keep_last"):
+        for key in ("batch_size", "gradient_accumulation_steps", "eval_every", "keep_last", "log_every"):
             _positive(f"train.{key}", getattr(self, key))
         if self.max_steps != "auto":
             _positive("train.max_steps", self.max_steps)
@@ -547,6 +548,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_finite(self)
+        _seed("seed", self.seed)
         if not self.name.strip():
             raise ConfigError("name is empty")
         if not self.output_dir.strip():  # the run would write config.yaml and every stage into the current directory
@@ -683,6 +685,12 @@ def _check_freq(key: str, value: str) -> None:
         raise ConfigError(f"{key}: '{value}' is not a pandas frequency alias (e.g. 30min, h, D, MS)")
     if offset.n < 1:
         raise ConfigError(f"{key}: '{value}' is not a positive step (e.g. 30min, h, D, MS)")
+
+
+def _seed(key: str, value: int) -> None:
+    """numpy's and torch's generators take seeds from 0 to 2**32 - 1; another one fails only once training starts."""
+    if not 0 <= value < 2**32:
+        raise ConfigError(f"{key} must be between 0 and 4294967295 (2**32 - 1), got {value}")
 
 
 def _positive(key: str, value: float) -> None:
