@@ -182,6 +182,41 @@ def test_predict_cli_forecasts_the_next_horizon(finished_run, tmp_path):
     assert np.mean(np.abs(forecast["forecast"] - truth)) < np.mean(np.abs(truth)) * 0.5
 
 
+def test_predict_writes_the_format_its_output_suffix_names(finished_run, tmp_path):
+    """`--output f.parquet` was CSV text under that name; each suffix `--input` reads is now written as such, with
+    the same numbers, and any other is refused before any work, the file of that name kept."""
+    run, _, _ = finished_run
+    generate_synthetic(SyntheticConfig(n_series=2, length=300, freq="h", seed=1)).to_csv(
+        tmp_path / "history.csv", index=False
+    )
+
+    def predict(name: str):
+        return cli_in_process("predict", "--model", str(run / "export"), "--input", str(tmp_path / "history.csv"),
+                              "--output", str(tmp_path / name))  # fmt: skip
+
+    assert predict("f.csv").returncode == 0
+    csv = pd.read_csv(tmp_path / "f.csv", parse_dates=["time"], float_precision="round_trip")
+    readers = {
+        "f.parquet": pd.read_parquet,
+        "f.tsv": partial(pd.read_csv, sep="\t", float_precision="round_trip"),
+        "f.json": partial(pd.read_json, precise_float=True),
+        "f.jsonl": partial(pd.read_json, lines=True, precise_float=True),
+    }
+    for name, read in readers.items():
+        assert predict(name).returncode == 0, name
+        frame = read(tmp_path / name)
+        assert list(frame.columns) == list(csv.columns) and len(frame) == 2 * 12, name
+        np.testing.assert_array_equal(frame["forecast"], csv["forecast"], err_msg=name)
+        assert list(pd.to_datetime(frame["time"])) == list(csv["time"]), name
+    (tmp_path / "f.xlsx").write_text("kept")
+    done = predict("f.xlsx")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'f.xlsx'}: unknown forecast file format '.xlsx' (--output; use .csv, .tsv, .parquet, "
+        ".json or .jsonl)"
+    )
+    assert (tmp_path / "f.xlsx").read_text() == "kept"
+
+
 def test_the_model_card_says_what_predict_does_with_a_series_it_never_saw(finished_run):
     run, config, _ = finished_run
     card = (run / "export" / "README.md").read_text()

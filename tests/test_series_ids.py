@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipeline.library.forecaster import Forecaster
 from pipeline.orchestrators.forecast_io import read_csv_text
 
 from .conftest import cli_in_process, write_config
@@ -81,3 +82,15 @@ def test_predict_reads_the_ids_as_written_and_forecasts_them_as_trained(trained,
     both = first.merge(forecast, left_on=["series", "time"], right_on=["id", "time"], suffixes=("_eval", ""))
     assert len(both) == 2 * 6
     np.testing.assert_allclose(both["forecast"], both["forecast_eval"], rtol=1e-5)
+
+
+def test_the_documented_python_call_reads_the_ids_as_written(trained):
+    """docs/python.md's `forecaster.predict(forecaster.read_history(path))`: the ids as text, as the CLI reads them
+    (the module's `read_history` without the id column gave 7 and 10 as numbers, series the model never saw)."""
+    tmp, data = trained
+    data.to_csv(tmp / "python_history.csv", index=False)
+    forecaster = Forecaster.load(tmp / "run/export")
+    history = forecaster.read_history(tmp / "python_history.csv")
+    assert sorted(history["id"].unique()) == list(IDS)
+    forecast = forecaster.predict(history)
+    assert sorted(forecast["id"].unique()) == list(IDS) and len(forecast) == 2 * 6

@@ -32,11 +32,16 @@ def make_dirs(path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename: readers see the old or the new file, never half."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`write_text_atomic` for bytes (a parquet file)."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         make_dirs(path.parent)
-        with open(tmp, "w") as fh:
-            fh.write(text)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

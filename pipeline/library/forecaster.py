@@ -137,6 +137,11 @@ class Forecaster:
     def future_covariates(self) -> list[str]:
         return list(self.model.spec.future_covariates)
 
+    def read_history(self, path: str | Path, what: str = "history") -> pd.DataFrame:
+        """A history (or future covariates) file as `predict` reads it: the model's id column as text, so that ids
+        "007" and "7" stay two series (read as numbers, they merge, or come back as 7)."""
+        return read_history(path, what, self.spec.id_column)
+
     def predict(
         self,
         history: pd.DataFrame,

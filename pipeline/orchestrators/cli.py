@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="forecast the next horizon from a history file")
     p.add_argument("--model", required=True, help="export directory (or a registry's <dir>/<name>/current)")
     p.add_argument("--input", required=True, help="history csv/parquet/json")
-    p.add_argument("--output", required=True, help="forecast csv to write")
+    p.add_argument("--output", required=True, help="forecast file to write (.csv, .tsv, .parquet, .json or .jsonl)")
     p.add_argument("--future", help="future covariates for the horizon (models trained with data.future_covariates)")
     p.add_argument(
         "--scale",
@@ -179,17 +179,17 @@ def run_command(args: argparse.Namespace) -> int:
 def predict(
     model_dir: Path, history_path: Path, output: Path, future_path: Path | None = None, scale: str = "training"
 ) -> None:
-    from pipeline.library.artifacts import write_text_atomic
-    from pipeline.library.forecaster import Forecaster, read_history
+    from pipeline.library.artifacts import write_bytes_atomic
+    from pipeline.library.forecaster import Forecaster
     from pipeline.library.registry_store import resolve_model_dir
-    from pipeline.orchestrators.forecast_io import forecast, forecast_csv
+    from pipeline.orchestrators.forecast_io import forecast, forecast_bytes, forecast_format
 
+    kind = forecast_format(output)
     forecaster = Forecaster.load(resolve_model_dir(model_dir))
-    id_column = forecaster.spec.id_column
-    future = read_history(future_path, "future covariates", id_column) if future_path else None
-    history = read_history(history_path, id_column=id_column)
+    future = forecaster.read_history(future_path, "future covariates") if future_path else None
+    history = forecaster.read_history(history_path)
     result = forecast(forecaster, history, str(history_path), future, str(future_path), scale)
-    write_text_atomic(output, forecast_csv(result))
+    write_bytes_atomic(output, forecast_bytes(result, kind))
     log.info("predict: wrote %d rows to %s", len(result), output)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.library.errors import DataError
@@ -62,6 +63,37 @@ def forecast(
 def forecast_csv(forecast: pd.DataFrame) -> str:
     """The forecast as `predict` writes it (floats in their shortest exact form)."""
     return forecast.to_csv(index=False)
+
+
+FORECAST_FORMATS = {"": "csv", ".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".parquet": "parquet", ".json": "json"}
+FORECAST_FORMATS[".jsonl"] = "jsonl"
+
+
+def forecast_format(path: Path) -> str:
+    """The format `predict --output` writes, by the file's suffix (as `--input` is read): a suffix of no format it
+    writes is refused before any work, not written as CSV under a name that says otherwise."""
+    kind = FORECAST_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"{path}: unknown forecast file format '{path.suffix}' (--output; use .csv, .tsv, .parquet, .json or "
+            ".jsonl)"
+        )
+    return kind
+
+
+def forecast_bytes(forecast: pd.DataFrame, kind: str) -> bytes:
+    """The forecast as a file of `kind` (`forecast_format`): CSV as `forecast_csv`, JSON as the service's records."""
+    if kind == "parquet":
+        out = io.BytesIO()
+        forecast.to_parquet(out, index=False)
+        return out.getvalue()
+    if kind in ("json", "jsonl"):
+        import json
+
+        records = forecast_records(forecast)
+        text = json.dumps(records) + "\n" if kind == "json" else "".join(json.dumps(r) + "\n" for r in records)
+        return text.encode("utf-8")
+    return (forecast_csv(forecast) if kind == "csv" else forecast.to_csv(index=False, sep="\t")).encode("utf-8")
 
 
 def forecast_records(forecast: pd.DataFrame) -> list[dict]:
