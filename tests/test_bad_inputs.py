@@ -575,7 +575,7 @@ CASES = [
                 .assign(station=lambda f: f.station.where(f.index != 40))
             )
         ),
-        ("{root}/history.csv", "row 41: missing series id (column 'station')"),
+        ("{root}/history.csv", "row 41: missing series id (column 'station'; empty, or text read as missing"),
     ),
     Case(
         "future-for-a-model-without",

@@ -164,7 +164,8 @@ def test_ids_that_look_like_numbers_keep_their_leading_zeros(tmp_path, kind):
 def test_an_empty_or_na_id_in_a_csv_is_still_a_missing_series_id(tmp_path):
     for cell, row in (("", 2), ("NA", 2)):
         (tmp_path / "d.csv").write_text(f"id,time,y\n007,2022-01-01 00:00,1\n{cell},2022-01-01 01:00,2\n")
-        with pytest.raises(DataError, match=f"row {row}: missing series id in column 'id'"):
+        missing = r"missing series id in column 'id' \(data.id_column; empty, or text read as missing: NA, N/A, null"
+        with pytest.raises(DataError, match=f"row {row}: {missing}"):
             _load(tmp_path / "d.csv", id_column="id")
 
 

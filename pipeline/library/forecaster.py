@@ -22,6 +22,7 @@ from pipeline.library.calendar import Calendar, encode, fixed_step_ns
 from pipeline.library.covariates import frame_column, static_row
 from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import (
+    MISSING_ID,
     held,
     in_zone,
     numeric_dates,
@@ -608,7 +609,7 @@ class Forecaster:
                     raise DataError(f"{source}: id column '{id_col}' not found; columns: {found}")
                 if history[id_col].isna().any():  # groupby would drop the row, and blame its series' gap
                     row = row_of(history, int(np.flatnonzero(history[id_col].isna().to_numpy())[0]))
-                    raise DataError(f"{source}: row {row}: missing series id (column '{id_col}')")
+                    raise DataError(f"{source}: row {row}: missing series id (column '{id_col}'; {MISSING_ID})")
                 frames = {
                     str(k): self._series_frame(g, time_col, target_col)
                     for k, g in history.groupby(id_col, sort=True, observed=True)

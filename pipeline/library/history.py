@@ -297,6 +297,9 @@ def csv_header(first_line: bytes, sep: str = ",") -> list[str]:
         return []
 
 
+MISSING_ID = "empty, or text read as missing: NA, N/A, null, None, nan"
+"""Why a series id is missing, for its error: a series named NA (Namibia) reads as no id at all."""
+
 CSV_MISSING = frozenset(
     {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A", "NA"}
     | {"NULL", "NaN", "None", "n/a", "nan", "null"}

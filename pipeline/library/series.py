@@ -21,6 +21,7 @@ from pipeline.library.calendar import DAY_NS, fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError, listed, shown
 from pipeline.library.history import (
+    MISSING_ID,
     instants_in_utc,
     localised,
     numbers_as_times,
@@ -97,7 +98,9 @@ def to_long(table: pd.DataFrame, data: DataLayout) -> pd.DataFrame:
         return _with_covariates(pd.concat(parts, ignore_index=True), table, data)
     if id_col is not None and table[id_col].isna().any():  # grouping would silently drop these rows
         i = int(np.flatnonzero(table[id_col].isna().to_numpy())[0])
-        raise DataError(f"{data.source}: row {i + 1}: missing series id in column '{id_col}' (data.id_column)")
+        raise DataError(
+            f"{data.source}: row {i + 1}: missing series id in column '{id_col}' (data.id_column; {MISSING_ID})"
+        )
     ids = table[id_col].astype(str) if id_col is not None else pd.Series("series", index=table.index)
     values = _numeric(table[targets[0]], targets[0], data, series=ids if id_col is not None else None)
     frame = pd.DataFrame({"series": ids.values, "time": times, "target": values, "row": rows})

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from pipeline.library.calendar import fixed_step_ns
 from pipeline.library.chunks import offsets_of
 from pipeline.library.errors import DataError
-from pipeline.library.history import skipped_midnights, zone_name
+from pipeline.library.history import MISSING_ID, skipped_midnights, zone_name
 from pipeline.library.series import (
     MAX_GRID,
     SeriesSet,
@@ -143,7 +143,8 @@ class Reader:
             safe = np.where(missing, 0, indices).astype(np.int64)
             i = int(np.argmax(missing | (bad[safe] & ~missing)))
             raise DataError(
-                f"{self.data.source}: row {first_row + i}: missing series id in column '{self.id_col}' (data.id_column)"
+                f"{self.data.source}: row {first_row + i}: missing series id in column '{self.id_col}' "
+                f"(data.id_column; {MISSING_ID})"
             )
         lookup = np.fromiter(
             (self.ids.setdefault(name, len(self.ids)) for name in names.astype(str)), np.int64, len(names)
