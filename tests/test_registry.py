@@ -540,6 +540,21 @@ def test_switch_current_and_a_pointer_file(tmp_path):
     assert registry_store.resolve_model_dir(tmp_path / "export") == tmp_path / "export"  # not a registry
 
 
+def test_a_history_line_that_is_no_record_is_left_out_with_a_warning(tmp_path, caplog):
+    """A line `[1, 2]` in history.jsonl made `decision` an AttributeError traceback (exit 1); a torn line was left
+    out without a word."""
+    root = tmp_path / NAME
+    root.mkdir()
+    registry.append_history(root, {"version": "v0001", "decision": "promoted"})
+    with open(root / "history.jsonl", "a") as fh:
+        fh.write('[1, 2]\n{"version": "v0002", "deci\n')
+    with caplog.at_level("WARNING", logger="pipeline"):
+        assert registry_store.read_history(root) == [{"version": "v0001", "decision": "promoted"}]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"registry: line {n} of {root / 'history.jsonl'} is no decision record; left out" for n in (2, 3)
+    ]
+
+
 def test_recover_after_a_kill_inside_the_registry_step(tmp_path):
     root = tmp_path / NAME
     (root / ".v0003.tmp").mkdir(parents=True)  # killed while copying the export

@@ -94,3 +94,18 @@ def test_the_documented_python_call_reads_the_ids_as_written(trained):
     assert sorted(history["id"].unique()) == list(IDS)
     forecast = forecaster.predict(history)
     assert sorted(forecast["id"].unique()) == list(IDS) and len(forecast) == 2 * 6
+
+
+def test_a_json_history_whose_id_is_no_single_value_is_one_line(trained):
+    """An id that is a JSON object was a TypeError traceback (exit 1; a 500 from the service)."""
+    tmp, data = trained
+    records = data.to_dict("records")
+    records[3]["id"] = {"store": "007"}
+    path = tmp / "nested.json"
+    path.write_text(json.dumps(records))
+    out = tmp / "nested_forecast.csv"
+    done = cli_in_process("predict", "--model", str(tmp / "run/export"), "--input", str(path), "--output", str(out))
+    assert done.returncode == 2 and not out.exists()
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {path}: row 4: series id {{'store': '007'}} (column 'id') is not a single value"
+    )

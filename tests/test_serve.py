@@ -197,6 +197,7 @@ def test_requests_the_service_does_not_read(plain):
         (b'{"rows": []}', JSON, 400, 'must be a list of records, or {"records"'),
         (b'{"records": [], "extra": 1}', JSON, 400, "unknown key 'extra'"),
         (b"[1, 2]", JSON, 400, "record 1 is not an object"),
+        (b"[" * 100_000 + b"]" * 100_000, JSON, 400, "nests too deep to be a history"),  # was a 500
         (b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json or text/csv"),
     ]:
         answer = httpx.post(f"{plain}/forecast", content=content, headers=headers)

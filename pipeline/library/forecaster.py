@@ -612,7 +612,7 @@ class Forecaster:
                     raise DataError(f"{source}: row {row}: missing series id (column '{id_col}'; {MISSING_ID})")
                 frames = {
                     str(k): self._series_frame(g, time_col, target_col)
-                    for k, g in history.groupby(id_col, sort=True, observed=True)
+                    for k, g in history.groupby(_id_keys(history, id_col, source), sort=True, observed=True)
                 }
             else:
                 frames = {"series": self._series_frame(history, time_col, target_col)}
@@ -677,6 +677,26 @@ class Forecaster:
             values if whole else window, times if whole else last, names, sid, source, self._named_in
         )
         return last[-1], window, values
+
+
+def _id_keys(history: pd.DataFrame, id_col: str, source: str) -> pd.Series:
+    """The id column to group a history by: as it is where its ids sort, else as text (ids 7 and "s1" of a JSON
+    history, which ingest reads as the text "7" and "s1" too); an id that is no single value (a JSON object or
+    list) is one line naming its row."""
+    ids = history[id_col]
+    if ids.dtype == object:
+        nested = ids.map(lambda v: isinstance(v, (dict, list, tuple, set))).to_numpy(dtype=bool)
+        if nested.any():
+            k = int(np.flatnonzero(nested)[0])
+            raise DataError(
+                f"{source}: row {row_of(history, k)}: series id {shown(repr(ids.iloc[k]), 80)} (column '{id_col}') is "
+                "not a single value"
+            )
+        try:
+            sorted(ids.unique())
+        except TypeError:
+            return ids.astype(str)
+    return ids
 
 
 def _rows(frame: pd.DataFrame) -> np.ndarray:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -33,6 +34,8 @@ from typing import Any
 
 from pipeline.library.artifacts import fsync_dir, write_text_atomic
 from pipeline.library.errors import UserError
+
+log = logging.getLogger("pipeline")
 
 CURRENT = "current"
 
@@ -137,13 +140,21 @@ def locked(root: Path) -> Iterator[None]:
 
 
 def read_history(root: Path) -> list[dict]:
+    """The decisions of history.jsonl, oldest first. A line that is no record (a write torn by a crash, or an edit
+    by hand) is left out with a warning naming it: every reader takes the records' fields."""
     path = root / HISTORY
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            records.append(json.loads(line))
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif line.strip():
+            log.warning("registry: line %d of %s is no decision record; left out", number, path)
     return records
 
 

@@ -185,6 +185,8 @@ def read_json(body: bytes) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         payload = json.loads(body)
     except ValueError as exc:
         raise DataError(f"{HISTORY}: the request body is not valid JSON ({exc}); send {shape}") from None
+    except RecursionError:  # arrays nested thousands deep: no history has them
+        raise DataError(f"{HISTORY}: the request body nests too deep to be a history; send {shape}") from None
     if isinstance(payload, list):
         return records_frame(payload, HISTORY), None
     if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
