@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 from pipeline.config import SyntheticConfig
@@ -191,3 +192,56 @@ def test_the_readme_python_example_runs(tmp_path):
         os.chdir(here)
     assert (tmp_path / "runs" / "notebook" / "export" / "model.safetensors").is_file()
     assert len(scope["forecast"]) == 3 * 24 and scope["cv"]["fold"].nunique() == 2
+
+
+def short_run(tmp_path: Path, **overrides) -> Experiment:
+    """An experiment on DATA that trains for 3 steps: for tests of what the API does around training."""
+    settings = {**{f"data.{k}": v for k, v in DATA.items()}, "train.max_steps": 3, **overrides}
+    return Experiment(write_config(tmp_path, settings), verbose=False)
+
+
+@pytest.mark.slow
+def test_a_rejected_frame_leaves_the_last_good_run_rerunnable(tmp_path):
+    """The rejected frame replaced input/data.parquet before ingest refused it: `run --config config.yaml`, which
+    reruns the last good run, then failed on the rejected rows."""
+    df = frame()
+    short_run(tmp_path).fit(df)
+    run = tmp_path / "run"
+    before = {p.name: p.read_bytes() for p in (run / "input").iterdir()}
+    config = (run / "config.yaml").read_text()
+    with pytest.raises(DataError) as failed:
+        short_run(tmp_path).fit(pd.concat([df, df.iloc[[5]]]))
+    # the user's frame by name and its row by position from 1 (len(df) + 1), not a file they never wrote
+    assert str(failed.value) == (
+        "the frame given to fit: series 's0000': duplicate timestamp 2023-12-17 19:00:00 (row 1470)"
+    )
+    assert {p.name: p.read_bytes() for p in (run / "input").iterdir()} == before
+    assert (run / "config.yaml").read_text() == config
+    result = cli_in_process("run", "--config", str(run / "config.yaml"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    skipped = re.findall(r"(\w+): up to date \(inputs unchanged\), skipped", result.stderr)
+    assert skipped == ["ingest", "window", "train", "evaluate", "export"]
+    # another good frame becomes the input once its run succeeded, and the one before it goes
+    exp = short_run(tmp_path)
+    exp.fit(df[df["series"] != "s0003"])
+    [current] = (run / "input").iterdir()
+    assert current.name not in before and exp.cfg.data.source == str(current)
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["source"] == str(current)
+
+
+@pytest.mark.slow
+def test_an_input_kept_under_the_earlier_single_name_is_reused_for_the_same_bytes(tmp_path):
+    """Earlier versions kept every frame as input/data.parquet: the same frame again must keep that file (and so
+    `data.source` and every cache key) rather than retrain a run directory they made."""
+    df = frame()
+    short_run(tmp_path).fit(df)
+    input_dir = tmp_path / "run" / "input"
+    [written] = input_dir.iterdir()
+    written.rename(input_dir / "data.parquet")
+    short_run(tmp_path).fit(df)  # the source moved: a new ingest, on the legacy file
+    before = (tmp_path / "run" / "ingest" / "meta.json").stat().st_mtime_ns
+    exp = short_run(tmp_path)
+    exp.fit(df)
+    assert [p.name for p in input_dir.iterdir()] == ["data.parquet"]
+    assert exp.cfg.data.source == str(input_dir / "data.parquet")
+    assert (tmp_path / "run" / "ingest" / "meta.json").stat().st_mtime_ns == before

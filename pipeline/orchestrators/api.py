@@ -8,10 +8,11 @@
     cv = exp.cross_validation(df, folds=3)        # one DataFrame, a row per forecast point
     fig = exp.plot(forecast, history)
 
-`fit(df)` writes the frame to `<run dir>/input/data.parquet` and runs the same stages as
+`fit(df)` writes the frame to a parquet file in `<run dir>/input/` and runs the same stages as
 `lstm-pipeline run` with `data.source` set to that file, so the run directory, its artifacts and
 its cache keys are the CLI's: `lstm-pipeline run --config <run dir>/config.yaml` afterwards skips
-every stage, and the CLI on the same data and settings trains the same weights.
+every stage, and the CLI on the same data and settings trains the same weights. A frame the stages
+reject leaves the last good run's input and config as they were.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pandas as pd
 
 from pipeline.config import Config, load_config
 from pipeline.config.loading import build
-from pipeline.library.errors import ConfigError, DataError
+from pipeline.library.errors import ConfigError, DataError, UserError
 from pipeline.library.forecast_plot import forecast_figure
 from pipeline.library.forecaster import Forecaster
 from pipeline.library.records import IngestRecord
@@ -40,8 +41,11 @@ from pipeline.stages.table import stage_dir
 
 log = logging.getLogger("pipeline")
 
-INPUT_FILE = Path("input") / "data.parquet"
-"""Where `fit` keeps the frame it was given, inside the run directory (the config's `data.source`)."""
+INPUT_DIR = Path("input")
+"""Where `fit` keeps the frame it was given, inside the run directory: `data-<hash of its bytes>.parquet`, the
+config's `data.source`."""
+LEGACY_INPUT = "data.parquet"
+"""The one name earlier versions kept every frame under: a run directory they made reuses it for the same bytes."""
 
 
 def make_config(config: str | Path | Config | None = None, /, **settings: Any) -> Config:
@@ -103,8 +107,7 @@ class Experiment:
         """Train on `df` (pandas or pyarrow; long or wide as `data.format` says) through every stage; the
         exported Forecaster. Stages whose inputs did not change are skipped, as with the CLI."""
         with run_lock(self.run_dir):  # the input file too: a second fit on this directory stops before writing
-            self.cfg, frame = self._with_input(df)
-            self._run(self.cfg, force)
+            self.cfg, frame = self._run_on(df, "fit", self.cfg, force)
         self._history = frame
         self._forecaster = None
         return self.forecaster
@@ -136,11 +139,10 @@ class Experiment:
             return self._cross_validation(df, folds, step, refit)
 
     def _cross_validation(self, df: pd.DataFrame | Any, folds: int, step: int | None, refit: bool) -> pd.DataFrame:
-        cfg, _ = self._with_input(df)
         # an evaluation, never a promotion: with registry.promote each call registered the same model again
         backtest = {"folds": folds, "step": step, "refit": refit}
-        cfg = make_config(cfg, **{"evaluate.backtest": backtest, "registry.promote": False})
-        self._run(cfg, force=False)
+        cfg = make_config(self.cfg, **{"evaluate.backtest": backtest, "registry.promote": False})
+        cfg, _ = self._run_on(df, "cross_validation", cfg, force=False)
         self._forecaster = None
         # ids as the text they are, as `predict` returns them: read as numbers, '007' became 7.0 and 'NA' NaN (every
         # id in this file is a real one, so no cell is missing; pandas 3 reads 'NA' as missing before a converter)
@@ -173,24 +175,32 @@ class Experiment:
             id_col = "series"
         return forecast_figure(forecast, history, spec.time_column, spec.target_column, id_col, series, max_series)
 
-    def _with_input(self, df: pd.DataFrame | Any) -> tuple[Config, pd.DataFrame]:
-        """(the config with `data.source` at this frame, the frame as read), written (atomically, only when it
-        changed) to the run directory: the same bytes give the same file hash, so the cache keys stay."""
-        frame = _pandas(df)
-        time_col = self.cfg.data.time_column
-        if time_col not in frame.columns and isinstance(frame.index, pd.DatetimeIndex):
-            frame = frame.rename_axis(time_col).reset_index()  # a wide frame indexed by time
+    def _run_on(self, df: pd.DataFrame | Any, caller: str, cfg: Config, force: bool) -> tuple[Config, pd.DataFrame]:
+        """Run the stages of `cfg` on the frame `df`; (that config, with `data.source` at the frame's file, the
+        frame as read).
+
+        The frame becomes the run's input only when the stages succeed: it is written beside the last good run's
+        input under a name of its own (its content's hash: the same bytes, the same file and cache keys), and the
+        older input goes once `config.yaml` names the new one. A rejected frame leaves the last good run as it
+        was, and its error names the frame, not a file the user never wrote."""
+        frame = _frame(df, cfg.data.time_column)
         if frame.empty:
-            raise DataError("fit: the frame has no rows")
-        path = (self.run_dir / INPUT_FILE).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        frame.to_parquet(tmp, index=False)
-        if path.is_file() and _digest(path) == _digest(tmp):
-            tmp.unlink()
-        else:
-            os.replace(tmp, path)
-        return dataclasses.replace(self.cfg, data=dataclasses.replace(self.cfg.data, source=str(path))), frame
+            raise DataError(f"{caller}: the frame has no rows")
+        folder = (self.run_dir / INPUT_DIR).resolve()
+        path, written = _write_input(frame, folder)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=str(path)))
+        try:
+            self._run(cfg, force)
+        except BaseException as exc:
+            if written:
+                path.unlink(missing_ok=True)
+            if type(exc) in (DataError, ConfigError, UserError) and str(path) in str(exc):
+                raise type(exc)(str(exc).replace(str(path), f"the frame given to {caller}")) from None
+            raise
+        for other in folder.glob("*.parquet"):  # earlier inputs, and what a killed write left
+            if other != path:
+                other.unlink(missing_ok=True)
+        return cfg, frame
 
     @staticmethod
     def _run(cfg: Config, force: bool) -> None:
@@ -207,6 +217,14 @@ class Experiment:
             torch.set_flush_denormal(False)
 
 
+def _frame(frame: Any, time_col: str) -> pd.DataFrame:
+    """The frame as a pandas DataFrame with its times in a column, as the readers take it."""
+    frame = _pandas(frame)
+    if time_col not in frame.columns and isinstance(frame.index, pd.DatetimeIndex):
+        frame = frame.rename_axis(time_col).reset_index()  # a wide frame indexed by time
+    return frame
+
+
 def _pandas(frame: Any) -> pd.DataFrame:
     if isinstance(frame, pd.DataFrame):
         return frame
@@ -218,6 +236,24 @@ def _pandas(frame: Any) -> pd.DataFrame:
 
 def _long(wide: pd.DataFrame, time_col: str, target: str) -> pd.DataFrame:
     return wide.melt(id_vars=[time_col], var_name="series", value_name=target)
+
+
+def _write_input(frame: pd.DataFrame, folder: Path) -> tuple[Path, bool]:
+    """(the parquet file in `folder` that holds `frame`, whether it was written now). An existing file with the
+    same bytes is reused, so fitting the same frame again keeps `data.source` and every cache key."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".incoming{os.getpid()}.parquet"
+    frame.to_parquet(tmp, index=False)
+    digest = _digest(tmp)
+    path = folder / f"data-{digest[:16]}.parquet"
+    legacy = folder / LEGACY_INPUT
+    if not path.is_file() and legacy.is_file() and _digest(legacy) == digest:
+        path = legacy
+    if path.is_file():
+        tmp.unlink()
+        return path, False
+    os.replace(tmp, path)
+    return path, True
 
 
 def _digest(path: Path) -> str:
