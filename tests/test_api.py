@@ -100,6 +100,8 @@ def test_cross_validation_is_one_frame_of_every_fold_with_actuals_and_baselines(
     origins = cv.groupby(["series", "fold"])["origin"].first().unstack()
     assert (abs(origins[1] - origins[2]) == pd.Timedelta(hours=6)).all()
     assert (exp.run_dir / "evaluate" / "backtest_forecasts.csv").is_file()
+    # numpy integers (a notebook's computed fold count) are the same arguments
+    pd.testing.assert_frame_equal(exp.cross_validation(df, folds=np.int64(2), step=np.int64(6)), cv)
 
 
 def test_before_any_run_metrics_is_one_error_naming_the_file(tmp_path):
@@ -245,3 +247,35 @@ def test_an_input_kept_under_the_earlier_single_name_is_reused_for_the_same_byte
     assert [p.name for p in input_dir.iterdir()] == ["data.parquet"]
     assert exp.cfg.data.source == str(input_dir / "data.parquet")
     assert (tmp_path / "run" / "ingest" / "meta.json").stat().st_mtime_ns == before
+
+
+def test_keywords_take_numpy_numbers_tuples_arrays_and_paths_as_their_plain_values(tmp_path):
+    """Values computed in a notebook: numpy scalars failed the type checks (`np.int64(12)` is not an int), a
+    tuple or an array of quantiles was not a list, a Path not a string."""
+    cfg = make_config(
+        write_config(tmp_path),
+        window={"horizon": np.int64(12)},
+        seed=np.int64(3),
+        name=np.str_("notebook"),
+        output_dir=tmp_path / "out",
+        **{
+            "train.lr": np.float32(0.001),
+            "train.max_steps": np.int32(7),
+            "train.deterministic": np.bool_(True),
+            "model.quantiles": (0.1, 0.5, 0.9),
+            "evaluate.plot_series": np.uint8(3),
+            "data.source": tmp_path / "data.csv",
+        },
+    )
+    assert (cfg.window.horizon, cfg.seed, cfg.train.max_steps, cfg.evaluate.plot_series) == (12, 3, 7, 3)
+    assert cfg.train.lr == 0.001  # the float32 as written, not 0.0010000000474974513
+    assert cfg.train.deterministic is True and cfg.model.quantiles == [0.1, 0.5, 0.9]
+    assert (cfg.output_dir, cfg.data.source) == (str(tmp_path / "out"), str(tmp_path / "data.csv"))
+    assert make_config(None, **{"model.quantiles": np.array([0.1, 0.5, 0.9])}).model.quantiles == [0.1, 0.5, 0.9]
+    plain = yaml.safe_load(yaml.safe_dump(cfg.to_dict()))  # config.yaml: plain YAML, no numpy objects
+    assert (plain["seed"], plain["name"]) == (3, "notebook") and type(plain["train"]["lr"]) is float
+    # the checks stay those of the CLI: a bool is not an integer, nor is 12.5
+    with pytest.raises(ConfigError, match=r"window\.horizon must be an integer, got bool True"):
+        make_config(None, window={"horizon": np.bool_(True)})
+    with pytest.raises(ConfigError, match=r"window\.horizon must be an integer, got float 12\.5"):
+        make_config(None, window={"horizon": np.float64(12.5)})

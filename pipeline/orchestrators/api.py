@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from pipeline.config import Config, load_config
@@ -60,6 +61,7 @@ def make_config(config: str | Path | Config | None = None, /, **settings: Any) -
     else:
         raw = load_config(config).to_dict() if config is not None else {}
     for key, value in settings.items():
+        value = _setting(value)
         *parents, leaf = key.split(".")
         node = raw
         for part in parents:
@@ -72,6 +74,25 @@ def make_config(config: str | Path | Config | None = None, /, **settings: Any) -
             node[leaf] = value
     where = f"{config} with keywords" if isinstance(config, (str, Path)) else "keywords"
     return build(Config, raw, "", where)
+
+
+def _setting(value: Any) -> Any:
+    """A keyword's value as YAML gives it: numpy scalars as Python numbers, tuples and arrays as lists, paths as
+    text. Values computed in a notebook then pass the checks the CLI's pass (12.5 or a bool is still no integer),
+    and config.yaml stays plain YAML."""
+    if isinstance(value, dict):
+        return {k: _setting(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _setting(list(value)) if value.ndim else _setting(value[()])
+    if isinstance(value, (list, tuple)):
+        return [_setting(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.floating):  # a float32 0.001 as 0.001 (its shortest form), not 0.0010000000474974513
+        return float(str(value)) if value.dtype.itemsize < 8 else float(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 class Experiment:
@@ -133,7 +154,8 @@ class Experiment:
         part forecasts every fold (the folds lie in the test part); `refit=True`: a model per fold, trained on
         the data before its origin. Runs the stages with `evaluate.backtest` set, in this run directory
         (training is reused when `fit` ran with the same settings), and never promotes to the registry."""
-        if folds < 1:
+        folds, step, refit = _setting(folds), _setting(step), _setting(refit)
+        if isinstance(folds, int) and not isinstance(folds, bool) and folds < 1:  # other types: the config check
             raise ConfigError(f"cross_validation: folds must be >= 1, got {folds}")
         with run_lock(self.run_dir):
             return self._cross_validation(df, folds, step, refit)
