@@ -279,3 +279,23 @@ def test_keywords_take_numpy_numbers_tuples_arrays_and_paths_as_their_plain_valu
         make_config(None, window={"horizon": np.bool_(True)})
     with pytest.raises(ConfigError, match=r"window\.horizon must be an integer, got float 12\.5"):
         make_config(None, window={"horizon": np.float64(12.5)})
+
+
+@pytest.mark.slow
+def test_every_method_reads_a_frame_indexed_by_time_as_fit_does(tmp_path):
+    """fit took a wide frame with a DatetimeIndex (and a long one indexed by its time column); predict and plot
+    refused the same frame: "history: time column 'time' not found"."""
+    df = frame()
+    wide = df.pivot(index="time", columns="series", values="value").dropna().rename_axis(columns=None)
+    exp = short_run(tmp_path / "wide", **{"data.format": "wide", "data.id_column": None})
+    exp.fit(wide)  # the DatetimeIndex
+    by_column = exp.predict(wide.reset_index())
+    assert len(by_column) == 4 * 12
+    pd.testing.assert_frame_equal(exp.predict(wide), by_column)
+    assert len(exp.plot(history=wide, max_series=2).axes) == 2
+    long = short_run(tmp_path / "long")
+    long.fit(df.set_index("time"))
+    pd.testing.assert_frame_equal(long.predict(df.set_index("time")), long.predict(df))
+    pd.testing.assert_frame_equal(long.predict(df.set_index(["series", "time"])), long.predict(df))
+    long.fit(df.set_index(["series", "time"]))
+    pd.testing.assert_frame_equal(long.predict(), long.predict(df))  # the fitted frame, its index read as columns

@@ -142,8 +142,9 @@ class Experiment:
             if self._history is None:
                 raise DataError("predict: no history given and no frame fitted in this session")
             history = self._history
-        return self.forecaster.predict(_pandas(history), future=_pandas(future) if future is not None else None,
-                                       scale=scale)  # fmt: skip
+        time_col = self.forecaster.spec.time_column
+        future = _frame(future, time_col) if future is not None else None
+        return self.forecaster.predict(_frame(history, time_col), future=future, scale=scale)
 
     def cross_validation(
         self, df: pd.DataFrame | Any, folds: int = 3, step: int | None = None, refit: bool = False
@@ -187,10 +188,10 @@ class Experiment:
     ):
         """A matplotlib Figure of `forecast` (default: `predict()`) after `history` (default: the fitted
         frame), one panel per series, against real timestamps."""
-        history = self._history if history is None else _pandas(history)
+        spec = self.forecaster.spec
+        history = self._history if history is None else _frame(history, spec.time_column)
         if forecast is None:
             forecast = self.predict(history)
-        spec = self.forecaster.spec
         id_col = spec.id_column if spec.format != "wide" else None
         if history is not None and spec.format == "wide":
             history = _long(history, spec.time_column, spec.target_column)
@@ -240,10 +241,16 @@ class Experiment:
 
 
 def _frame(frame: Any, time_col: str) -> pd.DataFrame:
-    """The frame as a pandas DataFrame with its times in a column, as the readers take it."""
+    """The frame as a pandas DataFrame with its times in a column, as the readers take it: a frame indexed by
+    time (a `DatetimeIndex`, or index levels one of which is named as the time column) has its index moved into
+    columns. Every method that takes a frame reads it so: what `fit` took, `predict` and `plot` take."""
     frame = _pandas(frame)
-    if time_col not in frame.columns and isinstance(frame.index, pd.DatetimeIndex):
-        frame = frame.rename_axis(time_col).reset_index()  # a wide frame indexed by time
+    if time_col in frame.columns:
+        return frame
+    if isinstance(frame.index, pd.DatetimeIndex):
+        return frame.rename_axis(time_col).reset_index()
+    if time_col in frame.index.names:
+        return frame.reset_index()
     return frame
 
 
