@@ -299,3 +299,25 @@ def test_every_method_reads_a_frame_indexed_by_time_as_fit_does(tmp_path):
     pd.testing.assert_frame_equal(long.predict(df.set_index(["series", "time"])), long.predict(df))
     long.fit(df.set_index(["series", "time"]))
     pd.testing.assert_frame_equal(long.predict(), long.predict(df))  # the fitted frame, its index read as columns
+
+
+@pytest.mark.slow
+def test_a_column_mixing_numbers_and_text_reads_as_the_same_rows_in_a_csv_would(tmp_path):
+    """pyarrow refused to store such a column (a raw ArrowInvalid); the CSV of the frame gets one line naming
+    the row, and an id column mixing 0 and 's0001' is read as text ids."""
+    df = frame()
+    values = df.astype({"value": object})
+    values.loc[5, "value"] = "?"
+    exp = short_run(tmp_path)
+    with pytest.raises(DataError) as failed:
+        exp.fit(values)
+    message = "the frame given to fit: row 6: non-numeric value '?' in column 'value' (series 's0000')"
+    assert str(failed.value) == message
+    assert list((tmp_path / "run" / "input").iterdir()) == []
+    ids = df.astype({"series": object})
+    ids.loc[ids["series"] == "s0000", "series"] = 0
+    exp.fit(ids)
+    assert sorted(exp.forecaster.spec.series.ids) == ["0", "s0001", "s0002", "s0003"]
+    assert sorted(exp.predict()["series"].unique()) == ["0", "s0001", "s0002", "s0003"]
+    with pytest.raises(DataError, match=r"^the frame given to fit: cannot be stored as a table: .*complex128"):
+        exp.fit(df.assign(extra=df["value"] * 1j))

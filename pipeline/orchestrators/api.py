@@ -30,7 +30,7 @@ import pandas as pd
 
 from pipeline.config import Config, load_config
 from pipeline.config.loading import build
-from pipeline.library.errors import ConfigError, DataError, UserError
+from pipeline.library.errors import ConfigError, DataError, UserError, shown
 from pipeline.library.forecast_plot import forecast_figure
 from pipeline.library.forecaster import Forecaster
 from pipeline.library.records import IngestRecord
@@ -210,7 +210,7 @@ class Experiment:
         if frame.empty:
             raise DataError(f"{caller}: the frame has no rows")
         folder = (self.run_dir / INPUT_DIR).resolve()
-        path, written = _write_input(frame, folder)
+        path, written = _write_input(frame, folder, f"the frame given to {caller}")
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=str(path)))
         try:
             self._run(cfg, force)
@@ -267,12 +267,18 @@ def _long(wide: pd.DataFrame, time_col: str, target: str) -> pd.DataFrame:
     return wide.melt(id_vars=[time_col], var_name="series", value_name=target)
 
 
-def _write_input(frame: pd.DataFrame, folder: Path) -> tuple[Path, bool]:
+def _write_input(frame: pd.DataFrame, folder: Path, name: str) -> tuple[Path, bool]:
     """(the parquet file in `folder` that holds `frame`, whether it was written now). An existing file with the
-    same bytes is reused, so fitting the same frame again keeps `data.source` and every cache key."""
+    same bytes is reused, so fitting the same frame again keeps `data.source` and every cache key. `name`: the
+    frame in an error message."""
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".incoming{os.getpid()}.parquet"
-    frame.to_parquet(tmp, index=False)
+    try:
+        _storable(frame).to_parquet(tmp, index=False)
+    except (ValueError, TypeError, NotImplementedError) as exc:  # pyarrow's errors derive from these
+        tmp.unlink(missing_ok=True)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{name}: cannot be stored as a table: {shown(first, 200)}") from None
     digest = _digest(tmp)
     path = folder / f"data-{digest[:16]}.parquet"
     legacy = folder / LEGACY_INPUT
@@ -283,6 +289,29 @@ def _write_input(frame: pd.DataFrame, folder: Path) -> tuple[Path, bool]:
         return path, False
     os.replace(tmp, path)
     return path, True
+
+
+def _storable(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with each object column that pyarrow cannot type (numbers mixed with text: ids 0 and 's1', a '?'
+    among the values) as text, which is how the rows read from a CSV file: mixed ids become text ids, and a '?'
+    among the values gets the reader's one-line error naming its row, not pyarrow's exception."""
+    import pyarrow as pa
+
+    mixed = {}
+    for k in range(frame.shape[1]):  # by position: names may repeat, or be numbers
+        column = frame.iloc[:, k]
+        if column.dtype != object:
+            continue
+        try:
+            pa.array(column, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            mixed[k] = column.map(str, na_action="ignore")
+    if not mixed:
+        return frame
+    frame = frame.copy()
+    for k, column in mixed.items():
+        frame.isetitem(k, column)
+    return frame
 
 
 def _digest(path: Path) -> str:
