@@ -169,6 +169,22 @@ def test_plot_draws_forecasts_over_real_timestamps(fitted):
         exp.plot(series=["nope"])
 
 
+@pytest.mark.slow
+def test_plot_takes_one_series_id_and_refuses_no_panels_in_one_line(fitted):
+    """`series="s0002"` was iterated as the ids 's', '0', ...; `max_series=0` or `series=[]` reached matplotlib's
+    "Number of rows must be a positive integer"."""
+    exp, _, _, _ = fitted
+    [ax] = exp.plot(series="s0002").axes
+    assert ax.get_title() == "series s0002"
+    assert len(exp.plot(max_series=np.int64(3)).axes) == 3
+    with pytest.raises(ConfigError, match=r"^plot: max_series must be an integer >= 1, got 0$"):
+        exp.plot(max_series=0)
+    with pytest.raises(ConfigError, match=r"^plot: max_series must be an integer >= 1, got True$"):
+        exp.plot(max_series=True)
+    with pytest.raises(ConfigError, match=r"^plot: series names no series \(an empty list\)$"):
+        exp.plot(series=[])
+
+
 def test_make_config_merges_keywords_over_the_file_and_names_a_wrong_key(tmp_path):
     config = write_config(tmp_path)
     cfg = make_config(config, name="kw", window={"horizon": 5}, **{"train.max_steps": 7})

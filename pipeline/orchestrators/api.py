@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -183,11 +184,20 @@ class Experiment:
         self,
         forecast: pd.DataFrame | None = None,
         history: pd.DataFrame | None = None,
-        series: list[str] | None = None,
+        series: str | list[str] | None = None,
         max_series: int = 4,
     ):
         """A matplotlib Figure of `forecast` (default: `predict()`) after `history` (default: the fitted
-        frame), one panel per series, against real timestamps."""
+        frame), one panel per series (`series`: one id or a list of them), against real timestamps."""
+        max_series = _setting(max_series)
+        if isinstance(max_series, bool) or not isinstance(max_series, int) or max_series < 1:
+            raise ConfigError(f"plot: max_series must be an integer >= 1, got {shown(repr(max_series))}")
+        if isinstance(series, str) or (series is not None and not isinstance(series, Iterable)):
+            series = [series]  # one id, not the characters of one
+        elif series is not None:
+            series = list(series)
+            if not series:
+                raise ConfigError("plot: series names no series (an empty list)")
         spec = self.forecaster.spec
         history = self._history if history is None else _frame(history, spec.time_column)
         if forecast is None:
