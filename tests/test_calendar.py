@@ -77,6 +77,8 @@ def test_features_the_frequency_cannot_show_are_config_errors():
         load_config(None, ["data.calendar=[hour]"])
     with pytest.raises(ConfigError, match="listed twice"):
         calendar.resolve(["year", "year"], "MS")
+    with pytest.raises(ConfigError, match=r"^override 'data.calendar=\[day,day\]': data.calendar: feature 'day' is"):
+        load_config(None, ["data.calendar=[day,day]"])  # when the config loads, not after ingest ran
 
 
 def _buffer(values: np.ndarray, start: str, freq: str, lookback: int, horizon: int) -> WindowBuffer:

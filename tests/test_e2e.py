@@ -217,6 +217,18 @@ def test_predict_writes_the_format_its_output_suffix_names(finished_run, tmp_pat
     assert (tmp_path / "f.xlsx").read_text() == "kept"
 
 
+def test_forecaster_predict_takes_an_arrow_table_and_refuses_an_array_in_one_line(finished_run):
+    """An Arrow table was read as columns it could not find, the error quoting its arrays whole."""
+    run, _, _ = finished_run
+    history = generate_synthetic(SyntheticConfig(n_series=2, length=300, freq="h", seed=1))
+    forecaster = Forecaster.load(run / "export")
+    np.testing.assert_array_equal(
+        forecaster.predict(pa.Table.from_pandas(history))["forecast"], forecaster.predict(history)["forecast"]
+    )
+    with pytest.raises(DataError, match=r"^history: expected a pandas DataFrame \(or an Arrow table\), got ndarray$"):
+        forecaster.predict(history.to_numpy())
+
+
 def test_the_model_card_says_what_predict_does_with_a_series_it_never_saw(finished_run):
     run, config, _ = finished_run
     card = (run / "export" / "README.md").read_text()

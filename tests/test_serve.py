@@ -26,6 +26,7 @@ import pytest
 from pipeline.config import SyntheticConfig
 from pipeline.library import registry_store
 from pipeline.library.artifacts import sha256_file
+from pipeline.library.errors import UserError
 from pipeline.library.forecaster import Forecaster
 from pipeline.library.synthetic import generate_synthetic
 
@@ -197,6 +198,7 @@ def test_requests_the_service_does_not_read(plain):
         (b'{"rows": []}', JSON, 400, 'must be a list of records, or {"records"'),
         (b'{"records": [], "extra": 1}', JSON, 400, "unknown key 'extra'"),
         (b"[1, 2]", JSON, 400, "record 1 is not an object"),
+        (b"[]", JSON, 400, "history: no rows"),  # said: time column 'time' not found; columns:
         (b"[" * 100_000 + b"]" * 100_000, JSON, 400, "nests too deep to be a history"),  # was a 500
         (b"a=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "application/json or text/csv"),
     ]:
@@ -236,6 +238,16 @@ def test_a_port_in_use_is_one_line(exports):
     assert code == 2
     lines = err.strip().splitlines()
     assert lines[-1] == f"error: cannot listen on 127.0.0.1:{port}: Address already in use", lines
+
+
+def test_a_host_that_names_no_address_is_one_line_saying_so():
+    """`--host 999.1.1.1` said 'Unknown error -2' (the resolver's code, which os.strerror cannot name)."""
+    from pipeline.orchestrators.serve import listen
+
+    with pytest.raises(UserError) as info:
+        listen("999.1.1.1", 8080)
+    assert str(info.value).startswith("cannot listen on 999.1.1.1:8080: ") and "Unknown error" not in str(info.value)
+    assert str(info.value) != "cannot listen on 999.1.1.1:8080: "
 
 
 async def ask(client, body: bytes) -> tuple[int, str, dict]:

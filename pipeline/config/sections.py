@@ -142,6 +142,9 @@ class DataConfig:
             unknown = [f for f in self.calendar if f not in FEATURES]
             if unknown:
                 raise ConfigError(f"data.calendar: unknown feature '{unknown[0]}' (choose from {', '.join(FEATURES)})")
+            twice = [f for k, f in enumerate(self.calendar) if f in self.calendar[:k]]
+            if twice:
+                raise ConfigError(f"data.calendar: feature '{twice[0]}' is given twice")
         if not self.source.strip():
             raise ConfigError("data.source is empty")
         if self.zone != "auto":

@@ -172,6 +172,7 @@ class Forecaster:
         if scale not in SCALE_FROM:
             raise DataError(f"scale must be one of {', '.join(SCALE_FROM)}, got {shown(repr(scale))}")
         time_col = self.spec.time_column
+        history, future = _frame(history, source), None if future is None else _frame(future, future_source)
         history, future = self._dates_in_order(history, source), self._dates_in_order(future, future_source)
         parsed = parsed_column(history[time_col]) if time_col in history else None  # once: large histories
         ids, last, windows, fresh = self._split_history(history, source, scale, parsed)
@@ -677,6 +678,16 @@ class Forecaster:
             values if whole else window, times if whole else last, names, sid, source, self._named_in
         )
         return last[-1], window, values
+
+
+def _frame(table: object, source: str) -> pd.DataFrame:
+    """A history as a pandas DataFrame: an Arrow table (or anything with `to_pandas`) converted, anything else
+    refused in one line (`in` on it would test its values, and the error would quote them all)."""
+    if isinstance(table, pd.DataFrame):
+        return table
+    if callable(getattr(table, "to_pandas", None)):
+        return table.to_pandas()
+    raise DataError(f"{source}: expected a pandas DataFrame (or an Arrow table), got {type(table).__name__}")
 
 
 def _id_keys(history: pd.DataFrame, id_col: str, source: str) -> pd.Series:

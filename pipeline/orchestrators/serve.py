@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import socket
 import threading
 import time
@@ -202,6 +201,8 @@ def read_json(body: bytes) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
 def records_frame(records: list, source: str) -> pd.DataFrame:
     """Rows given as JSON objects (column: value) as the frame a history file would give."""
+    if not records:  # as an empty history file is: not a frame without the time column
+        raise DataError(f"{source}: no rows")
     for i, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError(f"{source}: record {i + 1} is not an object (column: value)")
@@ -335,7 +336,7 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         if sock is not None:
             sock.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        reason = exc.strerror or str(exc)  # a name that resolves to nothing: errno -2, which os.strerror cannot name
         raise UserError(f"cannot listen on {host}:{port}: {reason}") from None
 
 
