@@ -308,6 +308,25 @@ def test_duplicate_key_in_yaml_names_file_key_and_line(tmp_path, text, key, line
     assert _error(path=path) == f"{path}: duplicate key '{key}' at line {line} (first at line {first})"
 
 
+def test_dotted_keys_in_a_file_or_a_section_name_the_keys_below(tmp_path):
+    """`synthetic.n_series: 5` in the data section, as the docs name the key, was 'unknown config key
+    data.synthetic.n_series (did you mean data.synthetic?)'; a key given both ways is refused as given twice."""
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "data:\n  source: synthetic\n  synthetic.n_series: 5\n  synthetic:\n    length: 300\ntrain.lr: 0.01\n"
+    )
+    cfg = load_config(path)
+    assert (cfg.data.synthetic.n_series, cfg.data.synthetic.length, cfg.train.lr) == (5, 300, 0.01)
+    for text, words in (
+        ("data:\n  synthetic.n_series: 5\n  synthetic:\n    n_series: 4\n", "'data.synthetic.n_series' is given twice"),
+        ("train.lr: 0.1\ntrain:\n  lr: 0.2\n", "'train.lr' is given twice"),
+        ("data:\n  source: x\n  source.y: 1\n", "'data.source' is given a value and keys below it"),
+        ("data:\n  synthetic.n_seres: 5\n", "unknown config key 'data.synthetic.n_seres' (did you mean"),
+    ):
+        path.write_text(text)
+        assert _error(path=path).startswith(f"{path}: ") and words in _error(path=path), text
+
+
 def test_yaml_anchors_still_load_safely(tmp_path):
     path = tmp_path / "anchors.yaml"
     path.write_text("model:\n  quantiles: &q [0.1, 0.5, 0.9]\n")

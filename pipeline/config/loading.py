@@ -173,7 +173,7 @@ def build(cls: type, data: Any, prefix: str, where: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
-    for key, value in data.items():
+    for key, value in _nested(data, prefix, where).items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
@@ -184,6 +184,33 @@ def build(cls: type, data: Any, prefix: str, where: str) -> Any:
         return cls(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _nested(data: dict, prefix: str, where: str) -> dict:
+    """`data` with dotted keys (`synthetic.n_series: 3` in the `data` section, as the docs and overrides name
+    keys) as the sections they name; a key given both ways is refused, as a key given twice is."""
+    if not any(isinstance(key, str) and "." in key for key in data):
+        return data
+    out: dict = {}
+    for key, value in data.items():
+        parts = key.split(".") if isinstance(key, str) else [key]
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                name = ".".join(p for p in (prefix, *map(str, parts[: i + 1])) if p)
+                raise ConfigError(f"{where}: '{name}' is given a value and keys below it")
+            node = child
+        leaf = parts[-1]
+        if leaf in node:
+            full = ".".join(p for p in (prefix, *map(str, parts)) if p)
+            both = isinstance(node[leaf], dict) and isinstance(value, dict)
+            again = sorted(map(str, set(node[leaf]) & set(value))) if both else []
+            if not both or again:
+                raise ConfigError(f"{where}: config key '{full}{'.' + again[0] if again else ''}' is given twice")
+            value = {**node[leaf], **value}
+        node[leaf] = value
+    return out
 
 
 def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
