@@ -41,11 +41,12 @@ def numeric_dates(
     first number is above 12, month first where some second one is, else `fallback` (the order a model was trained
     on). None where the column's first timestamp is no such date (ISO dates, named months). A column showing both
     orders, or the other one than `order`, or neither with nothing to go by, is one line naming a row."""
-    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_numeric_dtype(col) or col.isna().all():
+    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_numeric_dtype(col):
         return col, None
+    present = col.notna().to_numpy()
+    if not present.any() or not re.match(_NUMERIC_DATE, str(col.iloc[int(np.argmax(present))])):
+        return col, None  # most data (ISO dates): nothing more read or copied
     text = pd.Series(col.to_numpy(dtype=object)).dropna().astype(str)  # indexed by position
-    if not re.match(_NUMERIC_DATE, text.iloc[0]):
-        return col, None
     parts = text.str.extract(_NUMERIC_DATE + r"(.*)$", flags=re.DOTALL).dropna(subset=[0])
     first, second = parts[0].astype(int), parts[2].astype(int)
     day_first, month_first = first > 12, second > 12
