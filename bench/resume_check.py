@@ -14,6 +14,7 @@ run to run, resumed or not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -70,26 +71,36 @@ def prepared(root: Path, device: str, quick: bool, env: dict) -> Path:
 
 
 def kill_after_checkpoint(path: Path, env: dict, timeout: float) -> int:
-    """Start training, SIGKILL it once the second checkpoint exists; the step it had reached."""
+    """Start training, SIGKILL it inside its third checkpoint save, two committed before it; the step it reached.
+
+    The run waits there (the pipeline's test pause), so a fast device cannot finish training between two looks
+    at the checkpoint folder, as a 30-step CPU run once did."""
     checkpoints = path.parent / "run" / ".train.work" / "checkpoints"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "train", "--config", str(path)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log, flag = path.parent / "killed_train.log", path.parent / "paused"
+    flag.unlink(missing_ok=True)
+    third = 3 * yaml.safe_load(path.read_text())["train"]["checkpoint_every"]
+    pause = {"PIPELINE_TEST_PAUSE": f"checkpoint:{third}:{timeout}", "PIPELINE_TEST_PAUSE_FLAG": str(flag)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "train", "--config", str(path)],
+            cwd=REPO,
+            env={**env, **pause},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + timeout
     try:
-        while len([p for p in checkpoints.glob("step_*")] if checkpoints.is_dir() else []) < 2:
+        while not flag.exists() or len(list(checkpoints.glob("step_*")) if checkpoints.is_dir() else []) < 2:
             if proc.poll() is not None:
-                raise SystemExit("training ended before it could be killed")
+                last = (log.read_text().strip().splitlines() or [""])[-1][-300:]
+                raise SystemExit(f"training ended (exit {proc.returncode}) before it could be killed: {last}")
             if time.monotonic() > deadline:
                 raise SystemExit("no second checkpoint in time")
             time.sleep(0.01)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it ended by itself: the error above says how
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     metrics = path.parent / "run" / ".train.work" / "metrics.jsonl"
     return max(json.loads(line)["step"] for line in metrics.read_text().splitlines() if line.endswith("}"))
