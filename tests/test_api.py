@@ -165,7 +165,7 @@ def test_plot_draws_forecasts_over_real_timestamps(fitted):
     forecast_x = lines["forecast"].get_xdata()
     assert pd.Timestamp(forecast_x[0]) > pd.Timestamp(mdates.num2date(x).replace(tzinfo=None))
     assert ax.get_xlim()[0] > mdates.date2num(pd.Timestamp("2023-12-01"))  # dates, not step numbers
-    with pytest.raises(ValueError, match="series 'nope' is not in the forecast"):
+    with pytest.raises(DataError, match="series 'nope' is not in the forecast"):
         exp.plot(series=["nope"])
 
 

@@ -10,6 +10,8 @@ import re
 
 import pandas as pd
 
+from pipeline.library.errors import DataError, listed, shown
+
 
 def _pyplot():
     import matplotlib.pyplot as plt  # the notebook's backend, whatever it is
@@ -43,7 +45,7 @@ def forecast_figure(
         series = [str(s) for s in series]  # ids are compared as text: 7 names the series whose id is 7
         unknown = [s for s in series if s not in ids]
         if unknown:
-            raise ValueError(f"series '{unknown[0]}' is not in the forecast; it has {', '.join(ids[:10])}")
+            raise DataError(f"series '{shown(unknown[0])}' is not in the forecast; it has {listed(ids)}")
         ids = list(series)
     ids = ids[:max_series]
     levels = sorted(float(m.group(1)) for c in forecast.columns if (m := re.fullmatch(r"q([0-9.]+)", str(c))))
