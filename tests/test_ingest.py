@@ -419,6 +419,7 @@ def test_dates_written_in_numbers_only_are_read_in_the_order_the_column_shows(tm
     for fmt, order in (
         ("%d/%m/%Y %H:%M", "day_first"),
         ("%d.%m.%Y %H:%M", "day_first"),
+        ("%d/%m/%y %H:%M", "day_first"),  # a two-digit year: 24 is 2024 (pandas read 02/01/24 as 1 February too)
         ("%m/%d/%Y %H:%M", "month_first"),
     ):
         frame = pd.DataFrame({"time": hours.strftime(fmt), "y": np.arange(len(hours), dtype=float)})

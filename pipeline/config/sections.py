@@ -89,7 +89,8 @@ class DataConfig:
     """How dates written in numbers only (02/01/2024, 2.1.2024, 02-01-2024) order the day and the month. `auto`: as
     the time column shows it (day first where some first number is above 12, month first where some second one is),
     refused in one line where no date tells (every number 12 or less, as in the first days of a month). The order is
-    recorded: `predict` reads a history by it where the history does not tell. ISO dates (2024-01-02) need none."""
+    recorded: `predict` reads a history by it where the history does not tell. ISO dates (2024-01-02) need none.
+    Two-digit years are read as `%y` reads them (69-99: 1900s, 00-68: 2000s)."""
     freq: str | None = None
     """Pandas frequency alias (e.g. `30min`, `h`, `D`, `MS`); inferred when absent, from the longest series (across
     its gaps: the step, of its most common difference and the business-day, month, quarter and year steps, whose grid

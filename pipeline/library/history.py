@@ -26,8 +26,8 @@ def numbers_as_times(col: pd.Series, where: str) -> None:
 
 DATE_ORDERS = ("day_first", "month_first")
 
-# a date written in numbers only, day and month in either order, a four-digit year: 02/01/2024, 2.1.2024, 02-01-2024
-_NUMERIC_DATE = r"^\s*(\d{1,2})([/.\-])(\d{1,2})\2(\d{4})(?!\d)"
+# a date written in numbers only, day and month in either order, the year last: 02/01/2024, 2.1.2024, 02-01-24
+_NUMERIC_DATE = r"^\s*(\d{1,2})([/.\-])(\d{1,2})\2(\d{4}|\d{2})(?!\d)"
 
 
 def numeric_dates(
@@ -75,10 +75,16 @@ def numeric_dates(
     day, month = (first, second) if order == "day_first" else (second, first)
     if not ((day >= 1) & (day <= 31) & (month >= 1) & (month <= 12)).all():
         return col, order  # no date in that order: pandas' parse names the row
-    iso = parts[3] + "-" + month.astype(str).str.zfill(2) + "-" + day.astype(str).str.zfill(2) + parts[4]
+    year = parts[3].where(parts[3].str.len() == 4, _century(parts[3]))
+    iso = year + "-" + month.astype(str).str.zfill(2) + "-" + day.astype(str).str.zfill(2) + parts[4]
     out = col.to_numpy(dtype=object).copy()
     out[iso.index.to_numpy()] = iso.to_numpy()
     return pd.Series(out, index=col.index, name=col.name), order
+
+
+def _century(years: pd.Series) -> pd.Series:
+    """Two-digit years as C's and Python's `%y` read them: 69-99 in the 1900s, 00-68 in the 2000s."""
+    return years.map(lambda y: ("19" if int(y) >= 69 else "20") + y if len(y) == 2 else y)
 
 
 # a written time of day followed by a zone or a UTC offset (a date's own "-01" is no offset)
