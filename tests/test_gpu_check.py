@@ -17,6 +17,13 @@ from .conftest import REPO
 pytestmark = pytest.mark.slow
 
 
+def test_every_test_marked_gpu_is_in_the_file_the_gpu_check_runs():
+    """bench/gpu_check.py collects only tests/test_gpu.py for `-m gpu`: a GPU test elsewhere would never run."""
+    files = [p for p in (REPO / "tests").glob("test_*.py") if p.name != "test_gpu_check.py"]  # this one names it
+    marked = {p.name for p in files if "pytest.mark.gpu" in p.read_text()}
+    assert marked == {"test_gpu.py"}
+
+
 def test_the_gpu_check_runs_every_step_and_writes_its_figures(tmp_path):
     out = tmp_path / "gpu_check"
     command = [sys.executable, "bench/gpu_check.py", "--device", "cpu", "--quick", "--out", str(out)]
