@@ -51,7 +51,7 @@ def numeric_dates(
     first, second = parts[0].astype(int), parts[2].astype(int)
     day_first, month_first = first > 12, second > 12
 
-    def row(flags: pd.Series) -> str:
+    def row(flags: pd.Series) -> str:  # the first flagged date's row (all of them: the column's first date)
         k = int(flags.idxmax())
         return f"row {k + 1}: {shown(repr(text[k]))}"
 
@@ -68,7 +68,7 @@ def numeric_dates(
     order = order if order in DATE_ORDERS else seen or fallback
     if order is None:
         raise DataError(
-            f"{where}: {row(first > 0)} reads as day first or as month first, and no date of the column tells which "
+            f"{where}: {row(first >= 0)} reads as day first or as month first, and no date of the column tells which "
             "(each number is 12 or less); set data.date_order (day_first or month_first) or write ISO dates "
             "(2024-01-02)"
         )

@@ -65,8 +65,16 @@ def forecast_csv(forecast: pd.DataFrame) -> str:
     return forecast.to_csv(index=False)
 
 
-FORECAST_FORMATS = {"": "csv", ".csv": "csv", ".txt": "csv", ".tsv": "tsv", ".parquet": "parquet", ".json": "json"}
-FORECAST_FORMATS[".jsonl"] = "jsonl"
+FORECAST_FORMATS = {
+    "": "csv",
+    ".csv": "csv",
+    ".txt": "csv",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".json": "json",
+    ".jsonl": "jsonl",
+}
+"""What `predict --output` writes, by the file's suffix (the suffixes `--input` reads)."""
 
 
 def forecast_format(path: Path) -> str:
